@@ -1,0 +1,263 @@
+//! Keys: the agent key file (signing + dedup key), verify keys, age recipients
+//! and identities.
+use std::fmt;
+use std::io::Write;
+use std::path::Path;
+use std::str::FromStr;
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+
+use crate::{Error, Result};
+
+const KEY_FILE_HEADER: &str = "# bascule agent key: keep it secret, keep it on site";
+
+/// The agent's secrets: the ed25519 signing key and the BLAKE3 key that makes
+/// chunk ids unguessable to a provider. Never printed.
+pub struct AgentKey {
+    signing: SigningKey,
+    dedup: [u8; 32],
+}
+
+impl fmt::Debug for AgentKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AgentKey({}, secrets redacted)", self.verify_key())
+    }
+}
+
+fn random32() -> [u8; 32] {
+    let mut b = [0u8; 32];
+    getrandom::getrandom(&mut b).expect("the operating system's random source is unavailable");
+    b
+}
+
+impl AgentKey {
+    pub fn generate() -> Self {
+        AgentKey { signing: SigningKey::from_bytes(&random32()), dedup: random32() }
+    }
+
+    /// Writes the key file with mode 0600; refuses to overwrite an existing file.
+    pub fn write_new(&self, path: &Path) -> Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        let text = format!(
+            "{KEY_FILE_HEADER}\n# verify key (public): {}\nsigning {}\ndedup {}\n",
+            self.verify_key(),
+            hex::encode(self.signing.to_bytes()),
+            hex::encode(self.dedup)
+        );
+        f.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))?;
+        f.sync_all().map_err(|e| Error::io(path, e))
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bad = |reason: &str| Error::KeyFile { path: path.into(), reason: reason.into() };
+        let (mut signing, mut dedup) = (None, None);
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (name, value) = line.split_once(' ').ok_or_else(|| bad("a line is not `name value`"))?;
+            let bytes: [u8; 32] = hex::decode(value.trim())
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .ok_or_else(|| bad("a value is not 64 hex digits"))?;
+            match name {
+                "signing" => signing = Some(bytes),
+                "dedup" => dedup = Some(bytes),
+                _ => return Err(bad("unknown line")),
+            }
+        }
+        Ok(AgentKey {
+            signing: SigningKey::from_bytes(&signing.ok_or_else(|| bad("no `signing` line"))?),
+            dedup: dedup.ok_or_else(|| bad("no `dedup` line"))?,
+        })
+    }
+
+    pub fn verify_key(&self) -> VerifyKey {
+        VerifyKey(self.signing.verifying_key())
+    }
+
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.signing.sign(message).to_bytes()
+    }
+
+    /// The keyed BLAKE3 id of a chunk: a provider cannot test whether it holds
+    /// a known plaintext without this key.
+    pub fn chunk_id(&self, plaintext: &[u8]) -> String {
+        blake3::keyed_hash(&self.dedup, plaintext).to_hex().to_string()
+    }
+}
+
+/// A public ed25519 verify key, written `ed25519:<hex>`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct VerifyKey(pub VerifyingKey);
+
+impl fmt::Display for VerifyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ed25519:{}", hex::encode(self.0.as_bytes()))
+    }
+}
+
+impl fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for VerifyKey {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::VerifyKey { key: s.to_string() };
+        let hexpart = s.trim().strip_prefix("ed25519:").ok_or_else(bad)?;
+        let bytes: [u8; 32] = hex::decode(hexpart).ok().and_then(|v| v.try_into().ok()).ok_or_else(bad)?;
+        VerifyingKey::from_bytes(&bytes).map(VerifyKey).map_err(|_| bad())
+    }
+}
+
+impl VerifyKey {
+    pub fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {
+        let sig = ed25519_dalek::Signature::from_bytes(signature);
+        self.0.verify_strict(message, &sig).is_ok()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for VerifyKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An age X25519 recipient (`age1…`), checked when the config is parsed.
+#[derive(Clone)]
+pub struct Recipient(pub age::x25519::Recipient);
+
+impl fmt::Display for Recipient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Debug for Recipient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for Recipient {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        age::x25519::Recipient::from_str(s.trim())
+            .map(Recipient)
+            .map_err(|e| Error::Recipient { recipient: s.to_string(), reason: e.to_string() })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Recipient {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The customer's age identities, held in memory only for the length of a
+/// restore. Never printed.
+pub struct Identities(Vec<age::x25519::Identity>);
+
+impl fmt::Debug for Identities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Identities({} key(s), redacted)", self.0.len())
+    }
+}
+
+impl Identities {
+    /// Reads an age identity file (the format of `age-keygen`). The file is
+    /// read once; the secret stays in memory only.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text).ok_or_else(|| Error::Identity { identity: path.display().to_string() })
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        let ids: Vec<_> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("AGE-SECRET-KEY-"))
+            .filter_map(|l| age::x25519::Identity::from_str(l).ok())
+            .collect();
+        (!ids.is_empty()).then_some(Identities(ids))
+    }
+
+    pub fn generate() -> (Self, Recipient) {
+        let id = age::x25519::Identity::generate();
+        let r = Recipient(id.to_public());
+        (Identities(vec![id]), r)
+    }
+
+    /// The secret in age's file format (for tests and key generation tools).
+    pub fn to_file_text(&self) -> String {
+        use age::secrecy::ExposeSecret;
+        self.0.iter().map(|i| format!("{}\n", i.to_string().expose_secret())).collect()
+    }
+
+    pub fn recipients(&self) -> Vec<String> {
+        self.0.iter().map(|i| i.to_public().to_string()).collect()
+    }
+
+    pub(crate) fn as_dyn(&self) -> impl Iterator<Item = &dyn age::Identity> {
+        self.0.iter().map(|i| i as &dyn age::Identity)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_round_trip_and_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.key");
+        let k = AgentKey::generate();
+        k.write_new(&path).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let k2 = AgentKey::load(&path).unwrap();
+        assert_eq!(k.verify_key(), k2.verify_key());
+        assert_eq!(k.chunk_id(b"x"), k2.chunk_id(b"x"));
+        assert!(k.write_new(&path).is_err(), "an existing key file must not be overwritten");
+        let sig = k.sign(b"msg");
+        assert!(k2.verify_key().verify(b"msg", &sig));
+        assert!(!k2.verify_key().verify(b"msg2", &sig));
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let k = AgentKey::generate();
+        let dbg = format!("{k:?}");
+        assert!(!dbg.contains(&hex::encode(k.dedup)));
+        assert!(!dbg.contains(&hex::encode(k.signing.to_bytes())));
+        let (ids, _) = Identities::generate();
+        assert!(!format!("{ids:?}").contains("AGE-SECRET-KEY"));
+    }
+
+    #[test]
+    fn verify_key_parse() {
+        let k = AgentKey::generate().verify_key();
+        assert_eq!(k.to_string().parse::<VerifyKey>().unwrap(), k);
+        assert!("ed25519:zz".parse::<VerifyKey>().is_err());
+        assert!("age1xyz".parse::<Recipient>().is_err());
+    }
+
+    #[test]
+    fn chunk_ids_are_keyed() {
+        let (a, b) = (AgentKey::generate(), AgentKey::generate());
+        assert_ne!(a.chunk_id(b"same"), b.chunk_id(b"same"));
+        assert_ne!(a.chunk_id(b"same"), blake3::hash(b"same").to_hex().to_string());
+    }
+}

@@ -1,0 +1,105 @@
+//! The snapshot manifest: a signed plaintext envelope that anyone holding the
+//! agent's verify key can check, and a sealed index that only the customer's
+//! identity opens.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunker::ChunkerParams;
+
+pub const FORMAT: u32 = 1;
+
+/// What produced the snapshot's byte stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotKind {
+    /// `pg_dump -Fc`: restored with `pg_restore`.
+    PgDump,
+    /// Any command's standard output.
+    Command,
+}
+
+impl std::fmt::Display for SnapshotKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SnapshotKind::PgDump => "pg_dump",
+            SnapshotKind::Command => "command",
+        })
+    }
+}
+
+/// One stored object: where, how long, and the BLAKE3 hash of its ciphertext.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectRef {
+    pub key: String,
+    pub len: u64,
+    pub hash: String,
+}
+
+/// The signed, plaintext part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub tenant: String,
+    /// `<time>-<id>`, also the manifest's object name.
+    pub name: String,
+    pub kind: SnapshotKind,
+    pub job: String,
+    pub host: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: chrono::DateTime<chrono::Utc>,
+    /// Bytes of the source stream (plaintext).
+    pub source_bytes: u64,
+    pub chunk_count: u64,
+    /// Ciphertext bytes this snapshot stored for the first time.
+    pub new_bytes: u64,
+    /// Ciphertext bytes of all the objects it references.
+    pub stored_bytes: u64,
+    /// The age recipients every object of this snapshot is sealed to.
+    pub recipients: Vec<String>,
+    pub chunker: ChunkerParams,
+    /// The sealed index (`age(zstd(json))`).
+    pub index: ObjectRef,
+    /// Every chunk object the snapshot needs, each once.
+    pub objects: Vec<ObjectRef>,
+}
+
+impl Manifest {
+    /// Every object the snapshot needs, the index first.
+    pub fn all_objects(&self) -> impl Iterator<Item = &ObjectRef> {
+        std::iter::once(&self.index).chain(self.objects.iter())
+    }
+
+    /// The snapshot's short id (the random part of its name).
+    pub fn id(&self) -> &str {
+        self.name.rsplit('-').next().unwrap_or(&self.name)
+    }
+}
+
+/// One chunk in stream order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexEntry {
+    /// Position in [`Manifest::objects`].
+    pub object: u32,
+    /// Plaintext length.
+    pub len: u32,
+    /// BLAKE3 of the plaintext.
+    pub hash: String,
+}
+
+/// The sealed part: only the customer's identity reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Index {
+    pub format: u32,
+    pub chunks: Vec<IndexEntry>,
+    /// BLAKE3 of the whole source stream.
+    pub stream_hash: String,
+    /// Rows per table (`schema.table`), counted in the snapshot the dump used.
+    pub row_counts: BTreeMap<String, u64>,
+    /// Free-form facts about the source (server version, database name…).
+    pub source: BTreeMap<String, String>,
+}

@@ -1,0 +1,220 @@
+//! Providers: where sealed objects live. Any `object_store` backend; bascule
+//! configures S3-compatible services and local directories.
+//!
+//! A [`Replica`] is one provider scoped to one tenant's prefix; [`Replicated`]
+//! writes to all of them and reads from whichever holds a good copy.
+mod replicated;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, PutPayload};
+use serde::Deserialize;
+
+pub use replicated::{check_ciphertext, PerProvider, Replicated};
+
+use crate::config::SecretRef;
+use crate::{Error, Result};
+
+/// A provider as written in a config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Short name used in logs, metrics and reports (`ovh-gra`, `scaleway-par`).
+    pub name: String,
+    /// `s3://bucket[/prefix]` or `file:///absolute/directory`.
+    pub url: String,
+    /// S3 endpoint, e.g. `https://s3.gra.io.cloud.ovh.net` or `http://127.0.0.1:3900`.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Plain HTTP is refused unless asked for (loopback tests, a private network).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Path-style requests (`endpoint/bucket/key`); most non-AWS services want it.
+    #[serde(default = "yes")]
+    pub path_style: bool,
+    pub access_key_id: Option<SecretRef>,
+    pub secret_access_key: Option<SecretRef>,
+    /// Per-request timeout.
+    #[serde(default = "default_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// `timeout: 30s` in YAML.
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map_err(serde::de::Error::custom)
+    }
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        let s = s.trim();
+        let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+        let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}: expected e.g. 30s, 5m, 2h"))?;
+        let secs = match unit {
+            "ms" => return Ok(Duration::from_millis(n)),
+            "s" | "" => n,
+            "m" => n * 60,
+            "h" => n * 3600,
+            "d" => n * 86400,
+            _ => return Err(format!("bad duration unit in {s:?}: use ms, s, m, h or d")),
+        };
+        Ok(Duration::from_secs(secs))
+    }
+}
+pub use humantime_serde_compat::parse as parse_duration;
+
+/// One provider, ready to use.
+#[derive(Clone)]
+pub struct Provider {
+    pub name: String,
+    store: Arc<dyn ObjectStore>,
+    root: StorePath,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Provider({})", self.name)
+    }
+}
+
+impl Provider {
+    /// Builds the client from bascule's own configuration only (never from
+    /// whatever `AWS_*` variables the machine has).
+    pub fn build(cfg: &ProviderConfig, config_file: &Path) -> Result<Provider> {
+        let bad = |m: String| Error::ConfigValue { file: config_file.into(), message: format!("provider {}: {m}", cfg.name) };
+        if let Some(rest) = cfg.url.strip_prefix("file://") {
+            let dir = Path::new(rest);
+            if !dir.is_absolute() {
+                return Err(bad(format!("{} must be an absolute path (file:///…)", cfg.url)));
+            }
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
+                .map_err(|e| bad(e.to_string()))?
+                .with_automatic_cleanup(true);
+            return Ok(Provider { name: cfg.name.clone(), store: Arc::new(store), root: StorePath::default() });
+        }
+        let rest = cfg.url.strip_prefix("s3://").ok_or_else(|| bad(format!("url {:?} must start with s3:// or file://", cfg.url)))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad("the s3:// url names no bucket".into()));
+        }
+        let endpoint = cfg.endpoint.as_deref();
+        if let Some(ep) = endpoint {
+            if ep.starts_with("http://") && !cfg.allow_http {
+                return Err(bad(format!("endpoint {ep} is plain http; set `allow_http: true` to accept it")));
+            }
+        }
+        let field = |f: &str| format!("providers.{}.{f}", cfg.name);
+        let key_id = cfg.access_key_id.as_ref().ok_or_else(|| bad("access_key_id is required for s3".into()))?;
+        let secret = cfg.secret_access_key.as_ref().ok_or_else(|| bad("secret_access_key is required for s3".into()))?;
+        let retry = object_store::RetryConfig {
+            backoff: object_store::BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(2),
+                base: 2.0,
+            },
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(10),
+        };
+        let mut b = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_region(cfg.region.clone().unwrap_or_else(|| "us-east-1".into()))
+            .with_access_key_id(key_id.resolve(config_file, &field("access_key_id"))?)
+            .with_secret_access_key(secret.resolve(config_file, &field("secret_access_key"))?)
+            .with_virtual_hosted_style_request(!cfg.path_style)
+            .with_allow_http(cfg.allow_http)
+            .with_retry(retry)
+            .with_client_options(
+                object_store::ClientOptions::new().with_timeout(cfg.timeout).with_connect_timeout(Duration::from_secs(5)),
+            );
+        if let Some(ep) = endpoint {
+            b = b.with_endpoint(ep);
+        }
+        let store = b.build().map_err(|e| bad(e.to_string()))?;
+        Ok(Provider { name: cfg.name.clone(), store: Arc::new(store), root: StorePath::from(prefix) })
+    }
+
+    /// The same provider, scoped to `<prefix>/<tenant>/`.
+    pub fn tenant(&self, tenant: &str) -> Replica {
+        Replica { provider: self.name.clone(), store: self.store.clone(), base: self.root.child(tenant) }
+    }
+}
+
+/// One provider scoped to one tenant.
+#[derive(Clone)]
+pub struct Replica {
+    pub provider: String,
+    store: Arc<dyn ObjectStore>,
+    base: StorePath,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Replica({}:{})", self.provider, self.base)
+    }
+}
+
+impl Replica {
+    fn path(&self, key: &str) -> StorePath {
+        key.split('/').fold(self.base.clone(), |p, part| p.child(part))
+    }
+
+    fn err(&self, key: &str, source: object_store::Error) -> Error {
+        Error::Store { provider: self.provider.clone(), key: key.into(), source }
+    }
+
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
+        self.store.put(&self.path(key), PutPayload::from(bytes)).await.map_err(|e| self.err(key, e))?;
+        Ok(())
+    }
+
+    /// `None` when the object does not exist.
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        match self.store.get(&self.path(key)).await {
+            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| self.err(key, e))?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(key, e)),
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(key, e)),
+        }
+    }
+
+    /// Every object under `prefix` (relative to the tenant), with its size.
+    pub async fn list(&self, prefix: &str) -> Result<BTreeMap<String, u64>> {
+        let base = self.base.to_string();
+        let p = self.path(prefix.trim_end_matches('/'));
+        let items: Vec<_> = self.store.list(Some(&p)).try_collect().await.map_err(|e| self.err(prefix, e))?;
+        Ok(items
+            .into_iter()
+            .filter_map(|m| {
+                let full = m.location.to_string();
+                let rel = full.strip_prefix(&base)?.trim_start_matches('/').to_string();
+                Some((rel, m.size))
+            })
+            .collect())
+    }
+
+    /// Is the provider answering? (a listing of the tenant's snapshots)
+    pub async fn healthcheck(&self) -> Result<()> {
+        self.list(crate::layout::SNAPSHOTS).await.map(|_| ())
+    }
+}

@@ -1,0 +1,88 @@
+//! Sealing: `age(zstd(plaintext))` to every recipient of the tenant.
+//!
+//! A sealed object is a standard binary age file whose plaintext is a standard
+//! zstd frame, so `age -d -i key.txt < object | zstd -d` opens it without bascule.
+use std::io::{Read, Write};
+
+use crate::keys::{Identities, Recipient};
+use crate::{Error, Result};
+
+/// zstd level used for chunks: fast, and most of the gain of higher levels.
+pub const ZSTD_LEVEL: i32 = 3;
+
+/// Compresses then encrypts `plaintext` to all `recipients`.
+pub fn seal(plaintext: &[u8], recipients: &[Recipient]) -> Result<Vec<u8>> {
+    let compressed = zstd::bulk::compress(plaintext, ZSTD_LEVEL).map_err(|e| Error::Seal(e.to_string()))?;
+    let encryptor = age::Encryptor::with_recipients(recipients.iter().map(|r| &r.0 as &dyn age::Recipient))
+        .map_err(|e| Error::Seal(e.to_string()))?;
+    let mut out = Vec::with_capacity(compressed.len() + 256);
+    let mut w = encryptor.wrap_output(&mut out).map_err(|e| Error::Seal(e.to_string()))?;
+    w.write_all(&compressed).map_err(|e| Error::Seal(e.to_string()))?;
+    w.finish().map_err(|e| Error::Seal(e.to_string()))?;
+    Ok(out)
+}
+
+/// Decrypts and decompresses; `max_len` bounds the plaintext (a forged object
+/// cannot make us allocate without limit). `key` names the object in errors;
+/// `sealed_to` is what the manifest says the object was sealed to.
+pub fn open(ciphertext: &[u8], identities: &Identities, max_len: usize, key: &str, sealed_to: &[String]) -> Result<Vec<u8>> {
+    let decryptor = age::Decryptor::new(ciphertext)
+        .map_err(|e| Error::Open { key: key.into(), reason: e.to_string() })?;
+    let reader = decryptor.decrypt(identities.as_dyn()).map_err(|e| match e {
+        age::DecryptError::NoMatchingKeys => Error::WrongIdentity {
+            key: key.into(),
+            recipients: if sealed_to.is_empty() { "recipients not recorded".into() } else { sealed_to.join(", ") },
+        },
+        other => Error::Open { key: key.into(), reason: other.to_string() },
+    })?;
+    let mut compressed = Vec::new();
+    reader
+        .take(max_len as u64 + 1024)
+        .read_to_end(&mut compressed)
+        .map_err(|e| Error::Open { key: key.into(), reason: e.to_string() })?;
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::new(&compressed[..])
+        .map_err(|e| Error::Open { key: key.into(), reason: e.to_string() })?
+        .take(max_len as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::Open { key: key.into(), reason: format!("zstd: {e}") })?;
+    if out.len() > max_len {
+        return Err(Error::Open { key: key.into(), reason: format!("plaintext longer than {max_len} bytes") });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_wrong_identity() {
+        let (ids, r) = Identities::generate();
+        let (other, r2) = Identities::generate();
+        let data = "Mairie de Saint-Étienne — état civil".repeat(100);
+        let sealed = seal(data.as_bytes(), &[r.clone(), r2]).unwrap();
+        assert_eq!(open(&sealed, &ids, 1 << 20, "k", &[]).unwrap(), data.as_bytes());
+        assert_eq!(open(&sealed, &other, 1 << 20, "k", &[]).unwrap(), data.as_bytes());
+        let (stranger, _) = Identities::generate();
+        let err = open(&sealed, &stranger, 1 << 20, "k", &[r.to_string()]).unwrap_err();
+        assert!(err.to_string().contains(&r.to_string()), "{err}");
+    }
+
+    #[test]
+    fn flipped_byte_is_refused() {
+        let (ids, r) = Identities::generate();
+        let mut sealed = seal(&[7u8; 5000], &[r]).unwrap();
+        let n = sealed.len();
+        sealed[n - 20] ^= 1;
+        assert!(matches!(open(&sealed, &ids, 1 << 20, "k", &[]), Err(Error::Open { .. })));
+    }
+
+    #[test]
+    fn length_bound() {
+        let (ids, r) = Identities::generate();
+        let sealed = seal(&[0u8; 10_000], &[r]).unwrap();
+        assert!(open(&sealed, &ids, 9_999, "k", &[]).is_err());
+        assert!(open(&sealed, &ids, 10_000, "k", &[]).is_ok());
+    }
+}
