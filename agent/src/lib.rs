@@ -1,1 +1,104 @@
+//! bascule-agent: runs next to the customer's database, exports it, seals it
+//! to the customer's public key and sends it to two providers.
+#![forbid(unsafe_code)]
 
+pub mod config;
+pub mod progress;
+pub mod schedule;
+pub mod snapshot;
+pub mod source;
+pub mod throttle;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use bascule_core::keys::AgentKey;
+use bascule_core::provider::{Provider, Replicated};
+
+use config::AgentConfig;
+use throttle::Throttle;
+
+/// Everything a run needs, built once from the config.
+pub struct Agent {
+    pub config: AgentConfig,
+    pub config_file: PathBuf,
+    pub key: Arc<AgentKey>,
+    pub replicated: Replicated,
+    pub throttle: Throttle,
+}
+
+impl Agent {
+    pub fn load(config_file: &Path) -> anyhow::Result<Arc<Agent>> {
+        let config = AgentConfig::load(config_file)?;
+        let key = AgentKey::load(&config.key_file)
+            .with_context(|| format!("key_file in {}; create one with `bascule-agent keygen --out FILE`", config_file.display()))?;
+        let mut replicas = Vec::new();
+        for p in &config.providers {
+            replicas.push(Provider::build(p, config_file)?.tenant(&config.tenant));
+        }
+        std::fs::create_dir_all(&config.state_dir).with_context(|| format!("state_dir {}", config.state_dir.display()))?;
+        let throttle = Throttle::new(config.upload.max_bandwidth.map(|b| b.0));
+        Ok(Arc::new(Agent { config_file: config_file.into(), key: Arc::new(key), replicated: Replicated::new(replicas), throttle, config }))
+    }
+
+    /// The next HEAD sequence: above both what the providers showed and what
+    /// this agent last wrote (kept locally, so a provider that lost its HEAD
+    /// cannot make the sequence go back).
+    pub fn next_sequence(&self, seen_on_providers: u64) -> anyhow::Result<u64> {
+        let path = self.config.state_dir.join("head.sequence");
+        let local: u64 = match std::fs::read_to_string(&path) {
+            Ok(s) => s.trim().parse().with_context(|| format!("{} is corrupt", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e).with_context(|| path.display().to_string()),
+        };
+        let next = local.max(seen_on_providers) + 1;
+        bascule_core::config::write_atomic(&path, format!("{next}\n").as_bytes())?;
+        Ok(next)
+    }
+
+    fn backlog_path(&self) -> PathBuf {
+        self.config.state_dir.join("backlog.json")
+    }
+
+    /// Providers that miss something, with the snapshots they miss.
+    pub fn backlog(&self) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+        match std::fs::read(self.backlog_path()) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{} is corrupt", self.backlog_path().display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(e).context(self.backlog_path().display().to_string()),
+        }
+    }
+
+    /// Records durably that a snapshot is missing on some providers.
+    pub fn backlog_add(&self, report: &snapshot::SnapshotReport) -> anyhow::Result<()> {
+        let mut b = self.backlog()?;
+        for (p, r) in &report.providers {
+            if r.is_err() {
+                b.entry(p.clone()).or_default().push(report.name.clone());
+            }
+        }
+        bascule_core::config::write_atomic(&self.backlog_path(), &serde_json::to_vec_pretty(&b)?)?;
+        Ok(())
+    }
+
+    /// Copies to each provider what the other holds and it lacks (ciphertext
+    /// only), then clears the backlog if every provider is complete.
+    pub async fn sync(&self) -> anyhow::Result<bascule_core::sync::SyncReport> {
+        let report = bascule_core::sync::sync(&self.replicated, &[self.key.verify_key()], false).await?;
+        for (p, k, n) in &report.copied {
+            tracing::info!(provider = %p, key = %k, bytes = n, "Copied to provider");
+        }
+        if report.complete() {
+            if self.backlog_path().exists() {
+                std::fs::remove_file(self.backlog_path())?;
+            }
+        } else {
+            for (p, why) in &report.failed {
+                tracing::error!(provider = %p, error = %why, "Provider still incomplete; the backlog is kept");
+            }
+        }
+        Ok(report)
+    }
+}

@@ -123,3 +123,17 @@ mod tests {
         assert!(parse_yaml::<Outer>("items:\n  - name: a\n    secret: hunter2\n", Path::new("x")).is_err());
     }
 }
+
+/// Tenant, provider and job names end up in object keys and metric labels:
+/// keep them to `[a-z0-9._-]`.
+pub fn check_name(what: &str, name: &str) -> std::result::Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{what} {name:?}: use 1 to 64 characters among a-z, 0-9, '.', '_' and '-'"))
+    }
+}

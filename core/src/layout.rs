@@ -25,3 +25,8 @@ pub fn new_snapshot_name(at: chrono::DateTime<chrono::Utc>) -> String {
     getrandom::getrandom(&mut r).expect("random source");
     format!("{}-{}", at.format("%Y%m%dT%H%M%SZ"), hex::encode(r))
 }
+
+/// `snapshots/<time>-<id>.index`: the sealed index of a snapshot.
+pub fn index(name: &str) -> String {
+    format!("{SNAPSHOTS}{name}.index")
+}

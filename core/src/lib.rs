@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod provider;
 pub mod seal;
 pub mod signed;
+pub mod sync;
 
 pub use error::{Error, Result};
 

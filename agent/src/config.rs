@@ -1,0 +1,189 @@
+//! `agent.yaml`: parsed strictly (unknown fields refused), then resolved.
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use bascule_core::chunker::ChunkerParams;
+use bascule_core::keys::Recipient;
+use bascule_core::provider::ProviderConfig;
+use serde::Deserialize;
+
+use crate::source::SourceConfig;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The customer's name at the vendor; objects go under `<prefix>/<tenant>/`.
+    pub tenant: String,
+    /// Written by `bascule-agent keygen` (mode 0600).
+    pub key_file: PathBuf,
+    /// Local state: HEAD sequence, backlog of a provider that was down.
+    pub state_dir: PathBuf,
+    /// The customer's age public keys. The agent never holds the private key.
+    pub recipients: Vec<Recipient>,
+    /// Exactly the providers every object goes to (two, in two places).
+    pub providers: Vec<ProviderConfig>,
+    #[serde(default)]
+    pub upload: UploadConfig,
+    #[serde(default)]
+    pub chunking: ChunkerParams,
+    pub jobs: Vec<JobConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadConfig {
+    /// Objects in flight at once (per run, over both providers).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Upload cap for a thin uplink, e.g. `2MiB` (per second, both providers together).
+    pub max_bandwidth: Option<Bandwidth>,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig { concurrency: default_concurrency(), max_bandwidth: None }
+    }
+}
+
+fn default_concurrency() -> usize {
+    8
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    pub name: String,
+    /// Cron expression in the agent's local time: `30 1 * * *` (five fields) or
+    /// with seconds first (six fields).
+    pub schedule: Schedule,
+    pub source: SourceConfig,
+}
+
+/// A cron schedule, checked when the config is parsed.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub text: String,
+    pub cron: cron::Schedule,
+}
+
+impl FromStr for Schedule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let fields = s.split_whitespace().count();
+        let full = match fields {
+            5 => format!("0 {s}"),
+            6 | 7 => s.to_string(),
+            _ => return Err(format!("bad cron expression {s:?}: expected 5 fields (minute hour day month weekday), e.g. \"30 1 * * *\"")),
+        };
+        let cron = cron::Schedule::from_str(&full).map_err(|e| format!("bad cron expression {s:?}: {e}"))?;
+        Ok(Schedule { text: s.to_string(), cron })
+    }
+}
+
+impl<'de> Deserialize<'de> for Schedule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Bytes per second: `500KiB`, `2MiB`, `10MB`, or a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bandwidth(pub u64);
+
+impl FromStr for Bandwidth {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim().trim_end_matches("/s");
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: f64 = num.parse().map_err(|_| format!("bad bandwidth {s:?}: expected e.g. 2MiB"))?;
+        let mult = match unit.trim() {
+            "" | "B" => 1.0,
+            "KB" | "kB" => 1e3,
+            "KiB" => 1024.0,
+            "MB" => 1e6,
+            "MiB" => 1024.0 * 1024.0,
+            "GB" => 1e9,
+            "GiB" => 1024.0 * 1024.0 * 1024.0,
+            u => return Err(format!("bad bandwidth unit {u:?} in {s:?}: use B, KiB, MiB, GiB, KB, MB or GB")),
+        };
+        let v = (n * mult) as u64;
+        if v < 1024 {
+            return Err(format!("bandwidth {s:?} is below 1KiB per second"));
+        }
+        Ok(Bandwidth(v))
+    }
+}
+
+impl<'de> Deserialize<'de> for Bandwidth {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            N(u64),
+            S(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::N(n) => Ok(Bandwidth(n)),
+            Repr::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Parses and validates; every error names the file (and line and field
+    /// when the YAML itself is at fault).
+    pub fn load(path: &Path) -> bascule_core::Result<Self> {
+        let cfg: AgentConfig = bascule_core::config::load_yaml(path)?;
+        let bad = |message: String| bascule_core::Error::ConfigValue { file: path.into(), message };
+        if cfg.recipients.is_empty() {
+            return Err(bad("recipients: at least one age recipient (age1…) is required".into()));
+        }
+        if cfg.providers.len() != 2 {
+            return Err(bad(format!("providers: exactly two providers are required, {} given", cfg.providers.len())));
+        }
+        if cfg.providers[0].name == cfg.providers[1].name {
+            return Err(bad("providers: the two providers need different names".into()));
+        }
+        if cfg.upload.concurrency == 0 || cfg.upload.concurrency > 256 {
+            return Err(bad("upload.concurrency must be between 1 and 256".into()));
+        }
+        cfg.chunking.validate().map_err(|m| bad(format!("chunking: {m}")))?;
+        bascule_core::config::check_name("tenant", &cfg.tenant).map_err(bad)?;
+        let mut names = std::collections::HashSet::new();
+        for j in &cfg.jobs {
+            if !names.insert(&j.name) {
+                return Err(bad(format!("jobs: two jobs are named {:?}", j.name)));
+            }
+        }
+        Ok(cfg)
+    }
+
+    pub fn job(&self, name: &str) -> anyhow::Result<&JobConfig> {
+        self.jobs.iter().find(|j| j.name == name).ok_or_else(|| {
+            let names: Vec<_> = self.jobs.iter().map(|j| j.name.as_str()).collect();
+            anyhow::anyhow!("no job named {name:?}; this config has: {}", names.join(", "))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bandwidth_units() {
+        assert_eq!("2MiB".parse::<Bandwidth>().unwrap().0, 2 * 1024 * 1024);
+        assert_eq!("500KiB/s".parse::<Bandwidth>().unwrap().0, 500 * 1024);
+        assert!("2 parsecs".parse::<Bandwidth>().is_err());
+        assert!("10".parse::<Bandwidth>().is_err());
+    }
+
+    #[test]
+    fn cron_five_and_six_fields() {
+        assert!("30 1 * * *".parse::<Schedule>().is_ok());
+        assert!("0 30 1 * * *".parse::<Schedule>().is_ok());
+        assert!("61 1 * * *".parse::<Schedule>().is_err());
+        assert!("every night".parse::<Schedule>().is_err());
+    }
+}

@@ -1,0 +1,101 @@
+//! The daemon: each job on its cron schedule, never two runs of one job at
+//! once, a clean stop on SIGTERM.
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Local};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::progress::Progress;
+use crate::Agent;
+
+/// How long running jobs get to stop after a shutdown request.
+const STOP_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Runs one job now: replays the backlog if there is one, then exports.
+/// Returns whether the run was complete on both providers.
+pub async fn run_job(agent: Arc<Agent>, job_name: &str, cancel: CancellationToken, progress: &Progress) -> anyhow::Result<bool> {
+    let job = agent.config.job(job_name)?;
+    if !agent.backlog()?.is_empty() {
+        progress.phase("a provider missed earlier snapshots: copying what it lacks");
+        if let Err(e) = agent.sync().await {
+            tracing::warn!(error = %e, "Backlog not replayed yet");
+        }
+    }
+    let report = crate::snapshot::run(agent.clone(), job, cancel, progress).await?;
+    progress.finish();
+    for (p, r) in &report.providers {
+        match r {
+            Ok(()) => tracing::info!(job = job_name, snapshot = %report.name, provider = %p, "Snapshot committed"),
+            Err(e) => tracing::error!(job = job_name, snapshot = %report.name, provider = %p, error = %e, "Snapshot missing on this provider (degraded); kept in the backlog"),
+        }
+    }
+    tracing::info!(
+        job = job_name,
+        snapshot = %report.name,
+        source_bytes = report.source_bytes,
+        chunks = report.chunk_count,
+        new_bytes = report.new_bytes,
+        stored_bytes = report.stored_bytes,
+        seconds = report.elapsed.as_secs_f64(),
+        "Export finished"
+    );
+    Ok(!report.degraded())
+}
+
+fn next_after(agent: &Agent, i: usize, t: DateTime<Local>) -> Option<DateTime<Local>> {
+    agent.config.jobs[i].schedule.cron.after(&t).next()
+}
+
+pub async fn run_daemon(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut next: Vec<Option<DateTime<Local>>> = (0..agent.config.jobs.len()).map(|i| next_after(&agent, i, Local::now())).collect();
+    for (j, n) in agent.config.jobs.iter().zip(&next) {
+        tracing::info!(job = %j.name, schedule = %j.schedule.text, next = ?n.map(|t| t.to_rfc3339()), "Job scheduled");
+    }
+    tokio::pin!(shutdown);
+    loop {
+        let Some(when) = next.iter().flatten().min().copied() else {
+            tracing::warn!("No job has a future run; waiting for shutdown");
+            shutdown.as_mut().await;
+            break;
+        };
+        let wait = (when - Local::now()).to_std().unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.as_mut() => break,
+        }
+        let now = Local::now();
+        for i in 0..next.len() {
+            if next[i].is_some_and(|t| t <= now) {
+                next[i] = next_after(&agent, i, now);
+                let name = agent.config.jobs[i].name.clone();
+                if !running.lock().expect("lock").insert(name.clone()) {
+                    tracing::warn!(job = %name, "Previous run still going; this tick is skipped");
+                    continue;
+                }
+                let (agent, running, cancel) = (agent.clone(), running.clone(), cancel.child_token());
+                tracker.spawn(async move {
+                    match run_job(agent, &name, cancel, &Progress::hidden()).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::error!(job = %name, "Run degraded: one provider lacks this snapshot"),
+                        Err(e) => tracing::error!(job = %name, error = format!("{e:#}"), "Run failed"),
+                    }
+                    running.lock().expect("lock").remove(&name);
+                });
+            }
+        }
+    }
+    tracing::info!("Stopping: cancelling running jobs");
+    cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(STOP_DEADLINE, tracker.wait()).await.is_err() {
+        tracing::error!("Jobs did not stop within {STOP_DEADLINE:?}; exiting anyway (a re-run resumes)");
+    }
+    Ok(())
+}

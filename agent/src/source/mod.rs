@@ -1,0 +1,123 @@
+//! Sources: a byte stream to back up, plus facts about it.
+//!
+//! A source runs as a child process whose standard output is read by the
+//! chunker; nothing of the stream is staged on disk.
+mod command;
+mod pg_dump;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::process::{Child, ChildStdout};
+use std::sync::{Arc, Mutex};
+
+use bascule_core::manifest::SnapshotKind;
+use serde::Deserialize;
+
+pub use command::CommandSource;
+pub use pg_dump::PgDumpSource;
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SourceConfig {
+    PgDump(PgDumpSource),
+    Command(CommandSource),
+}
+
+/// What the source knows besides its bytes (row counts, server version…).
+#[derive(Debug, Default)]
+pub struct SourceFacts {
+    pub row_counts: BTreeMap<String, u64>,
+    pub source: BTreeMap<String, String>,
+}
+
+/// A started source: read [`Running::take_stdout`] to the end, then call [`Running::finish`].
+pub struct Running {
+    stdout: Option<ChildStdout>,
+    child: Arc<Mutex<Child>>,
+    stderr_tail: std::thread::JoinHandle<String>,
+    facts: Option<tokio::task::JoinHandle<anyhow::Result<SourceFacts>>>,
+    dump_done: Option<tokio::sync::oneshot::Sender<()>>,
+    what: String,
+}
+
+/// Kills the source's process (on cancellation); reading then hits EOF.
+#[derive(Clone)]
+pub struct Killer(Arc<Mutex<Child>>);
+
+impl Killer {
+    pub fn kill(&self) {
+        let _ = self.0.lock().expect("child lock").kill();
+    }
+}
+
+impl Running {
+    fn spawn(mut cmd: std::process::Command, what: String) -> anyhow::Result<Running> {
+        use anyhow::Context;
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).stdin(std::process::Stdio::null());
+        let mut child = cmd.spawn().with_context(|| format!("cannot start {what}; is it installed and on PATH?"))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        // keep the last 8 KiB of the source's error output for the error message
+        let stderr_tail = std::thread::spawn(move || {
+            let mut tail = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > 8192 {
+                    tail.drain(..tail.len() - 8192);
+                }
+            }
+            String::from_utf8_lossy(&tail).trim().to_string()
+        });
+        Ok(Running { stdout: Some(stdout), child: Arc::new(Mutex::new(child)), stderr_tail, facts: None, dump_done: None, what })
+    }
+
+    /// The stream to read (once).
+    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.stdout.take()
+    }
+
+    pub fn killer(&self) -> Killer {
+        Killer(self.child.clone())
+    }
+
+    /// Waits for the process; an unsuccessful exit is an error carrying the
+    /// end of its error output. Then collects the facts.
+    pub async fn finish(self) -> anyhow::Result<SourceFacts> {
+        let child = self.child.clone();
+        let status = tokio::task::spawn_blocking(move || child.lock().expect("child lock").wait()).await??;
+        let tail = tokio::task::spawn_blocking(move || self.stderr_tail.join().unwrap_or_default()).await?;
+        if let Some(done) = self.dump_done {
+            let _ = done.send(());
+        }
+        if !status.success() {
+            anyhow::bail!("{} failed ({status}): {}", self.what, if tail.is_empty() { "no error output" } else { &tail });
+        }
+        if !tail.is_empty() {
+            tracing::warn!(source = %self.what, stderr = %tail, "Source wrote to its error output");
+        }
+        match self.facts {
+            Some(h) => h.await?,
+            None => Ok(SourceFacts::default()),
+        }
+    }
+}
+
+impl SourceConfig {
+    pub fn kind(&self) -> SnapshotKind {
+        match self {
+            SourceConfig::PgDump(_) => SnapshotKind::PgDump,
+            SourceConfig::Command(_) => SnapshotKind::Command,
+        }
+    }
+
+    pub async fn start(&self, config_file: &std::path::Path) -> anyhow::Result<Running> {
+        match self {
+            SourceConfig::PgDump(s) => s.start(config_file).await,
+            SourceConfig::Command(s) => s.start(),
+        }
+    }
+}
