@@ -109,7 +109,7 @@ impl Run {
         let lacking: Vec<bool> = up.iter().zip(&has).map(|(u, h)| *u && !h).collect();
         let obj = if has.iter().any(|h| *h) {
             // Reuse what a provider already holds: same ciphertext everywhere.
-            let obj = match self.known.get(&key) {
+            match self.known.get(&key) {
                 Some(o) if !lacking.iter().any(|l| *l) => o.clone(),
                 known => {
                     let holder = has.iter().position(|h| *h).expect("a holder");
