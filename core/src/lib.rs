@@ -16,6 +16,7 @@ pub mod head;
 pub mod keys;
 pub mod layout;
 pub mod manifest;
+pub mod postgres;
 pub mod provider;
 pub mod seal;
 pub mod signed;

@@ -14,6 +14,7 @@ use bascule_core::config::SecretRef;
 use serde::Deserialize;
 
 use super::{Running, SourceFacts};
+use bascule_core::postgres::count_rows;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,33 +32,6 @@ pub struct PgDumpSource {
 
 fn yes() -> bool {
     true
-}
-
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// Rows of every user table and the number of large objects, as seen by the
-/// transaction `client` is in. Shared with the restore check.
-pub async fn count_rows(client: &tokio_postgres::Client) -> anyhow::Result<BTreeMap<String, u64>> {
-    let tables = client
-        .query(
-            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-             AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1, 2",
-            &[],
-        )
-        .await?;
-    let mut counts = BTreeMap::new();
-    for t in tables {
-        let (schema, table): (String, String) = (t.get(0), t.get(1));
-        let q = format!("SELECT count(*) FROM ONLY {}.{}", quote_ident(&schema), quote_ident(&table));
-        let n: i64 = client.query_one(&q, &[]).await.with_context(|| format!("counting {schema}.{table}"))?.get(0);
-        counts.insert(format!("{schema}.{table}"), n as u64);
-    }
-    let lo: i64 = client.query_one("SELECT count(*) FROM pg_largeobject_metadata", &[]).await?.get(0);
-    counts.insert("pg_catalog.pg_largeobject_metadata".into(), lo as u64);
-    Ok(counts)
 }
 
 impl PgDumpSource {

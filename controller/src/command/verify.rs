@@ -1,0 +1,132 @@
+//! `verify`: without any key, proves each snapshot is signed, complete and
+//! present on both providers; with `read_data`, re-hashes every ciphertext.
+use bascule_core::manifest::ObjectRef;
+use bascule_core::provider::check_ciphertext;
+use bascule_core::signed::{self, Kind};
+use bascule_core::{layout, manifest::Manifest};
+use futures::StreamExt;
+
+use crate::tenant::{HeadState, Tenant};
+
+/// One thing wrong, precisely.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    pub provider: String,
+    pub key: String,
+    pub what: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "provider {}: {}: {}", self.provider, self.key, self.what)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub snapshots: usize,
+    pub objects_checked: usize,
+    pub bytes_read: u64,
+    pub problems: Vec<Problem>,
+}
+
+pub async fn run(tenant: &mut Tenant, read_data: bool, concurrency: usize) -> anyhow::Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    let mut problems = Vec::new();
+    let heads = tenant.heads().await?;
+    let mut seqs = Vec::new();
+    for (p, h) in &heads {
+        match h {
+            HeadState::Valid(h) => seqs.push((p.clone(), h.sequence)),
+            HeadState::Absent => report_push(&mut problems, p, layout::HEAD, "missing".into()),
+            HeadState::Refused(e) => report_push(&mut problems, p, layout::HEAD, format!("refused: {e}")),
+        }
+    }
+    if let (Some(max), Some(min)) = (seqs.iter().map(|s| s.1).max(), seqs.iter().map(|s| s.1).min()) {
+        for (p, s) in &seqs {
+            if *s < max && min != max {
+                report_push(&mut problems, p, layout::HEAD, format!("sequence {s} is behind {max}: the provider missed commits; run `bascule-agent sync`"));
+            }
+        }
+    }
+
+    let listings = tenant.listings().await;
+    for (p, l) in &listings {
+        if let Err(e) = l {
+            report_push(&mut problems, p, "(listing)", format!("unreachable: {e}"));
+        }
+    }
+    let names = Tenant::snapshot_names(&listings);
+    report.snapshots = names.len();
+    let mut to_read: Vec<(usize, ObjectRef)> = Vec::new();
+    for name in &names {
+        let mkey = layout::manifest(name);
+        // every copy of the manifest must carry a valid signature
+        let mut good: Option<Manifest> = None;
+        for (i, r) in tenant.replicated.replicas.iter().enumerate() {
+            let Ok(listing) = &listings[i].1 else { continue };
+            if !listing.contains_key(&mkey) {
+                report_push(&mut problems, &r.provider, &mkey, "manifest missing".into());
+                continue;
+            }
+            match r.get(&mkey).await {
+                Ok(Some(b)) => match signed::open::<Manifest>(Kind::Manifest, &b, &tenant.trusted, &mkey) {
+                    Ok((m, _)) if m.tenant == tenant.name && &m.name == name => good = good.or(Some(m)),
+                    Ok((m, _)) => report_push(&mut problems, &r.provider, &mkey, format!("manifest names {}/{}", m.tenant, m.name)),
+                    Err(e) => report_push(&mut problems, &r.provider, &mkey, format!("refused: {e}")),
+                },
+                Ok(None) => report_push(&mut problems, &r.provider, &mkey, "manifest missing".into()),
+                Err(e) => report_push(&mut problems, &r.provider, &mkey, e.to_string()),
+            }
+        }
+        let Some(m) = good else { continue };
+        for o in m.all_objects() {
+            for (i, r) in tenant.replicated.replicas.iter().enumerate() {
+                let Ok(listing) = &listings[i].1 else { continue };
+                match listing.get(&o.key) {
+                    None => report_push(&mut problems, &r.provider, &o.key, format!("missing (needed by snapshot {name})")),
+                    Some(len) if *len != o.len => report_push(&mut problems, &r.provider, &o.key, format!("length {len}, manifest says {}", o.len)),
+                    Some(_) => {
+                        if read_data {
+                            to_read.push((i, o.clone()));
+                        }
+                    }
+                }
+            }
+            report.objects_checked += 1;
+        }
+    }
+    if read_data {
+        // Objects shared by several snapshots are read once per provider.
+        to_read.sort_by(|a, b| (a.0, &a.1.key).cmp(&(b.0, &b.1.key)));
+        to_read.dedup_by(|a, b| a.0 == b.0 && a.1.key == b.1.key);
+        let results: Vec<_> = futures::stream::iter(to_read)
+            .map(|(i, o)| {
+                let r = &tenant.replicated.replicas[i];
+                async move {
+                    let res = match r.get(&o.key).await {
+                        Ok(Some(b)) => check_ciphertext(&o, &r.provider, &b).map(|_| b.len() as u64).map_err(|e| e.to_string()),
+                        Ok(None) => Err("missing".into()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    (r.provider.clone(), o.key, res)
+                }
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        for (p, k, res) in results {
+            match res {
+                Ok(n) => report.bytes_read += n,
+                Err(e) => report_push(&mut problems, &p, &k, e),
+            }
+        }
+    }
+    problems.sort();
+    report.problems = problems;
+    Ok(report)
+}
+
+fn report_push(problems: &mut Vec<Problem>, provider: &str, key: &str, what: String) {
+    problems.push(Problem { provider: provider.into(), key: key.into(), what });
+}

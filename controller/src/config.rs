@@ -1,0 +1,66 @@
+//! `controller.yaml`: providers, tenants and their agents' verify keys.
+use std::path::{Path, PathBuf};
+
+use bascule_core::keys::VerifyKey;
+use bascule_core::provider::ProviderConfig;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// Local state: the highest HEAD sequence seen per tenant (rollback guard).
+    pub state_dir: PathBuf,
+    /// The two providers the agents write to.
+    pub providers: Vec<ProviderConfig>,
+    #[serde(default)]
+    pub restore: RestoreConfig,
+    pub tenants: Vec<TenantConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub name: String,
+    /// The tenant's agent verify keys (`bascule-agent keygen` prints one).
+    pub verify_keys: Vec<VerifyKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreConfig {
+    /// Objects fetched at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Path of `pg_restore` when not on PATH.
+    pub pg_restore: Option<PathBuf>,
+}
+
+impl Default for RestoreConfig {
+    fn default() -> Self {
+        RestoreConfig { concurrency: default_concurrency(), pg_restore: None }
+    }
+}
+
+fn default_concurrency() -> usize {
+    8
+}
+
+impl ControllerConfig {
+    pub fn load(path: &Path) -> bascule_core::Result<Self> {
+        let cfg: ControllerConfig = bascule_core::config::load_yaml(path)?;
+        let bad = |message: String| bascule_core::Error::ConfigValue { file: path.into(), message };
+        if cfg.providers.len() != 2 {
+            return Err(bad(format!("providers: exactly two providers are required, {} given", cfg.providers.len())));
+        }
+        if cfg.restore.concurrency == 0 || cfg.restore.concurrency > 256 {
+            return Err(bad("restore.concurrency must be between 1 and 256".into()));
+        }
+        for t in &cfg.tenants {
+            bascule_core::config::check_name("tenant", &t.name).map_err(bad)?;
+            if t.verify_keys.is_empty() {
+                return Err(bad(format!("tenant {}: verify_keys is empty", t.name)));
+            }
+        }
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,142 @@
+//! One tenant as the controller sees it: both providers, the trusted agent
+//! keys, and the rollback guard.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use bascule_core::head::{Head, RollbackGuard};
+use bascule_core::keys::VerifyKey;
+use bascule_core::manifest::Manifest;
+use bascule_core::provider::{Provider, Replicated};
+use bascule_core::signed::{self, Kind};
+use bascule_core::{layout, Error};
+
+use crate::config::ControllerConfig;
+
+pub struct Tenant {
+    pub name: String,
+    pub replicated: Replicated,
+    pub trusted: Vec<VerifyKey>,
+    pub guard: RollbackGuard,
+}
+
+/// What a provider's HEAD said.
+pub enum HeadState {
+    Valid(Head),
+    Absent,
+    Refused(Error),
+}
+
+impl Tenant {
+    pub fn open(config: &ControllerConfig, config_file: &Path, name: &str) -> anyhow::Result<Tenant> {
+        let t = config.tenants.iter().find(|t| t.name == name).with_context(|| {
+            let names: Vec<_> = config.tenants.iter().map(|t| t.name.as_str()).collect();
+            format!("no tenant {name:?} in {}; known: {}", config_file.display(), names.join(", "))
+        })?;
+        let mut replicas = Vec::new();
+        for p in &config.providers {
+            replicas.push(Provider::build(p, config_file)?.tenant(name));
+        }
+        std::fs::create_dir_all(&config.state_dir).with_context(|| format!("state_dir {}", config.state_dir.display()))?;
+        Ok(Tenant {
+            name: name.into(),
+            replicated: Replicated::new(replicas),
+            trusted: t.verify_keys.clone(),
+            guard: RollbackGuard::load(&config.state_dir, name)?,
+        })
+    }
+
+    /// Reads every provider's HEAD, refuses bad signatures and rollbacks, and
+    /// raises the guard to the highest valid sequence.
+    pub async fn heads(&mut self) -> anyhow::Result<Vec<(String, HeadState)>> {
+        let mut out = Vec::new();
+        for r in &self.replicated.replicas {
+            let state = match r.get(layout::HEAD).await {
+                Ok(None) => HeadState::Absent,
+                Err(e) => HeadState::Refused(e),
+                Ok(Some(b)) => match signed::open::<Head>(Kind::Head, &b, &self.trusted, layout::HEAD) {
+                    Err(e) => HeadState::Refused(e),
+                    Ok((h, _)) if h.tenant != self.name => HeadState::Refused(Error::Body {
+                        key: layout::HEAD.into(),
+                        reason: format!("HEAD is for tenant {:?}", h.tenant),
+                    }),
+                    Ok((h, _)) => match self.guard.check(&r.provider, &h) {
+                        Ok(()) => HeadState::Valid(h),
+                        Err(e) => HeadState::Refused(e),
+                    },
+                },
+            };
+            out.push((r.provider.clone(), state));
+        }
+        let best = out.iter().filter_map(|(_, s)| if let HeadState::Valid(h) = s { Some(h.sequence) } else { None }).max();
+        if let Some(best) = best {
+            self.guard.observe(best)?;
+        }
+        Ok(out)
+    }
+
+    /// Fetches a manifest from whichever provider holds a copy whose signature
+    /// verifies, and checks it belongs to this tenant.
+    pub async fn manifest(&self, name: &str) -> bascule_core::Result<(Manifest, String)> {
+        let key = layout::manifest(name);
+        let ((m, _), provider) = self
+            .replicated
+            .get_checked(&key, 0, |_, b| {
+                let (m, by): (Manifest, _) = signed::open(Kind::Manifest, &b, &self.trusted, &key)?;
+                if m.tenant != self.name || m.name != name {
+                    return Err(Error::Body { key: key.clone(), reason: format!("manifest is for {}/{}", m.tenant, m.name) });
+                }
+                Ok((m, by))
+            })
+            .await?;
+        Ok((m, provider))
+    }
+
+    /// Every object under `snapshots/` and `chunks/` on each provider.
+    pub async fn listings(&self) -> Vec<(String, bascule_core::Result<BTreeMap<String, u64>>)> {
+        let mut out = Vec::new();
+        for r in &self.replicated.replicas {
+            let l = async {
+                let mut all = r.list(layout::SNAPSHOTS).await?;
+                all.extend(r.list(layout::CHUNKS).await?);
+                Ok(all)
+            }
+            .await;
+            out.push((r.provider.clone(), l));
+        }
+        out
+    }
+
+    /// Names of all snapshots any provider lists, oldest first.
+    pub fn snapshot_names(listings: &[(String, bascule_core::Result<BTreeMap<String, u64>>)]) -> Vec<String> {
+        let mut names: Vec<String> = listings
+            .iter()
+            .filter_map(|(_, l)| l.as_ref().ok())
+            .flat_map(|l| l.keys().filter_map(|k| layout::manifest_name(k).map(str::to_string)))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The snapshot a user means: `latest` (the newest HEAD's), a full name,
+    /// or the short id.
+    pub async fn resolve(&mut self, wanted: &str) -> anyhow::Result<String> {
+        if wanted == "latest" {
+            let heads = self.heads().await?;
+            let best = heads
+                .iter()
+                .filter_map(|(_, s)| if let HeadState::Valid(h) = s { Some(h) } else { None })
+                .max_by_key(|h| h.sequence)
+                .and_then(|h| h.latest_snapshot.clone());
+            return best.with_context(|| format!("tenant {}: no provider has a valid HEAD naming a snapshot", self.name));
+        }
+        let names = Self::snapshot_names(&self.listings().await);
+        let hits: Vec<_> = names.iter().filter(|n| *n == wanted || n.ends_with(&format!("-{wanted}"))).collect();
+        match hits.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => anyhow::bail!("tenant {}: no snapshot {wanted:?}; `bascule-controller snapshots` lists them", self.name),
+            _ => anyhow::bail!("tenant {}: {wanted:?} matches several snapshots; give the full name", self.name),
+        }
+    }
+}
