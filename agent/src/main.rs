@@ -31,6 +31,13 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Create a customer age identity (like `age-keygen`) and print its
+    /// recipient (age1…) for the agent's `recipients`. The identity file is
+    /// the customer's: keep it off the agent's machine once created.
+    NewIdentity {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Run one job now.
     Snapshot {
         #[arg(long, short)]
@@ -51,6 +58,20 @@ enum Command {
     },
 }
 
+fn write_secret(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {} (an existing file is never overwritten)", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -68,6 +89,14 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
             key.write_new(&out).with_context(|| "cannot write the key file")?;
             eprintln!("wrote {} (keep it secret, keep a copy off this machine)", out.display());
             println!("{}", key.verify_key());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::NewIdentity { out } => {
+            let (ids, recipient) = bascule_core::keys::Identities::generate();
+            let text = format!("# created: {}\n# public key: {recipient}\n{}", chrono::Utc::now().to_rfc3339(), ids.to_file_text());
+            write_secret(&out, text.as_bytes())?;
+            eprintln!("wrote {}: the customer's secret key; store it off this machine", out.display());
+            println!("{recipient}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Snapshot { config, job } => {
@@ -101,6 +130,7 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match main_inner(Cli::parse()).await {
         Ok(code) => code,

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The whole job on embedded defaults, end to end:
+#   a throwaway PostgreSQL (from this machine's binaries) with a sample town-hall
+#   database, two local-directory providers, an agent key and a customer key;
+#   nightly export -> keyless verify -> restore with the customer's key -> compare.
+# Everything lives in one temporary directory, removed at the end
+# (set BASCULE_KEEP=1 to keep it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+PGBIN=${PGBIN:-$(pg_config --bindir 2>/dev/null || true)}
+if [ -z "$PGBIN" ] || [ ! -x "$PGBIN/initdb" ]; then
+  echo "error: PostgreSQL server binaries not found (initdb). Install them: apt-get install postgresql" >&2
+  exit 1
+fi
+
+echo "==> building bascule (release)"
+cargo build --release --quiet --bin bascule-agent --bin bascule-controller
+AGENT=$ROOT/target/release/bascule-agent
+CONTROLLER=$ROOT/target/release/bascule-controller
+
+WORK=$(mktemp -d /tmp/bascule-quickstart.XXXXXX)
+chmod 755 "$WORK"
+PGDATA=$WORK/pgdata
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+AS=()
+if [ "$(id -u)" = 0 ]; then AS=(runuser -u postgres --); fi   # initdb refuses to run as root
+
+cleanup() {
+  "${AS[@]}" "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate stop >/dev/null 2>&1 || true
+  if [ -z "${BASCULE_KEEP:-}" ]; then rm -rf "$WORK"; else echo "kept $WORK"; fi
+}
+trap cleanup EXIT
+
+echo "==> starting a throwaway PostgreSQL on 127.0.0.1:$PORT"
+mkdir -p "$PGDATA" && [ ${#AS[@]} -eq 0 ] || chown postgres "$PGDATA" "$WORK"
+"${AS[@]}" "$PGBIN/initdb" -D "$PGDATA" -U bascule -A trust --no-sync >/dev/null
+"${AS[@]}" "$PGBIN/pg_ctl" -D "$PGDATA" -o "-p $PORT -k $WORK -c listen_addresses=127.0.0.1 -c fsync=off" -l "$WORK/pg.log" -w start >/dev/null
+PSQL=("$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U bascule)
+"${PSQL[@]}" -d postgres -c "CREATE DATABASE mairie" -c "CREATE DATABASE restored"
+"${PSQL[@]}" -d mairie <<'SQL'
+CREATE TYPE statut AS ENUM ('brouillon', 'validé', 'archivé');
+CREATE TABLE citoyens (id serial PRIMARY KEY, nom text NOT NULL, prenom text, commune text, naissance date, infos jsonb);
+CREATE TABLE actes (id bigserial PRIMARY KEY, citoyen int REFERENCES citoyens, nature text, statut statut, signe_le timestamptz, piece bytea);
+INSERT INTO citoyens (nom, prenom, commune, naissance, infos)
+  SELECT 'Lefèvre-' || g, CASE WHEN g % 7 = 0 THEN NULL ELSE 'Zoé ' || g END, 'Saint-Étienne-de-Crossey',
+         date '1950-01-01' + (g % 20000), jsonb_build_object('n', g, 'vœux', 'année ' || g)
+  FROM generate_series(1, 50000) g;
+INSERT INTO actes (citoyen, nature, statut, signe_le, piece)
+  SELECT 1 + g % 50000, 'naissance', (ARRAY['brouillon','validé','archivé']::statut[])[1 + g % 3],
+         now() - (g || ' minutes')::interval, decode(md5(g::text), 'hex')
+  FROM generate_series(1, 100000) g;
+CREATE VIEW actes_valides AS SELECT * FROM actes WHERE statut = 'validé';
+SELECT lo_from_bytea(0, convert_to('registre scanné', 'UTF8'));
+SQL
+
+echo "==> keys: the agent's signing key, the customer's age identity"
+"$AGENT" keygen --out "$WORK/agent.key" > "$WORK/verify.pub" 2>/dev/null
+# the customer's key (age-keygen does the same); it stays with the customer
+RECIPIENT=$("$AGENT" new-identity --out "$WORK/customer.key" 2>/dev/null)
+
+cat > "$WORK/agent.yaml" <<YAML
+tenant: mairie-exemple
+key_file: $WORK/agent.key
+state_dir: $WORK/agent-state
+recipients: [$RECIPIENT]
+providers:
+  - { name: provider-a, url: "file://$WORK/provider-a" }
+  - { name: provider-b, url: "file://$WORK/provider-b" }
+jobs:
+  - name: nightly
+    schedule: "30 1 * * *"
+    source: { type: pg_dump, dsn: "host=127.0.0.1 port=$PORT user=bascule dbname=mairie", pg_dump: $PGBIN/pg_dump }
+YAML
+cat > "$WORK/controller.yaml" <<YAML
+state_dir: $WORK/controller-state
+providers:
+  - { name: provider-a, url: "file://$WORK/provider-a" }
+  - { name: provider-b, url: "file://$WORK/provider-b" }
+restore: { pg_restore: $PGBIN/pg_restore }
+tenants:
+  - { name: mairie-exemple, verify_keys: [$(cat "$WORK/verify.pub")] }
+YAML
+
+echo "==> nightly export (agent)"
+"$AGENT" snapshot --config "$WORK/agent.yaml" --job nightly
+echo "==> a day of activity, then the next night's export"
+"${PSQL[@]}" -d mairie -c "INSERT INTO actes (citoyen, nature, statut, signe_le) SELECT 1 + g % 50000, 'mariage', 'validé', now() FROM generate_series(1, 1000) g" \
+  -c "UPDATE citoyens SET commune = 'Voiron' WHERE id > 49500"
+"$AGENT" snapshot --config "$WORK/agent.yaml" --job nightly
+
+echo "==> what the vendor sees, without any key"
+"$CONTROLLER" snapshots --config "$WORK/controller.yaml" --tenant mairie-exemple
+"$CONTROLLER" verify --config "$WORK/controller.yaml" --tenant mairie-exemple --read-data
+
+echo "==> restore with the customer's key, then compare"
+"$CONTROLLER" restore --config "$WORK/controller.yaml" --tenant mairie-exemple --identity "$WORK/customer.key" \
+  --target "host=127.0.0.1 port=$PORT user=bascule dbname=restored"
+dump() { "$PGBIN/pg_dump" -h 127.0.0.1 -p "$PORT" -U bascule --data-only --no-owner -d "$1" | grep -v -e "^--" -e "^\\\\restrict" -e "^\\\\unrestrict" | sort > "$WORK/$1.sql"; sha256sum < "$WORK/$1.sql"; }
+if [ "$(dump mairie)" = "$(dump restored)" ]; then
+  echo "==> data-only dumps of source and restored databases are identical"
+else
+  echo "error: source and restored databases differ:" >&2; diff "$WORK/mairie.sql" "$WORK/restored.sql" | head -20 >&2
+  exit 1
+fi
+echo "==> escape hatch: any object opens with the stock tools"
+OBJ=$(find "$WORK/provider-a" -path '*chunks*' -type f -print -quit)
+if command -v age >/dev/null && command -v zstd >/dev/null; then
+  age -d -i "$WORK/customer.key" < "$OBJ" | zstd -d > "$WORK/chunk.bin"
+  echo "    age -d -i customer.key < ${OBJ#$WORK/} | zstd -d  ->  $(stat -c %s "$WORK/chunk.bin") bytes of pg_dump stream"
+else
+  echo "    (install the age and zstd command-line tools to try it: apt-get install age zstd)"
+fi
+echo "quickstart: OK"
