@@ -1,1 +1,86 @@
+//! Test harness: real PostgreSQL clusters and real Garage (S3) servers on
+//! loopback, started from the machine's binaries and removed on drop, even
+//! when a test fails. A missing binary fails the test with how to install it.
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
+mod garage;
+mod postgres;
+mod scenario;
+
+pub use garage::Garage;
+pub use postgres::PgCluster;
+pub use scenario::Scenario;
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().unwrap().port()
+}
+
+/// A bascule binary built from this workspace.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) }).expect("target dir");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not built: run `cargo build --workspace --bins` first (the README's test command does)", p.display());
+    p
+}
+
+/// Runs a command, returns its output (never panics on a non-zero exit).
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Runs a command that must succeed.
+pub fn ok(cmd: &mut Command) -> String {
+    let o = run(cmd);
+    assert!(o.status.success(), "{cmd:?} failed ({}):\n{}", o.status, text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Finds a tool on PATH (or in `extra` directories).
+pub fn which(name: &str, extra: &[PathBuf]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).chain(extra.iter().cloned()).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// A child process killed (SIGKILL) on drop.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A temporary directory the `postgres` account can use when tests run as root.
+pub fn shared_tempdir() -> tempfile::TempDir {
+    let d = tempfile::Builder::new().prefix("bascule-test-").tempdir().expect("tempdir");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+pub fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// Tests run the PostgreSQL server as `postgres` when they run as root.
+pub fn is_root() -> bool {
+    String::from_utf8_lossy(&Command::new("id").arg("-u").output().expect("id -u").stdout).trim() == "0"
+}

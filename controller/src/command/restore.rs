@@ -112,7 +112,9 @@ pub async fn run(tenant: &mut Tenant, req: RestoreRequest) -> anyhow::Result<Res
     let t0 = Instant::now();
     let prog = req.pg_restore.clone().unwrap_or_else(|| PathBuf::from("pg_restore"));
     let mut child = tokio::process::Command::new(&prog)
-        .args(["--no-owner", "--exit-on-error", "--no-password", "--dbname"])
+        // one transaction: a restore that fails (a bad object, a full disk)
+        // leaves the target database as it was
+        .args(["--no-owner", "--exit-on-error", "--single-transaction", "--no-password", "--dbname"])
         .arg(&req.target)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -135,6 +137,10 @@ pub async fn run(tenant: &mut Tenant, req: RestoreRequest) -> anyhow::Result<Res
         })
     })
     .await;
+    if streamed.is_err() {
+        // never let pg_restore commit what it read before the bad object
+        let _ = child.start_kill();
+    }
     drop(stdin);
     let status = child.wait().await?;
     let errors = stderr_task.await.unwrap_or_default();

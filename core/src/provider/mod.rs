@@ -136,10 +136,13 @@ impl Provider {
             .with_access_key_id(key_id.resolve(config_file, &field("access_key_id"))?)
             .with_secret_access_key(secret.resolve(config_file, &field("secret_access_key"))?)
             .with_virtual_hosted_style_request(!cfg.path_style)
-            .with_allow_http(cfg.allow_http)
             .with_retry(retry)
+            // one ClientOptions for all client settings: it replaces any set before
             .with_client_options(
-                object_store::ClientOptions::new().with_timeout(cfg.timeout).with_connect_timeout(Duration::from_secs(5)),
+                object_store::ClientOptions::new()
+                    .with_allow_http(cfg.allow_http)
+                    .with_timeout(cfg.timeout)
+                    .with_connect_timeout(Duration::from_secs(5)),
             );
         if let Some(ep) = endpoint {
             b = b.with_endpoint(ep);
