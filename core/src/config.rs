@@ -17,46 +17,159 @@ pub fn load_yaml<T: DeserializeOwned>(path: &Path) -> Result<T> {
 pub fn parse_yaml<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T> {
     let de = serde_yaml::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = e.path().to_string();
+        let mut field = e.path().to_string();
         let inner = e.into_inner();
-        let (line, column) = inner.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
         let mut message = inner.to_string();
         // serde_yaml appends " at line L column C"; we print it in front instead
         if let Some(i) = message.find(" at line ") {
             message.truncate(i);
         }
-        if let Some(rest) = message.strip_prefix(&format!("{field}: ")) {
-            message = rest.to_string();
+        // ... and may start with its own idea of the path: `jobs[0]: `
+        if let Some((head, rest)) = message.split_once(": ") {
+            if !head.is_empty() && head.chars().all(|c| c.is_ascii_alphanumeric() || "_.[]".contains(c)) {
+                message = rest.to_string();
+            }
         }
+        if let Some(unknown) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+            field = if field == "." { unknown.to_string() } else { format!("{field}.{unknown}") };
+        }
+        // serde_yaml places errors at the start of the enclosing mapping;
+        // follow the field's path through the text to point at the field itself
+        let (line, column) = locate(text, &field)
+            .or_else(|| inner.location().map(|l| (l.line(), l.column())))
+            .unwrap_or((0, 0));
         Error::Config { file: path.into(), line, column, field: if field == "." { "(document)".into() } else { field }, message }
     })
 }
 
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn segments(path: &str) -> Option<Vec<Seg<'_>>> {
+    let mut out = Vec::new();
+    for part in path.split('.') {
+        let (key, mut rest) = part.split_at(part.find('[').unwrap_or(part.len()));
+        if !key.is_empty() {
+            out.push(Seg::Key(key));
+        }
+        while let Some(r) = rest.strip_prefix('[') {
+            let end = r.find(']')?;
+            out.push(Seg::Index(r[..end].parse().ok()?));
+            rest = &r[end + 1..];
+        }
+    }
+    Some(out)
+}
+
+/// Finds the line and column (1-based) of the node at `path` (`jobs[0].schedule`)
+/// in block-style YAML, also inside one-line flow mappings (`{ a: 1, b: 2 }`).
+/// Best effort: `None` when the text is laid out in a way it does not follow.
+pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let is_blank = |l: &str| l.trim().is_empty() || l.trim_start().starts_with('#');
+    // the block being searched: lines[start..end], deeper than `parent`
+    let (mut start, mut end, mut parent) = (0usize, lines.len(), -1isize);
+    let mut found = None;
+    for seg in segments(path)? {
+        match seg {
+            Seg::Key(k) => {
+                let pat = format!("{k}:");
+                let mut hit = None;
+                for (i, l) in lines.iter().enumerate().take(end).skip(start) {
+                    if is_blank(l) || (indent(l) as isize) <= parent && i > start {
+                        continue;
+                    }
+                    let body = l.trim_start().trim_start_matches("- ");
+                    let col = l.len() - body.len();
+                    if body.starts_with(&pat) {
+                        hit = Some((i, col, false));
+                        break;
+                    }
+                    // inside a flow mapping on this line
+                    for sep in ["{ ", "{", ", ", ","] {
+                        if let Some(p) = l.find(&format!("{sep}{pat}")) {
+                            hit = Some((i, p + sep.len(), true));
+                            break;
+                        }
+                    }
+                    if hit.is_some() {
+                        break;
+                    }
+                }
+                let (i, col, inline) = hit?;
+                found = Some((i + 1, col + 1));
+                if inline {
+                    start = i;
+                    end = i + 1;
+                    continue;
+                }
+                let ind = col as isize;
+                let stop = (i + 1..end).find(|&j| !is_blank(lines[j]) && indent(lines[j]) as isize <= ind && !lines[j].trim_start().starts_with("- ") || (!is_blank(lines[j]) && (indent(lines[j]) as isize) < ind)).unwrap_or(end);
+                start = i;
+                end = stop;
+                parent = ind;
+            }
+            Seg::Index(n) => {
+                let items: Vec<usize> = (start..end)
+                    .filter(|&j| lines[j].trim_start().starts_with("- ") && indent(lines[j]) as isize > parent - 1)
+                    .collect();
+                let first_indent = indent(lines[*items.first()?]);
+                let items: Vec<usize> = items.into_iter().filter(|&j| indent(lines[j]) == first_indent).collect();
+                let i = *items.get(n)?;
+                let stop = items.iter().copied().find(|&j| j > i).unwrap_or(end);
+                found = Some((i + 1, first_indent + 3));
+                start = i;
+                end = stop;
+                parent = first_indent as isize;
+            }
+        }
+    }
+    found
+}
+
 /// A secret is never written in the YAML: it is read from the environment or
 /// from a file when the config is resolved.
-/// Written `{env: NAME}` or `{file: /path}`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "SecretRefRepr")]
+/// Written `{env: NAME}` or `{file: /path}`. A plain string is refused,
+/// and never repeated in the error (it may be the secret itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretRef {
     Env(String),
     File(PathBuf),
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SecretRefRepr {
-    env: Option<String>,
-    file: Option<PathBuf>,
-}
+const SECRET_HELP: &str = "a secret is `{env: NAME}` or `{file: /path}` (exactly one); it is never written inline";
 
-impl TryFrom<SecretRefRepr> for SecretRef {
-    type Error = &'static str;
-    fn try_from(r: SecretRefRepr) -> std::result::Result<Self, Self::Error> {
-        match (r.env, r.file) {
-            (Some(e), None) => Ok(SecretRef::Env(e)),
-            (None, Some(f)) => Ok(SecretRef::File(f)),
-            _ => Err("a secret is `{env: NAME}` or `{file: /path}` (exactly one); it is never written inline"),
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SecretRef;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(SECRET_HELP)
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> std::result::Result<SecretRef, E> {
+                Err(E::custom(SECRET_HELP))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<SecretRef, A::Error> {
+                let mut found = None;
+                while let Some(k) = map.next_key::<String>()? {
+                    let v: String = map.next_value()?;
+                    let s = match k.as_str() {
+                        "env" => SecretRef::Env(v),
+                        "file" => SecretRef::File(v.into()),
+                        _ => return Err(serde::de::Error::custom(SECRET_HELP)),
+                    };
+                    if found.replace(s).is_some() {
+                        return Err(serde::de::Error::custom(SECRET_HELP));
+                    }
+                }
+                found.ok_or_else(|| serde::de::Error::custom(SECRET_HELP))
+            }
         }
+        d.deserialize_any(V)
     }
 }
 
@@ -113,6 +226,16 @@ mod tests {
         assert!(err.starts_with("x.yaml:4:"), "{err}");
         assert!(err.contains("items[1]"), "{err}");
         assert!(err.contains("unknown field `colour`"), "{err}");
+    }
+
+    #[test]
+    fn locate_follows_the_path() {
+        let text = "a: 1\njobs:\n  - name: x\n    schedule: \"bad\"\n  - name: y\n    source: { type: t, colour: blue }\n    schedule: ok\n";
+        assert_eq!(locate(text, "jobs[0].schedule"), Some((4, 5)));
+        assert_eq!(locate(text, "jobs[1].schedule"), Some((7, 5)));
+        assert_eq!(locate(text, "jobs[1].source.colour"), Some((6, 24)));
+        assert_eq!(locate(text, "jobs[1]"), Some((5, 5)));
+        assert_eq!(locate(text, "nothing.here"), None);
     }
 
     #[test]
