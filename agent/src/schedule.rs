@@ -30,7 +30,9 @@ pub async fn run_job(agent: Arc<Agent>, job_name: &str, cancel: CancellationToke
     for (p, r) in &report.providers {
         match r {
             Ok(()) => tracing::info!(job = job_name, snapshot = %report.name, provider = %p, "Snapshot committed"),
-            Err(e) => tracing::error!(job = job_name, snapshot = %report.name, provider = %p, error = %e, "Snapshot missing on this provider (degraded); kept in the backlog"),
+            Err(e) => {
+                tracing::error!(job = job_name, snapshot = %report.name, provider = %p, error = %e, "Snapshot missing on this provider (degraded); kept in the backlog")
+            }
         }
     }
     tracing::info!(
@@ -71,9 +73,9 @@ pub async fn run_daemon(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -
             _ = shutdown.as_mut() => break,
         }
         let now = Local::now();
-        for i in 0..next.len() {
-            if next[i].is_some_and(|t| t <= now) {
-                next[i] = next_after(&agent, i, now);
+        for (i, slot) in next.iter_mut().enumerate() {
+            if slot.is_some_and(|t| t <= now) {
+                *slot = next_after(&agent, i, now);
                 let name = agent.config.jobs[i].name.clone();
                 if !running.lock().expect("lock").insert(name.clone()) {
                     tracing::warn!(job = %name, "Previous run still going; this tick is skipped");

@@ -32,9 +32,17 @@ struct RawChunk {
 
 /// Where a chunk of the stream ended up.
 enum Placed {
-    Object { obj: ObjectRef, len: u32, plain_hash: String },
+    Object {
+        obj: ObjectRef,
+        len: u32,
+        plain_hash: String,
+    },
     /// Already placed earlier in this same stream.
-    Repeat { key: String, len: u32, plain_hash: String },
+    Repeat {
+        key: String,
+        len: u32,
+        plain_hash: String,
+    },
 }
 
 /// What one run did, per provider.
@@ -94,7 +102,13 @@ impl Run {
         let results = self.agent.replicated.put(key, bytes, which).await;
         for (name, r) in results {
             if let Err(e) = r {
-                let i = self.agent.replicated.replicas.iter().position(|x| x.provider == name).expect("known provider");
+                let i = self
+                    .agent
+                    .replicated
+                    .replicas
+                    .iter()
+                    .position(|x| x.provider == name)
+                    .expect("known provider");
                 self.take_down(i, e.to_string());
             }
         }
@@ -115,7 +129,11 @@ impl Run {
                     let holder = has.iter().position(|h| *h).expect("a holder");
                     let r = &self.agent.replicated.replicas[holder];
                     let bytes = r.get(&key).await?.with_context(|| format!("{key} vanished from {}", r.provider))?;
-                    let obj = ObjectRef { key: key.clone(), len: bytes.len() as u64, hash: hash_hex(&bytes) };
+                    let obj = ObjectRef {
+                        key: key.clone(),
+                        len: bytes.len() as u64,
+                        hash: hash_hex(&bytes),
+                    };
                     if let Some(k) = known {
                         check_ciphertext(k, &r.provider, &bytes)?;
                     }
@@ -128,7 +146,11 @@ impl Run {
         } else {
             let recipients = self.agent.config.recipients.clone();
             let sealed = tokio::task::spawn_blocking(move || seal::seal(&raw.data, &recipients)).await??;
-            let obj = ObjectRef { key: key.clone(), len: sealed.len() as u64, hash: hash_hex(&sealed) };
+            let obj = ObjectRef {
+                key: key.clone(),
+                len: sealed.len() as u64,
+                hash: hash_hex(&sealed),
+            };
             self.put(&key, Bytes::from(sealed), &lacking).await;
             self.new_bytes.fetch_add(obj.len, Ordering::Relaxed);
             obj
@@ -136,7 +158,11 @@ impl Run {
         if !self.any_up() {
             bail!("every provider failed: {}", self.down_reasons());
         }
-        Ok(Placed::Object { obj, len, plain_hash: raw.plain_hash })
+        Ok(Placed::Object {
+            obj,
+            len,
+            plain_hash: raw.plain_hash,
+        })
     }
 
     fn down_reasons(&self) -> String {
@@ -198,7 +224,10 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
     }
     let up: Vec<bool> = why_down.iter().map(Option::is_none).collect();
     if !up.iter().any(|u| *u) {
-        bail!("no provider is reachable: {}", why_down.iter().flatten().cloned().collect::<Vec<_>>().join("; "));
+        bail!(
+            "no provider is reachable: {}",
+            why_down.iter().flatten().cloned().collect::<Vec<_>>().join("; ")
+        );
     }
     let (head_seq, latest) = read_heads(&agent, &up).await;
 
@@ -206,7 +235,11 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
     let mut known = HashMap::new();
     if let Some(name) = latest {
         let key = layout::manifest(&name);
-        match agent.replicated.get_checked(&key, 0, |_, b| signed::open::<Manifest>(Kind::Manifest, &b, &trusted, &key)).await {
+        match agent
+            .replicated
+            .get_checked(&key, 0, |_, b| signed::open::<Manifest>(Kind::Manifest, &b, &trusted, &key))
+            .await
+        {
             Ok(((m, _), _)) => known.extend(m.objects.into_iter().map(|o| (o.key.clone(), o))),
             Err(e) => tracing::warn!(error = %e, "Cannot read the previous manifest; unchanged chunks will be re-read to be hashed"),
         }
@@ -244,7 +277,11 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
             let data = c?;
             whole.update(&data);
             total += data.len() as u64;
-            let raw = RawChunk { id: key.chunk_id(&data), plain_hash: hash_hex(&data), data };
+            let raw = RawChunk {
+                id: key.chunk_id(&data),
+                plain_hash: hash_hex(&data),
+                data,
+            };
             if tx.blocking_send(raw).is_err() {
                 break;
             }
@@ -254,20 +291,26 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
 
     let chunks = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let mut seen = HashSet::new();
-    let placed = chunks
-        .map(|raw| {
-            let run = run.clone();
-            let key = layout::chunk(&raw.id);
-            let repeat = !seen.insert(key.clone());
-            async move {
-                if repeat {
-                    return Ok(Placed::Repeat { key, len: raw.data.len() as u32, plain_hash: raw.plain_hash });
+    // boxed so that dropping it (on failure) drops the receiver and stops the chunker
+    let mut placed = Box::pin(
+        chunks
+            .map(|raw| {
+                let run = run.clone();
+                let key = layout::chunk(&raw.id);
+                let repeat = !seen.insert(key.clone());
+                async move {
+                    if repeat {
+                        return Ok(Placed::Repeat {
+                            key,
+                            len: raw.data.len() as u32,
+                            plain_hash: raw.plain_hash,
+                        });
+                    }
+                    run.place(raw).await
                 }
-                run.place(raw).await
-            }
-        })
-        .buffered(agent.config.upload.concurrency);
-    futures::pin_mut!(placed);
+            })
+            .buffered(agent.config.upload.concurrency),
+    );
 
     let mut objects: Vec<ObjectRef> = Vec::new();
     let mut position: HashMap<String, u32> = HashMap::new();
@@ -280,12 +323,20 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
                 let pos = objects.len() as u32;
                 position.insert(obj.key.clone(), pos);
                 objects.push(obj);
-                entries.push(IndexEntry { object: pos, len, hash: plain_hash });
+                entries.push(IndexEntry {
+                    object: pos,
+                    len,
+                    hash: plain_hash,
+                });
                 source_bytes += len as u64;
             }
             Ok(Placed::Repeat { key, len, plain_hash }) => {
                 let pos = *position.get(&key).expect("a repeat follows its first occurrence");
-                entries.push(IndexEntry { object: pos, len, hash: plain_hash });
+                entries.push(IndexEntry {
+                    object: pos,
+                    len,
+                    hash: plain_hash,
+                });
                 source_bytes += len as u64;
             }
             Err(e) => {
@@ -307,7 +358,10 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
     let facts = running.finish().await;
     stop_on_cancel.abort();
     if cancel.is_cancelled() {
-        bail!("job {}: cancelled, nothing committed (a re-run reuses the chunks already sent)", job.name);
+        bail!(
+            "job {}: cancelled, nothing committed (a re-run reuses the chunks already sent)",
+            job.name
+        );
     }
     let facts = facts.with_context(|| format!("job {}: the source failed, nothing committed", job.name))?;
     let (stream_hash, total) = chunked.with_context(|| format!("job {}: reading the source", job.name))?;
@@ -316,11 +370,21 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
 
     // Index (sealed) → manifest (signed) → HEAD (signed), on every provider still up.
     let name = layout::new_snapshot_name(started_at);
-    let index = Index { format: FORMAT, chunks: entries, stream_hash, row_counts: facts.row_counts, source: facts.source };
+    let index = Index {
+        format: FORMAT,
+        chunks: entries,
+        stream_hash,
+        row_counts: facts.row_counts,
+        source: facts.source,
+    };
     let index_json = serde_json::to_vec(&index)?;
     let recipients = agent.config.recipients.clone();
     let sealed_index = tokio::task::spawn_blocking(move || seal::seal(&index_json, &recipients)).await??;
-    let index_ref = ObjectRef { key: layout::index(&name), len: sealed_index.len() as u64, hash: hash_hex(&sealed_index) };
+    let index_ref = ObjectRef {
+        key: layout::index(&name),
+        len: sealed_index.len() as u64,
+        hash: hash_hex(&sealed_index),
+    };
     run.put(&index_ref.key, Bytes::from(sealed_index), &run.up_mask()).await;
 
     let new_bytes = run.new_bytes.load(Ordering::Relaxed) + index_ref.len;
@@ -354,7 +418,12 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
         latest_wal: None,
         agent_time: chrono::Utc::now(),
     };
-    run.put(layout::HEAD, Bytes::from(signed::sign(Kind::Head, &head, &agent.key)), &run.up_mask()).await;
+    run.put(
+        layout::HEAD,
+        Bytes::from(signed::sign(Kind::Head, &head, &agent.key)),
+        &run.up_mask(),
+    )
+    .await;
     if !run.any_up() {
         bail!("job {}: every provider failed while committing: {}", job.name, run.down_reasons());
     }
@@ -363,10 +432,15 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
     let providers: Vec<_> = replicas
         .iter()
         .zip(why)
-        .map(|(r, w)| (r.provider.clone(), match w {
-            None => Ok(()),
-            Some(w) => Err(w),
-        }))
+        .map(|(r, w)| {
+            (
+                r.provider.clone(),
+                match w {
+                    None => Ok(()),
+                    Some(w) => Err(w),
+                },
+            )
+        })
         .collect();
     let report = SnapshotReport {
         name,
@@ -384,5 +458,7 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }

@@ -11,7 +11,10 @@ pub struct Throttle {
 
 impl Throttle {
     pub fn new(bytes_per_sec: Option<u64>) -> Self {
-        Throttle { bytes_per_sec, next_free: Mutex::new(Instant::now()) }
+        Throttle {
+            bytes_per_sec,
+            next_free: Mutex::new(Instant::now()),
+        }
     }
 
     /// Waits until `bytes` may be sent. Reservations are made in call order,

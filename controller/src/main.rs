@@ -80,12 +80,30 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
                 r.snapshots,
                 r.objects_checked,
                 t.replicated.replicas.len(),
-                if read_data { format!(", {} bytes read and hashed", r.bytes_read) } else { String::new() },
-                if r.problems.is_empty() { "OK".to_string() } else { format!("{} problem(s)", r.problems.len()) }
+                if read_data {
+                    format!(", {} bytes read and hashed", r.bytes_read)
+                } else {
+                    String::new()
+                },
+                if r.problems.is_empty() {
+                    "OK".to_string()
+                } else {
+                    format!("{} problem(s)", r.problems.len())
+                }
             );
-            Ok(if r.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if r.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        Command::Restore { config, tenant, identity, snapshot, target } => {
+        Command::Restore {
+            config,
+            tenant,
+            identity,
+            snapshot,
+            target,
+        } => {
             let cfg = ControllerConfig::load(&config)?;
             let identities = Identities::load(&identity).context("--identity")?;
             let mut t = Tenant::open(&cfg, &config, &tenant)?;
@@ -106,15 +124,26 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
                 r.served.iter().map(|(p, n)| format!("{p} {n} B")).collect::<Vec<_>>().join(", ")
             );
             for (table, want, got) in &r.mismatches {
-                println!("MISMATCH {table}: {want} rows at export, {} after restore", got.map(|g| g.to_string()).unwrap_or("no table".into()));
+                println!(
+                    "MISMATCH {table}: {want} rows at export, {} after restore",
+                    got.map(|g| g.to_string()).unwrap_or("no table".into())
+                );
             }
             println!(
                 "row counts: {} table(s), {} row(s): {}",
                 r.tables_checked,
                 r.rows_checked,
-                if r.mismatches.is_empty() { "identical to the export" } else { "DIFFERENT" }
+                if r.mismatches.is_empty() {
+                    "identical to the export"
+                } else {
+                    "DIFFERENT"
+                }
             );
-            Ok(if r.mismatches.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if r.mismatches.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

@@ -68,7 +68,10 @@ impl Tenant {
             };
             out.push((r.provider.clone(), state));
         }
-        let best = out.iter().filter_map(|(_, s)| if let HeadState::Valid(h) = s { Some(h.sequence) } else { None }).max();
+        let best = out
+            .iter()
+            .filter_map(|(_, s)| if let HeadState::Valid(h) = s { Some(h.sequence) } else { None })
+            .max();
         if let Some(best) = best {
             self.guard.observe(best)?;
         }
@@ -84,7 +87,10 @@ impl Tenant {
             .get_checked(&key, 0, |_, b| {
                 let (m, by): (Manifest, _) = signed::open(Kind::Manifest, &b, &self.trusted, &key)?;
                 if m.tenant != self.name || m.name != name {
-                    return Err(Error::Body { key: key.clone(), reason: format!("manifest is for {}/{}", m.tenant, m.name) });
+                    return Err(Error::Body {
+                        key: key.clone(),
+                        reason: format!("manifest is for {}/{}", m.tenant, m.name),
+                    });
                 }
                 Ok((m, by))
             })
@@ -132,10 +138,16 @@ impl Tenant {
             return best.with_context(|| format!("tenant {}: no provider has a valid HEAD naming a snapshot", self.name));
         }
         let names = Self::snapshot_names(&self.listings().await);
-        let hits: Vec<_> = names.iter().filter(|n| *n == wanted || n.ends_with(&format!("-{wanted}"))).collect();
+        let hits: Vec<_> = names
+            .iter()
+            .filter(|n| *n == wanted || n.ends_with(&format!("-{wanted}")))
+            .collect();
         match hits.as_slice() {
             [one] => Ok((*one).clone()),
-            [] => anyhow::bail!("tenant {}: no snapshot {wanted:?}; `bascule-controller snapshots` lists them", self.name),
+            [] => anyhow::bail!(
+                "tenant {}: no snapshot {wanted:?}; `bascule-controller snapshots` lists them",
+                self.name
+            ),
             _ => anyhow::bail!("tenant {}: {wanted:?} matches several snapshots; give the full name", self.name),
         }
     }

@@ -31,14 +31,24 @@ pub fn parse_yaml<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T> {
             }
         }
         if let Some(unknown) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
-            field = if field == "." { unknown.to_string() } else { format!("{field}.{unknown}") };
+            field = if field == "." {
+                unknown.to_string()
+            } else {
+                format!("{field}.{unknown}")
+            };
         }
         // serde_yaml places errors at the start of the enclosing mapping;
         // follow the field's path through the text to point at the field itself
         let (line, column) = locate(text, &field)
             .or_else(|| inner.location().map(|l| (l.line(), l.column())))
             .unwrap_or((0, 0));
-        Error::Config { file: path.into(), line, column, field: if field == "." { "(document)".into() } else { field }, message }
+        Error::Config {
+            file: path.into(),
+            line,
+            column,
+            field: if field == "." { "(document)".into() } else { field },
+            message,
+        }
     })
 }
 
@@ -107,7 +117,12 @@ pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
                     continue;
                 }
                 let ind = col as isize;
-                let stop = (i + 1..end).find(|&j| !is_blank(lines[j]) && indent(lines[j]) as isize <= ind && !lines[j].trim_start().starts_with("- ") || (!is_blank(lines[j]) && (indent(lines[j]) as isize) < ind)).unwrap_or(end);
+                let stop = (i + 1..end)
+                    .find(|&j| {
+                        !is_blank(lines[j]) && indent(lines[j]) as isize <= ind && !lines[j].trim_start().starts_with("- ")
+                            || (!is_blank(lines[j]) && (indent(lines[j]) as isize) < ind)
+                    })
+                    .unwrap_or(end);
                 start = i;
                 end = stop;
                 parent = ind;
@@ -183,7 +198,10 @@ impl SecretRef {
             }),
             SecretRef::File(p) => std::fs::read_to_string(p)
                 .map(|s| s.trim().to_string())
-                .map_err(|e| Error::ConfigValue { file: config_file.into(), message: format!("{what}: {}: {e}", p.display()) }),
+                .map_err(|e| Error::ConfigValue {
+                    file: config_file.into(),
+                    message: format!("{what}: {}: {e}", p.display()),
+                }),
         }
     }
 }
@@ -199,6 +217,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+}
+
+/// Tenant, provider and job names end up in object keys and metric labels:
+/// keep them to `[a-z0-9._-]`.
+pub fn check_name(what: &str, name: &str) -> std::result::Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{what} {name:?}: use 1 to 64 characters among a-z, 0-9, '.', '_' and '-'"))
+    }
 }
 
 #[cfg(test)]
@@ -230,7 +264,8 @@ mod tests {
 
     #[test]
     fn locate_follows_the_path() {
-        let text = "a: 1\njobs:\n  - name: x\n    schedule: \"bad\"\n  - name: y\n    source: { type: t, colour: blue }\n    schedule: ok\n";
+        let text =
+            "a: 1\njobs:\n  - name: x\n    schedule: \"bad\"\n  - name: y\n    source: { type: t, colour: blue }\n    schedule: ok\n";
         assert_eq!(locate(text, "jobs[0].schedule"), Some((4, 5)));
         assert_eq!(locate(text, "jobs[1].schedule"), Some((7, 5)));
         assert_eq!(locate(text, "jobs[1].source.colour"), Some((6, 24)));
@@ -241,22 +276,13 @@ mod tests {
     #[test]
     fn secrets_by_reference() {
         let o: Outer = parse_yaml("items:\n  - name: a\n    secret: {env: BASCULE_TEST_UNSET_VAR}\n", Path::new("x")).unwrap();
-        let err = o.items[0].secret.as_ref().unwrap().resolve(Path::new("x.yaml"), "items[0].secret").unwrap_err();
+        let err = o.items[0]
+            .secret
+            .as_ref()
+            .unwrap()
+            .resolve(Path::new("x.yaml"), "items[0].secret")
+            .unwrap_err();
         assert!(err.to_string().contains("BASCULE_TEST_UNSET_VAR"));
         assert!(parse_yaml::<Outer>("items:\n  - name: a\n    secret: hunter2\n", Path::new("x")).is_err());
-    }
-}
-
-/// Tenant, provider and job names end up in object keys and metric labels:
-/// keep them to `[a-z0-9._-]`.
-pub fn check_name(what: &str, name: &str) -> std::result::Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
-        && !name.starts_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{what} {name:?}: use 1 to 64 characters among a-z, 0-9, '.', '_' and '-'"))
     }
 }

@@ -42,7 +42,12 @@ pub enum Error {
     #[error("{key}: plaintext hash mismatch (expected {expected}, got {actual})")]
     PlaintextHash { key: String, expected: String, actual: String },
     #[error("{key}: ciphertext hash mismatch on provider {provider} (expected {expected}, got {actual})")]
-    CiphertextHash { key: String, provider: String, expected: String, actual: String },
+    CiphertextHash {
+        key: String,
+        provider: String,
+        expected: String,
+        actual: String,
+    },
     #[error("{key}: bad signed envelope: {reason}")]
     Envelope { key: String, reason: String },
     #[error("{key}: signature does not verify with any registered agent key; refusing the object")]

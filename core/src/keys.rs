@@ -32,7 +32,10 @@ fn random32() -> [u8; 32] {
 
 impl AgentKey {
     pub fn generate() -> Self {
-        AgentKey { signing: SigningKey::from_bytes(&random32()), dedup: random32() }
+        AgentKey {
+            signing: SigningKey::from_bytes(&random32()),
+            dedup: random32(),
+        }
     }
 
     /// Writes the key file with mode 0600; refuses to overwrite an existing file.
@@ -56,7 +59,10 @@ impl AgentKey {
 
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let bad = |reason: &str| Error::KeyFile { path: path.into(), reason: reason.into() };
+        let bad = |reason: &str| Error::KeyFile {
+            path: path.into(),
+            reason: reason.into(),
+        };
         let (mut signing, mut dedup) = (None, None);
         for line in text.lines().map(str::trim) {
             if line.is_empty() || line.starts_with('#') {
@@ -155,7 +161,10 @@ impl FromStr for Recipient {
     fn from_str(s: &str) -> Result<Self> {
         age::x25519::Recipient::from_str(s.trim())
             .map(Recipient)
-            .map_err(|e| Error::Recipient { recipient: s.to_string(), reason: e.to_string() })
+            .map_err(|e| Error::Recipient {
+                recipient: s.to_string(),
+                reason: e.to_string(),
+            })
     }
 }
 
@@ -181,7 +190,9 @@ impl Identities {
     /// read once; the secret stays in memory only.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::parse(&text).ok_or_else(|| Error::Identity { identity: path.display().to_string() })
+        Self::parse(&text).ok_or_else(|| Error::Identity {
+            identity: path.display().to_string(),
+        })
     }
 
     pub fn parse(text: &str) -> Option<Self> {

@@ -54,14 +54,22 @@ pub async fn sync(rep: &Replicated, trusted: &[VerifyKey], dry_run: bool) -> Res
         .collect();
 
     for mkey in &manifests {
-        let (bytes, _) = rep.get_checked(mkey, 0, |_, b| signed::open::<Manifest>(Kind::Manifest, &b, trusted, mkey).map(|_| b)).await?;
+        let (bytes, _) = rep
+            .get_checked(mkey, 0, |_, b| {
+                signed::open::<Manifest>(Kind::Manifest, &b, trusted, mkey).map(|_| b)
+            })
+            .await?;
         let (manifest, _): (Manifest, _) = signed::open(Kind::Manifest, &bytes, trusted, mkey)?;
         for (i, r) in rep.replicas.iter().enumerate() {
             let Some(held) = holds[i].as_mut() else { continue };
             if report.failed.contains_key(&r.provider) {
                 continue;
             }
-            let mut objects: Vec<_> = manifest.all_objects().filter(|o| held.get(&o.key) != Some(&o.len)).cloned().collect();
+            let mut objects: Vec<_> = manifest
+                .all_objects()
+                .filter(|o| held.get(&o.key) != Some(&o.len))
+                .cloned()
+                .collect();
             let need_manifest = !held.contains_key(mkey);
             if objects.is_empty() && !need_manifest {
                 continue;
@@ -101,7 +109,9 @@ pub async fn sync(rep: &Replicated, trusted: &[VerifyKey], dry_run: bool) -> Res
             continue;
         }
         let h = match r.get(layout::HEAD).await {
-            Ok(Some(b)) => signed::open::<Head>(Kind::Head, &b, trusted, layout::HEAD).ok().map(|(h, _)| (h.sequence, b)),
+            Ok(Some(b)) => signed::open::<Head>(Kind::Head, &b, trusted, layout::HEAD)
+                .ok()
+                .map(|(h, _)| (h.sequence, b)),
             _ => None,
         };
         heads.push(h);

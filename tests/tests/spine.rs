@@ -23,10 +23,20 @@ fn export_verify_restore_is_identical() {
     let r = s.restore("latest", "restored", &s.path("customer.key"));
     assert!(r.status.success(), "{}", text(&r));
     assert!(text(&r).contains("identical to the export"), "{}", text(&r));
-    assert_eq!(s.pg.data_fingerprint("mairie"), s.pg.data_fingerprint("restored"), "restored data differs");
+    assert_eq!(
+        s.pg.data_fingerprint("mairie"),
+        s.pg.data_fingerprint("restored"),
+        "restored data differs"
+    );
     assert_eq!(s.pg.schema("mairie"), s.pg.schema("restored"), "restored schema differs");
-    assert_eq!(s.pg.psql("restored", "SELECT convert_from(lo_get(oid), 'UTF8') FROM pg_largeobject_metadata"), "registre d'état civil scanné — 1892");
-    assert_eq!(s.pg.psql("restored", "SELECT nom_complet(c) FROM citoyens c WHERE id = 1"), "Zoé 1 Lefèvre-1");
+    assert_eq!(
+        s.pg.psql("restored", "SELECT convert_from(lo_get(oid), 'UTF8') FROM pg_largeobject_metadata"),
+        "registre d'état civil scanné — 1892"
+    );
+    assert_eq!(
+        s.pg.psql("restored", "SELECT nom_complet(c) FROM citoyens c WHERE id = 1"),
+        "Zoé 1 Lefèvre-1"
+    );
 }
 
 #[test]
@@ -40,17 +50,30 @@ fn stock_age_and_zstd_open_any_object() {
     let obj = s.path("object");
     std::fs::write(&obj, &sealed).unwrap();
     let age = bascule_tests::which("age", &[]).expect("the `age` CLI is needed: apt-get install age (the README's test command does)");
-    let cmd = format!("{} -d -i {} < {} | zstd -d", age.display(), s.path("customer.key").display(), obj.display());
+    let cmd = format!(
+        "{} -d -i {} < {} | zstd -d",
+        age.display(),
+        s.path("customer.key").display(),
+        obj.display()
+    );
     let o = run(std::process::Command::new("sh").args(["-c", &cmd]));
     assert!(o.status.success(), "{}", text(&o));
     assert!(!o.stdout.is_empty());
     // the chunk id is the keyed hash of exactly these bytes: the plaintext hash
     // recorded in the sealed index is checked by restore; here the stream must
     // be part of a pg_dump archive
-    let index_key = rt().block_on(a.list("snapshots/")).unwrap().into_keys().find(|k| k.ends_with(".index")).unwrap();
+    let index_key = rt()
+        .block_on(a.list("snapshots/"))
+        .unwrap()
+        .into_keys()
+        .find(|k| k.ends_with(".index"))
+        .unwrap();
     std::fs::write(&obj, rt().block_on(a.get(&index_key)).unwrap().unwrap()).unwrap();
     let o = run(std::process::Command::new("sh").args(["-c", &cmd]));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("\"row_counts\""), "index opens with stock tools");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("\"row_counts\""),
+        "index opens with stock tools"
+    );
 }
 
 #[test]
@@ -70,8 +93,14 @@ fn second_night_uploads_only_what_changed() {
     let second = s.snapshot();
     assert!(second.status.success(), "{}", text(&second));
     let (n1, n2) = (Scenario::new_bytes(&first), Scenario::new_bytes(&second));
-    eprintln!("first night {n1} bytes, second night {n2} bytes ({:.1} %)", n2 as f64 * 100.0 / n1 as f64);
-    assert!(n2 * 4 < n1, "second night sent {n2} bytes, not far fewer than the first night's {n1}");
+    eprintln!(
+        "first night {n1} bytes, second night {n2} bytes ({:.1} %)",
+        n2 as f64 * 100.0 / n1 as f64
+    );
+    assert!(
+        n2 * 4 < n1,
+        "second night sent {n2} bytes, not far fewer than the first night's {n1}"
+    );
     // and the second snapshot restores to exactly the new state
     let r = s.restore("latest", "restored", &s.path("customer.key"));
     assert!(r.status.success(), "{}", text(&r));
@@ -83,9 +112,16 @@ fn provider_down_during_export_then_backlog_replayed() {
     let mut s = Scenario::start(40_000);
     // a thin uplink, so the export is still running when provider B dies
     s.write_configs("  max_bandwidth: 1MiB\n");
-    let mut child = s.agent(&["snapshot", "--job", "nightly"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut child = s
+        .agent(&["snapshot", "--job", "nightly"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(child.try_wait().unwrap().is_none(), "the export finished before the fault was injected; slow it down");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the export finished before the fault was injected; slow it down"
+    );
     s.b.stop();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(3), "degraded exit expected:\n{}", text(&out));
@@ -100,7 +136,10 @@ fn provider_down_during_export_then_backlog_replayed() {
     s.write_configs("");
     let sync = run(&mut s.agent(&["sync"]));
     assert!(sync.status.success(), "{}", text(&sync));
-    assert!(!s.path("agent-state/backlog.json").exists(), "backlog cleared after a complete sync");
+    assert!(
+        !s.path("agent-state/backlog.json").exists(),
+        "backlog cleared after a complete sync"
+    );
     let v = run(&mut s.controller(&["verify", "--read-data"]));
     assert!(v.status.success(), "verify after replay:\n{}", text(&v));
     let r = s.restore("latest", "restored", &s.path("customer.key"));
@@ -119,7 +158,10 @@ fn killed_export_is_resumed_and_restores_identically() {
     let a = s.provider(&s.a);
     let sent = rt().block_on(a.list("chunks/")).unwrap().len();
     assert!(sent > 0, "some chunks arrived before the kill");
-    assert!(rt().block_on(a.list("snapshots/")).unwrap().is_empty(), "no manifest may exist for a killed export");
+    assert!(
+        rt().block_on(a.list("snapshots/")).unwrap().is_empty(),
+        "no manifest may exist for a killed export"
+    );
 
     s.write_configs("");
     let t0 = Instant::now();
@@ -146,7 +188,10 @@ fn flipped_byte_on_one_provider_is_detected_and_bypassed() {
     let v = run(&mut s.controller(&["verify", "--read-data"]));
     assert!(!v.status.success());
     let report = text(&v);
-    assert!(report.contains(&format!("provider provider-a: {key}")) && report.contains("hash mismatch"), "{report}");
+    assert!(
+        report.contains(&format!("provider provider-a: {key}")) && report.contains("hash mismatch"),
+        "{report}"
+    );
     assert!(!report.contains("provider provider-b:"), "provider B is clean:\n{report}");
 
     let r = s.restore("latest", "restored", &s.path("customer.key"));
@@ -169,11 +214,20 @@ fn forged_objects_are_refused_before_use() {
     let r = s.restore("latest", "restored", &s.path("customer.key"));
     assert!(!r.status.success());
     assert!(text(&r).contains(&key) && text(&r).contains("hash mismatch"), "{}", text(&r));
-    assert_eq!(s.pg.psql("restored", "SELECT count(*) FROM pg_tables WHERE tablename = 'citoyens'"), "0", "nothing of the forged data may reach the database");
+    assert_eq!(
+        s.pg.psql("restored", "SELECT count(*) FROM pg_tables WHERE tablename = 'citoyens'"),
+        "0",
+        "nothing of the forged data may reach the database"
+    );
 
     // a manifest signed by another key is refused too
     let other = bascule_core::keys::AgentKey::generate();
-    let mkey = rt.block_on(a.list("snapshots/")).unwrap().into_keys().find(|k| k.ends_with(".manifest")).unwrap();
+    let mkey = rt
+        .block_on(a.list("snapshots/"))
+        .unwrap()
+        .into_keys()
+        .find(|k| k.ends_with(".manifest"))
+        .unwrap();
     let orig = rt.block_on(a.get(&mkey)).unwrap().unwrap();
     let body_at = orig.windows(2).position(|w| w == b"\n\n").unwrap() + 2;
     let body: serde_json::Value = serde_json::from_slice(&orig[body_at..]).unwrap();
@@ -190,10 +244,17 @@ fn wrong_identity_names_the_recipients() {
     let s = Scenario::start(1_000);
     assert!(s.snapshot().status.success());
     let stranger = s.path("stranger.key");
-    ok(std::process::Command::new(bin("bascule-agent")).arg("new-identity").arg("--out").arg(&stranger));
+    ok(std::process::Command::new(bin("bascule-agent"))
+        .arg("new-identity")
+        .arg("--out")
+        .arg(&stranger));
     let r = s.restore("latest", "restored", &stranger);
     assert!(!r.status.success());
-    assert!(text(&r).contains(&s.recipient), "the error must name the recipient the data was sealed to:\n{}", text(&r));
+    assert!(
+        text(&r).contains(&s.recipient),
+        "the error must name the recipient the data was sealed to:\n{}",
+        text(&r)
+    );
 }
 
 #[test]

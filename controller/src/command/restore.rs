@@ -44,9 +44,18 @@ pub struct RestoreReport {
 /// Opens the sealed index with the customer's identity.
 pub async fn open_index(tenant: &Tenant, m: &Manifest, ids: &Identities) -> anyhow::Result<Index> {
     let o = m.index.clone();
-    let (ciphertext, _) = tenant.replicated.get_checked(&o.key, 0, |p, b| check_ciphertext(&o, p, &b).map(|_| b)).await?;
+    let (ciphertext, _) = tenant
+        .replicated
+        .get_checked(&o.key, 0, |p, b| check_ciphertext(&o, p, &b).map(|_| b))
+        .await?;
     let plain = seal::open(&ciphertext, ids, 256 << 20, &o.key, &m.recipients)?;
-    serde_json::from_slice(&plain).map_err(|e| Error::Body { key: o.key.clone(), reason: e.to_string() }.into())
+    serde_json::from_slice(&plain).map_err(|e| {
+        Error::Body {
+            key: o.key.clone(),
+            reason: e.to_string(),
+        }
+        .into()
+    })
 }
 
 /// Fetches, checks and opens the snapshot's chunks in order, calling `sink`
@@ -77,7 +86,11 @@ pub async fn stream_chunks(
                         let plain = seal::open(&b, &ids, max, &obj.key, &recipients)?;
                         let h = hash_hex(&plain);
                         if plain.len() != entry.len as usize || h != entry.hash {
-                            return Err(Error::PlaintextHash { key: obj.key.clone(), expected: entry.hash.clone(), actual: h });
+                            return Err(Error::PlaintextHash {
+                                key: obj.key.clone(),
+                                expected: entry.hash.clone(),
+                                actual: h,
+                            });
                         }
                         Ok(plain)
                     })
@@ -103,7 +116,10 @@ pub async fn run(tenant: &mut Tenant, req: RestoreRequest) -> anyhow::Result<Res
     let name = tenant.resolve(&req.snapshot).await?;
     let (m, _) = tenant.manifest(&name).await?;
     if m.kind != SnapshotKind::PgDump {
-        bail!("snapshot {name} is a {} export; restore into PostgreSQL needs a pg_dump one", m.kind);
+        bail!(
+            "snapshot {name} is a {} export; restore into PostgreSQL needs a pg_dump one",
+            m.kind
+        );
     }
     let ids = Arc::new(req.identities);
     let index = open_index(tenant, &m, &ids).await?;
@@ -132,7 +148,12 @@ pub async fn run(tenant: &mut Tenant, req: RestoreRequest) -> anyhow::Result<Res
     let streamed = stream_chunks(tenant, &m, &index, ids.clone(), req.concurrency, |plain, _| {
         let stdin = stdin.clone();
         Box::pin(async move {
-            stdin.lock().await.write_all(&plain).await.context("pg_restore stopped reading (see its error below)")?;
+            stdin
+                .lock()
+                .await
+                .write_all(&plain)
+                .await
+                .context("pg_restore stopped reading (see its error below)")?;
             Ok(())
         })
     })
@@ -152,7 +173,10 @@ pub async fn run(tenant: &mut Tenant, req: RestoreRequest) -> anyhow::Result<Res
 
     let t1 = Instant::now();
     let cfg = tokio_postgres::Config::from_str(&req.target).context("--target is not a valid PostgreSQL connection string")?;
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.context("cannot connect to the restored database")?;
+    let (client, conn) = cfg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .context("cannot connect to the restored database")?;
     tokio::spawn(conn);
     let after = bascule_core::postgres::count_rows(&client).await?;
     let mut mismatches = Vec::new();

@@ -45,7 +45,12 @@ pub async fn run(tenant: &mut Tenant, read_data: bool, concurrency: usize) -> an
     if let (Some(max), Some(min)) = (seqs.iter().map(|s| s.1).max(), seqs.iter().map(|s| s.1).min()) {
         for (p, s) in &seqs {
             if *s < max && min != max {
-                report_push(&mut problems, p, layout::HEAD, format!("sequence {s} is behind {max}: the provider missed commits; run `bascule-agent sync`"));
+                report_push(
+                    &mut problems,
+                    p,
+                    layout::HEAD,
+                    format!("sequence {s} is behind {max}: the provider missed commits; run `bascule-agent sync`"),
+                );
             }
         }
     }
@@ -85,7 +90,9 @@ pub async fn run(tenant: &mut Tenant, read_data: bool, concurrency: usize) -> an
                 let Ok(listing) = &listings[i].1 else { continue };
                 match listing.get(&o.key) {
                     None => report_push(&mut problems, &r.provider, &o.key, format!("missing (needed by snapshot {name})")),
-                    Some(len) if *len != o.len => report_push(&mut problems, &r.provider, &o.key, format!("length {len}, manifest says {}", o.len)),
+                    Some(len) if *len != o.len => {
+                        report_push(&mut problems, &r.provider, &o.key, format!("length {len}, manifest says {}", o.len))
+                    }
                     Some(_) => {
                         if read_data {
                             to_read.push((i, o.clone()));
@@ -105,7 +112,9 @@ pub async fn run(tenant: &mut Tenant, read_data: bool, concurrency: usize) -> an
                 let r = &tenant.replicated.replicas[i];
                 async move {
                     let res = match r.get(&o.key).await {
-                        Ok(Some(b)) => check_ciphertext(&o, &r.provider, &b).map(|_| b.len() as u64).map_err(|e| e.to_string()),
+                        Ok(Some(b)) => check_ciphertext(&o, &r.provider, &b)
+                            .map(|_| b.len() as u64)
+                            .map_err(|e| e.to_string()),
                         Ok(None) => Err("missing".into()),
                         Err(e) => Err(e.to_string()),
                     };
@@ -128,5 +137,9 @@ pub async fn run(tenant: &mut Tenant, read_data: bool, concurrency: usize) -> an
 }
 
 fn report_push(problems: &mut Vec<Problem>, provider: &str, key: &str, what: String) {
-    problems.push(Problem { provider: provider.into(), key: key.into(), what });
+    problems.push(Problem {
+        provider: provider.into(),
+        key: key.into(),
+        what,
+    });
 }
