@@ -9,10 +9,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-PGBIN=${PGBIN:-$(pg_config --bindir 2>/dev/null || true)}
+find_pgbin() {
+  local b
+  b=$(pg_config --bindir 2>/dev/null || true)
+  if [ -n "$b" ] && [ -x "$b/initdb" ]; then echo "$b"; return; fi
+  ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1
+}
+PGBIN=${PGBIN:-$(find_pgbin)}
 if [ -z "$PGBIN" ] || [ ! -x "$PGBIN/initdb" ]; then
-  echo "error: PostgreSQL server binaries not found (initdb). Install them: apt-get install postgresql" >&2
-  exit 1
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> installing the PostgreSQL server (apt-get install postgresql)"
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql postgresql-client
+    PGBIN=$(find_pgbin)
+  else
+    echo "error: PostgreSQL server binaries not found (initdb). Install them: sudo apt-get install postgresql" >&2
+    exit 1
+  fi
 fi
 
 echo "==> building bascule (release)"

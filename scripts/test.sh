@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs bascule's whole test suite, installing what it needs when missing:
-# the PostgreSQL server, the age and zstd command-line tools (Debian packages),
+# the PostgreSQL server, the age, zstd and jq command-line tools (Debian packages),
 # Garage (the S3 server that stands for each provider) and cargo-nextest.
 # Needs root (or sudo) only for what is missing.
 set -euo pipefail
@@ -21,6 +21,7 @@ missing=()
 have_pg_server || missing+=(postgresql postgresql-client)
 command -v age >/dev/null || missing+=(age)
 command -v zstd >/dev/null || missing+=(zstd)
+command -v jq >/dev/null || missing+=(jq)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]}"
   "${SUDO[@]}" apt-get update -q

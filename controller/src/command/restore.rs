@@ -29,6 +29,8 @@ pub struct RestoreRequest {
 #[derive(Debug)]
 pub struct RestoreReport {
     pub snapshot: String,
+    /// The recovery point: when the export's consistent snapshot was taken.
+    pub recovery_point: chrono::DateTime<chrono::Utc>,
     pub bytes: u64,
     pub chunks: usize,
     /// Bytes of ciphertext served by each provider.
@@ -188,6 +190,7 @@ pub async fn run(tenant: &mut Tenant, req: RestoreRequest) -> anyhow::Result<Res
     }
     Ok(RestoreReport {
         snapshot: name,
+        recovery_point: m.started_at,
         bytes: m.source_bytes,
         chunks: index.chunks.len(),
         served,

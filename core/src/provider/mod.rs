@@ -197,7 +197,9 @@ impl std::fmt::Debug for Replica {
 
 impl Replica {
     fn path(&self, key: &str) -> StorePath {
-        key.split('/').fold(self.base.clone(), |p, part| p.child(part))
+        key.split('/')
+            .filter(|part| !part.is_empty())
+            .fold(self.base.clone(), |p, part| p.child(part))
     }
 
     fn err(&self, key: &str, source: object_store::Error) -> Error {
