@@ -1,0 +1,234 @@
+//! The spine's benchmark: bascule against the pipeline a user would script
+//! instead, on the same database, in the same run (this machine is shared and
+//! noisy, so only ratios mean something). Run it with `./scripts/bench.sh`.
+//!
+//! Prints: export throughput vs `pg_dump | zstd -T2 | age | rclone rcat` to
+//! the same two Garage buckets; restore time vs `age -d | zstd -d | pg_restore`
+//! from a local file; the agent's peak RSS at two database sizes; bytes sent
+//! the second night vs what `restic backup --stdin` adds for the same dumps.
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bascule_tests::{bin, ok, run, text, Garage, Scenario};
+
+fn timed(what: &str, cmd: &mut Command) -> (Duration, String) {
+    eprintln!("bench: {what}");
+    let t0 = Instant::now();
+    let o = run(cmd);
+    let d = t0.elapsed();
+    assert!(o.status.success(), "{what} failed:\n{}", text(&o));
+    (d, text(&o))
+}
+
+/// Runs `args` under GNU time; returns (wall time, peak RSS in KiB, output).
+fn timed_rss(what: &str, args: &[&std::ffi::OsStr]) -> (Duration, u64, String) {
+    let mut c = Command::new("/usr/bin/time");
+    c.arg("-f").arg("BENCH_MAXRSS_KB=%M").args(args).env("RUST_LOG", "info");
+    let (d, out) = timed(what, &mut c);
+    let rss = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("BENCH_MAXRSS_KB="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (d, rss, out)
+}
+
+fn field(out: &str, name: &str) -> u64 {
+    out.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} in:\n{out}"))
+        .parse()
+        .unwrap()
+}
+
+fn du(path: &Path) -> u64 {
+    let out = ok(Command::new("du").arg("-sb").arg(path));
+    out.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+fn rclone_env(c: &mut Command, name: &str, g: &Garage) {
+    let p = format!("RCLONE_CONFIG_{name}_");
+    c.env(format!("{p}TYPE"), "s3")
+        .env(format!("{p}PROVIDER"), "Other")
+        .env(format!("{p}ENDPOINT"), g.endpoint())
+        .env(format!("{p}REGION"), "garage")
+        .env(format!("{p}ACCESS_KEY_ID"), &g.key_id)
+        .env(format!("{p}SECRET_ACCESS_KEY"), &g.secret)
+        .env(format!("{p}FORCE_PATH_STYLE"), "true");
+}
+
+fn main() {
+    let scale: u32 = std::env::args().nth(1).map(|a| a.parse().expect("scale")).unwrap_or(50);
+    let s = Scenario::start(100_000);
+    let dsn = s.pg.dsn("mairie");
+    let agent = bin("bascule-agent");
+    let cfg = s.path("agent.yaml");
+
+    // a small database first, for peak RSS at two sizes
+    s.pg.createdb("petite");
+    ok(Command::new(s.pg.tool("pgbench")).args(["-i", "-q", "-s", "2", "-d", &s.pg.dsn("petite")]));
+    let small_cfg = s.path("small.yaml");
+    let yaml = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &small_cfg,
+        yaml.replace("dbname=mairie", "dbname=petite")
+            .replace("tenant: mairie-exemple", "tenant: petite")
+            .replace("agent-state", "small-state"),
+    )
+    .unwrap();
+    let (_, rss_small, out) = timed_rss(
+        "export, small database",
+        &[
+            agent.as_os_str(),
+            "snapshot".as_ref(),
+            "--job".as_ref(),
+            "nightly".as_ref(),
+            "--config".as_ref(),
+            small_cfg.as_os_str(),
+        ],
+    );
+    let small_bytes = field(&out, "source_bytes");
+
+    eprintln!("bench: loading pgbench scale {scale} next to the town-hall tables");
+    ok(Command::new(s.pg.tool("pgbench")).args(["-i", "-q", "-s", &scale.to_string(), "-d", &dsn]));
+    s.pg.psql("mairie", "VACUUM ANALYZE");
+
+    // bascule export to both Garage providers
+    let (t_export, rss_big, out) = timed_rss(
+        "bascule export",
+        &[
+            agent.as_os_str(),
+            "snapshot".as_ref(),
+            "--job".as_ref(),
+            "nightly".as_ref(),
+            "--config".as_ref(),
+            cfg.as_os_str(),
+        ],
+    );
+    let dump_bytes = field(&out, "source_bytes");
+    let first_new = field(&out, "new_bytes");
+
+    // the scripted pipeline, uploaded to the same two buckets
+    let pipeline = format!(
+        "set -o pipefail; {pg_dump} -Fc -Z0 -d '{dsn}' | zstd -3 -T2 -q | age -r {r} | tee >(rclone rcat GA:{b}/baseline/dump.age) | rclone rcat GB:{b}/baseline/dump.age",
+        pg_dump = s.pg.tool("pg_dump").display(),
+        r = s.recipient,
+        b = s.a.bucket
+    );
+    let mut c = Command::new("bash");
+    c.arg("-c").arg(&pipeline);
+    rclone_env(&mut c, "GA", &s.a);
+    rclone_env(&mut c, "GB", &s.b);
+    let (t_base_export, _) = timed("pg_dump | zstd | age | rclone rcat ×2", &mut c);
+
+    // restore: bascule vs the same pipeline from a local file
+    let local = s.path("dump.age");
+    ok(Command::new("bash").arg("-c").arg(format!(
+        "set -o pipefail; {} -Fc -Z0 -d '{dsn}' | zstd -3 -T2 -q | age -r {} > {}",
+        s.pg.tool("pg_dump").display(),
+        s.recipient,
+        local.display()
+    )));
+    s.pg.createdb("r_bascule");
+    let mut c = s.controller(&["restore"]);
+    c.arg("--identity")
+        .arg(s.path("customer.key"))
+        .args(["--target", &s.pg.dsn("r_bascule")]);
+    let (t_restore, _) = timed("bascule restore", &mut c);
+    s.pg.createdb("r_base");
+    let (t_base_restore, _) = timed(
+        "age -d | zstd -d | pg_restore",
+        Command::new("bash").arg("-c").arg(format!(
+            "set -o pipefail; age -d -i {} < {} | zstd -d -q | {} --no-owner --exit-on-error --single-transaction -d '{}'",
+            s.path("customer.key").display(),
+            local.display(),
+            s.pg.tool("pg_restore").display(),
+            s.pg.dsn("r_base")
+        )),
+    );
+
+    // second night: a day of activity, then bascule and restic on the same two states
+    let pg_dump_to = |file: &Path| {
+        ok(Command::new("bash").arg("-c").arg(format!(
+            "set -o pipefail; {} -Fc -Z0 -d '{dsn}' | cat > {}",
+            s.pg.tool("pg_dump").display(),
+            file.display()
+        )));
+    };
+    let dump1 = s.path("dump1.pgc");
+    pg_dump_to(&dump1); // the data has not changed since the first export
+    eprintln!("bench: a day of activity (pgbench transactions, new and updated town-hall rows)");
+    ok(Command::new(s.pg.tool("pgbench")).args(["-n", "-c", "2", "-t", "5000", "-d", &dsn]));
+    s.pg.psql(
+        "mairie",
+        "INSERT INTO actes (citoyen, nature, statut, signe_le, note)
+           SELECT 1 + g % 100000, 'mariage', 'brouillon', now(), 'Publication des bans' FROM generate_series(1, 2000) g;
+         UPDATE actes SET statut = 'validé' WHERE id > (SELECT max(id) - 1000 FROM actes);",
+    );
+    let o = run(Command::new(&agent)
+        .args(["snapshot", "--job", "nightly", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "info"));
+    assert!(o.status.success(), "second night: {}", text(&o));
+    let second_new = field(&text(&o), "new_bytes");
+    let dump2 = s.path("dump2.pgc");
+    pg_dump_to(&dump2);
+
+    let repo = s.path("restic");
+    let restic = |args: &[&str], input: Option<&Path>| {
+        let mut c = Command::new("restic");
+        c.args(["-q", "-r"]).arg(&repo).args(args).env("RESTIC_PASSWORD", "bench");
+        if let Some(i) = input {
+            c.stdin(std::fs::File::open(i).unwrap());
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "restic {args:?}: {}", text(&o));
+    };
+    restic(&["init"], None);
+    restic(&["backup", "--stdin", "--stdin-filename", "dump.pgc"], Some(&dump1));
+    let before = du(&repo);
+    restic(&["backup", "--stdin", "--stdin-filename", "dump.pgc"], Some(&dump2));
+    let restic_added = du(&repo) - before;
+
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let rate = |d: Duration| mib(dump_bytes) / d.as_secs_f64();
+    println!();
+    println!(
+        "bascule benchmark: pgbench scale {scale} + town-hall tables, dump {:.0} MiB, two Garage providers on loopback",
+        mib(dump_bytes)
+    );
+    println!();
+    println!("| measure | bascule | baseline | ratio | target |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| export to two providers | {:.1} s ({:.1} MiB/s) | {:.1} s ({:.1} MiB/s) `pg_dump -Z0 \\| zstd -3 -T2 \\| age \\| rclone rcat` ×2 | {:.2}× throughput | ≥ 1.0× |",
+        t_export.as_secs_f64(),
+        rate(t_export),
+        t_base_export.as_secs_f64(),
+        rate(t_base_export),
+        t_base_export.as_secs_f64() / t_export.as_secs_f64()
+    );
+    println!(
+        "| restore (incl. row-count check) | {:.1} s | {:.1} s `age -d \\| zstd -d \\| pg_restore` from a local file | {:.2}× time | ≤ 1.1× |",
+        t_restore.as_secs_f64(),
+        t_base_restore.as_secs_f64(),
+        t_restore.as_secs_f64() / t_base_restore.as_secs_f64()
+    );
+    println!(
+        "| agent peak RSS | {:.0} MiB (dump {:.0} MiB) | {:.0} MiB (dump {:.0} MiB) | {:.2}× | < 200 MiB, flat |",
+        rss_big as f64 / 1024.0,
+        mib(dump_bytes),
+        rss_small as f64 / 1024.0,
+        mib(small_bytes),
+        rss_big as f64 / rss_small.max(1) as f64
+    );
+    println!(
+        "| second night, bytes stored | {:.2} MiB ({:.1} % of the first night's {:.1} MiB) | {:.2} MiB added by `restic backup --stdin` | {:.2}× | ≤ 0.75× |",
+        mib(second_new),
+        second_new as f64 * 100.0 / first_new as f64,
+        mib(first_new),
+        mib(restic_added),
+        second_new as f64 / restic_added.max(1) as f64
+    );
+}
