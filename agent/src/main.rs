@@ -58,20 +58,6 @@ enum Command {
     },
 }
 
-fn write_secret(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {} (an existing file is never overwritten)", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
-}
-
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -98,7 +84,8 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
                 chrono::Utc::now().to_rfc3339(),
                 ids.to_file_text()
             );
-            write_secret(&out, text.as_bytes())?;
+            bascule_core::config::write_new_secret(&out, text.as_bytes())
+                .context("cannot create the identity file (an existing file is never overwritten)")?;
             eprintln!("wrote {}: the customer's secret key; store it off this machine", out.display());
             println!("{recipient}");
             Ok(ExitCode::SUCCESS)

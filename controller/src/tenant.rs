@@ -17,7 +17,9 @@ pub struct Tenant {
     pub name: String,
     pub replicated: Replicated,
     pub trusted: Vec<VerifyKey>,
-    pub guard: RollbackGuard,
+    /// One per provider: a provider that once showed sequence N and now shows
+    /// less is rolling back; one that never reached N is only behind.
+    pub guards: Vec<RollbackGuard>,
 }
 
 /// What a provider's HEAD said.
@@ -33,24 +35,26 @@ impl Tenant {
             let names: Vec<_> = config.tenants.iter().map(|t| t.name.as_str()).collect();
             format!("no tenant {name:?} in {}; known: {}", config_file.display(), names.join(", "))
         })?;
+        std::fs::create_dir_all(&config.state_dir).with_context(|| format!("state_dir {}", config.state_dir.display()))?;
         let mut replicas = Vec::new();
+        let mut guards = Vec::new();
         for p in &config.providers {
             replicas.push(Provider::build(p, config_file)?.tenant(name));
+            guards.push(RollbackGuard::load(&config.state_dir, &format!("{name}@{}", p.name))?);
         }
-        std::fs::create_dir_all(&config.state_dir).with_context(|| format!("state_dir {}", config.state_dir.display()))?;
         Ok(Tenant {
             name: name.into(),
             replicated: Replicated::new(replicas),
             trusted: t.verify_keys.clone(),
-            guard: RollbackGuard::load(&config.state_dir, name)?,
+            guards,
         })
     }
 
     /// Reads every provider's HEAD, refuses bad signatures and rollbacks, and
-    /// raises the guard to the highest valid sequence.
+    /// raises each provider's guard to the sequence it showed.
     pub async fn heads(&mut self) -> anyhow::Result<Vec<(String, HeadState)>> {
         let mut out = Vec::new();
-        for r in &self.replicated.replicas {
+        for (r, guard) in self.replicated.replicas.iter().zip(self.guards.iter_mut()) {
             let state = match r.get(layout::HEAD).await {
                 Ok(None) => HeadState::Absent,
                 Err(e) => HeadState::Refused(e),
@@ -60,20 +64,16 @@ impl Tenant {
                         key: layout::HEAD.into(),
                         reason: format!("HEAD is for tenant {:?}", h.tenant),
                     }),
-                    Ok((h, _)) => match self.guard.check(&r.provider, &h) {
-                        Ok(()) => HeadState::Valid(h),
+                    Ok((h, _)) => match guard.check(&r.provider, &h) {
+                        Ok(()) => {
+                            guard.observe(h.sequence)?;
+                            HeadState::Valid(h)
+                        }
                         Err(e) => HeadState::Refused(e),
                     },
                 },
             };
             out.push((r.provider.clone(), state));
-        }
-        let best = out
-            .iter()
-            .filter_map(|(_, s)| if let HeadState::Valid(h) = s { Some(h.sequence) } else { None })
-            .max();
-        if let Some(best) = best {
-            self.guard.observe(best)?;
         }
         Ok(out)
     }

@@ -219,6 +219,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
 }
 
+/// Creates a secret file with mode 0600; never overwrites an existing file.
+pub fn write_new_secret(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(path, e))
+}
+
 /// Tenant, provider and job names end up in object keys and metric labels:
 /// keep them to `[a-z0-9._-]`.
 pub fn check_name(what: &str, name: &str) -> std::result::Result<(), String> {

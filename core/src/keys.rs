@@ -1,7 +1,6 @@
 //! Keys: the agent key file (signing + dedup key), verify keys, age recipients
 //! and identities.
 use std::fmt;
-use std::io::Write;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -40,21 +39,13 @@ impl AgentKey {
 
     /// Writes the key file with mode 0600; refuses to overwrite an existing file.
     pub fn write_new(&self, path: &Path) -> Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
         let text = format!(
             "{KEY_FILE_HEADER}\n# verify key (public): {}\nsigning {}\ndedup {}\n",
             self.verify_key(),
             hex::encode(self.signing.to_bytes()),
             hex::encode(self.dedup)
         );
-        f.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))?;
-        f.sync_all().map_err(|e| Error::io(path, e))
+        crate::config::write_new_secret(path, text.as_bytes())
     }
 
     pub fn load(path: &Path) -> Result<Self> {

@@ -48,6 +48,13 @@ fn du(path: &Path) -> u64 {
 }
 
 fn rclone_env(c: &mut Command, name: &str, g: &Garage) {
+    // the baseline gets only its own configuration, like bascule (machines may
+    // set AWS_CA_BUNDLE and the like globally)
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
     let p = format!("RCLONE_CONFIG_{name}_");
     c.env(format!("{p}TYPE"), "s3")
         .env(format!("{p}PROVIDER"), "Other")
