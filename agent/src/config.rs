@@ -36,7 +36,15 @@ pub struct UploadConfig {
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// Upload cap for a thin uplink, e.g. `2MiB` (per second, both providers together).
-    pub max_bandwidth: Option<Bandwidth>,
+    pub max_bandwidth: Option<ByteSize>,
+    /// Target size of a pack: new chunks are sealed one by one and stored
+    /// end to end in objects of about this size.
+    #[serde(default = "default_pack_size")]
+    pub pack_size: ByteSize,
+}
+
+fn default_pack_size() -> ByteSize {
+    ByteSize(8 << 20)
 }
 
 impl Default for UploadConfig {
@@ -44,6 +52,7 @@ impl Default for UploadConfig {
         UploadConfig {
             concurrency: default_concurrency(),
             max_bandwidth: None,
+            pack_size: default_pack_size(),
         }
     }
 }
@@ -93,17 +102,18 @@ impl<'de> Deserialize<'de> for Schedule {
     }
 }
 
-/// Bytes per second: `500KiB`, `2MiB`, `10MB`, or a plain number of bytes.
+/// A size in bytes: `500KiB`, `2MiB`, `10MB`, or a plain number (a
+/// bandwidth is a size per second, optionally written with `/s`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Bandwidth(pub u64);
+pub struct ByteSize(pub u64);
 
-impl FromStr for Bandwidth {
+impl FromStr for ByteSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim().trim_end_matches("/s");
         let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: f64 = num.parse().map_err(|_| format!("bad bandwidth {s:?}: expected e.g. 2MiB"))?;
+        let n: f64 = num.parse().map_err(|_| format!("bad size {s:?}: expected e.g. 2MiB"))?;
         let mult = match unit.trim() {
             "" | "B" => 1.0,
             "KB" | "kB" => 1e3,
@@ -112,17 +122,17 @@ impl FromStr for Bandwidth {
             "MiB" => 1024.0 * 1024.0,
             "GB" => 1e9,
             "GiB" => 1024.0 * 1024.0 * 1024.0,
-            u => return Err(format!("bad bandwidth unit {u:?} in {s:?}: use B, KiB, MiB, GiB, KB, MB or GB")),
+            u => return Err(format!("bad size unit {u:?} in {s:?}: use B, KiB, MiB, GiB, KB, MB or GB")),
         };
         let v = (n * mult) as u64;
         if v < 1024 {
-            return Err(format!("bandwidth {s:?} is below 1KiB per second"));
+            return Err(format!("size {s:?} is below 1KiB"));
         }
-        Ok(Bandwidth(v))
+        Ok(ByteSize(v))
     }
 }
 
-impl<'de> Deserialize<'de> for Bandwidth {
+impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
@@ -131,7 +141,7 @@ impl<'de> Deserialize<'de> for Bandwidth {
             S(String),
         }
         match Repr::deserialize(d)? {
-            Repr::N(n) => Ok(Bandwidth(n)),
+            Repr::N(n) => Ok(ByteSize(n)),
             Repr::S(s) => s.parse().map_err(serde::de::Error::custom),
         }
     }
@@ -157,6 +167,9 @@ impl AgentConfig {
         }
         if cfg.providers[0].name == cfg.providers[1].name {
             return Err(bad("providers: the two providers need different names".into()));
+        }
+        if !(64 << 10..=256 << 20).contains(&cfg.upload.pack_size.0) {
+            return Err(bad("upload.pack_size must be between 64KiB and 256MiB".into()));
         }
         if cfg.upload.concurrency == 0 || cfg.upload.concurrency > 256 {
             return Err(bad("upload.concurrency must be between 1 and 256".into()));
@@ -186,10 +199,10 @@ mod tests {
 
     #[test]
     fn bandwidth_units() {
-        assert_eq!("2MiB".parse::<Bandwidth>().unwrap().0, 2 * 1024 * 1024);
-        assert_eq!("500KiB/s".parse::<Bandwidth>().unwrap().0, 500 * 1024);
-        assert!("2 parsecs".parse::<Bandwidth>().is_err());
-        assert!("10".parse::<Bandwidth>().is_err());
+        assert_eq!("2MiB".parse::<ByteSize>().unwrap().0, 2 * 1024 * 1024);
+        assert_eq!("500KiB/s".parse::<ByteSize>().unwrap().0, 500 * 1024);
+        assert!("2 parsecs".parse::<ByteSize>().is_err());
+        assert!("10".parse::<ByteSize>().is_err());
     }
 
     #[test]

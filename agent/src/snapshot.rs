@@ -1,23 +1,29 @@
-//! One export: source → FastCDC → (keyed id, dedup) → seal → both providers,
-//! then the sealed index, the signed manifest and HEAD, on each provider that
-//! holds every object.
+//! One export: source → FastCDC → keyed id → dedup → seal → packs → both
+//! providers; then the sealed index, the signed manifest and HEAD, on each
+//! provider that holds every pack.
 //!
-//! The chunker runs on a blocking thread and feeds a bounded channel; sealing
-//! runs on the blocking pool; at most `upload.concurrency` chunks are in flight.
-//! Memory is bounded by (channel + concurrency) × max chunk size.
+//! Stages: the chunker runs on a blocking thread and feeds a bounded channel;
+//! up to `upload.concurrency` chunks are sealed at once on the blocking pool;
+//! new blobs are appended, in stream order, to a pack that is uploaded once
+//! full while the next one fills. Memory is bounded by the channel, the
+//! chunks in flight and a few packs, whatever the size of the database.
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use bascule_core::head::Head;
-use bascule_core::manifest::{Index, IndexEntry, Manifest, ObjectRef, FORMAT};
+use bascule_core::manifest::{BlobRef, Index, IndexEntry, Manifest, ObjectRef, FORMAT};
 use bascule_core::provider::check_ciphertext;
 use bascule_core::signed::{self, Kind};
 use bascule_core::{hash_hex, layout, seal};
 use bytes::Bytes;
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::JobConfig;
@@ -30,19 +36,36 @@ struct RawChunk {
     data: Vec<u8>,
 }
 
-/// Where a chunk of the stream ended up.
+/// A blob stored by an earlier snapshot or an earlier (killed) run.
+#[derive(Clone)]
+struct KnownBlob {
+    pack: Arc<ObjectRef>,
+    at: u64,
+    len: u32,
+}
+
+/// What stage two decided for one chunk of the stream.
 enum Placed {
-    Object {
-        obj: ObjectRef,
+    /// Already stored (or earlier in this stream): reference it.
+    Known { id: String, len: u32, plain_hash: String },
+    /// Sealed now: goes into the current pack.
+    New {
+        id: String,
+        sealed: Vec<u8>,
         len: u32,
         plain_hash: String,
     },
-    /// Already placed earlier in this same stream.
-    Repeat {
-        key: String,
-        len: u32,
-        plain_hash: String,
-    },
+}
+
+/// The blobs of a pack: (chunk id, offset, ciphertext length).
+type Members = Vec<(String, u64, u32)>;
+
+/// One line of the local pack journal: a pack this agent uploaded that no
+/// committed manifest names yet, so that a killed run's packs are reused.
+#[derive(Serialize, Deserialize)]
+struct JournalEntry {
+    pack: ObjectRef,
+    blobs: Members,
 }
 
 /// What one run did, per provider.
@@ -64,18 +87,21 @@ impl SnapshotReport {
     }
 }
 
-/// State shared by the chunks in flight.
+/// State shared by the work in flight.
 struct Run {
     agent: Arc<Agent>,
     /// Provider i still usable in this run.
     up: Vec<AtomicBool>,
     /// First error that took provider i out of the run.
     why_down: Mutex<Vec<Option<String>>>,
-    /// Chunk objects each provider held when the run started.
+    /// Packs each provider held when the run started (key → length).
     listings: Vec<BTreeMap<String, u64>>,
-    /// Chunk refs known from the newest signed manifest.
-    known: HashMap<String, ObjectRef>,
+    known: HashMap<String, KnownBlob>,
+    /// Packs being copied to a provider that lacks them.
+    copying: Mutex<HashSet<String>>,
     new_bytes: AtomicU64,
+    journal: PathBuf,
+    cancel: CancellationToken,
 }
 
 impl Run {
@@ -95,12 +121,32 @@ impl Run {
         self.up.iter().any(|u| u.load(Ordering::SeqCst))
     }
 
-    /// Writes `bytes` to the providers in `which`; a failure takes that provider out.
-    async fn put(&self, key: &str, bytes: Bytes, which: &[bool]) {
+    fn down_reasons(&self) -> String {
+        let why = self.why_down.lock().expect("lock");
+        let replicas = &self.agent.replicated.replicas;
+        replicas
+            .iter()
+            .zip(why.iter())
+            .filter_map(|(r, w)| w.as_ref().map(|w| format!("{}: {w}", r.provider)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Writes `bytes` to the providers in `which`; a failure takes that
+    /// provider out. Fails only when the run is cancelled.
+    async fn put(&self, key: &str, bytes: Bytes, which: &[bool]) -> anyhow::Result<()> {
         let n = which.iter().filter(|w| **w).count() as u64;
-        self.agent.throttle.acquire(bytes.len() as u64 * n).await;
-        let results = self.agent.replicated.put(key, bytes, which).await;
-        for (name, r) in results {
+        tokio::select! {
+            _ = self.agent.throttle.acquire(bytes.len() as u64 * n) => {}
+            _ = self.cancel.cancelled() => bail!("cancelled"),
+        }
+        self.write(key, bytes, which).await;
+        Ok(())
+    }
+
+    /// Writes now, unthrottled and uncancellable; a failure takes that provider out.
+    async fn write(&self, key: &str, bytes: Bytes, which: &[bool]) {
+        for (name, r) in self.agent.replicated.put(key, bytes, which).await {
             if let Err(e) = r {
                 let i = self
                     .agent
@@ -114,67 +160,134 @@ impl Run {
         }
     }
 
-    /// Places one chunk: reuse, copy between providers, or seal and upload.
+    /// Which usable providers hold `pack` (with the right length).
+    fn holders(&self, pack: &ObjectRef) -> Vec<bool> {
+        self.listings
+            .iter()
+            .zip(self.up_mask())
+            .map(|(l, u)| u && l.get(&pack.key) == Some(&pack.len))
+            .collect()
+    }
+
+    /// Decides one chunk: known on every usable provider, known but missing
+    /// on one (copy its pack across, ciphertext only), or new (seal it).
     async fn place(&self, raw: RawChunk) -> anyhow::Result<Placed> {
-        let key = layout::chunk(&raw.id);
         let len = raw.data.len() as u32;
-        let up = self.up_mask();
-        let has: Vec<bool> = self.listings.iter().zip(&up).map(|(l, u)| *u && l.contains_key(&key)).collect();
-        let lacking: Vec<bool> = up.iter().zip(&has).map(|(u, h)| *u && !h).collect();
-        let obj = if has.iter().any(|h| *h) {
-            // Reuse what a provider already holds: same ciphertext everywhere.
-            match self.known.get(&key) {
-                Some(o) if !lacking.iter().any(|l| *l) => o.clone(),
-                known => {
-                    let holder = has.iter().position(|h| *h).expect("a holder");
-                    let r = &self.agent.replicated.replicas[holder];
-                    let bytes = r.get(&key).await?.with_context(|| format!("{key} vanished from {}", r.provider))?;
-                    let obj = ObjectRef {
-                        key: key.clone(),
-                        len: bytes.len() as u64,
-                        hash: hash_hex(&bytes),
-                    };
-                    if let Some(k) = known {
-                        check_ciphertext(k, &r.provider, &bytes)?;
-                    }
-                    if lacking.iter().any(|l| *l) {
-                        self.put(&key, bytes, &lacking).await;
-                    }
-                    obj
+        if let Some(k) = self.known.get(&raw.id) {
+            let has = self.holders(&k.pack);
+            if has.iter().any(|h| *h) {
+                let lacking: Vec<bool> = self.up_mask().iter().zip(&has).map(|(u, h)| *u && !h).collect();
+                if lacking.iter().any(|l| *l) && self.copying.lock().expect("lock").insert(k.pack.key.clone()) {
+                    let from = &self.agent.replicated.replicas[has.iter().position(|h| *h).expect("a holder")];
+                    let bytes = from
+                        .get(&k.pack.key)
+                        .await?
+                        .with_context(|| format!("{} vanished from {}", k.pack.key, from.provider))?;
+                    check_ciphertext(&k.pack, &from.provider, &bytes)?;
+                    self.put(&k.pack.key, bytes, &lacking).await?;
                 }
+                return Ok(Placed::Known {
+                    id: raw.id,
+                    len,
+                    plain_hash: raw.plain_hash,
+                });
             }
-        } else {
-            let recipients = self.agent.config.recipients.clone();
-            let sealed = tokio::task::spawn_blocking(move || seal::seal(&raw.data, &recipients)).await??;
-            let obj = ObjectRef {
-                key: key.clone(),
-                len: sealed.len() as u64,
-                hash: hash_hex(&sealed),
-            };
-            self.put(&key, Bytes::from(sealed), &lacking).await;
-            self.new_bytes.fetch_add(obj.len, Ordering::Relaxed);
-            obj
-        };
-        if !self.any_up() {
-            bail!("every provider failed: {}", self.down_reasons());
         }
-        Ok(Placed::Object {
-            obj,
+        let recipients = self.agent.config.recipients.clone();
+        let data = raw.data;
+        let sealed = tokio::task::spawn_blocking(move || seal::seal(&data, &recipients)).await??;
+        Ok(Placed::New {
+            id: raw.id,
+            sealed,
             len,
             plain_hash: raw.plain_hash,
         })
     }
 
-    fn down_reasons(&self) -> String {
-        let why = self.why_down.lock().expect("lock");
-        self.agent
-            .replicated
-            .replicas
-            .iter()
-            .zip(why.iter())
-            .filter_map(|(r, w)| w.as_ref().map(|w| format!("{}: {w}", r.provider)))
-            .collect::<Vec<_>>()
-            .join("; ")
+    /// Uploads a full pack and records it in the journal.
+    async fn upload_pack(self: Arc<Self>, pack: ObjectRef, bytes: Bytes, blobs: Members) -> anyhow::Result<()> {
+        self.put(&pack.key, bytes, &self.up_mask()).await?;
+        if !self.any_up() {
+            bail!("every provider failed: {}", self.down_reasons());
+        }
+        self.new_bytes.fetch_add(pack.len, Ordering::Relaxed);
+        let line = serde_json::to_string(&JournalEntry { pack, blobs })? + "\n";
+        let journal = self.journal.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&journal)?;
+            f.write_all(line.as_bytes())?;
+            f.sync_data()
+        })
+        .await?
+        .context("writing the pack journal")?;
+        Ok(())
+    }
+}
+
+/// The pack being filled, and what the snapshot references so far.
+struct Layout {
+    objects: Vec<ObjectRef>,
+    object_pos: HashMap<String, u32>,
+    blobs: Vec<BlobRef>,
+    blob_pos: HashMap<String, u32>,
+    /// Current pack: its slot in `objects`, bytes, and blobs (id, at, len).
+    pack: Option<(u32, Vec<u8>, Members)>,
+}
+
+impl Layout {
+    fn object(&mut self, o: &ObjectRef) -> u32 {
+        if let Some(p) = self.object_pos.get(&o.key) {
+            return *p;
+        }
+        let p = self.objects.len() as u32;
+        self.objects.push(o.clone());
+        self.object_pos.insert(o.key.clone(), p);
+        p
+    }
+
+    fn add_blob(&mut self, b: BlobRef) -> u32 {
+        let p = self.blobs.len() as u32;
+        self.blob_pos.insert(b.id.clone(), p);
+        self.blobs.push(b);
+        p
+    }
+
+    /// Appends a new sealed blob to the current pack.
+    fn append(&mut self, id: String, sealed: Vec<u8>) -> u32 {
+        if self.pack.is_none() {
+            let slot = self.objects.len() as u32;
+            self.objects.push(ObjectRef {
+                key: String::new(),
+                len: 0,
+                hash: String::new(),
+            }); // filled by `seal_pack`
+            self.pack = Some((slot, Vec::new(), Vec::new()));
+        }
+        let (slot, bytes, members) = self.pack.as_mut().expect("a pack");
+        let at = bytes.len() as u64;
+        let len = sealed.len() as u32;
+        bytes.extend_from_slice(&sealed);
+        members.push((id.clone(), at, len));
+        let slot = *slot;
+        self.add_blob(BlobRef { id, object: slot, at, len })
+    }
+
+    fn pack_len(&self) -> usize {
+        self.pack.as_ref().map_or(0, |p| p.1.len())
+    }
+
+    /// Closes the current pack: names it by its hash.
+    fn seal_pack(&mut self) -> Option<(ObjectRef, Bytes, Members)> {
+        let (slot, bytes, members) = self.pack.take()?;
+        let hash = hash_hex(&bytes);
+        let obj = ObjectRef {
+            key: layout::pack(&hash),
+            len: bytes.len() as u64,
+            hash,
+        };
+        self.objects[slot as usize] = obj.clone();
+        self.object_pos.insert(obj.key.clone(), slot);
+        Some((obj, Bytes::from(bytes), members))
     }
 }
 
@@ -200,17 +313,66 @@ async fn read_heads(agent: &Agent, up: &[bool]) -> (u64, Option<String>) {
     best
 }
 
+/// Blobs this agent already stored: the newest snapshot's, and those of
+/// packs in the local journal (uploaded by a run that did not commit).
+async fn known_blobs(agent: &Agent, latest: Option<String>, journal: &std::path::Path) -> anyhow::Result<HashMap<String, KnownBlob>> {
+    let mut known = HashMap::new();
+    if let Some(name) = latest {
+        let key = layout::manifest(&name);
+        let trusted = [agent.key.verify_key()];
+        match agent
+            .replicated
+            .get_checked(&key, 0, |_, b| signed::open::<Manifest>(Kind::Manifest, &b, &trusted, &key))
+            .await
+        {
+            Ok(((m, _), _)) => {
+                let packs: Vec<Arc<ObjectRef>> = m.objects.into_iter().map(Arc::new).collect();
+                for b in m.blobs {
+                    if let Some(pack) = packs.get(b.object as usize) {
+                        known.insert(
+                            b.id,
+                            KnownBlob {
+                                pack: pack.clone(),
+                                at: b.at,
+                                len: b.len,
+                            },
+                        );
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "Cannot read the previous manifest; everything will be sent again"),
+        }
+    }
+    match std::fs::read_to_string(journal) {
+        Ok(text) => {
+            // a line cut by a crash is ignored: its pack is simply not reused
+            for entry in text.lines().filter_map(|l| serde_json::from_str::<JournalEntry>(l).ok()) {
+                let pack = Arc::new(entry.pack);
+                for (id, at, len) in entry.blobs {
+                    known.entry(id).or_insert(KnownBlob {
+                        pack: pack.clone(),
+                        at,
+                        len,
+                    });
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| journal.display().to_string()),
+    }
+    Ok(known)
+}
+
 pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, progress: &Progress) -> anyhow::Result<SnapshotReport> {
     let t0 = Instant::now();
     let started_at = chrono::Utc::now();
     let replicas = &agent.replicated.replicas;
-    let trusted = [agent.key.verify_key()];
 
     progress.phase(&format!("job {}: listing what each provider holds", job.name));
     let mut listings = Vec::new();
     let mut why_down = Vec::new();
     for r in replicas {
-        match r.list(layout::CHUNKS).await {
+        match r.list(layout::PACKS).await {
             Ok(l) => {
                 listings.push(l);
                 why_down.push(None);
@@ -230,20 +392,8 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
         );
     }
     let (head_seq, latest) = read_heads(&agent, &up).await;
-
-    // Chunk refs of the newest snapshot, so unchanged chunks cost nothing.
-    let mut known = HashMap::new();
-    if let Some(name) = latest {
-        let key = layout::manifest(&name);
-        match agent
-            .replicated
-            .get_checked(&key, 0, |_, b| signed::open::<Manifest>(Kind::Manifest, &b, &trusted, &key))
-            .await
-        {
-            Ok(((m, _), _)) => known.extend(m.objects.into_iter().map(|o| (o.key.clone(), o))),
-            Err(e) => tracing::warn!(error = %e, "Cannot read the previous manifest; unchanged chunks will be re-read to be hashed"),
-        }
-    }
+    let journal = agent.config.state_dir.join(format!("{}.packs.journal", job.name));
+    let known = known_blobs(&agent, latest, &journal).await?;
 
     let run = Arc::new(Run {
         agent: agent.clone(),
@@ -251,7 +401,10 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
         why_down: Mutex::new(why_down),
         listings,
         known,
+        copying: Mutex::default(),
         new_bytes: AtomicU64::new(0),
+        journal: journal.clone(),
+        cancel: cancel.clone(),
     });
 
     progress.phase(&format!("job {}: export started", job.name));
@@ -265,8 +418,8 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
         })
     };
 
-    // Chunker thread: bounded channel towards the uploads.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<RawChunk>(4);
+    // Stage one: the chunker thread, bounded channel towards stage two.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<RawChunk>(8);
     let params = agent.config.chunking;
     let key = agent.key.clone();
     let mut stdout = running.take_stdout();
@@ -289,6 +442,7 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
         Ok((whole.finalize().to_hex().to_string(), total))
     });
 
+    // Stage two: dedup and seal, in parallel, results in stream order.
     let chunks = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let mut seen = HashSet::new();
     // boxed so that dropping it (on failure) drops the receiver and stops the chunker
@@ -296,13 +450,12 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
         chunks
             .map(|raw| {
                 let run = run.clone();
-                let key = layout::chunk(&raw.id);
-                let repeat = !seen.insert(key.clone());
+                let repeat = !seen.insert(raw.id.clone());
                 async move {
                     if repeat {
-                        return Ok(Placed::Repeat {
-                            key,
+                        return Ok(Placed::Known {
                             len: raw.data.len() as u32,
+                            id: raw.id,
                             plain_hash: raw.plain_hash,
                         });
                     }
@@ -312,54 +465,96 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
             .buffered(agent.config.upload.concurrency),
     );
 
-    let mut objects: Vec<ObjectRef> = Vec::new();
-    let mut position: HashMap<String, u32> = HashMap::new();
+    // Stage three: lay blobs out in packs, upload full packs in the background.
+    let pack_size = agent.config.upload.pack_size.0 as usize;
+    let max_packs_in_flight = 2;
+    let mut uploads: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    let mut lay = Layout {
+        objects: Vec::new(),
+        object_pos: HashMap::new(),
+        blobs: Vec::new(),
+        blob_pos: HashMap::new(),
+        pack: None,
+    };
     let mut entries = Vec::new();
     let mut source_bytes = 0u64;
-    let mut failure = None;
+    let mut failure: Option<anyhow::Error> = None;
     while let Some(p) = placed.next().await {
-        match p {
-            Ok(Placed::Object { obj, len, plain_hash }) => {
-                let pos = objects.len() as u32;
-                position.insert(obj.key.clone(), pos);
-                objects.push(obj);
-                entries.push(IndexEntry {
-                    object: pos,
-                    len,
-                    hash: plain_hash,
-                });
-                source_bytes += len as u64;
+        let (blob, len, hash) = match p {
+            Ok(Placed::Known { id, len, plain_hash }) => {
+                let pos = match lay.blob_pos.get(&id) {
+                    Some(p) => *p,
+                    None => {
+                        let k = run.known.get(&id).expect("a known blob").clone();
+                        let object = lay.object(&k.pack);
+                        lay.add_blob(BlobRef {
+                            id,
+                            object,
+                            at: k.at,
+                            len: k.len,
+                        })
+                    }
+                };
+                (pos, len, plain_hash)
             }
-            Ok(Placed::Repeat { key, len, plain_hash }) => {
-                let pos = *position.get(&key).expect("a repeat follows its first occurrence");
-                entries.push(IndexEntry {
-                    object: pos,
-                    len,
-                    hash: plain_hash,
-                });
-                source_bytes += len as u64;
+            Ok(Placed::New {
+                id,
+                sealed,
+                len,
+                plain_hash,
+            }) => {
+                let pos = match lay.blob_pos.get(&id) {
+                    Some(p) => *p, // sealed twice by racing duplicates: keep the first
+                    None => lay.append(id, sealed),
+                };
+                (pos, len, plain_hash)
             }
             Err(e) => {
                 failure = Some(e);
                 break;
             }
+        };
+        entries.push(IndexEntry { blob, len, hash });
+        source_bytes += len as u64;
+        if lay.pack_len() >= pack_size {
+            if uploads.len() >= max_packs_in_flight {
+                if let Some(Err(e) | Ok(Err(e))) = uploads.join_next().await.map(|r| r.map_err(anyhow::Error::from)) {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            let (obj, bytes, members) = lay.seal_pack().expect("a pack");
+            uploads.spawn(run.clone().upload_pack(obj, bytes, members));
         }
         progress.update(source_bytes, run.new_bytes.load(Ordering::Relaxed));
     }
     drop(placed);
+    if failure.is_none() {
+        if let Some((obj, bytes, members)) = lay.seal_pack() {
+            uploads.spawn(run.clone().upload_pack(obj, bytes, members));
+        }
+    }
+    while let Some(r) = uploads.join_next().await {
+        if let Err(e) | Ok(Err(e)) = r.map_err(anyhow::Error::from) {
+            failure.get_or_insert(e);
+        }
+    }
     if let Some(e) = failure {
         running.killer().kill();
         let _ = chunker.await;
         let _ = running.finish().await;
         stop_on_cancel.abort();
-        return Err(e.context(format!("job {}: export aborted, nothing committed", job.name)));
+        return Err(e.context(format!(
+            "job {}: export aborted, nothing committed (a re-run reuses the packs already sent)",
+            job.name
+        )));
     }
     let chunked = chunker.await?;
     let facts = running.finish().await;
     stop_on_cancel.abort();
     if cancel.is_cancelled() {
         bail!(
-            "job {}: cancelled, nothing committed (a re-run reuses the chunks already sent)",
+            "job {}: cancelled, nothing committed (a re-run reuses the packs already sent)",
             job.name
         );
     }
@@ -385,7 +580,7 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
         len: sealed_index.len() as u64,
         hash: hash_hex(&sealed_index),
     };
-    run.put(&index_ref.key, Bytes::from(sealed_index), &run.up_mask()).await;
+    run.put(&index_ref.key, Bytes::from(sealed_index), &run.up_mask()).await?;
 
     let new_bytes = run.new_bytes.load(Ordering::Relaxed) + index_ref.len;
     let manifest = Manifest {
@@ -400,14 +595,19 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
         source_bytes,
         chunk_count: index.chunks.len() as u64,
         new_bytes,
-        stored_bytes: objects.iter().map(|o| o.len).sum::<u64>() + index_ref.len,
+        stored_bytes: lay.objects.iter().map(|o| o.len).sum::<u64>() + index_ref.len,
         recipients: agent.config.recipients.iter().map(|r| r.to_string()).collect(),
         chunker: agent.config.chunking,
+        pack_size: pack_size as u64,
         index: index_ref,
-        objects,
+        objects: lay.objects,
+        blobs: lay.blobs,
     };
     let manifest_bytes = Bytes::from(signed::sign(Kind::Manifest, &manifest, &agent.key));
-    run.put(&layout::manifest(&name), manifest_bytes, &run.up_mask()).await;
+    if cancel.is_cancelled() {
+        bail!("job {}: cancelled before the commit, nothing committed", job.name);
+    }
+    run.put(&layout::manifest(&name), manifest_bytes, &run.up_mask()).await?;
 
     let sequence = agent.next_sequence(head_seq)?;
     let head = Head {
@@ -418,7 +618,8 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
         latest_wal: None,
         agent_time: chrono::Utc::now(),
     };
-    run.put(
+    // once a manifest is out, HEAD follows even if a stop was asked meanwhile
+    run.write(
         layout::HEAD,
         Bytes::from(signed::sign(Kind::Head, &head, &agent.key)),
         &run.up_mask(),
@@ -426,6 +627,12 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
     .await;
     if !run.any_up() {
         bail!("job {}: every provider failed while committing: {}", job.name, run.down_reasons());
+    }
+    // committed: the manifest now names every pack this run (and earlier killed runs) needed
+    match std::fs::remove_file(&journal) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(error = %e, journal = %journal.display(), "Cannot clear the pack journal"),
     }
 
     let why = run.why_down.lock().expect("lock").clone();

@@ -17,18 +17,17 @@ impl Throttle {
         }
     }
 
-    /// Waits until `bytes` may be sent. Reservations are made in call order,
-    /// so concurrent uploads share the cap.
+    /// Waits for the time `bytes` take at the cap, after the reservations
+    /// made before (in call order, so concurrent uploads share the cap).
     pub async fn acquire(&self, bytes: u64) {
         let Some(rate) = self.bytes_per_sec else { return };
-        let start = {
+        let done = {
             let mut next = self.next_free.lock().expect("throttle lock");
-            let now = Instant::now();
-            let start = (*next).max(now);
+            let start = (*next).max(Instant::now());
             *next = start + Duration::from_secs_f64(bytes as f64 / rate as f64);
-            start
+            *next
         };
-        tokio::time::sleep_until(start).await;
+        tokio::time::sleep_until(done).await;
     }
 }
 
@@ -43,8 +42,8 @@ mod tests {
         for _ in 0..5 {
             t.acquire(1000).await;
         }
-        // the fifth reservation starts after four seconds of budget
-        assert!(begin.elapsed() >= Duration::from_secs(4));
+        // five transfers of one second each at the cap
+        assert!(begin.elapsed() >= Duration::from_secs(5));
         let free = Throttle::new(None);
         let b = Instant::now();
         free.acquire(u64::MAX).await;

@@ -98,13 +98,13 @@ impl Tenant {
         Ok((m, provider))
     }
 
-    /// Every object under `snapshots/` and `chunks/` on each provider.
+    /// Every object under `snapshots/` and `packs/` on each provider.
     pub async fn listings(&self) -> Vec<(String, bascule_core::Result<BTreeMap<String, u64>>)> {
         let mut out = Vec::new();
         for r in &self.replicated.replicas {
             let l = async {
                 let mut all = r.list(layout::SNAPSHOTS).await?;
-                all.extend(r.list(layout::CHUNKS).await?);
+                all.extend(r.list(layout::PACKS).await?);
                 Ok(all)
             }
             .await;

@@ -1,12 +1,12 @@
 //! Names of the objects under `<prefix>/<tenant>/` on a provider.
 
 pub const HEAD: &str = "HEAD";
-pub const CHUNKS: &str = "chunks/";
+pub const PACKS: &str = "packs/";
 pub const SNAPSHOTS: &str = "snapshots/";
 
-/// `chunks/<id[0..2]>/<id>`
-pub fn chunk(id: &str) -> String {
-    format!("{CHUNKS}{}/{id}", &id[..2])
+/// `packs/<id[0..2]>/<id>`; `id` is the BLAKE3 of the pack's bytes.
+pub fn pack(id: &str) -> String {
+    format!("{PACKS}{}/{id}", &id[..2])
 }
 
 /// `snapshots/<time>-<id>.manifest`; `name` is `<time>-<id>`.

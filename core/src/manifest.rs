@@ -60,13 +60,45 @@ pub struct Manifest {
     /// The age recipients every object of this snapshot is sealed to.
     pub recipients: Vec<String>,
     pub chunker: ChunkerParams,
+    /// Target size of the packs this snapshot wrote.
+    pub pack_size: u64,
     /// The sealed index (`age(zstd(json))`).
     pub index: ObjectRef,
-    /// Every chunk object the snapshot needs, each once.
+    /// Every pack the snapshot needs, each once.
     pub objects: Vec<ObjectRef>,
+    /// Every chunk blob the snapshot needs, each once: where it lies.
+    pub blobs: Vec<BlobRef>,
+}
+
+/// A sealed chunk inside a pack: a standalone age file at `at..at+len`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobRef {
+    /// Keyed BLAKE3 of the chunk's plaintext (hex).
+    pub id: String,
+    /// Position of its pack in [`Manifest::objects`].
+    pub object: u32,
+    /// Byte offset in the pack.
+    pub at: u64,
+    /// Ciphertext length.
+    pub len: u32,
 }
 
 impl Manifest {
+    /// Checks that every blob and index entry points inside the manifest.
+    pub fn check_refs(&self) -> Result<(), String> {
+        for (i, b) in self.blobs.iter().enumerate() {
+            let o = self
+                .objects
+                .get(b.object as usize)
+                .ok_or_else(|| format!("blob {i} points past the objects"))?;
+            if b.at + b.len as u64 > o.len {
+                return Err(format!("blob {i} lies past the end of {}", o.key));
+            }
+        }
+        Ok(())
+    }
+
     /// Every object the snapshot needs, the index first.
     pub fn all_objects(&self) -> impl Iterator<Item = &ObjectRef> {
         std::iter::once(&self.index).chain(self.objects.iter())
@@ -82,8 +114,8 @@ impl Manifest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IndexEntry {
-    /// Position in [`Manifest::objects`].
-    pub object: u32,
+    /// Position in [`Manifest::blobs`].
+    pub blob: u32,
     /// Plaintext length.
     pub len: u32,
     /// BLAKE3 of the plaintext.

@@ -36,7 +36,7 @@ pub async fn sync(rep: &Replicated, trusted: &[VerifyKey], dry_run: bool) -> Res
     for r in &rep.replicas {
         let listing = async {
             let mut all = r.list(layout::SNAPSHOTS).await?;
-            all.extend(r.list(layout::CHUNKS).await?);
+            all.extend(r.list(layout::PACKS).await?);
             Ok::<_, Error>(all)
         };
         match listing.await {

@@ -8,7 +8,7 @@ use bascule_tests::{text, Scenario};
 fn runs_on_schedule_skips_overlaps_and_stops_on_sigterm() {
     let s = Scenario::start(20_000);
     // every second, on a thin uplink: each run lasts longer than a tick
-    s.write_configs("  max_bandwidth: 512KiB\n");
+    s.write_configs("  max_bandwidth: 128KiB\n");
     let yaml = std::fs::read_to_string(s.path("agent.yaml"))
         .unwrap()
         .replace("schedule: \"30 1 * * *\"", "schedule: \"* * * * * *\"");

@@ -69,8 +69,8 @@ fn stock_tools_rebuild_the_export_without_bascule() {
 N={name}
 sed '1,/^$/d' snapshots/$N.manifest > manifest.json
 age -d -i {key} < snapshots/$N.index | zstd -d > index.json
-jq -r --slurpfile m manifest.json '.chunks[].object as $i | $m[0].objects[$i].key' index.json |
-  while read -r key; do age -d -i {key} < "$key" | zstd -d; done > dump.pgc
+jq -r --slurpfile m manifest.json '.chunks[].blob as $b | $m[0].blobs[$b] as $x | "\($m[0].objects[$x.object].key) \($x.at) \($x.len)"' index.json |
+  while read -r pack at len; do tail -c +$((at + 1)) "$pack" | head -c "$len" | age -d -i {key} | zstd -d; done > dump.pgc
 "#,
         name = name.expect("a manifest"),
         key = s.path("customer.key").display()
@@ -119,7 +119,7 @@ fn second_night_uploads_only_what_changed() {
 fn provider_down_during_export_then_backlog_replayed() {
     let mut s = Scenario::start(40_000);
     // a thin uplink, so the export is still running when provider B dies
-    s.write_configs("  max_bandwidth: 1MiB\n");
+    s.write_configs("  max_bandwidth: 1MiB\n  pack_size: 256KiB\n");
     let mut child = s
         .agent(&["snapshot", "--job", "nightly"])
         .stderr(std::process::Stdio::piped())
@@ -157,15 +157,15 @@ fn provider_down_during_export_then_backlog_replayed() {
 #[test]
 fn killed_export_is_resumed_and_restores_identically() {
     let s = Scenario::start(40_000);
-    s.write_configs("  max_bandwidth: 1MiB\n");
+    s.write_configs("  max_bandwidth: 1MiB\n  pack_size: 256KiB\n");
     let mut child = s.agent(&["snapshot", "--job", "nightly"]).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(2000));
     assert!(child.try_wait().unwrap().is_none(), "export ended before SIGKILL");
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let a = s.provider(&s.a);
-    let sent = rt().block_on(a.list("chunks/")).unwrap().len();
-    assert!(sent > 0, "some chunks arrived before the kill");
+    let sent = rt().block_on(a.list("packs/")).unwrap().len();
+    assert!(sent > 0, "some packs arrived before the kill");
     assert!(
         rt().block_on(a.list("snapshots/")).unwrap().is_empty(),
         "no manifest may exist for a killed export"
@@ -187,7 +187,7 @@ fn flipped_byte_on_one_provider_is_detected_and_bypassed() {
     assert!(s.snapshot().status.success());
     let a = s.provider(&s.a);
     let rt = rt();
-    let (key, _) = rt.block_on(a.list("chunks/")).unwrap().into_iter().nth(3).unwrap();
+    let (key, _) = rt.block_on(a.list("packs/")).unwrap().into_iter().next().unwrap();
     let mut bytes = rt.block_on(a.get(&key)).unwrap().unwrap().to_vec();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x20;
@@ -213,20 +213,24 @@ fn forged_objects_are_refused_before_use() {
     assert!(s.snapshot().status.success());
     let rt = rt();
     let (a, b) = (s.provider(&s.a), s.provider(&s.b));
-    // a valid age ciphertext of other data, to the customer's own recipient, on both providers
-    let (key, _) = rt.block_on(a.list("chunks/")).unwrap().into_iter().next().unwrap();
+    // a pack replaced by a valid age ciphertext of other data, to the
+    // customer's own recipient, on both providers
+    let (key, _) = rt.block_on(a.list("packs/")).unwrap().into_iter().next().unwrap();
     let recipient: bascule_core::keys::Recipient = s.recipient.parse().unwrap();
     let forged = bascule_core::seal::seal(b"DROP TABLE citoyens;", &[recipient]).unwrap();
     rt.block_on(a.put(&key, forged.clone().into())).unwrap();
     rt.block_on(b.put(&key, forged.into())).unwrap();
     let r = s.restore("latest", "restored", &s.path("customer.key"));
     assert!(!r.status.success());
-    assert!(text(&r).contains(&key) && text(&r).contains("hash mismatch"), "{}", text(&r));
+    assert!(text(&r).contains(&key) && text(&r).contains("damaged or forged"), "{}", text(&r));
     assert_eq!(
         s.pg.psql("restored", "SELECT count(*) FROM pg_tables WHERE tablename = 'citoyens'"),
         "0",
         "nothing of the forged data may reach the database"
     );
+
+    let v = run(&mut s.controller(&["verify", "--read-data"]));
+    assert!(text(&v).contains(&format!("provider provider-a: {key}: length")), "{}", text(&v));
 
     // a manifest signed by another key is refused too
     let other = bascule_core::keys::AgentKey::generate();

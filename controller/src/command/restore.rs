@@ -60,8 +60,57 @@ pub async fn open_index(tenant: &Tenant, m: &Manifest, ids: &Identities) -> anyh
     })
 }
 
+/// Plaintext bytes one read may bring into memory (reads run `concurrency`
+/// at a time, so memory stays below `concurrency` × this, whatever the size).
+const READ_PLAIN_MAX: u64 = 4 << 20;
+/// Bytes of unneeded ciphertext a read may skip over rather than split.
+const READ_GAP_MAX: u64 = 64 << 10;
+
+/// One ranged read of a pack, and the chunks it yields, in stream order.
+#[derive(Debug, PartialEq)]
+struct Read {
+    object: u32,
+    start: u64,
+    end: u64,
+    plain: u64,
+    /// (index entry, offset of its blob in the read, blob length)
+    parts: Vec<(usize, u64, u32)>,
+}
+
+/// Groups consecutive chunks lying close together in one pack into one read:
+/// a first snapshot restores with about one request per pack.
+fn plan_reads(m: &Manifest, index: &Index) -> anyhow::Result<Vec<Read>> {
+    let mut reads: Vec<Read> = Vec::new();
+    for (pos, e) in index.chunks.iter().enumerate() {
+        let b = m
+            .blobs
+            .get(e.blob as usize)
+            .with_context(|| format!("index entry {pos} points past the manifest's blobs"))?;
+        let end = b.at + b.len as u64;
+        match reads.last_mut() {
+            Some(r)
+                if r.object == b.object && b.at >= r.end && b.at - r.end <= READ_GAP_MAX && r.plain + e.len as u64 <= READ_PLAIN_MAX =>
+            {
+                r.parts.push((pos, b.at - r.start, b.len));
+                r.end = end;
+                r.plain += e.len as u64;
+            }
+            _ => reads.push(Read {
+                object: b.object,
+                start: b.at,
+                end,
+                plain: e.len as u64,
+                parts: vec![(pos, 0, b.len)],
+            }),
+        }
+    }
+    Ok(reads)
+}
+
 /// Fetches, checks and opens the snapshot's chunks in order, calling `sink`
-/// with each verified plaintext. At most `concurrency` chunks are in memory.
+/// with each verified plaintext. Every blob is checked (age's AEAD, then the
+/// plaintext hash from the authenticated index) before `sink` sees a byte; a
+/// read that fails a check is served by the other provider.
 pub async fn stream_chunks(
     tenant: &Tenant,
     m: &Manifest,
@@ -73,39 +122,48 @@ pub async fn stream_chunks(
     let max = m.chunker.max_size as usize;
     let mut whole = blake3::Hasher::new();
     let mut served: BTreeMap<String, u64> = BTreeMap::new();
-    let mut chunks = futures::stream::iter(index.chunks.iter().enumerate())
-        .map(|(pos, entry)| {
+    let reads = plan_reads(m, index)?;
+    let mut fetched = futures::stream::iter(reads.into_iter().enumerate())
+        .map(|(i, read)| {
             let ids = ids.clone();
-            let obj = m.objects.get(entry.object as usize).cloned();
-            let recipients = m.recipients.clone();
+            let obj = m.objects[read.object as usize].clone();
             async move {
-                let obj = obj.with_context(|| format!("index entry {pos} points past the manifest's objects"))?;
                 // spread reads over both providers; fall back on any failure
-                let (plain, provider) = tenant
+                let (plains, provider) = tenant
                     .replicated
-                    .get_checked(&obj.key, pos, |p, b| {
-                        check_ciphertext(&obj, p, &b)?;
-                        let plain = seal::open(&b, &ids, max, &obj.key, &recipients)?;
-                        let h = hash_hex(&plain);
-                        if plain.len() != entry.len as usize || h != entry.hash {
-                            return Err(Error::PlaintextHash {
+                    .get_range_checked(&obj.key, Some(read.start..read.end), i, |_, bytes| {
+                        let mut out = Vec::with_capacity(read.parts.len());
+                        for (pos, off, len) in &read.parts {
+                            let blob = bytes.get(*off as usize..(*off + *len as u64) as usize).ok_or_else(|| Error::Open {
                                 key: obj.key.clone(),
-                                expected: entry.hash.clone(),
-                                actual: h,
-                            });
+                                reason: "short read".into(),
+                            })?;
+                            let plain = seal::open(blob, &ids, max, &obj.key, &m.recipients)?;
+                            let entry = &index.chunks[*pos];
+                            let h = hash_hex(&plain);
+                            if plain.len() != entry.len as usize || h != entry.hash {
+                                return Err(Error::PlaintextHash {
+                                    key: obj.key.clone(),
+                                    expected: entry.hash.clone(),
+                                    actual: h,
+                                });
+                            }
+                            out.push(plain);
                         }
-                        Ok(plain)
+                        Ok(out)
                     })
                     .await?;
-                Ok::<_, anyhow::Error>((plain, provider, obj.len))
+                Ok::<_, anyhow::Error>((plains, provider, read.end - read.start))
             }
         })
         .buffered(concurrency);
-    while let Some(item) = chunks.next().await {
-        let (plain, provider, clen) = item?;
-        whole.update(&plain);
+    while let Some(item) = fetched.next().await {
+        let (plains, provider, clen) = item?;
         *served.entry(provider.clone()).or_default() += clen;
-        sink(plain, &provider).await?;
+        for plain in plains {
+            whole.update(&plain);
+            sink(plain, &provider).await?;
+        }
     }
     let h = whole.finalize().to_hex().to_string();
     if h != index.stream_hash {
@@ -200,4 +258,87 @@ pub async fn run(tenant: &mut Tenant, req: RestoreRequest) -> anyhow::Result<Res
         rows_checked: index.row_counts.values().sum(),
         mismatches,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bascule_core::manifest::{BlobRef, IndexEntry, ObjectRef};
+
+    fn manifest(blobs: Vec<(u32, u64, u32)>) -> Manifest {
+        let obj = |k: &str| ObjectRef {
+            key: k.into(),
+            len: 1 << 30,
+            hash: String::new(),
+        };
+        Manifest {
+            format: 1,
+            tenant: "t".into(),
+            name: "n".into(),
+            kind: SnapshotKind::PgDump,
+            job: "j".into(),
+            host: "h".into(),
+            started_at: chrono::Utc::now(),
+            finished_at: chrono::Utc::now(),
+            source_bytes: 0,
+            chunk_count: 0,
+            new_bytes: 0,
+            stored_bytes: 0,
+            recipients: vec![],
+            chunker: Default::default(),
+            pack_size: 0,
+            index: obj("i"),
+            objects: vec![obj("p0"), obj("p1")],
+            blobs: blobs
+                .into_iter()
+                .enumerate()
+                .map(|(i, (object, at, len))| BlobRef {
+                    id: i.to_string(),
+                    object,
+                    at,
+                    len,
+                })
+                .collect(),
+        }
+    }
+
+    fn index(entries: &[(u32, u32)]) -> Index {
+        Index {
+            format: 1,
+            chunks: entries
+                .iter()
+                .map(|(blob, len)| IndexEntry {
+                    blob: *blob,
+                    len: *len,
+                    hash: String::new(),
+                })
+                .collect(),
+            stream_hash: String::new(),
+            row_counts: Default::default(),
+            source: Default::default(),
+        }
+    }
+
+    #[test]
+    fn contiguous_blobs_make_one_read_and_order_is_kept() {
+        // blobs 0,1 contiguous in p0; blob 2 in p1; blob 0 again (a repeated chunk)
+        let m = manifest(vec![(0, 0, 100), (0, 100, 50), (1, 0, 70)]);
+        let reads = plan_reads(&m, &index(&[(0, 1000), (1, 1000), (2, 1000), (0, 1000)])).unwrap();
+        assert_eq!(reads.len(), 3);
+        assert_eq!((reads[0].object, reads[0].start, reads[0].end), (0, 0, 150));
+        assert_eq!(reads[0].parts, vec![(0, 0, 100), (1, 100, 50)]);
+        assert_eq!((reads[1].object, reads[1].start, reads[1].end), (1, 0, 70));
+        assert_eq!(reads[2].parts, vec![(3, 0, 100)]);
+    }
+
+    #[test]
+    fn reads_are_bounded_by_plaintext_size() {
+        let n = 100u32;
+        let m = manifest((0..n).map(|i| (0, i as u64 * 10, 10)).collect());
+        let entries: Vec<(u32, u32)> = (0..n).map(|i| (i, 1 << 20)).collect();
+        let reads = plan_reads(&m, &index(&entries)).unwrap();
+        assert!(reads.iter().all(|r| r.plain <= READ_PLAIN_MAX));
+        assert_eq!(reads.iter().map(|r| r.parts.len()).sum::<usize>(), n as usize);
+        assert!(plan_reads(&m, &index(&[(n + 5, 1)])).is_err());
+    }
 }

@@ -32,11 +32,26 @@ impl Replicated {
     /// to the next when a copy is missing, unreadable or fails the check.
     /// Returns the checked value and the provider that served it.
     pub async fn get_checked<T>(&self, key: &str, start: usize, check: impl Fn(&str, Bytes) -> Result<T>) -> Result<(T, String)> {
+        self.get_range_checked(key, None, start, check).await
+    }
+
+    /// [`Replicated::get_checked`] for bytes `range` of the object (all of it for `None`).
+    pub async fn get_range_checked<T>(
+        &self,
+        key: &str,
+        range: Option<std::ops::Range<u64>>,
+        start: usize,
+        check: impl Fn(&str, Bytes) -> Result<T>,
+    ) -> Result<(T, String)> {
         let n = self.replicas.len();
         let mut reasons = Vec::new();
         for i in 0..n {
             let r = &self.replicas[(start + i) % n];
-            match r.get(key).await {
+            let got = match &range {
+                None => r.get(key).await,
+                Some(range) => r.get_range(key, range.clone()).await,
+            };
+            match got {
                 Ok(Some(bytes)) => match check(&r.provider, bytes) {
                     Ok(v) => {
                         if !reasons.is_empty() {
