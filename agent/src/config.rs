@@ -49,11 +49,7 @@ fn default_pack_size() -> ByteSize {
 
 impl Default for UploadConfig {
     fn default() -> Self {
-        UploadConfig {
-            concurrency: default_concurrency(),
-            max_bandwidth: None,
-            pack_size: default_pack_size(),
-        }
+        UploadConfig { concurrency: default_concurrency(), max_bandwidth: None, pack_size: default_pack_size() }
     }
 }
 
@@ -85,11 +81,7 @@ impl FromStr for Schedule {
         let full = match fields {
             5 => format!("0 {s}"),
             6 | 7 => s.to_string(),
-            _ => {
-                return Err(format!(
-                    "bad cron expression {s:?}: expected 5 fields (minute hour day month weekday), e.g. \"30 1 * * *\""
-                ))
-            }
+            _ => return Err(format!("bad cron expression {s:?}: expected 5 fields (minute hour day month weekday), e.g. \"30 1 * * *\"")),
         };
         let cron = cron::Schedule::from_str(&full).map_err(|e| format!("bad cron expression {s:?}: {e}"))?;
         Ok(Schedule { text: s.to_string(), cron })
@@ -152,18 +144,12 @@ impl AgentConfig {
     /// when the YAML itself is at fault).
     pub fn load(path: &Path) -> bascule_core::Result<Self> {
         let cfg: AgentConfig = bascule_core::config::load_yaml(path)?;
-        let bad = |message: String| bascule_core::Error::ConfigValue {
-            file: path.into(),
-            message,
-        };
+        let bad = |message: String| bascule_core::Error::ConfigValue { file: path.into(), message };
         if cfg.recipients.is_empty() {
             return Err(bad("recipients: at least one age recipient (age1…) is required".into()));
         }
         if cfg.providers.len() != 2 {
-            return Err(bad(format!(
-                "providers: exactly two providers are required, {} given",
-                cfg.providers.len()
-            )));
+            return Err(bad(format!("providers: exactly two providers are required, {} given", cfg.providers.len())));
         }
         if cfg.providers[0].name == cfg.providers[1].name {
             return Err(bad("providers: the two providers need different names".into()));

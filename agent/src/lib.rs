@@ -32,25 +32,15 @@ pub struct Agent {
 impl Agent {
     pub fn load(config_file: &Path) -> anyhow::Result<Arc<Agent>> {
         let config = AgentConfig::load(config_file)?;
-        let key = AgentKey::load(&config.key_file).with_context(|| {
-            format!(
-                "key_file in {}; create one with `bascule-agent keygen --out FILE`",
-                config_file.display()
-            )
-        })?;
+        let key = AgentKey::load(&config.key_file)
+            .with_context(|| format!("key_file in {}; create one with `bascule-agent keygen --out FILE`", config_file.display()))?;
         let mut replicas = Vec::new();
         for p in &config.providers {
             replicas.push(Provider::build(p, config_file)?.tenant(&config.tenant));
         }
         std::fs::create_dir_all(&config.state_dir).with_context(|| format!("state_dir {}", config.state_dir.display()))?;
         let throttle = Throttle::new(config.upload.max_bandwidth.map(|b| b.0));
-        Ok(Arc::new(Agent {
-            config_file: config_file.into(),
-            key: Arc::new(key),
-            replicated: Replicated::new(replicas),
-            throttle,
-            config,
-        }))
+        Ok(Arc::new(Agent { config_file: config_file.into(), key: Arc::new(key), replicated: Replicated::new(replicas), throttle, config }))
     }
 
     /// The next HEAD sequence: above both what the providers showed and what

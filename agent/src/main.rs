@@ -79,11 +79,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::NewIdentity { out } => {
             let (ids, recipient) = bascule_core::keys::Identities::generate();
-            let text = format!(
-                "# created: {}\n# public key: {recipient}\n{}",
-                chrono::Utc::now().to_rfc3339(),
-                ids.to_file_text()
-            );
+            let text = format!("# created: {}\n# public key: {recipient}\n{}", chrono::Utc::now().to_rfc3339(), ids.to_file_text());
             bascule_core::config::write_new_secret(&out, text.as_bytes())
                 .context("cannot create the identity file (an existing file is never overwritten)")?;
             eprintln!("wrote {}: the customer's secret key; store it off this machine", out.display());

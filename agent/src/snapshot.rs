@@ -42,23 +42,19 @@ struct KnownBlob {
     pack: Arc<ObjectRef>,
     at: u64,
     len: u32,
+    offset: u32,
 }
 
 /// What stage two decided for one chunk of the stream.
 enum Placed {
     /// Already stored (or earlier in this stream): reference it.
     Known { id: String, len: u32, plain_hash: String },
-    /// Sealed now: goes into the current pack.
-    New {
-        id: String,
-        sealed: Vec<u8>,
-        len: u32,
-        plain_hash: String,
-    },
+    /// New: goes into the current segment.
+    New { id: String, data: Vec<u8>, plain_hash: String },
 }
 
-/// The blobs of a pack: (chunk id, offset, ciphertext length).
-type Members = Vec<(String, u64, u32)>;
+/// The chunks of a pack: (chunk id, segment offset, segment length, offset in the segment).
+type Members = Vec<(String, u64, u32, u32)>;
 
 /// One line of the local pack journal: a pack this agent uploaded that no
 /// committed manifest names yet, so that a killed run's packs are reused.
@@ -148,13 +144,7 @@ impl Run {
     async fn write(&self, key: &str, bytes: Bytes, which: &[bool]) {
         for (name, r) in self.agent.replicated.put(key, bytes, which).await {
             if let Err(e) = r {
-                let i = self
-                    .agent
-                    .replicated
-                    .replicas
-                    .iter()
-                    .position(|x| x.provider == name)
-                    .expect("known provider");
+                let i = self.agent.replicated.replicas.iter().position(|x| x.provider == name).expect("known provider");
                 self.take_down(i, e.to_string());
             }
         }
@@ -162,11 +152,7 @@ impl Run {
 
     /// Which usable providers hold `pack` (with the right length).
     fn holders(&self, pack: &ObjectRef) -> Vec<bool> {
-        self.listings
-            .iter()
-            .zip(self.up_mask())
-            .map(|(l, u)| u && l.get(&pack.key) == Some(&pack.len))
-            .collect()
+        self.listings.iter().zip(self.up_mask()).map(|(l, u)| u && l.get(&pack.key) == Some(&pack.len)).collect()
     }
 
     /// Decides one chunk: known on every usable provider, known but missing
@@ -179,29 +165,14 @@ impl Run {
                 let lacking: Vec<bool> = self.up_mask().iter().zip(&has).map(|(u, h)| *u && !h).collect();
                 if lacking.iter().any(|l| *l) && self.copying.lock().expect("lock").insert(k.pack.key.clone()) {
                     let from = &self.agent.replicated.replicas[has.iter().position(|h| *h).expect("a holder")];
-                    let bytes = from
-                        .get(&k.pack.key)
-                        .await?
-                        .with_context(|| format!("{} vanished from {}", k.pack.key, from.provider))?;
+                    let bytes = from.get(&k.pack.key).await?.with_context(|| format!("{} vanished from {}", k.pack.key, from.provider))?;
                     check_ciphertext(&k.pack, &from.provider, &bytes)?;
                     self.put(&k.pack.key, bytes, &lacking).await?;
                 }
-                return Ok(Placed::Known {
-                    id: raw.id,
-                    len,
-                    plain_hash: raw.plain_hash,
-                });
+                return Ok(Placed::Known { id: raw.id, len, plain_hash: raw.plain_hash });
             }
         }
-        let recipients = self.agent.config.recipients.clone();
-        let data = raw.data;
-        let sealed = tokio::task::spawn_blocking(move || seal::seal(&data, &recipients)).await??;
-        Ok(Placed::New {
-            id: raw.id,
-            sealed,
-            len,
-            plain_hash: raw.plain_hash,
-        })
+        Ok(Placed::New { id: raw.id, data: raw.data, plain_hash: raw.plain_hash })
     }
 
     /// Uploads a full pack and records it in the journal.
@@ -224,17 +195,31 @@ impl Run {
     }
 }
 
-/// The pack being filled, and what the snapshot references so far.
-struct Layout {
+/// Plaintext of consecutive new chunks sealed together: large enough for
+/// zstd to compress well and for age's per-file header (≈ 200 bytes, one
+/// X25519 agreement to open) to cost little; small enough that a restore
+/// reading one chunk of it decrypts little more.
+pub const SEGMENT_SIZE: usize = 256 << 10;
+
+/// What the snapshot references so far, the segment being filled, the
+/// segments being sealed, and the pack being filled.
+struct Packer {
+    run: Arc<Run>,
+    pack_size: usize,
     objects: Vec<ObjectRef>,
     object_pos: HashMap<String, u32>,
     blobs: Vec<BlobRef>,
     blob_pos: HashMap<String, u32>,
-    /// Current pack: its slot in `objects`, bytes, and blobs (id, at, len).
+    /// Current segment: plaintext and the blob positions of its chunks.
+    segment: (Vec<u8>, Vec<u32>),
+    /// Segments being sealed, in stream order.
+    sealing: std::collections::VecDeque<(Vec<u32>, tokio::task::JoinHandle<bascule_core::Result<Vec<u8>>>)>,
+    /// Current pack: its slot in `objects`, bytes, and chunks.
     pack: Option<(u32, Vec<u8>, Members)>,
+    uploads: JoinSet<anyhow::Result<()>>,
 }
 
-impl Layout {
+impl Packer {
     fn object(&mut self, o: &ObjectRef) -> u32 {
         if let Some(p) = self.object_pos.get(&o.key) {
             return *p;
@@ -252,42 +237,97 @@ impl Layout {
         p
     }
 
-    /// Appends a new sealed blob to the current pack.
-    fn append(&mut self, id: String, sealed: Vec<u8>) -> u32 {
+    /// The blob position of a chunk already stored.
+    fn known(&mut self, id: String) -> u32 {
+        if let Some(p) = self.blob_pos.get(&id) {
+            return *p;
+        }
+        let k = self.run.known.get(&id).expect("a known blob").clone();
+        let object = self.object(&k.pack);
+        self.add_blob(BlobRef { id, object, at: k.at, len: k.len, offset: k.offset })
+    }
+
+    /// Adds a new chunk to the current segment; seals the segment once full.
+    async fn add_new(&mut self, id: String, data: Vec<u8>) -> anyhow::Result<u32> {
+        if let Some(p) = self.blob_pos.get(&id) {
+            return Ok(*p); // twice in one stream
+        }
+        let offset = self.segment.0.len() as u32;
+        let pos = self.add_blob(BlobRef { id, object: u32::MAX, at: 0, len: 0, offset }); // placed when sealed
+        self.segment.0.extend_from_slice(&data);
+        self.segment.1.push(pos);
+        if self.segment.0.len() >= SEGMENT_SIZE {
+            self.seal_segment().await?;
+        }
+        Ok(pos)
+    }
+
+    /// Starts sealing the current segment; keeps at most `concurrency`
+    /// segments in the sealer, placing finished ones in stream order.
+    async fn seal_segment(&mut self) -> anyhow::Result<()> {
+        let (data, members) = std::mem::take(&mut self.segment);
+        if !members.is_empty() {
+            let recipients = self.run.agent.config.recipients.clone();
+            self.sealing.push_back((members, tokio::task::spawn_blocking(move || seal::seal(&data, &recipients))));
+        }
+        while self.sealing.len() > self.run.agent.config.upload.concurrency {
+            self.place_sealed().await?;
+        }
+        Ok(())
+    }
+
+    /// Appends the oldest sealed segment to the pack; uploads the pack once full.
+    async fn place_sealed(&mut self) -> anyhow::Result<()> {
+        let Some((members, handle)) = self.sealing.pop_front() else { return Ok(()) };
+        let sealed = handle.await??;
         if self.pack.is_none() {
             let slot = self.objects.len() as u32;
-            self.objects.push(ObjectRef {
-                key: String::new(),
-                len: 0,
-                hash: String::new(),
-            }); // filled by `seal_pack`
+            self.objects.push(ObjectRef { key: String::new(), len: 0, hash: String::new() }); // named when full
             self.pack = Some((slot, Vec::new(), Vec::new()));
         }
-        let (slot, bytes, members) = self.pack.as_mut().expect("a pack");
+        let (slot, bytes, pack_members) = self.pack.as_mut().expect("a pack");
         let at = bytes.len() as u64;
         let len = sealed.len() as u32;
         bytes.extend_from_slice(&sealed);
-        members.push((id.clone(), at, len));
-        let slot = *slot;
-        self.add_blob(BlobRef { id, object: slot, at, len })
+        for pos in members {
+            let b = &mut self.blobs[pos as usize];
+            (b.object, b.at, b.len) = (*slot, at, len);
+            pack_members.push((b.id.clone(), at, len, b.offset));
+        }
+        if bytes.len() >= self.pack_size {
+            self.upload_pack().await?;
+        }
+        Ok(())
     }
 
-    fn pack_len(&self) -> usize {
-        self.pack.as_ref().map_or(0, |p| p.1.len())
-    }
-
-    /// Closes the current pack: names it by its hash.
-    fn seal_pack(&mut self) -> Option<(ObjectRef, Bytes, Members)> {
-        let (slot, bytes, members) = self.pack.take()?;
+    /// Names the current pack by its hash and uploads it in the background
+    /// (at most two packs in flight).
+    async fn upload_pack(&mut self) -> anyhow::Result<()> {
+        let Some((slot, bytes, members)) = self.pack.take() else { return Ok(()) };
         let hash = hash_hex(&bytes);
-        let obj = ObjectRef {
-            key: layout::pack(&hash),
-            len: bytes.len() as u64,
-            hash,
-        };
+        let obj = ObjectRef { key: layout::pack(&hash), len: bytes.len() as u64, hash };
         self.objects[slot as usize] = obj.clone();
         self.object_pos.insert(obj.key.clone(), slot);
-        Some((obj, Bytes::from(bytes), members))
+        while self.uploads.len() >= 2 {
+            if let Some(Err(e) | Ok(Err(e))) = self.uploads.join_next().await.map(|r| r.map_err(anyhow::Error::from)) {
+                return Err(e);
+            }
+        }
+        self.uploads.spawn(self.run.clone().upload_pack(obj, Bytes::from(bytes), members));
+        Ok(())
+    }
+
+    /// Seals and uploads everything still pending; waits for every upload.
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        self.seal_segment().await?;
+        while !self.sealing.is_empty() {
+            self.place_sealed().await?;
+        }
+        self.upload_pack().await?;
+        while let Some(r) = self.uploads.join_next().await {
+            r??;
+        }
+        Ok(())
     }
 }
 
@@ -320,23 +360,12 @@ async fn known_blobs(agent: &Agent, latest: Option<String>, journal: &std::path:
     if let Some(name) = latest {
         let key = layout::manifest(&name);
         let trusted = [agent.key.verify_key()];
-        match agent
-            .replicated
-            .get_checked(&key, 0, |_, b| signed::open::<Manifest>(Kind::Manifest, &b, &trusted, &key))
-            .await
-        {
+        match agent.replicated.get_checked(&key, 0, |_, b| signed::open::<Manifest>(Kind::Manifest, &b, &trusted, &key)).await {
             Ok(((m, _), _)) => {
                 let packs: Vec<Arc<ObjectRef>> = m.objects.into_iter().map(Arc::new).collect();
                 for b in m.blobs {
                     if let Some(pack) = packs.get(b.object as usize) {
-                        known.insert(
-                            b.id,
-                            KnownBlob {
-                                pack: pack.clone(),
-                                at: b.at,
-                                len: b.len,
-                            },
-                        );
+                        known.insert(b.id, KnownBlob { pack: pack.clone(), at: b.at, len: b.len, offset: b.offset });
                     }
                 }
             }
@@ -348,12 +377,8 @@ async fn known_blobs(agent: &Agent, latest: Option<String>, journal: &std::path:
             // a line cut by a crash is ignored: its pack is simply not reused
             for entry in text.lines().filter_map(|l| serde_json::from_str::<JournalEntry>(l).ok()) {
                 let pack = Arc::new(entry.pack);
-                for (id, at, len) in entry.blobs {
-                    known.entry(id).or_insert(KnownBlob {
-                        pack: pack.clone(),
-                        at,
-                        len,
-                    });
+                for (id, at, len, offset) in entry.blobs {
+                    known.entry(id).or_insert(KnownBlob { pack: pack.clone(), at, len, offset });
                 }
             }
         }
@@ -386,10 +411,7 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
     }
     let up: Vec<bool> = why_down.iter().map(Option::is_none).collect();
     if !up.iter().any(|u| *u) {
-        bail!(
-            "no provider is reachable: {}",
-            why_down.iter().flatten().cloned().collect::<Vec<_>>().join("; ")
-        );
+        bail!("no provider is reachable: {}", why_down.iter().flatten().cloned().collect::<Vec<_>>().join("; "));
     }
     let (head_seq, latest) = read_heads(&agent, &up).await;
     let journal = agent.config.state_dir.join(format!("{}.packs.journal", job.name));
@@ -430,11 +452,7 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
             let data = c?;
             whole.update(&data);
             total += data.len() as u64;
-            let raw = RawChunk {
-                id: key.chunk_id(&data),
-                plain_hash: hash_hex(&data),
-                data,
-            };
+            let raw = RawChunk { id: key.chunk_id(&data), plain_hash: hash_hex(&data), data };
             if tx.blocking_send(raw).is_err() {
                 break;
             }
@@ -453,11 +471,7 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
                 let repeat = !seen.insert(raw.id.clone());
                 async move {
                     if repeat {
-                        return Ok(Placed::Known {
-                            len: raw.data.len() as u32,
-                            id: raw.id,
-                            plain_hash: raw.plain_hash,
-                        });
+                        return Ok(Placed::Known { len: raw.data.len() as u32, id: raw.id, plain_hash: raw.plain_hash });
                     }
                     run.place(raw).await
                 }
@@ -465,98 +479,60 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
             .buffered(agent.config.upload.concurrency),
     );
 
-    // Stage three: lay blobs out in packs, upload full packs in the background.
-    let pack_size = agent.config.upload.pack_size.0 as usize;
-    let max_packs_in_flight = 2;
-    let mut uploads: JoinSet<anyhow::Result<()>> = JoinSet::new();
-    let mut lay = Layout {
+    // Stage three: new chunks into segments, sealed in parallel, laid out in
+    // packs in stream order; full packs upload in the background.
+    let mut packer = Packer {
+        run: run.clone(),
+        pack_size: agent.config.upload.pack_size.0 as usize,
         objects: Vec::new(),
         object_pos: HashMap::new(),
         blobs: Vec::new(),
         blob_pos: HashMap::new(),
+        segment: Default::default(),
+        sealing: Default::default(),
         pack: None,
+        uploads: JoinSet::new(),
     };
     let mut entries = Vec::new();
     let mut source_bytes = 0u64;
     let mut failure: Option<anyhow::Error> = None;
     while let Some(p) = placed.next().await {
-        let (blob, len, hash) = match p {
-            Ok(Placed::Known { id, len, plain_hash }) => {
-                let pos = match lay.blob_pos.get(&id) {
-                    Some(p) => *p,
-                    None => {
-                        let k = run.known.get(&id).expect("a known blob").clone();
-                        let object = lay.object(&k.pack);
-                        lay.add_blob(BlobRef {
-                            id,
-                            object,
-                            at: k.at,
-                            len: k.len,
-                        })
-                    }
-                };
-                (pos, len, plain_hash)
+        let step = match p {
+            Ok(Placed::Known { id, len, plain_hash }) => Ok((packer.known(id), len, plain_hash)),
+            Ok(Placed::New { id, data, plain_hash }) => {
+                let len = data.len() as u32;
+                packer.add_new(id, data).await.map(|pos| (pos, len, plain_hash))
             }
-            Ok(Placed::New {
-                id,
-                sealed,
-                len,
-                plain_hash,
-            }) => {
-                let pos = match lay.blob_pos.get(&id) {
-                    Some(p) => *p, // sealed twice by racing duplicates: keep the first
-                    None => lay.append(id, sealed),
-                };
-                (pos, len, plain_hash)
+            Err(e) => Err(e),
+        };
+        match step {
+            Ok((blob, len, hash)) => {
+                entries.push(IndexEntry { blob, len, hash });
+                source_bytes += len as u64;
             }
             Err(e) => {
                 failure = Some(e);
                 break;
             }
-        };
-        entries.push(IndexEntry { blob, len, hash });
-        source_bytes += len as u64;
-        if lay.pack_len() >= pack_size {
-            if uploads.len() >= max_packs_in_flight {
-                if let Some(Err(e) | Ok(Err(e))) = uploads.join_next().await.map(|r| r.map_err(anyhow::Error::from)) {
-                    failure = Some(e);
-                    break;
-                }
-            }
-            let (obj, bytes, members) = lay.seal_pack().expect("a pack");
-            uploads.spawn(run.clone().upload_pack(obj, bytes, members));
         }
         progress.update(source_bytes, run.new_bytes.load(Ordering::Relaxed));
     }
     drop(placed);
     if failure.is_none() {
-        if let Some((obj, bytes, members)) = lay.seal_pack() {
-            uploads.spawn(run.clone().upload_pack(obj, bytes, members));
-        }
-    }
-    while let Some(r) = uploads.join_next().await {
-        if let Err(e) | Ok(Err(e)) = r.map_err(anyhow::Error::from) {
-            failure.get_or_insert(e);
-        }
+        failure = packer.finish().await.err();
     }
     if let Some(e) = failure {
         running.killer().kill();
         let _ = chunker.await;
         let _ = running.finish().await;
         stop_on_cancel.abort();
-        return Err(e.context(format!(
-            "job {}: export aborted, nothing committed (a re-run reuses the packs already sent)",
-            job.name
-        )));
+        return Err(e.context(format!("job {}: export aborted, nothing committed (a re-run reuses the packs already sent)", job.name)));
     }
     let chunked = chunker.await?;
     let facts = running.finish().await;
     stop_on_cancel.abort();
     if cancel.is_cancelled() {
-        bail!(
-            "job {}: cancelled, nothing committed (a re-run reuses the packs already sent)",
-            job.name
-        );
+        bail!("job {}: cancelled, nothing committed (a re-run reuses the packs already sent)", job.name);
     }
     let facts = facts.with_context(|| format!("job {}: the source failed, nothing committed", job.name))?;
     let (stream_hash, total) = chunked.with_context(|| format!("job {}: reading the source", job.name))?;
@@ -565,21 +541,11 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
 
     // Index (sealed) → manifest (signed) → HEAD (signed), on every provider still up.
     let name = layout::new_snapshot_name(started_at);
-    let index = Index {
-        format: FORMAT,
-        chunks: entries,
-        stream_hash,
-        row_counts: facts.row_counts,
-        source: facts.source,
-    };
+    let index = Index { format: FORMAT, chunks: entries, stream_hash, row_counts: facts.row_counts, source: facts.source };
     let index_json = serde_json::to_vec(&index)?;
     let recipients = agent.config.recipients.clone();
     let sealed_index = tokio::task::spawn_blocking(move || seal::seal(&index_json, &recipients)).await??;
-    let index_ref = ObjectRef {
-        key: layout::index(&name),
-        len: sealed_index.len() as u64,
-        hash: hash_hex(&sealed_index),
-    };
+    let index_ref = ObjectRef { key: layout::index(&name), len: sealed_index.len() as u64, hash: hash_hex(&sealed_index) };
     run.put(&index_ref.key, Bytes::from(sealed_index), &run.up_mask()).await?;
 
     let new_bytes = run.new_bytes.load(Ordering::Relaxed) + index_ref.len;
@@ -595,13 +561,14 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
         source_bytes,
         chunk_count: index.chunks.len() as u64,
         new_bytes,
-        stored_bytes: lay.objects.iter().map(|o| o.len).sum::<u64>() + index_ref.len,
+        stored_bytes: packer.objects.iter().map(|o| o.len).sum::<u64>() + index_ref.len,
         recipients: agent.config.recipients.iter().map(|r| r.to_string()).collect(),
         chunker: agent.config.chunking,
-        pack_size: pack_size as u64,
+        pack_size: packer.pack_size as u64,
+        segment_size: SEGMENT_SIZE as u64,
         index: index_ref,
-        objects: lay.objects,
-        blobs: lay.blobs,
+        objects: std::mem::take(&mut packer.objects),
+        blobs: std::mem::take(&mut packer.blobs),
     };
     let manifest_bytes = Bytes::from(signed::sign(Kind::Manifest, &manifest, &agent.key));
     if cancel.is_cancelled() {
@@ -619,12 +586,7 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
         agent_time: chrono::Utc::now(),
     };
     // once a manifest is out, HEAD follows even if a stop was asked meanwhile
-    run.write(
-        layout::HEAD,
-        Bytes::from(signed::sign(Kind::Head, &head, &agent.key)),
-        &run.up_mask(),
-    )
-    .await;
+    run.write(layout::HEAD, Bytes::from(signed::sign(Kind::Head, &head, &agent.key)), &run.up_mask()).await;
     if !run.any_up() {
         bail!("job {}: every provider failed while committing: {}", job.name, run.down_reasons());
     }
@@ -665,7 +627,5 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
 }

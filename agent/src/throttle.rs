@@ -11,10 +11,7 @@ pub struct Throttle {
 
 impl Throttle {
     pub fn new(bytes_per_sec: Option<u64>) -> Self {
-        Throttle {
-            bytes_per_sec,
-            next_free: Mutex::new(Instant::now()),
-        }
+        Throttle { bytes_per_sec, next_free: Mutex::new(Instant::now()) }
     }
 
     /// Waits for the time `bytes` take at the cap, after the reservations

@@ -37,10 +37,7 @@ pub struct RestoreConfig {
 
 impl Default for RestoreConfig {
     fn default() -> Self {
-        RestoreConfig {
-            concurrency: default_concurrency(),
-            pg_restore: None,
-        }
+        RestoreConfig { concurrency: default_concurrency(), pg_restore: None }
     }
 }
 
@@ -51,15 +48,9 @@ fn default_concurrency() -> usize {
 impl ControllerConfig {
     pub fn load(path: &Path) -> bascule_core::Result<Self> {
         let cfg: ControllerConfig = bascule_core::config::load_yaml(path)?;
-        let bad = |message: String| bascule_core::Error::ConfigValue {
-            file: path.into(),
-            message,
-        };
+        let bad = |message: String| bascule_core::Error::ConfigValue { file: path.into(), message };
         if cfg.providers.len() != 2 {
-            return Err(bad(format!(
-                "providers: exactly two providers are required, {} given",
-                cfg.providers.len()
-            )));
+            return Err(bad(format!("providers: exactly two providers are required, {} given", cfg.providers.len())));
         }
         if cfg.restore.concurrency == 0 || cfg.restore.concurrency > 256 {
             return Err(bad("restore.concurrency must be between 1 and 256".into()));

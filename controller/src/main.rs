@@ -83,30 +83,12 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
                 r.snapshots,
                 r.objects_checked,
                 t.replicated.replicas.len(),
-                if read_data {
-                    format!(", {} bytes read and hashed", r.bytes_read)
-                } else {
-                    String::new()
-                },
-                if r.problems.is_empty() {
-                    "OK".to_string()
-                } else {
-                    format!("{} problem(s)", r.problems.len())
-                }
+                if read_data { format!(", {} bytes read and hashed", r.bytes_read) } else { String::new() },
+                if r.problems.is_empty() { "OK".to_string() } else { format!("{} problem(s)", r.problems.len()) }
             );
-            Ok(if r.problems.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(if r.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Restore {
-            config,
-            tenant,
-            identity,
-            snapshot,
-            target,
-        } => {
+        Command::Restore { config, tenant, identity, snapshot, target } => {
             let cfg = ControllerConfig::load(&config)?;
             let identities = Identities::load(&identity).context("--identity")?;
             let mut t = Tenant::open(&cfg, &config, &tenant)?;
@@ -138,11 +120,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
                 "row counts: {} table(s), {} row(s): {}",
                 r.tables_checked,
                 r.rows_checked,
-                if r.mismatches.is_empty() {
-                    "identical to the export"
-                } else {
-                    "DIFFERENT"
-                }
+                if r.mismatches.is_empty() { "identical to the export" } else { "DIFFERENT" }
             );
             let age = chrono::Utc::now() - r.recovery_point;
             println!(
@@ -151,17 +129,9 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
                 age.num_minutes(),
                 took.as_secs_f64(),
                 RTO_TARGET.as_secs() / 3600,
-                if took < RTO_TARGET && r.mismatches.is_empty() {
-                    "within target"
-                } else {
-                    "MISSED"
-                }
+                if took < RTO_TARGET && r.mismatches.is_empty() { "within target" } else { "MISSED" }
             );
-            Ok(if r.mismatches.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(if r.mismatches.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
 }

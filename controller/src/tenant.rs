@@ -42,12 +42,7 @@ impl Tenant {
             replicas.push(Provider::build(p, config_file)?.tenant(name));
             guards.push(RollbackGuard::load(&config.state_dir, &format!("{name}@{}", p.name))?);
         }
-        Ok(Tenant {
-            name: name.into(),
-            replicated: Replicated::new(replicas),
-            trusted: t.verify_keys.clone(),
-            guards,
-        })
+        Ok(Tenant { name: name.into(), replicated: Replicated::new(replicas), trusted: t.verify_keys.clone(), guards })
     }
 
     /// Reads every provider's HEAD, refuses bad signatures and rollbacks, and
@@ -60,10 +55,9 @@ impl Tenant {
                 Err(e) => HeadState::Refused(e),
                 Ok(Some(b)) => match signed::open::<Head>(Kind::Head, &b, &self.trusted, layout::HEAD) {
                     Err(e) => HeadState::Refused(e),
-                    Ok((h, _)) if h.tenant != self.name => HeadState::Refused(Error::Body {
-                        key: layout::HEAD.into(),
-                        reason: format!("HEAD is for tenant {:?}", h.tenant),
-                    }),
+                    Ok((h, _)) if h.tenant != self.name => {
+                        HeadState::Refused(Error::Body { key: layout::HEAD.into(), reason: format!("HEAD is for tenant {:?}", h.tenant) })
+                    }
                     Ok((h, _)) => match guard.check(&r.provider, &h) {
                         Ok(()) => {
                             guard.observe(h.sequence)?;
@@ -87,10 +81,7 @@ impl Tenant {
             .get_checked(&key, 0, |_, b| {
                 let (m, by): (Manifest, _) = signed::open(Kind::Manifest, &b, &self.trusted, &key)?;
                 if m.tenant != self.name || m.name != name {
-                    return Err(Error::Body {
-                        key: key.clone(),
-                        reason: format!("manifest is for {}/{}", m.tenant, m.name),
-                    });
+                    return Err(Error::Body { key: key.clone(), reason: format!("manifest is for {}/{}", m.tenant, m.name) });
                 }
                 Ok((m, by))
             })
@@ -138,16 +129,10 @@ impl Tenant {
             return best.with_context(|| format!("tenant {}: no provider has a valid HEAD naming a snapshot", self.name));
         }
         let names = Self::snapshot_names(&self.listings().await);
-        let hits: Vec<_> = names
-            .iter()
-            .filter(|n| *n == wanted || n.ends_with(&format!("-{wanted}")))
-            .collect();
+        let hits: Vec<_> = names.iter().filter(|n| *n == wanted || n.ends_with(&format!("-{wanted}"))).collect();
         match hits.as_slice() {
             [one] => Ok((*one).clone()),
-            [] => anyhow::bail!(
-                "tenant {}: no snapshot {wanted:?}; `bascule-controller snapshots` lists them",
-                self.name
-            ),
+            [] => anyhow::bail!("tenant {}: no snapshot {wanted:?}; `bascule-controller snapshots` lists them", self.name),
             _ => anyhow::bail!("tenant {}: {wanted:?} matches several snapshots; give the full name", self.name),
         }
     }

@@ -11,16 +11,9 @@ fn main() {
         std::process::exit(2);
     };
     let (old, new) = (std::fs::read(old).expect("read OLD"), std::fs::read(new).expect("read NEW"));
-    println!(
-        "{:>8} {:>8} {:>8} {:>10} {:>12} {:>8}",
-        "min", "avg", "max", "chunks", "new bytes", "new %"
-    );
+    println!("{:>8} {:>8} {:>8} {:>10} {:>12} {:>8}", "min", "avg", "max", "chunks", "new bytes", "new %");
     for avg in [8u32, 16, 32, 64, 128, 256, 1024] {
-        let p = ChunkerParams {
-            min_size: avg * 1024 / 4,
-            avg_size: avg * 1024,
-            max_size: avg * 1024 * 4,
-        };
+        let p = ChunkerParams { min_size: avg * 1024 / 4, avg_size: avg * 1024, max_size: avg * 1024 * 4 };
         let seen: HashSet<blake3::Hash> = p.chunks(&old[..]).map(|c| blake3::hash(&c.unwrap())).collect();
         let (mut n, mut fresh) = (0, 0u64);
         for c in p.chunks(&new[..]) {

@@ -17,11 +17,7 @@ pub struct ChunkerParams {
 
 impl Default for ChunkerParams {
     fn default() -> Self {
-        ChunkerParams {
-            min_size: 16 * 1024,
-            avg_size: 64 * 1024,
-            max_size: 256 * 1024,
-        }
+        ChunkerParams { min_size: 16 * 1024, avg_size: 64 * 1024, max_size: 256 * 1024 }
     }
 }
 
@@ -83,13 +79,7 @@ mod tests {
 
     #[test]
     fn bad_params() {
-        assert!(ChunkerParams {
-            min_size: 10,
-            avg_size: 5,
-            max_size: 1
-        }
-        .validate()
-        .is_err());
+        assert!(ChunkerParams { min_size: 10, avg_size: 5, max_size: 1 }.validate().is_err());
         assert!(ChunkerParams::default().validate().is_ok());
     }
 }

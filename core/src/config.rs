@@ -31,24 +31,12 @@ pub fn parse_yaml<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T> {
             }
         }
         if let Some(unknown) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
-            field = if field == "." {
-                unknown.to_string()
-            } else {
-                format!("{field}.{unknown}")
-            };
+            field = if field == "." { unknown.to_string() } else { format!("{field}.{unknown}") };
         }
         // serde_yaml places errors at the start of the enclosing mapping;
         // follow the field's path through the text to point at the field itself
-        let (line, column) = locate(text, &field)
-            .or_else(|| inner.location().map(|l| (l.line(), l.column())))
-            .unwrap_or((0, 0));
-        Error::Config {
-            file: path.into(),
-            line,
-            column,
-            field: if field == "." { "(document)".into() } else { field },
-            message,
-        }
+        let (line, column) = locate(text, &field).or_else(|| inner.location().map(|l| (l.line(), l.column()))).unwrap_or((0, 0));
+        Error::Config { file: path.into(), line, column, field: if field == "." { "(document)".into() } else { field }, message }
     })
 }
 
@@ -128,9 +116,8 @@ pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
                 parent = ind;
             }
             Seg::Index(n) => {
-                let items: Vec<usize> = (start..end)
-                    .filter(|&j| lines[j].trim_start().starts_with("- ") && indent(lines[j]) as isize > parent - 1)
-                    .collect();
+                let items: Vec<usize> =
+                    (start..end).filter(|&j| lines[j].trim_start().starts_with("- ") && indent(lines[j]) as isize > parent - 1).collect();
                 let first_indent = indent(lines[*items.first()?]);
                 let items: Vec<usize> = items.into_iter().filter(|&j| indent(lines[j]) == first_indent).collect();
                 let i = *items.get(n)?;
@@ -198,10 +185,7 @@ impl SecretRef {
             }),
             SecretRef::File(p) => std::fs::read_to_string(p)
                 .map(|s| s.trim().to_string())
-                .map_err(|e| Error::ConfigValue {
-                    file: config_file.into(),
-                    message: format!("{what}: {}: {e}", p.display()),
-                }),
+                .map_err(|e| Error::ConfigValue { file: config_file.into(), message: format!("{what}: {}: {e}", p.display()) }),
         }
     }
 }
@@ -223,12 +207,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn write_new_secret(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| Error::io(path, e))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(path, e))
 }
 
@@ -237,9 +216,7 @@ pub fn write_new_secret(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn check_name(what: &str, name: &str) -> std::result::Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
         && !name.starts_with('.');
     if ok {
         Ok(())
@@ -289,12 +266,7 @@ mod tests {
     #[test]
     fn secrets_by_reference() {
         let o: Outer = parse_yaml("items:\n  - name: a\n    secret: {env: BASCULE_TEST_UNSET_VAR}\n", Path::new("x")).unwrap();
-        let err = o.items[0]
-            .secret
-            .as_ref()
-            .unwrap()
-            .resolve(Path::new("x.yaml"), "items[0].secret")
-            .unwrap_err();
+        let err = o.items[0].secret.as_ref().unwrap().resolve(Path::new("x.yaml"), "items[0].secret").unwrap_err();
         assert!(err.to_string().contains("BASCULE_TEST_UNSET_VAR"));
         assert!(parse_yaml::<Outer>("items:\n  - name: a\n    secret: hunter2\n", Path::new("x")).is_err());
     }

@@ -16,13 +16,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("{file}:{line}:{column}: {field}: {message}")]
-    Config {
-        file: PathBuf,
-        line: usize,
-        column: usize,
-        field: String,
-        message: String,
-    },
+    Config { file: PathBuf, line: usize, column: usize, field: String, message: String },
     #[error("{file}: {message}")]
     ConfigValue { file: PathBuf, message: String },
     #[error("{path}: not a bascule agent key file ({reason})")]
@@ -42,12 +36,7 @@ pub enum Error {
     #[error("{key}: plaintext hash mismatch (expected {expected}, got {actual})")]
     PlaintextHash { key: String, expected: String, actual: String },
     #[error("{key}: ciphertext hash mismatch on provider {provider} (expected {expected}, got {actual})")]
-    CiphertextHash {
-        key: String,
-        provider: String,
-        expected: String,
-        actual: String,
-    },
+    CiphertextHash { key: String, provider: String, expected: String, actual: String },
     #[error("{key}: bad signed envelope: {reason}")]
     Envelope { key: String, reason: String },
     #[error("{key}: signature does not verify with any registered agent key; refusing the object")]

@@ -48,11 +48,7 @@ impl RollbackGuard {
     /// Refuses a HEAD below the highest seen; never lowers the mark.
     pub fn check(&self, provider: &str, head: &Head) -> Result<()> {
         if head.sequence < self.seen {
-            return Err(Error::Rollback {
-                provider: provider.into(),
-                found: head.sequence,
-                seen: self.seen,
-            });
+            return Err(Error::Rollback { provider: provider.into(), found: head.sequence, seen: self.seen });
         }
         Ok(())
     }
@@ -72,14 +68,7 @@ mod tests {
     use super::*;
 
     fn head(seq: u64) -> Head {
-        Head {
-            format: 1,
-            tenant: "t".into(),
-            sequence: seq,
-            latest_snapshot: None,
-            latest_wal: None,
-            agent_time: chrono::Utc::now(),
-        }
+        Head { format: 1, tenant: "t".into(), sequence: seq, latest_snapshot: None, latest_wal: None, agent_time: chrono::Utc::now() }
     }
 
     #[test]

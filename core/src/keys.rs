@@ -31,10 +31,7 @@ fn random32() -> [u8; 32] {
 
 impl AgentKey {
     pub fn generate() -> Self {
-        AgentKey {
-            signing: SigningKey::from_bytes(&random32()),
-            dedup: random32(),
-        }
+        AgentKey { signing: SigningKey::from_bytes(&random32()), dedup: random32() }
     }
 
     /// Writes the key file with mode 0600; refuses to overwrite an existing file.
@@ -50,20 +47,15 @@ impl AgentKey {
 
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let bad = |reason: &str| Error::KeyFile {
-            path: path.into(),
-            reason: reason.into(),
-        };
+        let bad = |reason: &str| Error::KeyFile { path: path.into(), reason: reason.into() };
         let (mut signing, mut dedup) = (None, None);
         for line in text.lines().map(str::trim) {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
             let (name, value) = line.split_once(' ').ok_or_else(|| bad("a line is not `name value`"))?;
-            let bytes: [u8; 32] = hex::decode(value.trim())
-                .ok()
-                .and_then(|v| v.try_into().ok())
-                .ok_or_else(|| bad("a value is not 64 hex digits"))?;
+            let bytes: [u8; 32] =
+                hex::decode(value.trim()).ok().and_then(|v| v.try_into().ok()).ok_or_else(|| bad("a value is not 64 hex digits"))?;
             match name {
                 "signing" => signing = Some(bytes),
                 "dedup" => dedup = Some(bytes),
@@ -152,10 +144,7 @@ impl FromStr for Recipient {
     fn from_str(s: &str) -> Result<Self> {
         age::x25519::Recipient::from_str(s.trim())
             .map(Recipient)
-            .map_err(|e| Error::Recipient {
-                recipient: s.to_string(),
-                reason: e.to_string(),
-            })
+            .map_err(|e| Error::Recipient { recipient: s.to_string(), reason: e.to_string() })
     }
 }
 
@@ -181,9 +170,7 @@ impl Identities {
     /// read once; the secret stays in memory only.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::parse(&text).ok_or_else(|| Error::Identity {
-            identity: path.display().to_string(),
-        })
+        Self::parse(&text).ok_or_else(|| Error::Identity { identity: path.display().to_string() })
     }
 
     pub fn parse(text: &str) -> Option<Self> {

@@ -62,6 +62,8 @@ pub struct Manifest {
     pub chunker: ChunkerParams,
     /// Target size of the packs this snapshot wrote.
     pub pack_size: u64,
+    /// Target plaintext size of the segments (chunks sealed together).
+    pub segment_size: u64,
     /// The sealed index (`age(zstd(json))`).
     pub index: ObjectRef,
     /// Every pack the snapshot needs, each once.
@@ -70,7 +72,10 @@ pub struct Manifest {
     pub blobs: Vec<BlobRef>,
 }
 
-/// A sealed chunk inside a pack: a standalone age file at `at..at+len`.
+/// Where a chunk lies. Consecutive new chunks are sealed together as one
+/// *segment*, a standalone `age(zstd(…))` file at bytes `at..at+len` of a
+/// pack; the chunk is bytes `offset..offset+length` of the segment's
+/// plaintext (its length is in the sealed index).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlobRef {
@@ -78,21 +83,20 @@ pub struct BlobRef {
     pub id: String,
     /// Position of its pack in [`Manifest::objects`].
     pub object: u32,
-    /// Byte offset in the pack.
+    /// Byte offset of the segment in the pack.
     pub at: u64,
-    /// Ciphertext length.
+    /// Ciphertext length of the segment.
     pub len: u32,
+    /// Byte offset of the chunk in the segment's plaintext.
+    pub offset: u32,
 }
 
 impl Manifest {
     /// Checks that every blob and index entry points inside the manifest.
     pub fn check_refs(&self) -> Result<(), String> {
         for (i, b) in self.blobs.iter().enumerate() {
-            let o = self
-                .objects
-                .get(b.object as usize)
-                .ok_or_else(|| format!("blob {i} points past the objects"))?;
-            if b.at + b.len as u64 > o.len {
+            let o = self.objects.get(b.object as usize).ok_or_else(|| format!("blob {i} points past the objects"))?;
+            if b.at + b.len as u64 > o.len || b.offset as u64 > self.segment_size + self.chunker.max_size as u64 {
                 return Err(format!("blob {i} lies past the end of {}", o.key));
             }
         }

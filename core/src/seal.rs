@@ -26,49 +26,24 @@ pub fn seal(plaintext: &[u8], recipients: &[Recipient]) -> Result<Vec<u8>> {
 /// cannot make us allocate without limit). `key` names the object in errors;
 /// `sealed_to` is what the manifest says the object was sealed to.
 pub fn open(ciphertext: &[u8], identities: &Identities, max_len: usize, key: &str, sealed_to: &[String]) -> Result<Vec<u8>> {
-    let decryptor = age::Decryptor::new(ciphertext).map_err(|e| Error::Open {
-        key: key.into(),
-        reason: e.to_string(),
-    })?;
+    let decryptor = age::Decryptor::new(ciphertext).map_err(|e| Error::Open { key: key.into(), reason: e.to_string() })?;
     let reader = decryptor.decrypt(identities.as_dyn()).map_err(|e| match e {
         age::DecryptError::NoMatchingKeys => Error::WrongIdentity {
             key: key.into(),
-            recipients: if sealed_to.is_empty() {
-                "recipients not recorded".into()
-            } else {
-                sealed_to.join(", ")
-            },
+            recipients: if sealed_to.is_empty() { "recipients not recorded".into() } else { sealed_to.join(", ") },
         },
-        other => Error::Open {
-            key: key.into(),
-            reason: other.to_string(),
-        },
+        other => Error::Open { key: key.into(), reason: other.to_string() },
     })?;
     let mut compressed = Vec::new();
-    reader
-        .take(max_len as u64 + 1024)
-        .read_to_end(&mut compressed)
-        .map_err(|e| Error::Open {
-            key: key.into(),
-            reason: e.to_string(),
-        })?;
+    reader.take(max_len as u64 + 1024).read_to_end(&mut compressed).map_err(|e| Error::Open { key: key.into(), reason: e.to_string() })?;
     let mut out = Vec::new();
     zstd::stream::read::Decoder::new(&compressed[..])
-        .map_err(|e| Error::Open {
-            key: key.into(),
-            reason: e.to_string(),
-        })?
+        .map_err(|e| Error::Open { key: key.into(), reason: e.to_string() })?
         .take(max_len as u64 + 1)
         .read_to_end(&mut out)
-        .map_err(|e| Error::Open {
-            key: key.into(),
-            reason: format!("zstd: {e}"),
-        })?;
+        .map_err(|e| Error::Open { key: key.into(), reason: format!("zstd: {e}") })?;
     if out.len() > max_len {
-        return Err(Error::Open {
-            key: key.into(),
-            reason: format!("plaintext longer than {max_len} bytes"),
-        });
+        return Err(Error::Open { key: key.into(), reason: format!("plaintext longer than {max_len} bytes") });
     }
     Ok(out)
 }

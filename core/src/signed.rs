@@ -50,14 +50,8 @@ pub fn sign<T: Serialize>(kind: Kind, body: &T, key: &AgentKey) -> Vec<u8> {
 /// Verifies the envelope against the trusted keys, then parses the body.
 /// Returns the body and the key that signed it. `name` is used in errors.
 pub fn open<T: DeserializeOwned>(kind: Kind, bytes: &[u8], trusted: &[VerifyKey], name: &str) -> Result<(T, VerifyKey)> {
-    let bad = |reason: &str| Error::Envelope {
-        key: name.into(),
-        reason: reason.into(),
-    };
-    let split = bytes
-        .windows(2)
-        .position(|w| w == b"\n\n")
-        .ok_or_else(|| bad("no blank line after the header"))?;
+    let bad = |reason: &str| Error::Envelope { key: name.into(), reason: reason.into() };
+    let split = bytes.windows(2).position(|w| w == b"\n\n").ok_or_else(|| bad("no blank line after the header"))?;
     let header = std::str::from_utf8(&bytes[..split]).map_err(|_| bad("header is not UTF-8"))?;
     let body = &bytes[split + 2..];
     let mut lines = header.lines();
@@ -80,10 +74,7 @@ pub fn open<T: DeserializeOwned>(kind: Kind, bytes: &[u8], trusted: &[VerifyKey]
     if !trusted.contains(&key) || !key.verify(&message(kind, body), &sig) {
         return Err(Error::BadSignature { key: name.into() });
     }
-    let value = serde_json::from_slice(body).map_err(|e| Error::Body {
-        key: name.into(),
-        reason: e.to_string(),
-    })?;
+    let value = serde_json::from_slice(body).map_err(|e| Error::Body { key: name.into(), reason: e.to_string() })?;
     Ok((value, key))
 }
 
@@ -100,10 +91,7 @@ mod tests {
     #[test]
     fn sign_open_and_tamper() {
         let k = AgentKey::generate();
-        let b = B {
-            n: 7,
-            s: "Hôtel de ville".into(),
-        };
+        let b = B { n: 7, s: "Hôtel de ville".into() };
         let bytes = sign(Kind::Head, &b, &k);
         let (got, by): (B, _) = open(Kind::Head, &bytes, &[k.verify_key()], "HEAD").unwrap();
         assert_eq!(got, b);
@@ -113,10 +101,7 @@ mod tests {
         // an untrusted key, even with a valid signature
         let other = AgentKey::generate();
         let forged = sign(Kind::Head, &b, &other);
-        assert!(matches!(
-            open::<B>(Kind::Head, &forged, &[k.verify_key()], "HEAD"),
-            Err(Error::BadSignature { .. })
-        ));
+        assert!(matches!(open::<B>(Kind::Head, &forged, &[k.verify_key()], "HEAD"), Err(Error::BadSignature { .. })));
         // every single flipped byte of the body is refused
         let start = bytes.windows(2).position(|w| w == b"\n\n").unwrap() + 2;
         for i in start..bytes.len() {

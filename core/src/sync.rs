@@ -47,29 +47,18 @@ pub async fn sync(rep: &Replicated, trusted: &[VerifyKey], dry_run: bool) -> Res
             }
         }
     }
-    let manifests: BTreeSet<String> = holds
-        .iter()
-        .flatten()
-        .flat_map(|h| h.keys().filter(|k| layout::manifest_name(k).is_some()).cloned())
-        .collect();
+    let manifests: BTreeSet<String> =
+        holds.iter().flatten().flat_map(|h| h.keys().filter(|k| layout::manifest_name(k).is_some()).cloned()).collect();
 
     for mkey in &manifests {
-        let (bytes, _) = rep
-            .get_checked(mkey, 0, |_, b| {
-                signed::open::<Manifest>(Kind::Manifest, &b, trusted, mkey).map(|_| b)
-            })
-            .await?;
+        let (bytes, _) = rep.get_checked(mkey, 0, |_, b| signed::open::<Manifest>(Kind::Manifest, &b, trusted, mkey).map(|_| b)).await?;
         let (manifest, _): (Manifest, _) = signed::open(Kind::Manifest, &bytes, trusted, mkey)?;
         for (i, r) in rep.replicas.iter().enumerate() {
             let Some(held) = holds[i].as_mut() else { continue };
             if report.failed.contains_key(&r.provider) {
                 continue;
             }
-            let mut objects: Vec<_> = manifest
-                .all_objects()
-                .filter(|o| held.get(&o.key) != Some(&o.len))
-                .cloned()
-                .collect();
+            let mut objects: Vec<_> = manifest.all_objects().filter(|o| held.get(&o.key) != Some(&o.len)).cloned().collect();
             let need_manifest = !held.contains_key(mkey);
             if objects.is_empty() && !need_manifest {
                 continue;
@@ -77,9 +66,7 @@ pub async fn sync(rep: &Replicated, trusted: &[VerifyKey], dry_run: bool) -> Res
             for o in objects.drain(..) {
                 if !dry_run {
                     let start = (i + 1) % n; // prefer another provider as the source
-                    let (good, _) = rep
-                        .get_checked(&o.key, start, |p, b| check_ciphertext(&o, p, &b).map(|_| b))
-                        .await?;
+                    let (good, _) = rep.get_checked(&o.key, start, |p, b| check_ciphertext(&o, p, &b).map(|_| b)).await?;
                     if let Err(e) = r.put(&o.key, good).await {
                         report.failed.insert(r.provider.clone(), e.to_string());
                         break;
@@ -109,9 +96,7 @@ pub async fn sync(rep: &Replicated, trusted: &[VerifyKey], dry_run: bool) -> Res
             continue;
         }
         let h = match r.get(layout::HEAD).await {
-            Ok(Some(b)) => signed::open::<Head>(Kind::Head, &b, trusted, layout::HEAD)
-                .ok()
-                .map(|(h, _)| (h.sequence, b)),
+            Ok(Some(b)) => signed::open::<Head>(Kind::Head, &b, trusted, layout::HEAD).ok().map(|(h, _)| (h.sequence, b)),
             _ => None,
         };
         heads.push(h);

@@ -17,10 +17,7 @@ pub struct Garage {
 }
 
 fn garage_binary() -> PathBuf {
-    let cargo_bin = std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cargo/bin"))
-        .into_iter()
-        .collect::<Vec<_>>();
+    let cargo_bin = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin")).into_iter().collect::<Vec<_>>();
     crate::which("garage", &cargo_bin).unwrap_or_else(|| {
         panic!("garage (the S3 server used as a provider in tests) not found: install it with `cargo install --locked garage` (the README's test command does)")
     })
@@ -80,16 +77,7 @@ admin_token = "{secret}"
         };
         g.key_id = field("Key ID:");
         g.secret = field("Secret key:");
-        ok(&mut g.cli(&[
-            "bucket",
-            "allow",
-            "--read",
-            "--write",
-            "--owner",
-            "bascule",
-            "--key",
-            "bascule-test",
-        ]));
+        ok(&mut g.cli(&["bucket", "allow", "--read", "--write", "--owner", "bascule", "--key", "bascule-test"]));
         g
     }
 
@@ -100,11 +88,7 @@ admin_token = "{secret}"
     }
 
     fn start_server(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("server.log"))
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("server.log")).unwrap();
         let child = self
             .cli(&["server"])
             .env("RUST_LOG", "warn")
@@ -114,13 +98,9 @@ admin_token = "{secret}"
             .spawn()
             .expect("start garage server");
         self.server = Some(KillOnDrop(child));
-        wait_until("garage to answer", Duration::from_secs(60), || {
-            run(&mut self.cli(&["status"])).status.success()
-        });
+        wait_until("garage to answer", Duration::from_secs(60), || run(&mut self.cli(&["status"])).status.success());
         // the S3 port answers once the layout is known; wait for it too
-        wait_until("garage S3 port", Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", self.s3_port)).is_ok()
-        });
+        wait_until("garage S3 port", Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", self.s3_port)).is_ok());
     }
 
     /// Kills the server (SIGKILL): the provider is down.

@@ -19,9 +19,7 @@ fn pg_bindir() -> PathBuf {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    let candidates = from_config
-        .into_iter()
-        .chain((13..=18).rev().map(|v| PathBuf::from(format!("/usr/lib/postgresql/{v}/bin"))));
+    let candidates = from_config.into_iter().chain((13..=18).rev().map(|v| PathBuf::from(format!("/usr/lib/postgresql/{v}/bin"))));
     for c in candidates {
         if c.join("initdb").is_file() && c.join("postgres").is_file() {
             return c;
@@ -36,58 +34,22 @@ impl PgCluster {
         let dir = shared_tempdir();
         let as_postgres = crate::is_root(); // initdb refuses to run as root
         let data = dir.path().join("data");
-        let c = PgCluster {
-            bindir,
-            port: crate::free_port(),
-            dir,
-            as_postgres,
-        };
+        let c = PgCluster { bindir, port: crate::free_port(), dir, as_postgres };
         std::fs::create_dir(&data).unwrap();
         if as_postgres {
             ok(Command::new("chown").args(["-R", "postgres"]).arg(c.dir.path()));
         }
-        ok(&mut c.cmd(
-            "initdb",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-U",
-                "bascule",
-                "-A",
-                "trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-                "--locale=C.UTF-8",
-            ],
-        ));
+        ok(&mut c
+            .cmd("initdb", &["-D", data.to_str().unwrap(), "-U", "bascule", "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C.UTF-8"]));
         let opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
             c.port,
             c.dir.path().display()
         );
         let log = c.dir.path().join("server.log");
-        let o = run(&mut c.cmd(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-o",
-                &opts,
-                "-l",
-                log.to_str().unwrap(),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-        ));
-        assert!(
-            o.status.success(),
-            "PostgreSQL did not start: {}\n{}",
-            text(&o),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        let o =
+            run(&mut c.cmd("pg_ctl", &["-D", data.to_str().unwrap(), "-o", &opts, "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"]));
+        assert!(o.status.success(), "PostgreSQL did not start: {}\n{}", text(&o), std::fs::read_to_string(&log).unwrap_or_default());
         c
     }
 
@@ -130,10 +92,8 @@ impl PgCluster {
         let mut c = Command::new(self.tool("pg_dump"));
         c.args(["--data-only", "--no-owner", "-d", &self.dsn(db)]);
         let out = ok(&mut c);
-        let mut lines: Vec<&str> = out
-            .lines()
-            .filter(|l| !l.starts_with("--") && !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-            .collect();
+        let mut lines: Vec<&str> =
+            out.lines().filter(|l| !l.starts_with("--") && !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict")).collect();
         lines.sort_unstable();
         lines.join("\n")
     }
@@ -142,18 +102,12 @@ impl PgCluster {
     pub fn schema(&self, db: &str) -> String {
         let mut c = Command::new(self.tool("pg_dump"));
         c.args(["--schema-only", "--no-owner", "-d", &self.dsn(db)]);
-        ok(&mut c)
-            .lines()
-            .filter(|l| !l.starts_with("--") && !l.starts_with("\\"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        ok(&mut c).lines().filter(|l| !l.starts_with("--") && !l.starts_with("\\")).collect::<Vec<_>>().join("\n")
     }
 
     pub fn wait_ready(&self) {
         crate::wait_until("PostgreSQL", Duration::from_secs(30), || {
-            run(&mut self.cmd("pg_isready", &["-h", "127.0.0.1", "-p", &self.port.to_string()]))
-                .status
-                .success()
+            run(&mut self.cmd("pg_isready", &["-h", "127.0.0.1", "-p", &self.port.to_string()])).status.success()
         });
     }
 }

@@ -52,24 +52,10 @@ impl Scenario {
         );
         pg.psql("mairie", "VACUUM ANALYZE");
         let agent_key = dir.path().join("agent.key");
-        let verify_key = ok(Command::new(bin("bascule-agent")).arg("keygen").arg("--out").arg(&agent_key))
-            .trim()
-            .to_string();
-        let recipient = ok(Command::new(bin("bascule-agent"))
-            .arg("new-identity")
-            .arg("--out")
-            .arg(dir.path().join("customer.key")))
-        .trim()
-        .to_string();
-        let s = Scenario {
-            pg,
-            a,
-            b,
-            dir,
-            tenant: "mairie-exemple".into(),
-            recipient,
-            verify_key,
-        };
+        let verify_key = ok(Command::new(bin("bascule-agent")).arg("keygen").arg("--out").arg(&agent_key)).trim().to_string();
+        let recipient =
+            ok(Command::new(bin("bascule-agent")).arg("new-identity").arg("--out").arg(dir.path().join("customer.key"))).trim().to_string();
+        let s = Scenario { pg, a, b, dir, tenant: "mairie-exemple".into(), recipient, verify_key };
         s.write_configs("");
         s
     }
@@ -120,47 +106,32 @@ impl Scenario {
 
     pub fn controller(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin("bascule-controller"));
-        c.args(args)
-            .arg("--config")
-            .arg(self.path("controller.yaml"))
-            .args(["--tenant", &self.tenant]);
+        c.args(args).arg("--config").arg(self.path("controller.yaml")).args(["--tenant", &self.tenant]);
         c
     }
 
     /// Restores `snapshot` into a new database `db`.
     pub fn restore(&self, snapshot: &str, db: &str, identity: &Path) -> Output {
         self.pg.createdb(db);
-        run(self
-            .controller(&["restore", "--snapshot", snapshot])
-            .arg("--identity")
-            .arg(identity)
-            .args(["--target", &self.pg.dsn(db)]))
+        run(self.controller(&["restore", "--snapshot", snapshot]).arg("--identity").arg(identity).args(["--target", &self.pg.dsn(db)]))
     }
 
     /// `new_bytes=N` from the agent's "Export finished" log line.
     pub fn new_bytes(out: &Output) -> u64 {
         let t = crate::text(out);
-        let field = t
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("new_bytes="))
-            .unwrap_or_else(|| panic!("no new_bytes in:\n{t}"));
+        let field = t.split_whitespace().find_map(|w| w.strip_prefix("new_bytes=")).unwrap_or_else(|| panic!("no new_bytes in:\n{t}"));
         field.parse().unwrap()
     }
 
     pub fn snapshot_name(out: &Output) -> String {
         let t = crate::text(out);
-        t.split_whitespace()
-            .find_map(|w| w.strip_prefix("snapshot="))
-            .unwrap_or_else(|| panic!("no snapshot name in:\n{t}"))
-            .to_string()
+        t.split_whitespace().find_map(|w| w.strip_prefix("snapshot=")).unwrap_or_else(|| panic!("no snapshot name in:\n{t}")).to_string()
     }
 
     /// A provider of this scenario, for tests that tamper with stored objects.
     pub fn provider(&self, which: &Garage) -> bascule_core::provider::Replica {
         let cfg: bascule_core::provider::ProviderConfig = serde_yaml_provider(&which.provider_yaml(self.dir.path(), "fleet"));
-        bascule_core::provider::Provider::build(&cfg, Path::new("test"))
-            .unwrap()
-            .tenant(&self.tenant)
+        bascule_core::provider::Provider::build(&cfg, Path::new("test")).unwrap().tenant(&self.tenant)
     }
 }
 

@@ -26,9 +26,7 @@ fn snapshot_error(yaml: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.yaml");
     write(&path, yaml);
-    let o = run(Command::new(bin("bascule-agent"))
-        .args(["snapshot", "--job", "nightly", "--config"])
-        .arg(&path));
+    let o = run(Command::new(bin("bascule-agent")).args(["snapshot", "--job", "nightly", "--config"]).arg(&path));
     assert_eq!(o.status.code(), Some(1), "expected a clean failure:\n{}", text(&o));
     let t = text(&o);
     assert!(!t.contains("panicked"), "{t}");
@@ -52,19 +50,13 @@ fn unknown_field_names_line_and_field() {
 #[test]
 fn invalid_age_recipient() {
     let t = snapshot_error(&agent_yaml("age1notarecipient", "30 1 * * *", ""));
-    assert!(
-        t.contains("agent.yaml:4:") && t.contains("recipients[0]") && t.contains("invalid age recipient"),
-        "{t}"
-    );
+    assert!(t.contains("agent.yaml:4:") && t.contains("recipients[0]") && t.contains("invalid age recipient"), "{t}");
 }
 
 #[test]
 fn bad_cron_expression() {
     let t = snapshot_error(&agent_yaml(GOOD_RECIPIENT, "every night at 1", ""));
-    assert!(
-        t.contains("agent.yaml:10:") && t.contains("jobs[0].schedule") && t.contains("bad cron expression"),
-        "{t}"
-    );
+    assert!(t.contains("agent.yaml:10:") && t.contains("jobs[0].schedule") && t.contains("bad cron expression"), "{t}");
     let t = snapshot_error(&agent_yaml(GOOD_RECIPIENT, "61 1 * * *", ""));
     assert!(t.contains("jobs[0].schedule"), "{t}");
 }

@@ -9,24 +9,13 @@ fn runs_on_schedule_skips_overlaps_and_stops_on_sigterm() {
     let s = Scenario::start(20_000);
     // every second, on a thin uplink: each run lasts longer than a tick
     s.write_configs("  max_bandwidth: 128KiB\n");
-    let yaml = std::fs::read_to_string(s.path("agent.yaml"))
-        .unwrap()
-        .replace("schedule: \"30 1 * * *\"", "schedule: \"* * * * * *\"");
+    let yaml = std::fs::read_to_string(s.path("agent.yaml")).unwrap().replace("schedule: \"30 1 * * *\"", "schedule: \"* * * * * *\"");
     std::fs::write(s.path("agent.yaml"), yaml).unwrap();
-    let child = s
-        .agent(&["run"])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = s.agent(&["run"]).stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
     let pid = child.id();
     std::thread::sleep(Duration::from_secs(4));
     // SIGTERM, as systemd sends it
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
     let t0 = std::time::Instant::now();
     let out = child.wait_with_output().unwrap();
     let log = text(&out);
@@ -39,9 +28,5 @@ fn runs_on_schedule_skips_overlaps_and_stops_on_sigterm() {
     assert!(log.contains("Stopping: cancelling running jobs"), "{log}");
     // the cancelled run committed nothing, so the providers hold no manifest yet
     let v = bascule_tests::run(&mut s.controller(&["snapshots"]));
-    assert!(
-        !text(&v).contains("pg_dump "),
-        "a cancelled export must not be committed:\n{}",
-        text(&v)
-    );
+    assert!(!text(&v).contains("pg_dump "), "a cancelled export must not be committed:\n{}", text(&v));
 }

@@ -23,20 +23,13 @@ fn export_verify_restore_is_identical() {
     let r = s.restore("latest", "restored", &s.path("customer.key"));
     assert!(r.status.success(), "{}", text(&r));
     assert!(text(&r).contains("identical to the export"), "{}", text(&r));
-    assert_eq!(
-        s.pg.data_fingerprint("mairie"),
-        s.pg.data_fingerprint("restored"),
-        "restored data differs"
-    );
+    assert_eq!(s.pg.data_fingerprint("mairie"), s.pg.data_fingerprint("restored"), "restored data differs");
     assert_eq!(s.pg.schema("mairie"), s.pg.schema("restored"), "restored schema differs");
     assert_eq!(
         s.pg.psql("restored", "SELECT convert_from(lo_get(oid), 'UTF8') FROM pg_largeobject_metadata"),
         "registre d'état civil scanné — 1892"
     );
-    assert_eq!(
-        s.pg.psql("restored", "SELECT nom_complet(c) FROM citoyens c WHERE id = 1"),
-        "Zoé 1 Lefèvre-1"
-    );
+    assert_eq!(s.pg.psql("restored", "SELECT nom_complet(c) FROM citoyens c WHERE id = 1"), "Zoé 1 Lefèvre-1");
 }
 
 #[test]
@@ -69,8 +62,11 @@ fn stock_tools_rebuild_the_export_without_bascule() {
 N={name}
 sed '1,/^$/d' snapshots/$N.manifest > manifest.json
 age -d -i {key} < snapshots/$N.index | zstd -d > index.json
-jq -r --slurpfile m manifest.json '.chunks[].blob as $b | $m[0].blobs[$b] as $x | "\($m[0].objects[$x.object].key) \($x.at) \($x.len)"' index.json |
-  while read -r pack at len; do tail -c +$((at + 1)) "$pack" | head -c "$len" | age -d -i {key} | zstd -d; done > dump.pgc
+jq -r --slurpfile m manifest.json '.chunks[] as $c | $m[0].blobs[$c.blob] as $x
+    | "\($m[0].objects[$x.object].key) \($x.at) \($x.len) \($x.offset) \($c.len)"' index.json |
+  while read -r pack at len off n; do
+    tail -c +$((at + 1)) "$pack" | head -c "$len" | age -d -i {key} | zstd -d | tail -c +$((off + 1)) | head -c "$n"
+  done > dump.pgc
 "#,
         name = name.expect("a manifest"),
         key = s.path("customer.key").display()
@@ -101,14 +97,8 @@ fn second_night_uploads_only_what_changed() {
     let second = s.snapshot();
     assert!(second.status.success(), "{}", text(&second));
     let (n1, n2) = (Scenario::new_bytes(&first), Scenario::new_bytes(&second));
-    eprintln!(
-        "first night {n1} bytes, second night {n2} bytes ({:.1} %)",
-        n2 as f64 * 100.0 / n1 as f64
-    );
-    assert!(
-        n2 * 4 < n1,
-        "second night sent {n2} bytes, not far fewer than the first night's {n1}"
-    );
+    eprintln!("first night {n1} bytes, second night {n2} bytes ({:.1} %)", n2 as f64 * 100.0 / n1 as f64);
+    assert!(n2 * 4 < n1, "second night sent {n2} bytes, not far fewer than the first night's {n1}");
     // and the second snapshot restores to exactly the new state
     let r = s.restore("latest", "restored", &s.path("customer.key"));
     assert!(r.status.success(), "{}", text(&r));
@@ -120,16 +110,9 @@ fn provider_down_during_export_then_backlog_replayed() {
     let mut s = Scenario::start(40_000);
     // a thin uplink, so the export is still running when provider B dies
     s.write_configs("  max_bandwidth: 1MiB\n  pack_size: 256KiB\n");
-    let mut child = s
-        .agent(&["snapshot", "--job", "nightly"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = s.agent(&["snapshot", "--job", "nightly"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the export finished before the fault was injected; slow it down"
-    );
+    assert!(child.try_wait().unwrap().is_none(), "the export finished before the fault was injected; slow it down");
     s.b.stop();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(3), "degraded exit expected:\n{}", text(&out));
@@ -144,10 +127,7 @@ fn provider_down_during_export_then_backlog_replayed() {
     s.write_configs("");
     let sync = run(&mut s.agent(&["sync"]));
     assert!(sync.status.success(), "{}", text(&sync));
-    assert!(
-        !s.path("agent-state/backlog.json").exists(),
-        "backlog cleared after a complete sync"
-    );
+    assert!(!s.path("agent-state/backlog.json").exists(), "backlog cleared after a complete sync");
     let v = run(&mut s.controller(&["verify", "--read-data"]));
     assert!(v.status.success(), "verify after replay:\n{}", text(&v));
     let r = s.restore("latest", "restored", &s.path("customer.key"));
@@ -166,10 +146,7 @@ fn killed_export_is_resumed_and_restores_identically() {
     let a = s.provider(&s.a);
     let sent = rt().block_on(a.list("packs/")).unwrap().len();
     assert!(sent > 0, "some packs arrived before the kill");
-    assert!(
-        rt().block_on(a.list("snapshots/")).unwrap().is_empty(),
-        "no manifest may exist for a killed export"
-    );
+    assert!(rt().block_on(a.list("snapshots/")).unwrap().is_empty(), "no manifest may exist for a killed export");
 
     s.write_configs("");
     let t0 = Instant::now();
@@ -196,10 +173,7 @@ fn flipped_byte_on_one_provider_is_detected_and_bypassed() {
     let v = run(&mut s.controller(&["verify", "--read-data"]));
     assert!(!v.status.success());
     let report = text(&v);
-    assert!(
-        report.contains(&format!("provider provider-a: {key}")) && report.contains("hash mismatch"),
-        "{report}"
-    );
+    assert!(report.contains(&format!("provider provider-a: {key}")) && report.contains("hash mismatch"), "{report}");
     assert!(!report.contains("provider provider-b:"), "provider B is clean:\n{report}");
 
     let r = s.restore("latest", "restored", &s.path("customer.key"));
@@ -234,12 +208,7 @@ fn forged_objects_are_refused_before_use() {
 
     // a manifest signed by another key is refused too
     let other = bascule_core::keys::AgentKey::generate();
-    let mkey = rt
-        .block_on(a.list("snapshots/"))
-        .unwrap()
-        .into_keys()
-        .find(|k| k.ends_with(".manifest"))
-        .unwrap();
+    let mkey = rt.block_on(a.list("snapshots/")).unwrap().into_keys().find(|k| k.ends_with(".manifest")).unwrap();
     let orig = rt.block_on(a.get(&mkey)).unwrap().unwrap();
     let body_at = orig.windows(2).position(|w| w == b"\n\n").unwrap() + 2;
     let body: serde_json::Value = serde_json::from_slice(&orig[body_at..]).unwrap();
@@ -256,17 +225,10 @@ fn wrong_identity_names_the_recipients() {
     let s = Scenario::start(1_000);
     assert!(s.snapshot().status.success());
     let stranger = s.path("stranger.key");
-    ok(std::process::Command::new(bin("bascule-agent"))
-        .arg("new-identity")
-        .arg("--out")
-        .arg(&stranger));
+    ok(std::process::Command::new(bin("bascule-agent")).arg("new-identity").arg("--out").arg(&stranger));
     let r = s.restore("latest", "restored", &stranger);
     assert!(!r.status.success());
-    assert!(
-        text(&r).contains(&s.recipient),
-        "the error must name the recipient the data was sealed to:\n{}",
-        text(&r)
-    );
+    assert!(text(&r).contains(&s.recipient), "the error must name the recipient the data was sealed to:\n{}", text(&r));
 }
 
 #[test]

@@ -13,10 +13,7 @@ pub struct CommandSource {
 
 impl CommandSource {
     pub fn start(&self) -> anyhow::Result<Running> {
-        let (prog, args) = self
-            .command
-            .split_first()
-            .ok_or_else(|| anyhow::anyhow!("source.command is empty"))?;
+        let (prog, args) = self.command.split_first().ok_or_else(|| anyhow::anyhow!("source.command is empty"))?;
         let mut cmd = std::process::Command::new(prog);
         cmd.args(args);
         Running::spawn(cmd, format!("command {prog:?}"))

@@ -53,12 +53,8 @@ impl Killer {
 impl Running {
     fn spawn(mut cmd: std::process::Command, what: String) -> anyhow::Result<Running> {
         use anyhow::Context;
-        cmd.stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .stdin(std::process::Stdio::null());
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {what}; is it installed and on PATH?"))?;
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).stdin(std::process::Stdio::null());
+        let mut child = cmd.spawn().with_context(|| format!("cannot start {what}; is it installed and on PATH?"))?;
         let stdout = child.stdout.take().expect("piped stdout");
         let mut stderr = child.stderr.take().expect("piped stderr");
         // keep the last 8 KiB of the source's error output for the error message
@@ -76,14 +72,7 @@ impl Running {
             }
             String::from_utf8_lossy(&tail).trim().to_string()
         });
-        Ok(Running {
-            stdout: Some(stdout),
-            child: Arc::new(Mutex::new(child)),
-            stderr_tail,
-            facts: None,
-            dump_done: None,
-            what,
-        })
+        Ok(Running { stdout: Some(stdout), child: Arc::new(Mutex::new(child)), stderr_tail, facts: None, dump_done: None, what })
     }
 
     /// The stream to read (once).
@@ -105,11 +94,7 @@ impl Running {
             let _ = done.send(());
         }
         if !status.success() {
-            anyhow::bail!(
-                "{} failed ({status}): {}",
-                self.what,
-                if tail.is_empty() { "no error output" } else { &tail }
-            );
+            anyhow::bail!("{} failed ({status}): {}", self.what, if tail.is_empty() { "no error output" } else { &tail });
         }
         if !tail.is_empty() {
             tracing::warn!(source = %self.what, stderr = %tail, "Source wrote to its error output");

@@ -49,10 +49,7 @@ impl PgDumpSource {
 
     pub(super) async fn start(&self, config_file: &Path) -> anyhow::Result<Running> {
         let (pg, password) = self.pg_config(config_file)?;
-        let (client, conn) = pg
-            .connect(tokio_postgres::NoTls)
-            .await
-            .context("cannot connect to the source database (source.dsn)")?;
+        let (client, conn) = pg.connect(tokio_postgres::NoTls).await.context("cannot connect to the source database (source.dsn)")?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::warn!(error = %e, "Source database connection ended");
@@ -65,10 +62,7 @@ impl PgDumpSource {
 
         let prog = self.pg_dump.clone().unwrap_or_else(|| PathBuf::from("pg_dump"));
         let mut cmd = std::process::Command::new(&prog);
-        cmd.args(["--format=custom", "--compress=0", "--no-password"])
-            .arg(format!("--snapshot={snapshot}"))
-            .arg("--dbname")
-            .arg(&self.dsn);
+        cmd.args(["--format=custom", "--compress=0", "--no-password"]).arg(format!("--snapshot={snapshot}")).arg("--dbname").arg(&self.dsn);
         if let Some(p) = password {
             cmd.env("PGPASSWORD", p);
         }

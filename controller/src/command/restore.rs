@@ -46,71 +46,99 @@ pub struct RestoreReport {
 /// Opens the sealed index with the customer's identity.
 pub async fn open_index(tenant: &Tenant, m: &Manifest, ids: &Identities) -> anyhow::Result<Index> {
     let o = m.index.clone();
-    let (ciphertext, _) = tenant
-        .replicated
-        .get_checked(&o.key, 0, |p, b| check_ciphertext(&o, p, &b).map(|_| b))
-        .await?;
+    let (ciphertext, _) = tenant.replicated.get_checked(&o.key, 0, |p, b| check_ciphertext(&o, p, &b).map(|_| b)).await?;
     let plain = seal::open(&ciphertext, ids, 256 << 20, &o.key, &m.recipients)?;
-    serde_json::from_slice(&plain).map_err(|e| {
-        Error::Body {
-            key: o.key.clone(),
-            reason: e.to_string(),
-        }
-        .into()
-    })
+    serde_json::from_slice(&plain).map_err(|e| Error::Body { key: o.key.clone(), reason: e.to_string() }.into())
 }
 
-/// Plaintext bytes one read may bring into memory (reads run `concurrency`
-/// at a time, so memory stays below `concurrency` × this, whatever the size).
+/// Plaintext bytes of chunks one read may bring into memory (reads run
+/// `concurrency` at a time, so memory stays bounded whatever the size).
 const READ_PLAIN_MAX: u64 = 4 << 20;
+/// Segments one read may decrypt.
+const READ_SEGMENTS_MAX: usize = 16;
 /// Bytes of unneeded ciphertext a read may skip over rather than split.
 const READ_GAP_MAX: u64 = 64 << 10;
 
-/// One ranged read of a pack, and the chunks it yields, in stream order.
+/// A sealed segment inside a read, and the chunks wanted from it.
+#[derive(Debug, PartialEq)]
+struct SegmentRead {
+    /// Offset of the segment in the read, and its ciphertext length.
+    at: u64,
+    len: u32,
+    /// (index entry, offset of the chunk in the segment's plaintext)
+    parts: Vec<(usize, u32)>,
+}
+
+/// One ranged read of a pack: consecutive segments, in stream order.
 #[derive(Debug, PartialEq)]
 struct Read {
     object: u32,
     start: u64,
     end: u64,
     plain: u64,
-    /// (index entry, offset of its blob in the read, blob length)
-    parts: Vec<(usize, u64, u32)>,
+    segments: Vec<SegmentRead>,
 }
 
-/// Groups consecutive chunks lying close together in one pack into one read:
-/// a first snapshot restores with about one request per pack.
+/// Groups the stream's chunks into ranged reads: chunks of one segment share
+/// one decryption, and segments lying close together in one pack share one
+/// request, so a first snapshot restores with about one request per pack.
 fn plan_reads(m: &Manifest, index: &Index) -> anyhow::Result<Vec<Read>> {
     let mut reads: Vec<Read> = Vec::new();
     for (pos, e) in index.chunks.iter().enumerate() {
-        let b = m
-            .blobs
-            .get(e.blob as usize)
-            .with_context(|| format!("index entry {pos} points past the manifest's blobs"))?;
+        let b = m.blobs.get(e.blob as usize).with_context(|| format!("index entry {pos} points past the manifest's blobs"))?;
         let end = b.at + b.len as u64;
-        match reads.last_mut() {
-            Some(r)
-                if r.object == b.object && b.at >= r.end && b.at - r.end <= READ_GAP_MAX && r.plain + e.len as u64 <= READ_PLAIN_MAX =>
-            {
-                r.parts.push((pos, b.at - r.start, b.len));
+        if let Some(r) = reads.last_mut().filter(|r| r.object == b.object && r.plain + e.len as u64 <= READ_PLAIN_MAX) {
+            let last = r.segments.last_mut().expect("a read has a segment");
+            if r.start + last.at == b.at {
+                last.parts.push((pos, b.offset));
+                r.plain += e.len as u64;
+                continue;
+            }
+            if b.at >= r.end && b.at - r.end <= READ_GAP_MAX && r.segments.len() < READ_SEGMENTS_MAX {
+                r.segments.push(SegmentRead { at: b.at - r.start, len: b.len, parts: vec![(pos, b.offset)] });
                 r.end = end;
                 r.plain += e.len as u64;
+                continue;
             }
-            _ => reads.push(Read {
-                object: b.object,
-                start: b.at,
-                end,
-                plain: e.len as u64,
-                parts: vec![(pos, 0, b.len)],
-            }),
         }
+        reads.push(Read {
+            object: b.object,
+            start: b.at,
+            end,
+            plain: e.len as u64,
+            segments: vec![SegmentRead { at: 0, len: b.len, parts: vec![(pos, b.offset)] }],
+        });
     }
     Ok(reads)
 }
 
+/// Decrypts the segments of one read and checks every wanted chunk against
+/// the plaintext hash of the authenticated index.
+fn open_read(read: &Read, bytes: &[u8], key: &str, m: &Manifest, index: &Index, ids: &Identities) -> bascule_core::Result<Vec<Vec<u8>>> {
+    let max = (m.segment_size + m.chunker.max_size as u64) as usize;
+    let mut out = Vec::new();
+    for seg in &read.segments {
+        let sealed = bytes
+            .get(seg.at as usize..(seg.at + seg.len as u64) as usize)
+            .ok_or_else(|| Error::Open { key: key.into(), reason: "short read".into() })?;
+        let plain = seal::open(sealed, ids, max, key, &m.recipients)?;
+        for (pos, offset) in &seg.parts {
+            let entry = &index.chunks[*pos];
+            let chunk = plain.get(*offset as usize..*offset as usize + entry.len as usize).unwrap_or_default();
+            let h = hash_hex(chunk);
+            if chunk.len() != entry.len as usize || h != entry.hash {
+                return Err(Error::PlaintextHash { key: key.into(), expected: entry.hash.clone(), actual: h });
+            }
+            out.push(chunk.to_vec());
+        }
+    }
+    Ok(out)
+}
+
 /// Fetches, checks and opens the snapshot's chunks in order, calling `sink`
-/// with each verified plaintext. Every blob is checked (age's AEAD, then the
-/// plaintext hash from the authenticated index) before `sink` sees a byte; a
-/// read that fails a check is served by the other provider.
+/// with each verified plaintext. Every chunk is checked (age's AEAD on its
+/// segment, then its plaintext hash from the authenticated index) before
+/// `sink` sees a byte; a read that fails a check is served by the other provider.
 pub async fn stream_chunks(
     tenant: &Tenant,
     m: &Manifest,
@@ -119,38 +147,20 @@ pub async fn stream_chunks(
     concurrency: usize,
     mut sink: impl FnMut(Vec<u8>, &str) -> futures::future::BoxFuture<'static, anyhow::Result<()>>,
 ) -> anyhow::Result<BTreeMap<String, u64>> {
-    let max = m.chunker.max_size as usize;
     let mut whole = blake3::Hasher::new();
     let mut served: BTreeMap<String, u64> = BTreeMap::new();
     let reads = plan_reads(m, index)?;
     let mut fetched = futures::stream::iter(reads.into_iter().enumerate())
         .map(|(i, read)| {
             let ids = ids.clone();
-            let obj = m.objects[read.object as usize].clone();
+            let key = m.objects[read.object as usize].key.clone();
             async move {
-                // spread reads over both providers; fall back on any failure
+                // spread reads over both providers; fall back on any failure.
+                // Decryption is CPU work: let this worker block while others go on.
                 let (plains, provider) = tenant
                     .replicated
-                    .get_range_checked(&obj.key, Some(read.start..read.end), i, |_, bytes| {
-                        let mut out = Vec::with_capacity(read.parts.len());
-                        for (pos, off, len) in &read.parts {
-                            let blob = bytes.get(*off as usize..(*off + *len as u64) as usize).ok_or_else(|| Error::Open {
-                                key: obj.key.clone(),
-                                reason: "short read".into(),
-                            })?;
-                            let plain = seal::open(blob, &ids, max, &obj.key, &m.recipients)?;
-                            let entry = &index.chunks[*pos];
-                            let h = hash_hex(&plain);
-                            if plain.len() != entry.len as usize || h != entry.hash {
-                                return Err(Error::PlaintextHash {
-                                    key: obj.key.clone(),
-                                    expected: entry.hash.clone(),
-                                    actual: h,
-                                });
-                            }
-                            out.push(plain);
-                        }
-                        Ok(out)
+                    .get_range_checked(&key, Some(read.start..read.end), i, |_, bytes| {
+                        tokio::task::block_in_place(|| open_read(&read, &bytes, &key, m, index, &ids))
                     })
                     .await?;
                 Ok::<_, anyhow::Error>((plains, provider, read.end - read.start))
@@ -176,10 +186,7 @@ pub async fn run(tenant: &mut Tenant, req: RestoreRequest) -> anyhow::Result<Res
     let name = tenant.resolve(&req.snapshot).await?;
     let (m, _) = tenant.manifest(&name).await?;
     if m.kind != SnapshotKind::PgDump {
-        bail!(
-            "snapshot {name} is a {} export; restore into PostgreSQL needs a pg_dump one",
-            m.kind
-        );
+        bail!("snapshot {name} is a {} export; restore into PostgreSQL needs a pg_dump one", m.kind);
     }
     let ids = Arc::new(req.identities);
     let index = open_index(tenant, &m, &ids).await?;
@@ -208,12 +215,7 @@ pub async fn run(tenant: &mut Tenant, req: RestoreRequest) -> anyhow::Result<Res
     let streamed = stream_chunks(tenant, &m, &index, ids.clone(), req.concurrency, |plain, _| {
         let stdin = stdin.clone();
         Box::pin(async move {
-            stdin
-                .lock()
-                .await
-                .write_all(&plain)
-                .await
-                .context("pg_restore stopped reading (see its error below)")?;
+            stdin.lock().await.write_all(&plain).await.context("pg_restore stopped reading (see its error below)")?;
             Ok(())
         })
     })
@@ -233,10 +235,7 @@ pub async fn run(tenant: &mut Tenant, req: RestoreRequest) -> anyhow::Result<Res
 
     let t1 = Instant::now();
     let cfg = tokio_postgres::Config::from_str(&req.target).context("--target is not a valid PostgreSQL connection string")?;
-    let (client, conn) = cfg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .context("cannot connect to the restored database")?;
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.context("cannot connect to the restored database")?;
     tokio::spawn(conn);
     let after = bascule_core::postgres::count_rows(&client).await?;
     let mut mismatches = Vec::new();
@@ -265,12 +264,9 @@ mod tests {
     use super::*;
     use bascule_core::manifest::{BlobRef, IndexEntry, ObjectRef};
 
-    fn manifest(blobs: Vec<(u32, u64, u32)>) -> Manifest {
-        let obj = |k: &str| ObjectRef {
-            key: k.into(),
-            len: 1 << 30,
-            hash: String::new(),
-        };
+    /// blobs: (pack, segment at, segment len, offset in segment)
+    fn manifest(blobs: Vec<(u32, u64, u32, u32)>) -> Manifest {
+        let obj = |k: &str| ObjectRef { key: k.into(), len: 1 << 40, hash: String::new() };
         Manifest {
             format: 1,
             tenant: "t".into(),
@@ -287,17 +283,13 @@ mod tests {
             recipients: vec![],
             chunker: Default::default(),
             pack_size: 0,
+            segment_size: 0,
             index: obj("i"),
             objects: vec![obj("p0"), obj("p1")],
             blobs: blobs
                 .into_iter()
                 .enumerate()
-                .map(|(i, (object, at, len))| BlobRef {
-                    id: i.to_string(),
-                    object,
-                    at,
-                    len,
-                })
+                .map(|(i, (object, at, len, offset))| BlobRef { id: i.to_string(), object, at, len, offset })
                 .collect(),
         }
     }
@@ -305,14 +297,7 @@ mod tests {
     fn index(entries: &[(u32, u32)]) -> Index {
         Index {
             format: 1,
-            chunks: entries
-                .iter()
-                .map(|(blob, len)| IndexEntry {
-                    blob: *blob,
-                    len: *len,
-                    hash: String::new(),
-                })
-                .collect(),
+            chunks: entries.iter().map(|(blob, len)| IndexEntry { blob: *blob, len: *len, hash: String::new() }).collect(),
             stream_hash: String::new(),
             row_counts: Default::default(),
             source: Default::default(),
@@ -320,25 +305,27 @@ mod tests {
     }
 
     #[test]
-    fn contiguous_blobs_make_one_read_and_order_is_kept() {
-        // blobs 0,1 contiguous in p0; blob 2 in p1; blob 0 again (a repeated chunk)
-        let m = manifest(vec![(0, 0, 100), (0, 100, 50), (1, 0, 70)]);
-        let reads = plan_reads(&m, &index(&[(0, 1000), (1, 1000), (2, 1000), (0, 1000)])).unwrap();
+    fn chunks_of_a_segment_share_a_read_and_order_is_kept() {
+        // chunks 0,1 in segment A (p0 @0), chunk 2 in segment B (p0 @100, contiguous),
+        // chunk 3 in p1, then chunk 0 again (a repeated chunk)
+        let m = manifest(vec![(0, 0, 100, 0), (0, 0, 100, 10), (0, 100, 50, 0), (1, 0, 70, 0)]);
+        let reads = plan_reads(&m, &index(&[(0, 10), (1, 10), (2, 10), (3, 10), (0, 10)])).unwrap();
         assert_eq!(reads.len(), 3);
         assert_eq!((reads[0].object, reads[0].start, reads[0].end), (0, 0, 150));
-        assert_eq!(reads[0].parts, vec![(0, 0, 100), (1, 100, 50)]);
+        assert_eq!(reads[0].segments[0].parts, vec![(0, 0), (1, 10)]);
+        assert_eq!((reads[0].segments[1].at, reads[0].segments[1].len), (100, 50));
         assert_eq!((reads[1].object, reads[1].start, reads[1].end), (1, 0, 70));
-        assert_eq!(reads[2].parts, vec![(3, 0, 100)]);
+        assert_eq!(reads[2].segments[0].parts, vec![(4, 0)]);
     }
 
     #[test]
-    fn reads_are_bounded_by_plaintext_size() {
+    fn reads_are_bounded() {
         let n = 100u32;
-        let m = manifest((0..n).map(|i| (0, i as u64 * 10, 10)).collect());
+        let m = manifest((0..n).map(|i| (0, i as u64 * 10, 10, 0)).collect());
         let entries: Vec<(u32, u32)> = (0..n).map(|i| (i, 1 << 20)).collect();
         let reads = plan_reads(&m, &index(&entries)).unwrap();
-        assert!(reads.iter().all(|r| r.plain <= READ_PLAIN_MAX));
-        assert_eq!(reads.iter().map(|r| r.parts.len()).sum::<usize>(), n as usize);
+        assert!(reads.iter().all(|r| r.plain <= READ_PLAIN_MAX && r.segments.len() <= READ_SEGMENTS_MAX));
+        assert_eq!(reads.iter().flat_map(|r| &r.segments).map(|s| s.parts.len()).sum::<usize>(), n as usize);
         assert!(plan_reads(&m, &index(&[(n + 5, 1)])).is_err());
     }
 }

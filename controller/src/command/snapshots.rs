@@ -25,10 +25,7 @@ pub async fn run(tenant: &mut Tenant) -> anyhow::Result<String> {
         let presence: Vec<String> = listings
             .iter()
             .map(|(p, l)| {
-                let here = l
-                    .as_ref()
-                    .map(|l| l.contains_key(&bascule_core::layout::manifest(&name)))
-                    .unwrap_or(false);
+                let here = l.as_ref().map(|l| l.contains_key(&bascule_core::layout::manifest(&name))).unwrap_or(false);
                 format!("{p}:{}", if here { "yes" } else { "NO" })
             })
             .collect();

@@ -112,9 +112,7 @@ pub async fn run(tenant: &mut Tenant, read_data: bool, concurrency: usize) -> an
                 let r = &tenant.replicated.replicas[i];
                 async move {
                     let res = match r.get(&o.key).await {
-                        Ok(Some(b)) => check_ciphertext(&o, &r.provider, &b)
-                            .map(|_| b.len() as u64)
-                            .map_err(|e| e.to_string()),
+                        Ok(Some(b)) => check_ciphertext(&o, &r.provider, &b).map(|_| b.len() as u64).map_err(|e| e.to_string()),
                         Ok(None) => Err("missing".into()),
                         Err(e) => Err(e.to_string()),
                     };
@@ -137,9 +135,5 @@ pub async fn run(tenant: &mut Tenant, read_data: bool, concurrency: usize) -> an
 }
 
 fn report_push(problems: &mut Vec<Problem>, provider: &str, key: &str, what: String) {
-    problems.push(Problem {
-        provider: provider.into(),
-        key: key.into(),
-        what,
-    });
+    problems.push(Problem { provider: provider.into(), key: key.into(), what });
 }

@@ -95,29 +95,18 @@ impl Provider {
     /// Builds the client from bascule's own configuration only (never from
     /// whatever `AWS_*` variables the machine has).
     pub fn build(cfg: &ProviderConfig, config_file: &Path) -> Result<Provider> {
-        let bad = |m: String| Error::ConfigValue {
-            file: config_file.into(),
-            message: format!("provider {}: {m}", cfg.name),
-        };
+        let bad = |m: String| Error::ConfigValue { file: config_file.into(), message: format!("provider {}: {m}", cfg.name) };
         if let Some(rest) = cfg.url.strip_prefix("file://") {
             let dir = Path::new(rest);
             if !dir.is_absolute() {
                 return Err(bad(format!("{} must be an absolute path (file:///…)", cfg.url)));
             }
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-            let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
-                .map_err(|e| bad(e.to_string()))?
-                .with_automatic_cleanup(true);
-            return Ok(Provider {
-                name: cfg.name.clone(),
-                store: Arc::new(store),
-                root: StorePath::default(),
-            });
+            let store =
+                object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(|e| bad(e.to_string()))?.with_automatic_cleanup(true);
+            return Ok(Provider { name: cfg.name.clone(), store: Arc::new(store), root: StorePath::default() });
         }
-        let rest = cfg
-            .url
-            .strip_prefix("s3://")
-            .ok_or_else(|| bad(format!("url {:?} must start with s3:// or file://", cfg.url)))?;
+        let rest = cfg.url.strip_prefix("s3://").ok_or_else(|| bad(format!("url {:?} must start with s3:// or file://", cfg.url)))?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
             return Err(bad("the s3:// url names no bucket".into()));
@@ -129,14 +118,8 @@ impl Provider {
             }
         }
         let field = |f: &str| format!("providers.{}.{f}", cfg.name);
-        let key_id = cfg
-            .access_key_id
-            .as_ref()
-            .ok_or_else(|| bad("access_key_id is required for s3".into()))?;
-        let secret = cfg
-            .secret_access_key
-            .as_ref()
-            .ok_or_else(|| bad("secret_access_key is required for s3".into()))?;
+        let key_id = cfg.access_key_id.as_ref().ok_or_else(|| bad("access_key_id is required for s3".into()))?;
+        let secret = cfg.secret_access_key.as_ref().ok_or_else(|| bad("secret_access_key is required for s3".into()))?;
         let retry = object_store::RetryConfig {
             backoff: object_store::BackoffConfig {
                 init_backoff: Duration::from_millis(100),
@@ -164,20 +147,12 @@ impl Provider {
             b = b.with_endpoint(ep);
         }
         let store = b.build().map_err(|e| bad(e.to_string()))?;
-        Ok(Provider {
-            name: cfg.name.clone(),
-            store: Arc::new(store),
-            root: StorePath::from(prefix),
-        })
+        Ok(Provider { name: cfg.name.clone(), store: Arc::new(store), root: StorePath::from(prefix) })
     }
 
     /// The same provider, scoped to `<prefix>/<tenant>/`.
     pub fn tenant(&self, tenant: &str) -> Replica {
-        Replica {
-            provider: self.name.clone(),
-            store: self.store.clone(),
-            base: self.root.child(tenant),
-        }
+        Replica { provider: self.name.clone(), store: self.store.clone(), base: self.root.child(tenant) }
     }
 }
 
@@ -197,24 +172,15 @@ impl std::fmt::Debug for Replica {
 
 impl Replica {
     fn path(&self, key: &str) -> StorePath {
-        key.split('/')
-            .filter(|part| !part.is_empty())
-            .fold(self.base.clone(), |p, part| p.child(part))
+        key.split('/').filter(|part| !part.is_empty()).fold(self.base.clone(), |p, part| p.child(part))
     }
 
     fn err(&self, key: &str, source: object_store::Error) -> Error {
-        Error::Store {
-            provider: self.provider.clone(),
-            key: key.into(),
-            source,
-        }
+        Error::Store { provider: self.provider.clone(), key: key.into(), source }
     }
 
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
-        self.store
-            .put(&self.path(key), PutPayload::from(bytes))
-            .await
-            .map_err(|e| self.err(key, e))?;
+        self.store.put(&self.path(key), PutPayload::from(bytes)).await.map_err(|e| self.err(key, e))?;
         Ok(())
     }
 

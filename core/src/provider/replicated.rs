@@ -68,10 +68,7 @@ impl Replicated {
         if reasons.iter().all(|r| r.ends_with(": missing")) {
             return Err(Error::Missing { key: key.into() });
         }
-        Err(Error::NoGoodCopy {
-            key: key.into(),
-            reasons: reasons.join("; "),
-        })
+        Err(Error::NoGoodCopy { key: key.into(), reasons: reasons.join("; ") })
     }
 }
 
@@ -79,12 +76,7 @@ impl Replicated {
 pub fn check_ciphertext(obj: &crate::manifest::ObjectRef, provider: &str, bytes: &Bytes) -> Result<()> {
     let actual = crate::hash_hex(bytes);
     if bytes.len() as u64 != obj.len || actual != obj.hash {
-        return Err(Error::CiphertextHash {
-            key: obj.key.clone(),
-            provider: provider.into(),
-            expected: obj.hash.clone(),
-            actual,
-        });
+        return Err(Error::CiphertextHash { key: obj.key.clone(), provider: provider.into(), expected: obj.hash.clone(), actual });
     }
     Ok(())
 }

@@ -26,11 +26,7 @@ fn timed_rss(what: &str, args: &[&std::ffi::OsStr]) -> (Duration, u64, String) {
     let mut c = Command::new("/usr/bin/time");
     c.arg("-f").arg("BENCH_MAXRSS_KB=%M").args(args).env("RUST_LOG", "info");
     let (d, out) = timed(what, &mut c);
-    let rss = out
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("BENCH_MAXRSS_KB="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let rss = out.split_whitespace().find_map(|w| w.strip_prefix("BENCH_MAXRSS_KB=")).and_then(|v| v.parse().ok()).unwrap_or(0);
     (d, rss, out)
 }
 
@@ -86,14 +82,7 @@ fn main() {
     .unwrap();
     let (_, rss_small, out) = timed_rss(
         "export, small database",
-        &[
-            agent.as_os_str(),
-            "snapshot".as_ref(),
-            "--job".as_ref(),
-            "nightly".as_ref(),
-            "--config".as_ref(),
-            small_cfg.as_os_str(),
-        ],
+        &[agent.as_os_str(), "snapshot".as_ref(), "--job".as_ref(), "nightly".as_ref(), "--config".as_ref(), small_cfg.as_os_str()],
     );
     let small_bytes = field(&out, "source_bytes");
 
@@ -104,14 +93,7 @@ fn main() {
     // bascule export to both Garage providers
     let (t_export, rss_big, out) = timed_rss(
         "bascule export",
-        &[
-            agent.as_os_str(),
-            "snapshot".as_ref(),
-            "--job".as_ref(),
-            "nightly".as_ref(),
-            "--config".as_ref(),
-            cfg.as_os_str(),
-        ],
+        &[agent.as_os_str(), "snapshot".as_ref(), "--job".as_ref(), "nightly".as_ref(), "--config".as_ref(), cfg.as_os_str()],
     );
     let dump_bytes = field(&out, "source_bytes");
     let first_new = field(&out, "new_bytes");
@@ -139,9 +121,7 @@ fn main() {
     )));
     s.pg.createdb("r_bascule");
     let mut c = s.controller(&["restore"]);
-    c.arg("--identity")
-        .arg(s.path("customer.key"))
-        .args(["--target", &s.pg.dsn("r_bascule")]);
+    c.arg("--identity").arg(s.path("customer.key")).args(["--target", &s.pg.dsn("r_bascule")]);
     let (t_restore, _) = timed("bascule restore", &mut c);
     s.pg.createdb("r_base");
     let (t_base_restore, _) = timed(
@@ -173,10 +153,7 @@ fn main() {
            SELECT 1 + g % 100000, 'mariage', 'brouillon', now(), 'Publication des bans' FROM generate_series(1, 2000) g;
          UPDATE actes SET statut = 'validé' WHERE id > (SELECT max(id) - 1000 FROM actes);",
     );
-    let o = run(Command::new(&agent)
-        .args(["snapshot", "--job", "nightly", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "info"));
+    let o = run(Command::new(&agent).args(["snapshot", "--job", "nightly", "--config"]).arg(&cfg).env("RUST_LOG", "info"));
     assert!(o.status.success(), "second night: {}", text(&o));
     let second_new = field(&text(&o), "new_bytes");
     let dump2 = s.path("dump2.pgc");
