@@ -201,6 +201,9 @@ impl Run {
 /// reading one chunk of it decrypts little more.
 pub const SEGMENT_SIZE: usize = 256 << 10;
 
+/// A segment being sealed on the blocking pool.
+type Sealing = tokio::task::JoinHandle<bascule_core::Result<Vec<u8>>>;
+
 /// What the snapshot references so far, the segment being filled, the
 /// segments being sealed, and the pack being filled.
 struct Packer {
@@ -213,7 +216,7 @@ struct Packer {
     /// Current segment: plaintext and the blob positions of its chunks.
     segment: (Vec<u8>, Vec<u32>),
     /// Segments being sealed, in stream order.
-    sealing: std::collections::VecDeque<(Vec<u32>, tokio::task::JoinHandle<bascule_core::Result<Vec<u8>>>)>,
+    sealing: std::collections::VecDeque<(Vec<u32>, Sealing)>,
     /// Current pack: its slot in `objects`, bytes, and chunks.
     pack: Option<(u32, Vec<u8>, Members)>,
     uploads: JoinSet<anyhow::Result<()>>,
