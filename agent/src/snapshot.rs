@@ -30,6 +30,8 @@ use crate::config::JobConfig;
 use crate::progress::Progress;
 use crate::Agent;
 
+/// A chunk and its two hashes: the keyed id (dedup) and the plain BLAKE3
+/// (checked at restore by whoever holds the customer's identity).
 struct RawChunk {
     id: String,
     plain_hash: String,
@@ -444,9 +446,8 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
     };
 
     // Stage one: the chunker thread, bounded channel towards stage two.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<RawChunk>(8);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
     let params = agent.config.chunking;
-    let key = agent.key.clone();
     let mut stdout = running.take_stdout();
     let chunker = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
         let mut whole = blake3::Hasher::new();
@@ -455,27 +456,27 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
             let data = c?;
             whole.update(&data);
             total += data.len() as u64;
-            let raw = RawChunk { id: key.chunk_id(&data), plain_hash: hash_hex(&data), data };
-            if tx.blocking_send(raw).is_err() {
+            if tx.blocking_send(data).is_err() {
                 break;
             }
         }
         Ok((whole.finalize().to_hex().to_string(), total))
     });
 
-    // Stage two: dedup and seal, in parallel, results in stream order.
+    // Stage two: known or new (copying a known pack a provider lacks), in
+    // parallel, results in stream order. A chunk repeated in the stream is
+    // recognised by stage three.
     let chunks = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let mut seen = HashSet::new();
     // boxed so that dropping it (on failure) drops the receiver and stops the chunker
     let mut placed = Box::pin(
         chunks
-            .map(|raw| {
+            .map(|data| {
                 let run = run.clone();
-                let repeat = !seen.insert(raw.id.clone());
+                let key = agent.key.clone();
                 async move {
-                    if repeat {
-                        return Ok(Placed::Known { len: raw.data.len() as u32, id: raw.id, plain_hash: raw.plain_hash });
-                    }
+                    // hashing runs here, in parallel, rather than in the chunker thread
+                    let raw = tokio::task::spawn_blocking(move || RawChunk { id: key.chunk_id(&data), plain_hash: hash_hex(&data), data })
+                        .await?;
                     run.place(raw).await
                 }
             })

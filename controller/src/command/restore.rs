@@ -112,11 +112,11 @@ fn plan_reads(m: &Manifest, index: &Index) -> anyhow::Result<Vec<Read>> {
     Ok(reads)
 }
 
-/// Decrypts the segments of one read and checks every wanted chunk against
-/// the plaintext hash of the authenticated index.
-fn open_read(read: &Read, bytes: &[u8], key: &str, m: &Manifest, index: &Index, ids: &Identities) -> bascule_core::Result<Vec<Vec<u8>>> {
+/// Decrypts the segments of one read, checks every wanted chunk against the
+/// plaintext hash of the authenticated index, and returns them end to end.
+fn open_read(read: &Read, bytes: &[u8], key: &str, m: &Manifest, index: &Index, ids: &Identities) -> bascule_core::Result<Vec<u8>> {
     let max = (m.segment_size + m.chunker.max_size as u64) as usize;
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(read.plain as usize);
     for seg in &read.segments {
         let sealed = bytes
             .get(seg.at as usize..(seg.at + seg.len as u64) as usize)
@@ -129,14 +129,14 @@ fn open_read(read: &Read, bytes: &[u8], key: &str, m: &Manifest, index: &Index, 
             if chunk.len() != entry.len as usize || h != entry.hash {
                 return Err(Error::PlaintextHash { key: key.into(), expected: entry.hash.clone(), actual: h });
             }
-            out.push(chunk.to_vec());
+            out.extend_from_slice(chunk);
         }
     }
     Ok(out)
 }
 
 /// Fetches, checks and opens the snapshot's chunks in order, calling `sink`
-/// with each verified plaintext. Every chunk is checked (age's AEAD on its
+/// with verified plaintext (consecutive chunks together). Every chunk is checked (age's AEAD on its
 /// segment, then its plaintext hash from the authenticated index) before
 /// `sink` sees a byte; a read that fails a check is served by the other provider.
 pub async fn stream_chunks(
@@ -157,23 +157,21 @@ pub async fn stream_chunks(
             async move {
                 // spread reads over both providers; fall back on any failure.
                 // Decryption is CPU work: let this worker block while others go on.
-                let (plains, provider) = tenant
+                let (plain, provider) = tenant
                     .replicated
                     .get_range_checked(&key, Some(read.start..read.end), i, |_, bytes| {
                         tokio::task::block_in_place(|| open_read(&read, &bytes, &key, m, index, &ids))
                     })
                     .await?;
-                Ok::<_, anyhow::Error>((plains, provider, read.end - read.start))
+                Ok::<_, anyhow::Error>((plain, provider, read.end - read.start))
             }
         })
         .buffered(concurrency);
     while let Some(item) = fetched.next().await {
-        let (plains, provider, clen) = item?;
+        let (plain, provider, clen) = item?;
         *served.entry(provider.clone()).or_default() += clen;
-        for plain in plains {
-            whole.update(&plain);
-            sink(plain, &provider).await?;
-        }
+        whole.update(&plain);
+        sink(plain, &provider).await?;
     }
     let h = whole.finalize().to_hex().to_string();
     if h != index.stream_hash {
