@@ -574,7 +574,12 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
         objects: std::mem::take(&mut packer.objects),
         blobs: std::mem::take(&mut packer.blobs),
     };
-    let manifest_bytes = Bytes::from(signed::sign(Kind::Manifest, &manifest, &agent.key));
+    let mut manifest = manifest;
+    let mut manifest_bytes = Bytes::from(signed::sign(Kind::Manifest, &manifest, &agent.key));
+    // the manifest crosses the uplink too: count it (its own size, to a few bytes)
+    manifest.new_bytes += manifest_bytes.len() as u64;
+    manifest_bytes = Bytes::from(signed::sign(Kind::Manifest, &manifest, &agent.key));
+    let new_bytes = manifest.new_bytes;
     if cancel.is_cancelled() {
         bail!("job {}: cancelled before the commit, nothing committed", job.name);
     }
