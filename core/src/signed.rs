@@ -5,11 +5,12 @@
 //! key ed25519:<hex verify key>
 //! sig <hex ed25519 signature>
 //!
-//! <body: JSON, exactly the signed bytes>
+//! <body: compact JSON, exactly the signed bytes>
 //! ```
 //! The signature covers `"bascule-signed v1 " + kind + "\n" + body`, so a
-//! signature over a HEAD cannot be replayed as a manifest. The body is human
-//! readable (`sed 1,4d`), and is only parsed once the signature verified.
+//! signature over a HEAD cannot be replayed as a manifest. The body is
+//! readable with `sed '1,/^$/d' FILE | jq`, and is only parsed once the
+//! signature verified.
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::keys::{AgentKey, VerifyKey};
@@ -40,7 +41,7 @@ fn message(kind: Kind, body: &[u8]) -> Vec<u8> {
 
 /// Serialises `body` and signs it.
 pub fn sign<T: Serialize>(kind: Kind, body: &T, key: &AgentKey) -> Vec<u8> {
-    let body = serde_json::to_vec_pretty(body).expect("bodies serialise");
+    let body = serde_json::to_vec(body).expect("bodies serialise");
     let sig = key.sign(&message(kind, &body));
     let mut out = format!("{MAGIC} {}\nkey {}\nsig {}\n\n", kind.as_str(), key.verify_key(), hex::encode(sig)).into_bytes();
     out.extend_from_slice(&body);
