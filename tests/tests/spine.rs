@@ -153,6 +153,11 @@ fn killed_export_is_resumed_and_restores_identically() {
     let out = s.snapshot();
     assert!(out.status.success(), "{}", text(&out));
     eprintln!("resumed in {:?}", t0.elapsed());
+    // the packs that arrived before the kill are reused, not sent again
+    let log = text(&out);
+    let stored: u64 = log.split_whitespace().find_map(|w| w.strip_prefix("stored_bytes=")).unwrap().parse().unwrap();
+    let new = Scenario::new_bytes(&out);
+    assert!(new < stored, "the re-run sent {new} of {stored} bytes: nothing from the killed run was reused");
     let r = s.restore("latest", "restored", &s.path("customer.key"));
     assert!(r.status.success(), "{}", text(&r));
     assert_eq!(s.pg.data_fingerprint("mairie"), s.pg.data_fingerprint("restored"));
