@@ -117,19 +117,22 @@ else
   exit 1
 fi
 echo "==> escape hatch: any object opens with the stock tools"
-# the first chunk of the first snapshot: its segment, cut out of its pack
-MANS=("$WORK"/provider-a/mairie-exemple/snapshots/*.manifest)
-read -r PACK AT LEN < <(python3 -c '
-import json, sys
-tenant, manifest, out = sys.argv[1:]
-m = json.loads(open(manifest, "rb").read().split(b"\n\n", 1)[1])   # the body after the signed header
-b = m["blobs"][0]; pack = m["objects"][b["object"]]["key"]
-with open(f"{tenant}/{pack}", "rb") as f:
-    f.seek(b["at"]); open(out, "wb").write(f.read(b["len"]))
-print(pack, b["at"], b["len"])' "$WORK/provider-a/mairie-exemple" "${MANS[0]}" "$WORK/segment.age")
+# the first chunk of the first snapshot: the sealed index says where it lies
 if command -v age >/dev/null && command -v zstd >/dev/null; then
+  T="$WORK/provider-a/mairie-exemple"
+  MANS=("$T"/snapshots/*.manifest)
+  age -d -i "$WORK/customer.key" < "${MANS[0]%.manifest}.index" | zstd -d -q > "$WORK/index.json"
+  read -r PACK AT SEG < <(python3 -c '
+import json, sys
+tenant, manifest, index, out = sys.argv[1:]
+m = json.loads(open(manifest, "rb").read().split(b"\n\n", 1)[1])   # the body after the signed header
+c = json.load(open(index))["chunks"][0]; pack = m["objects"][c["pack"]]["key"]
+with open(f"{tenant}/{pack}", "rb") as f:
+    f.seek(c["at"]); open(out, "wb").write(f.read(c["seg"]))
+print(pack, c["at"], c["seg"])' "$T" "${MANS[0]}" "$WORK/index.json" "$WORK/segment.age")
   age -d -i "$WORK/customer.key" < "$WORK/segment.age" | zstd -d -q > "$WORK/segment.bin"
-  echo "    tail -c +$((AT + 1)) $PACK | head -c $LEN | age -d -i customer.key | zstd -d"
+  echo "    age -d -i customer.key < snapshots/….index | zstd -d   -> the chunk table (index.json)"
+  echo "    tail -c +$((AT + 1)) $PACK | head -c $SEG | age -d -i customer.key | zstd -d"
   echo "    -> $(stat -c %s "$WORK/segment.bin") bytes of pg_dump stream, starting with: $(head -c 5 "$WORK/segment.bin")"
 else
   echo "    (install the age and zstd command-line tools to try it: apt-get install age zstd)"

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use bascule_core::head::Head;
-use bascule_core::manifest::{BlobRef, Index, IndexEntry, Manifest, ObjectRef, FORMAT};
+use bascule_core::manifest::{Index, IndexEntry, Manifest, ObjectRef, FORMAT};
 use bascule_core::provider::check_ciphertext;
 use bascule_core::signed::{self, Kind};
 use bascule_core::{hash_hex, layout, seal};
@@ -58,8 +58,20 @@ enum Placed {
 /// The chunks of a pack: (chunk id, segment offset, segment length, offset in the segment).
 type Members = Vec<(String, u64, u32, u32)>;
 
-/// One line of the local pack journal: a pack this agent uploaded that no
-/// committed manifest names yet, so that a killed run's packs are reused.
+/// Where a chunk of this run lies (`object` is its pack's position).
+struct BlobRef {
+    id: String,
+    object: u32,
+    at: u64,
+    len: u32,
+    offset: u32,
+}
+
+/// One line of the agent's local chunk tables: a pack and the chunks in it.
+/// `<job>.chunks` holds those of the last committed snapshot (what the next
+/// run can reuse); `<job>.packs.journal` those of packs uploaded since, not
+/// committed yet (so that a killed run's packs are reused). Chunk ids never
+/// leave the site; losing these files only costs a full upload.
 #[derive(Serialize, Deserialize)]
 struct JournalEntry {
     pack: ObjectRef,
@@ -336,19 +348,17 @@ impl Packer {
     }
 }
 
-/// Reads and verifies HEAD on each usable provider; returns the highest
-/// sequence and the newest snapshot's name.
-async fn read_heads(agent: &Agent, up: &[bool]) -> (u64, Option<String>) {
+/// Reads and verifies HEAD on each usable provider; returns the highest sequence.
+async fn read_heads(agent: &Agent, up: &[bool]) -> u64 {
     let trusted = [agent.key.verify_key()];
-    let mut best: (u64, Option<String>) = (0, None);
+    let mut best = 0;
     for (r, u) in agent.replicated.replicas.iter().zip(up) {
         if !*u {
             continue;
         }
         match r.get(layout::HEAD).await {
             Ok(Some(b)) => match signed::open::<Head>(Kind::Head, &b, &trusted, layout::HEAD) {
-                Ok((h, _)) if h.sequence >= best.0 => best = (h.sequence, h.latest_snapshot),
-                Ok(_) => {}
+                Ok((h, _)) => best = best.max(h.sequence),
                 Err(e) => tracing::warn!(provider = %r.provider, error = %e, "Ignoring a HEAD that does not verify"),
             },
             Ok(None) => {}
@@ -358,39 +368,40 @@ async fn read_heads(agent: &Agent, up: &[bool]) -> (u64, Option<String>) {
     best
 }
 
-/// Blobs this agent already stored: the newest snapshot's, and those of
-/// packs in the local journal (uploaded by a run that did not commit).
-async fn known_blobs(agent: &Agent, latest: Option<String>, journal: &std::path::Path) -> anyhow::Result<HashMap<String, KnownBlob>> {
+/// Chunks this agent already stored: those of the last committed snapshot
+/// and those of packs uploaded by a run that did not commit.
+fn known_blobs(files: &[&std::path::Path]) -> anyhow::Result<HashMap<String, KnownBlob>> {
     let mut known = HashMap::new();
-    if let Some(name) = latest {
-        let key = layout::manifest(&name);
-        let trusted = [agent.key.verify_key()];
-        match agent.replicated.get_checked(&key, 0, |_, b| signed::open::<Manifest>(Kind::Manifest, &b, &trusted, &key)).await {
-            Ok(((m, _), _)) => {
-                let packs: Vec<Arc<ObjectRef>> = m.objects.into_iter().map(Arc::new).collect();
-                for b in m.blobs {
-                    if let Some(pack) = packs.get(b.object as usize) {
-                        known.insert(b.id, KnownBlob { pack: pack.clone(), at: b.at, len: b.len, offset: b.offset });
+    for file in files {
+        match std::fs::read_to_string(file) {
+            Ok(text) => {
+                // a line cut by a crash is ignored: its pack is simply not reused
+                for entry in text.lines().filter_map(|l| serde_json::from_str::<JournalEntry>(l).ok()) {
+                    let pack = Arc::new(entry.pack);
+                    for (id, at, len, offset) in entry.blobs {
+                        known.entry(id).or_insert(KnownBlob { pack: pack.clone(), at, len, offset });
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "Cannot read the previous manifest; everything will be sent again"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| file.display().to_string()),
         }
-    }
-    match std::fs::read_to_string(journal) {
-        Ok(text) => {
-            // a line cut by a crash is ignored: its pack is simply not reused
-            for entry in text.lines().filter_map(|l| serde_json::from_str::<JournalEntry>(l).ok()) {
-                let pack = Arc::new(entry.pack);
-                for (id, at, len, offset) in entry.blobs {
-                    known.entry(id).or_insert(KnownBlob { pack: pack.clone(), at, len, offset });
-                }
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| journal.display().to_string()),
     }
     Ok(known)
+}
+
+/// The chunk table of a committed snapshot, one line per pack.
+fn chunk_table(objects: &[ObjectRef], blobs: &[BlobRef]) -> anyhow::Result<Vec<u8>> {
+    let mut per_pack: BTreeMap<u32, Members> = BTreeMap::new();
+    for b in blobs {
+        per_pack.entry(b.object).or_default().push((b.id.clone(), b.at, b.len, b.offset));
+    }
+    let mut out = Vec::new();
+    for (object, blobs) in per_pack {
+        serde_json::to_writer(&mut out, &JournalEntry { pack: objects[object as usize].clone(), blobs })?;
+        out.push(b'\n');
+    }
+    Ok(out)
 }
 
 pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, progress: &Progress) -> anyhow::Result<SnapshotReport> {
@@ -418,9 +429,10 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
     if !up.iter().any(|u| *u) {
         bail!("no provider is reachable: {}", why_down.iter().flatten().cloned().collect::<Vec<_>>().join("; "));
     }
-    let (head_seq, latest) = read_heads(&agent, &up).await;
+    let head_seq = read_heads(&agent, &up).await;
     let journal = agent.config.state_dir.join(format!("{}.packs.journal", job.name));
-    let known = known_blobs(&agent, latest, &journal).await?;
+    let table = agent.config.state_dir.join(format!("{}.chunks", job.name));
+    let known = known_blobs(&[&table, &journal])?;
 
     let run = Arc::new(Run {
         agent: agent.clone(),
@@ -511,7 +523,7 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
         };
         match step {
             Ok((blob, len, hash)) => {
-                entries.push(IndexEntry { blob, len, hash });
+                entries.push((blob, len, hash));
                 source_bytes += len as u64;
             }
             Err(e) => {
@@ -545,7 +557,14 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
 
     // Index (sealed) → manifest (signed) → HEAD (signed), on every provider still up.
     let name = layout::new_snapshot_name(started_at);
-    let index = Index { format: FORMAT, chunks: entries, stream_hash, row_counts: facts.row_counts, source: facts.source };
+    let chunks = entries
+        .into_iter()
+        .map(|(blob, len, hash)| {
+            let b = &packer.blobs[blob as usize];
+            IndexEntry { pack: b.object, at: b.at, seg: b.len, offset: b.offset, len, hash }
+        })
+        .collect();
+    let index = Index { format: FORMAT, chunks, stream_hash, row_counts: facts.row_counts, source: facts.source };
     let index_json = serde_json::to_vec(&index)?;
     let recipients = agent.config.recipients.clone();
     let sealed_index = tokio::task::spawn_blocking(move || seal::seal(&index_json, &recipients)).await??;
@@ -571,8 +590,7 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
         pack_size: packer.pack_size as u64,
         segment_size: SEGMENT_SIZE as u64,
         index: index_ref,
-        objects: std::mem::take(&mut packer.objects),
-        blobs: std::mem::take(&mut packer.blobs),
+        objects: packer.objects.clone(),
     };
     let mut manifest = manifest;
     let mut manifest_bytes = Bytes::from(signed::sign(Kind::Manifest, &manifest, &agent.key));
@@ -599,7 +617,9 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
     if !run.any_up() {
         bail!("job {}: every provider failed while committing: {}", job.name, run.down_reasons());
     }
-    // committed: the manifest now names every pack this run (and earlier killed runs) needed
+    // committed: the chunk table of this snapshot is what the next run reuses;
+    // the journal's packs are either in it or no longer needed
+    bascule_core::config::write_atomic(&table, &chunk_table(&packer.objects, &packer.blobs)?)?;
     match std::fs::remove_file(&journal) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -66,43 +66,12 @@ pub struct Manifest {
     pub segment_size: u64,
     /// The sealed index (`age(zstd(json))`).
     pub index: ObjectRef,
-    /// Every pack the snapshot needs, each once.
+    /// Every pack the snapshot needs, each once. Where each chunk lies is in
+    /// the sealed index: chunk ids never leave the customer's site.
     pub objects: Vec<ObjectRef>,
-    /// Every chunk blob the snapshot needs, each once: where it lies.
-    pub blobs: Vec<BlobRef>,
-}
-
-/// Where a chunk lies. Consecutive new chunks are sealed together as one
-/// *segment*, a standalone `age(zstd(…))` file at bytes `at..at+len` of a
-/// pack; the chunk is bytes `offset..offset+length` of the segment's
-/// plaintext (its length is in the sealed index).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BlobRef {
-    /// Keyed BLAKE3 of the chunk's plaintext (hex).
-    pub id: String,
-    /// Position of its pack in [`Manifest::objects`].
-    pub object: u32,
-    /// Byte offset of the segment in the pack.
-    pub at: u64,
-    /// Ciphertext length of the segment.
-    pub len: u32,
-    /// Byte offset of the chunk in the segment's plaintext.
-    pub offset: u32,
 }
 
 impl Manifest {
-    /// Checks that every blob and index entry points inside the manifest.
-    pub fn check_refs(&self) -> Result<(), String> {
-        for (i, b) in self.blobs.iter().enumerate() {
-            let o = self.objects.get(b.object as usize).ok_or_else(|| format!("blob {i} points past the objects"))?;
-            if b.at + b.len as u64 > o.len || b.offset as u64 > self.segment_size + self.chunker.max_size as u64 {
-                return Err(format!("blob {i} lies past the end of {}", o.key));
-            }
-        }
-        Ok(())
-    }
-
     /// Every object the snapshot needs, the index first.
     pub fn all_objects(&self) -> impl Iterator<Item = &ObjectRef> {
         std::iter::once(&self.index).chain(self.objects.iter())
@@ -114,15 +83,23 @@ impl Manifest {
     }
 }
 
-/// One chunk in stream order.
+/// One chunk in stream order. Consecutive new chunks are sealed together as
+/// one *segment*, a standalone `age(zstd(…))` file at bytes `at..at+seg` of
+/// pack `pack`; the chunk is bytes `offset..offset+len` of its plaintext.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IndexEntry {
-    /// Position in [`Manifest::blobs`].
-    pub blob: u32,
-    /// Plaintext length.
+    /// Position of the pack in [`Manifest::objects`].
+    pub pack: u32,
+    /// Byte offset of the segment in the pack.
+    pub at: u64,
+    /// Ciphertext length of the segment.
+    pub seg: u32,
+    /// Byte offset of the chunk in the segment's plaintext.
+    pub offset: u32,
+    /// Plaintext length of the chunk.
     pub len: u32,
-    /// BLAKE3 of the plaintext.
+    /// BLAKE3 of the chunk's plaintext.
     pub hash: String,
 }
 
@@ -138,4 +115,58 @@ pub struct Index {
     pub row_counts: BTreeMap<String, u64>,
     /// Free-form facts about the source (server version, database name…).
     pub source: BTreeMap<String, String>,
+}
+
+impl Index {
+    /// Checks that every entry points inside the manifest's packs.
+    pub fn check_refs(&self, m: &Manifest) -> Result<(), String> {
+        for (i, e) in self.chunks.iter().enumerate() {
+            let o = m.objects.get(e.pack as usize).ok_or_else(|| format!("index entry {i} points past the manifest's packs"))?;
+            if e.at + e.seg as u64 > o.len || e.offset as u64 + e.len as u64 > m.segment_size + 2 * m.chunker.max_size as u64 {
+                return Err(format!("index entry {i} lies outside {}", o.key));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_refs_must_stay_inside_the_packs() {
+        let obj = |k: &str, len| ObjectRef { key: k.into(), len, hash: String::new() };
+        let m = Manifest {
+            format: FORMAT,
+            tenant: "t".into(),
+            name: "n".into(),
+            kind: SnapshotKind::PgDump,
+            job: "j".into(),
+            host: "h".into(),
+            started_at: chrono::Utc::now(),
+            finished_at: chrono::Utc::now(),
+            source_bytes: 0,
+            chunk_count: 0,
+            new_bytes: 0,
+            stored_bytes: 0,
+            recipients: vec![],
+            chunker: ChunkerParams::default(),
+            pack_size: 1 << 23,
+            segment_size: 1 << 18,
+            index: obj("i", 1),
+            objects: vec![obj("p", 1000)],
+        };
+        let index = |pack, at, seg, offset| Index {
+            format: FORMAT,
+            chunks: vec![IndexEntry { pack, at, seg, offset, len: 10, hash: String::new() }],
+            stream_hash: String::new(),
+            row_counts: BTreeMap::new(),
+            source: BTreeMap::new(),
+        };
+        assert!(index(0, 0, 1000, 0).check_refs(&m).is_ok());
+        assert!(index(1, 0, 10, 0).check_refs(&m).is_err(), "no such pack");
+        assert!(index(0, 990, 20, 0).check_refs(&m).is_err(), "past the pack's end");
+        assert!(index(0, 0, 10, u32::MAX - 5).check_refs(&m).is_err(), "past any segment");
+    }
 }

@@ -62,10 +62,9 @@ fn stock_tools_rebuild_the_export_without_bascule() {
 N={name}
 sed '1,/^$/d' snapshots/$N.manifest > manifest.json
 age -d -i {key} < snapshots/$N.index | zstd -d > index.json
-jq -r --slurpfile m manifest.json '.chunks[] as $c | $m[0].blobs[$c.blob] as $x
-    | "\($m[0].objects[$x.object].key) \($x.at) \($x.len) \($x.offset) \($c.len)"' index.json |
-  while read -r pack at len off n; do
-    tail -c +$((at + 1)) "$pack" | head -c "$len" | age -d -i {key} | zstd -d | tail -c +$((off + 1)) | head -c "$n"
+jq -r --slurpfile m manifest.json '.chunks[] | "\($m[0].objects[.pack].key) \(.at) \(.seg) \(.offset) \(.len)"' index.json |
+  while read -r pack at seg off n; do
+    tail -c +$((at + 1)) "$pack" | head -c "$seg" | age -d -i {key} | zstd -d | tail -c +$((off + 1)) | head -c "$n"
   done > dump.pgc
 "#,
         name = name.expect("a manifest"),

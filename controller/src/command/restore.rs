@@ -47,8 +47,10 @@ pub struct RestoreReport {
 pub async fn open_index(tenant: &Tenant, m: &Manifest, ids: &Identities) -> anyhow::Result<Index> {
     let o = m.index.clone();
     let (ciphertext, _) = tenant.replicated.get_checked(&o.key, 0, |p, b| check_ciphertext(&o, p, &b).map(|_| b)).await?;
-    let plain = seal::open(&ciphertext, ids, 256 << 20, &o.key, &m.recipients)?;
-    serde_json::from_slice(&plain).map_err(|e| Error::Body { key: o.key.clone(), reason: e.to_string() }.into())
+    let plain = seal::open(&ciphertext, ids, 1 << 30, &o.key, &m.recipients)?;
+    let index: Index = serde_json::from_slice(&plain).map_err(|e| Error::Body { key: o.key.clone(), reason: e.to_string() })?;
+    index.check_refs(m).map_err(|reason| Error::Body { key: o.key.clone(), reason })?;
+    Ok(index)
 }
 
 /// Plaintext bytes of chunks one read may bring into memory (reads run
@@ -82,12 +84,11 @@ struct Read {
 /// Groups the stream's chunks into ranged reads: chunks of one segment share
 /// one decryption, and segments lying close together in one pack share one
 /// request, so a first snapshot restores with about one request per pack.
-fn plan_reads(m: &Manifest, index: &Index) -> anyhow::Result<Vec<Read>> {
+fn plan_reads(index: &Index) -> Vec<Read> {
     let mut reads: Vec<Read> = Vec::new();
-    for (pos, e) in index.chunks.iter().enumerate() {
-        let b = m.blobs.get(e.blob as usize).with_context(|| format!("index entry {pos} points past the manifest's blobs"))?;
-        let end = b.at + b.len as u64;
-        if let Some(r) = reads.last_mut().filter(|r| r.object == b.object && r.plain + e.len as u64 <= READ_PLAIN_MAX) {
+    for (pos, b) in index.chunks.iter().enumerate() {
+        let (e, end) = (b, b.at + b.seg as u64);
+        if let Some(r) = reads.last_mut().filter(|r| r.object == b.pack && r.plain + e.len as u64 <= READ_PLAIN_MAX) {
             let last = r.segments.last_mut().expect("a read has a segment");
             if r.start + last.at == b.at {
                 last.parts.push((pos, b.offset));
@@ -95,21 +96,21 @@ fn plan_reads(m: &Manifest, index: &Index) -> anyhow::Result<Vec<Read>> {
                 continue;
             }
             if b.at >= r.end && b.at - r.end <= READ_GAP_MAX && r.segments.len() < READ_SEGMENTS_MAX {
-                r.segments.push(SegmentRead { at: b.at - r.start, len: b.len, parts: vec![(pos, b.offset)] });
+                r.segments.push(SegmentRead { at: b.at - r.start, len: b.seg, parts: vec![(pos, b.offset)] });
                 r.end = end;
                 r.plain += e.len as u64;
                 continue;
             }
         }
         reads.push(Read {
-            object: b.object,
+            object: b.pack,
             start: b.at,
             end,
             plain: e.len as u64,
-            segments: vec![SegmentRead { at: 0, len: b.len, parts: vec![(pos, b.offset)] }],
+            segments: vec![SegmentRead { at: 0, len: b.seg, parts: vec![(pos, b.offset)] }],
         });
     }
-    Ok(reads)
+    reads
 }
 
 /// Decrypts the segments of one read, checks every wanted chunk against the
@@ -149,7 +150,7 @@ pub async fn stream_chunks(
 ) -> anyhow::Result<BTreeMap<String, u64>> {
     let mut whole = blake3::Hasher::new();
     let mut served: BTreeMap<String, u64> = BTreeMap::new();
-    let reads = plan_reads(m, index)?;
+    let reads = plan_reads(index);
     let mut fetched = futures::stream::iter(reads.into_iter().enumerate())
         .map(|(i, read)| {
             let ids = ids.clone();
@@ -260,42 +261,16 @@ pub async fn run(tenant: &mut Tenant, req: RestoreRequest) -> anyhow::Result<Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bascule_core::manifest::{BlobRef, IndexEntry, ObjectRef};
+    use bascule_core::manifest::IndexEntry;
 
-    /// blobs: (pack, segment at, segment len, offset in segment)
-    fn manifest(blobs: Vec<(u32, u64, u32, u32)>) -> Manifest {
-        let obj = |k: &str| ObjectRef { key: k.into(), len: 1 << 40, hash: String::new() };
-        Manifest {
-            format: 1,
-            tenant: "t".into(),
-            name: "n".into(),
-            kind: SnapshotKind::PgDump,
-            job: "j".into(),
-            host: "h".into(),
-            started_at: chrono::Utc::now(),
-            finished_at: chrono::Utc::now(),
-            source_bytes: 0,
-            chunk_count: 0,
-            new_bytes: 0,
-            stored_bytes: 0,
-            recipients: vec![],
-            chunker: Default::default(),
-            pack_size: 0,
-            segment_size: 0,
-            index: obj("i"),
-            objects: vec![obj("p0"), obj("p1")],
-            blobs: blobs
-                .into_iter()
-                .enumerate()
-                .map(|(i, (object, at, len, offset))| BlobRef { id: i.to_string(), object, at, len, offset })
-                .collect(),
-        }
-    }
-
-    fn index(entries: &[(u32, u32)]) -> Index {
+    /// entries: (pack, segment at, segment len, offset in segment, chunk len)
+    fn index(entries: &[(u32, u64, u32, u32, u32)]) -> Index {
         Index {
             format: 1,
-            chunks: entries.iter().map(|(blob, len)| IndexEntry { blob: *blob, len: *len, hash: String::new() }).collect(),
+            chunks: entries
+                .iter()
+                .map(|&(pack, at, seg, offset, len)| IndexEntry { pack, at, seg, offset, len, hash: String::new() })
+                .collect(),
             stream_hash: String::new(),
             row_counts: Default::default(),
             source: Default::default(),
@@ -306,8 +281,8 @@ mod tests {
     fn chunks_of_a_segment_share_a_read_and_order_is_kept() {
         // chunks 0,1 in segment A (p0 @0), chunk 2 in segment B (p0 @100, contiguous),
         // chunk 3 in p1, then chunk 0 again (a repeated chunk)
-        let m = manifest(vec![(0, 0, 100, 0), (0, 0, 100, 10), (0, 100, 50, 0), (1, 0, 70, 0)]);
-        let reads = plan_reads(&m, &index(&[(0, 10), (1, 10), (2, 10), (3, 10), (0, 10)])).unwrap();
+        let reads =
+            plan_reads(&index(&[(0, 0, 100, 0, 10), (0, 0, 100, 10, 10), (0, 100, 50, 0, 10), (1, 0, 70, 0, 10), (0, 0, 100, 0, 10)]));
         assert_eq!(reads.len(), 3);
         assert_eq!((reads[0].object, reads[0].start, reads[0].end), (0, 0, 150));
         assert_eq!(reads[0].segments[0].parts, vec![(0, 0), (1, 10)]);
@@ -319,11 +294,9 @@ mod tests {
     #[test]
     fn reads_are_bounded() {
         let n = 100u32;
-        let m = manifest((0..n).map(|i| (0, i as u64 * 10, 10, 0)).collect());
-        let entries: Vec<(u32, u32)> = (0..n).map(|i| (i, 1 << 20)).collect();
-        let reads = plan_reads(&m, &index(&entries)).unwrap();
+        let entries: Vec<_> = (0..n).map(|i| (0, i as u64 * 10, 10, 0, 1 << 20)).collect();
+        let reads = plan_reads(&index(&entries));
         assert!(reads.iter().all(|r| r.plain <= READ_PLAIN_MAX && r.segments.len() <= READ_SEGMENTS_MAX));
         assert_eq!(reads.iter().flat_map(|r| &r.segments).map(|s| s.parts.len()).sum::<usize>(), n as usize);
-        assert!(plan_reads(&m, &index(&[(n + 5, 1)])).is_err());
     }
 }
