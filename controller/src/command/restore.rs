@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bascule_core::keys::Identities;
 use bascule_core::manifest::{Index, Manifest, SnapshotKind};
-use bascule_core::provider::check_ciphertext;
+use bascule_core::provider::{check_ciphertext, Replicated};
 use bascule_core::{hash_hex, seal, Error};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -141,35 +141,35 @@ fn open_read(read: &Read, bytes: &[u8], key: &str, m: &Manifest, index: &Index, 
 /// segment, then its plaintext hash from the authenticated index) before
 /// `sink` sees a byte; a read that fails a check is served by the other provider.
 pub async fn stream_chunks(
-    tenant: &Tenant,
-    m: &Manifest,
-    index: &Index,
+    replicated: &Replicated,
+    m: Arc<Manifest>,
+    index: Arc<Index>,
     ids: Arc<Identities>,
     concurrency: usize,
     mut sink: impl FnMut(Vec<u8>, &str) -> futures::future::BoxFuture<'static, anyhow::Result<()>>,
 ) -> anyhow::Result<BTreeMap<String, u64>> {
     let mut whole = blake3::Hasher::new();
     let mut served: BTreeMap<String, u64> = BTreeMap::new();
-    let reads = plan_reads(index);
+    let reads = plan_reads(&index);
     let mut fetched = futures::stream::iter(reads.into_iter().enumerate())
         .map(|(i, read)| {
-            let ids = ids.clone();
+            let (ids, m, index, replicated) = (ids.clone(), m.clone(), index.clone(), replicated.clone());
             let key = m.objects[read.object as usize].key.clone();
-            async move {
+            // a task of its own: reads progress while the previous one is written out
+            tokio::spawn(async move {
                 // spread reads over both providers; fall back on any failure.
                 // Decryption is CPU work: let this worker block while others go on.
-                let (plain, provider) = tenant
-                    .replicated
+                let (plain, provider) = replicated
                     .get_range_checked(&key, Some(read.start..read.end), i, |_, bytes| {
-                        tokio::task::block_in_place(|| open_read(&read, &bytes, &key, m, index, &ids))
+                        tokio::task::block_in_place(|| open_read(&read, &bytes, &key, &m, &index, &ids))
                     })
                     .await?;
                 Ok::<_, anyhow::Error>((plain, provider, read.end - read.start))
-            }
+            })
         })
         .buffered(concurrency);
     while let Some(item) = fetched.next().await {
-        let (plain, provider, clen) = item?;
+        let (plain, provider, clen) = item??;
         *served.entry(provider.clone()).or_default() += clen;
         whole.update(&plain);
         sink(plain, &provider).await?;
@@ -188,7 +188,8 @@ pub async fn run(tenant: &mut Tenant, req: RestoreRequest) -> anyhow::Result<Res
         bail!("snapshot {name} is a {} export; restore into PostgreSQL needs a pg_dump one", m.kind);
     }
     let ids = Arc::new(req.identities);
-    let index = open_index(tenant, &m, &ids).await?;
+    let index = Arc::new(open_index(tenant, &m, &ids).await?);
+    let m = Arc::new(m);
     tracing::info!(snapshot = %name, bytes = m.source_bytes, chunks = index.chunks.len(), "Restoring");
 
     let t0 = Instant::now();
@@ -211,7 +212,7 @@ pub async fn run(tenant: &mut Tenant, req: RestoreRequest) -> anyhow::Result<Res
         let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut s).await;
         s
     });
-    let streamed = stream_chunks(tenant, &m, &index, ids.clone(), req.concurrency, |plain, _| {
+    let streamed = stream_chunks(&tenant.replicated, m.clone(), index.clone(), ids.clone(), req.concurrency, |plain, _| {
         let stdin = stdin.clone();
         Box::pin(async move {
             stdin.lock().await.write_all(&plain).await.context("pg_restore stopped reading (see its error below)")?;
