@@ -40,8 +40,8 @@ pub struct ProviderConfig {
     pub path_style: bool,
     pub access_key_id: Option<SecretRef>,
     pub secret_access_key: Option<SecretRef>,
-    /// Per-request timeout.
-    #[serde(default = "default_timeout", with = "humantime_serde_compat")]
+    /// Per-request timeout (`30s`, `2m`).
+    #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
 }
 
@@ -51,31 +51,6 @@ fn yes() -> bool {
 fn default_timeout() -> Duration {
     Duration::from_secs(60)
 }
-
-/// `timeout: 30s` in YAML.
-mod humantime_serde_compat {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        parse(&s).map_err(serde::de::Error::custom)
-    }
-    pub fn parse(s: &str) -> Result<Duration, String> {
-        let s = s.trim();
-        let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-        let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}: expected e.g. 30s, 5m, 2h"))?;
-        let secs = match unit {
-            "ms" => return Ok(Duration::from_millis(n)),
-            "s" | "" => n,
-            "m" => n * 60,
-            "h" => n * 3600,
-            "d" => n * 86400,
-            _ => return Err(format!("bad duration unit in {s:?}: use ms, s, m, h or d")),
-        };
-        Ok(Duration::from_secs(secs))
-    }
-}
-pub use humantime_serde_compat::parse as parse_duration;
 
 /// One provider, ready to use.
 #[derive(Clone)]
