@@ -9,9 +9,10 @@ use tokio_util::sync::CancellationToken;
 /// bascule-agent: nightly encrypted exports of a PostgreSQL database to two
 /// independent providers.
 ///
-/// The dump is cut into content-defined chunks, each compressed (zstd) and
-/// encrypted (age) to the customer's public key on this machine, then sent to
-/// both providers. Only chunks that changed since the last run are sent.
+/// The dump is cut into content-defined chunks; chunks not stored yet are
+/// compressed (zstd) and encrypted (age) to the customer's public key on this
+/// machine, in segments packed into objects, and sent to both providers. Only
+/// what changed since the last run is sent.
 ///
 /// Exit status: 0 done on both providers; 3 done on one provider only
 /// (degraded: the other is caught up by the next run or `sync`); 1 failed.
@@ -40,6 +41,7 @@ enum Command {
     },
     /// Run one job now.
     Snapshot {
+        /// The agent's configuration file (see configs/agent.yaml).
         #[arg(long, short)]
         config: PathBuf,
         /// The job's name in the config.
@@ -48,11 +50,13 @@ enum Command {
     },
     /// Run the daemon: every job on its schedule, until SIGTERM.
     Run {
+        /// The agent's configuration file (see configs/agent.yaml).
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Copy to each provider what it lacks (after an outage), from the other.
     Sync {
+        /// The agent's configuration file (see configs/agent.yaml).
         #[arg(long, short)]
         config: PathBuf,
     },

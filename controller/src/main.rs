@@ -23,16 +23,20 @@ struct Cli {
 enum Command {
     /// List a tenant's snapshots: time, sizes, new bytes, presence on each provider.
     Snapshots {
+        /// The controller's configuration file (see configs/controller.yaml).
         #[arg(long, short)]
         config: PathBuf,
+        /// The tenant's name, as in the configuration.
         #[arg(long)]
         tenant: String,
     },
     /// Check, without any key, that every snapshot is signed by the tenant's
     /// agent, complete and present on both providers.
     Verify {
+        /// The controller's configuration file (see configs/controller.yaml).
         #[arg(long, short)]
         config: PathBuf,
+        /// The tenant's name, as in the configuration.
         #[arg(long)]
         tenant: String,
         /// Also download every object and check its ciphertext hash.
@@ -42,8 +46,10 @@ enum Command {
     /// Restore a pg_dump snapshot into an existing PostgreSQL database and
     /// compare every table's row count with the export's.
     Restore {
+        /// The controller's configuration file (see configs/controller.yaml).
         #[arg(long, short)]
         config: PathBuf,
+        /// The tenant's name, as in the configuration.
         #[arg(long)]
         tenant: String,
         /// The customer's age identity file (AGE-SECRET-KEY-1…). Read once,
