@@ -148,12 +148,7 @@ impl AgentConfig {
         if cfg.recipients.is_empty() {
             return Err(bad("recipients: at least one age recipient (age1…) is required".into()));
         }
-        if cfg.providers.len() != 2 {
-            return Err(bad(format!("providers: exactly two providers are required, {} given", cfg.providers.len())));
-        }
-        if cfg.providers[0].name == cfg.providers[1].name {
-            return Err(bad("providers: the two providers need different names".into()));
-        }
+        bascule_core::provider::check_pair(&cfg.providers).map_err(bad)?;
         if !(64 << 10..=256 << 20).contains(&cfg.upload.pack_size.0) {
             return Err(bad("upload.pack_size must be between 64KiB and 256MiB".into()));
         }

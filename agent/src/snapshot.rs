@@ -461,18 +461,16 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
     let params = agent.config.chunking;
     let mut stdout = running.take_stdout();
-    let chunker = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
+    let chunker = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
         let mut whole = blake3::Hasher::new();
-        let mut total = 0u64;
         for c in params.chunks(stdout.take().expect("stdout")) {
             let data = c?;
             whole.update(&data);
-            total += data.len() as u64;
             if tx.blocking_send(data).is_err() {
                 break;
             }
         }
-        Ok((whole.finalize().to_hex().to_string(), total))
+        Ok(whole.finalize().to_hex().to_string())
     });
 
     // Stage two: known or new (copying a known pack a provider lacks), in
@@ -551,8 +549,7 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
         bail!("job {}: cancelled, nothing committed (a re-run reuses the packs already sent)", job.name);
     }
     let facts = facts.with_context(|| format!("job {}: the source failed, nothing committed", job.name))?;
-    let (stream_hash, total) = chunked.with_context(|| format!("job {}: reading the source", job.name))?;
-    debug_assert_eq!(total, source_bytes);
+    let stream_hash = chunked.with_context(|| format!("job {}: reading the source", job.name))?;
     progress.phase(&format!("job {}: export read, committing", job.name));
 
     // Index (sealed) → manifest (signed) → HEAD (signed), on every provider still up.

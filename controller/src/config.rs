@@ -49,9 +49,7 @@ impl ControllerConfig {
     pub fn load(path: &Path) -> bascule_core::Result<Self> {
         let cfg: ControllerConfig = bascule_core::config::load_yaml(path)?;
         let bad = |message: String| bascule_core::Error::ConfigValue { file: path.into(), message };
-        if cfg.providers.len() != 2 {
-            return Err(bad(format!("providers: exactly two providers are required, {} given", cfg.providers.len())));
-        }
+        bascule_core::provider::check_pair(&cfg.providers).map_err(bad)?;
         if cfg.restore.concurrency == 0 || cfg.restore.concurrency > 256 {
             return Err(bad("restore.concurrency must be between 1 and 256".into()));
         }

@@ -105,10 +105,11 @@ pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
                     continue;
                 }
                 let ind = col as isize;
+                // the key's block ends at a shallower line, or a sibling key
                 let stop = (i + 1..end)
                     .find(|&j| {
-                        !is_blank(lines[j]) && indent(lines[j]) as isize <= ind && !lines[j].trim_start().starts_with("- ")
-                            || (!is_blank(lines[j]) && (indent(lines[j]) as isize) < ind)
+                        let (l, d) = (lines[j], indent(lines[j]) as isize);
+                        !is_blank(l) && (d < ind || (d == ind && !l.trim_start().starts_with("- ")))
                     })
                     .unwrap_or(end);
                 start = i;

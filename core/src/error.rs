@@ -52,8 +52,6 @@ pub enum Error {
         #[source]
         source: object_store::Error,
     },
-    #[error("provider {provider}: {message}")]
-    Provider { provider: String, message: String },
     #[error("{key}: not found on any provider")]
     Missing { key: String },
     #[error("{key}: no provider holds a good copy: {reasons}")]

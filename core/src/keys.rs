@@ -195,10 +195,6 @@ impl Identities {
         self.0.iter().map(|i| format!("{}\n", i.to_string().expose_secret())).collect()
     }
 
-    pub fn recipients(&self) -> Vec<String> {
-        self.0.iter().map(|i| i.to_public().to_string()).collect()
-    }
-
     pub(crate) fn as_dyn(&self) -> impl Iterator<Item = &dyn age::Identity> {
         self.0.iter().map(|i| i as &dyn age::Identity)
     }

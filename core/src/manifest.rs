@@ -76,11 +76,6 @@ impl Manifest {
     pub fn all_objects(&self) -> impl Iterator<Item = &ObjectRef> {
         std::iter::once(&self.index).chain(self.objects.iter())
     }
-
-    /// The snapshot's short id (the random part of its name).
-    pub fn id(&self) -> &str {
-        self.name.rsplit('-').next().unwrap_or(&self.name)
-    }
 }
 
 /// One chunk in stream order. Consecutive new chunks are sealed together as

@@ -51,8 +51,8 @@ pub async fn sync(rep: &Replicated, trusted: &[VerifyKey], dry_run: bool) -> Res
         holds.iter().flatten().flat_map(|h| h.keys().filter(|k| layout::manifest_name(k).is_some()).cloned()).collect();
 
     for mkey in &manifests {
-        let (bytes, _) = rep.get_checked(mkey, 0, |_, b| signed::open::<Manifest>(Kind::Manifest, &b, trusted, mkey).map(|_| b)).await?;
-        let (manifest, _): (Manifest, _) = signed::open(Kind::Manifest, &bytes, trusted, mkey)?;
+        let ((bytes, manifest), _) =
+            rep.get_checked(mkey, 0, |_, b| signed::open::<Manifest>(Kind::Manifest, &b, trusted, mkey).map(|(m, _)| (b, m))).await?;
         for (i, r) in rep.replicas.iter().enumerate() {
             let Some(held) = holds[i].as_mut() else { continue };
             if report.failed.contains_key(&r.provider) {

@@ -116,16 +116,29 @@ impl Scenario {
         run(self.controller(&["restore", "--snapshot", snapshot]).arg("--identity").arg(identity).args(["--target", &self.pg.dsn(db)]))
     }
 
-    /// `new_bytes=N` from the agent's "Export finished" log line.
-    pub fn new_bytes(out: &Output) -> u64 {
+    /// The value of `name=…` in a command's log (the agent's "Export finished" line).
+    pub fn log_field(out: &Output, name: &str) -> String {
         let t = crate::text(out);
-        let field = t.split_whitespace().find_map(|w| w.strip_prefix("new_bytes=")).unwrap_or_else(|| panic!("no new_bytes in:\n{t}"));
-        field.parse().unwrap()
+        let prefix = format!("{name}=");
+        t.split_whitespace().find_map(|w| w.strip_prefix(&prefix)).unwrap_or_else(|| panic!("no {name} in:\n{t}")).to_string()
+    }
+
+    /// `new_bytes=N`: what an export sent.
+    pub fn new_bytes(out: &Output) -> u64 {
+        Self::log_field(out, "new_bytes").parse().unwrap()
     }
 
     pub fn snapshot_name(out: &Output) -> String {
-        let t = crate::text(out);
-        t.split_whitespace().find_map(|w| w.strip_prefix("snapshot=")).unwrap_or_else(|| panic!("no snapshot name in:\n{t}")).to_string()
+        Self::log_field(out, "snapshot")
+    }
+
+    /// Restores the latest snapshot into a new database `db` with the
+    /// customer's identity; asserts it succeeds and holds exactly the source's data.
+    pub fn assert_restores_identically(&self, db: &str) -> Output {
+        let r = self.restore("latest", db, &self.path("customer.key"));
+        assert!(r.status.success(), "restore failed:\n{}", crate::text(&r));
+        assert_eq!(self.pg.data_fingerprint("mairie"), self.pg.data_fingerprint(db), "restored data differs");
+        r
     }
 
     /// A provider of this scenario, for tests that tamper with stored objects.

@@ -20,10 +20,8 @@ fn export_verify_restore_is_identical() {
     assert!(v.status.success(), "{}", text(&v));
     assert!(text(&v).contains(": OK"), "{}", text(&v));
 
-    let r = s.restore("latest", "restored", &s.path("customer.key"));
-    assert!(r.status.success(), "{}", text(&r));
+    let r = s.assert_restores_identically("restored");
     assert!(text(&r).contains("identical to the export"), "{}", text(&r));
-    assert_eq!(s.pg.data_fingerprint("mairie"), s.pg.data_fingerprint("restored"), "restored data differs");
     assert_eq!(s.pg.schema("mairie"), s.pg.schema("restored"), "restored schema differs");
     assert_eq!(
         s.pg.psql("restored", "SELECT convert_from(lo_get(oid), 'UTF8') FROM pg_largeobject_metadata"),
@@ -99,9 +97,7 @@ fn second_night_uploads_only_what_changed() {
     eprintln!("first night {n1} bytes, second night {n2} bytes ({:.1} %)", n2 as f64 * 100.0 / n1 as f64);
     assert!(n2 * 4 < n1, "second night sent {n2} bytes, not far fewer than the first night's {n1}");
     // and the second snapshot restores to exactly the new state
-    let r = s.restore("latest", "restored", &s.path("customer.key"));
-    assert!(r.status.success(), "{}", text(&r));
-    assert_eq!(s.pg.data_fingerprint("mairie"), s.pg.data_fingerprint("restored"));
+    s.assert_restores_identically("restored");
 }
 
 #[test]
@@ -129,8 +125,7 @@ fn provider_down_during_export_then_backlog_replayed() {
     assert!(!s.path("agent-state/backlog.json").exists(), "backlog cleared after a complete sync");
     let v = run(&mut s.controller(&["verify", "--read-data"]));
     assert!(v.status.success(), "verify after replay:\n{}", text(&v));
-    let r = s.restore("latest", "restored", &s.path("customer.key"));
-    assert!(r.status.success(), "{}", text(&r));
+    s.assert_restores_identically("restored");
 }
 
 #[test]
@@ -153,13 +148,10 @@ fn killed_export_is_resumed_and_restores_identically() {
     assert!(out.status.success(), "{}", text(&out));
     eprintln!("resumed in {:?}", t0.elapsed());
     // the packs that arrived before the kill are reused, not sent again
-    let log = text(&out);
-    let stored: u64 = log.split_whitespace().find_map(|w| w.strip_prefix("stored_bytes=")).unwrap().parse().unwrap();
+    let stored: u64 = Scenario::log_field(&out, "stored_bytes").parse().unwrap();
     let new = Scenario::new_bytes(&out);
     assert!(new < stored, "the re-run sent {new} of {stored} bytes: nothing from the killed run was reused");
-    let r = s.restore("latest", "restored", &s.path("customer.key"));
-    assert!(r.status.success(), "{}", text(&r));
-    assert_eq!(s.pg.data_fingerprint("mairie"), s.pg.data_fingerprint("restored"));
+    s.assert_restores_identically("restored");
 }
 
 #[test]
@@ -180,9 +172,7 @@ fn flipped_byte_on_one_provider_is_detected_and_bypassed() {
     assert!(report.contains(&format!("provider provider-a: {key}")) && report.contains("hash mismatch"), "{report}");
     assert!(!report.contains("provider provider-b:"), "provider B is clean:\n{report}");
 
-    let r = s.restore("latest", "restored", &s.path("customer.key"));
-    assert!(r.status.success(), "restore must use B's copy:\n{}", text(&r));
-    assert_eq!(s.pg.data_fingerprint("mairie"), s.pg.data_fingerprint("restored"));
+    s.assert_restores_identically("restored"); // served by B where A's copy is bad
 }
 
 #[test]

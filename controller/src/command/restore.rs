@@ -146,7 +146,7 @@ pub async fn stream_chunks(
     index: Arc<Index>,
     ids: Arc<Identities>,
     concurrency: usize,
-    mut sink: impl FnMut(Vec<u8>, &str) -> futures::future::BoxFuture<'static, anyhow::Result<()>>,
+    mut sink: impl FnMut(Vec<u8>) -> futures::future::BoxFuture<'static, anyhow::Result<()>>,
 ) -> anyhow::Result<BTreeMap<String, u64>> {
     let mut whole = blake3::Hasher::new();
     let mut served: BTreeMap<String, u64> = BTreeMap::new();
@@ -172,7 +172,7 @@ pub async fn stream_chunks(
         let (plain, provider, clen) = item??;
         *served.entry(provider.clone()).or_default() += clen;
         whole.update(&plain);
-        sink(plain, &provider).await?;
+        sink(plain).await?;
     }
     let h = whole.finalize().to_hex().to_string();
     if h != index.stream_hash {
@@ -212,7 +212,7 @@ pub async fn run(tenant: &mut Tenant, req: RestoreRequest) -> anyhow::Result<Res
         let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut s).await;
         s
     });
-    let streamed = stream_chunks(&tenant.replicated, m.clone(), index.clone(), ids.clone(), req.concurrency, |plain, _| {
+    let streamed = stream_chunks(&tenant.replicated, m.clone(), index.clone(), ids.clone(), req.concurrency, |plain| {
         let stdin = stdin.clone();
         Box::pin(async move {
             stdin.lock().await.write_all(&plain).await.context("pg_restore stopped reading (see its error below)")?;

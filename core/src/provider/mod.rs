@@ -52,6 +52,21 @@ fn default_timeout() -> Duration {
     Duration::from_secs(60)
 }
 
+/// The providers of a config: exactly two, with different names (every
+/// object goes to both, in two places).
+pub fn check_pair(providers: &[ProviderConfig]) -> std::result::Result<(), String> {
+    if providers.len() != 2 {
+        return Err(format!("providers: exactly two providers are required, {} given", providers.len()));
+    }
+    for p in providers {
+        crate::config::check_name("provider", &p.name)?;
+    }
+    if providers[0].name == providers[1].name {
+        return Err("providers: the two providers need different names".into());
+    }
+    Ok(())
+}
+
 /// One provider, ready to use.
 #[derive(Clone)]
 pub struct Provider {
@@ -202,5 +217,24 @@ impl Replica {
     /// Is the provider answering? (a listing of the tenant's snapshots)
     pub async fn healthcheck(&self) -> Result<()> {
         self.list(crate::layout::SNAPSHOTS).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn providers(names: &[&str]) -> Vec<ProviderConfig> {
+        let yaml: String = names.iter().map(|n| format!("- {{ name: {n}, url: \"file:///tmp/{n}\" }}\n")).collect();
+        crate::config::parse_yaml(&yaml, Path::new("x")).unwrap()
+    }
+
+    #[test]
+    fn exactly_two_differently_named_providers() {
+        assert!(check_pair(&providers(&["a", "b"])).is_ok());
+        assert!(check_pair(&providers(&["a"])).unwrap_err().contains("exactly two"));
+        assert!(check_pair(&providers(&["a", "b", "c"])).unwrap_err().contains("exactly two"));
+        assert!(check_pair(&providers(&["a", "a"])).unwrap_err().contains("different names"));
+        assert!(check_pair(&providers(&["a", "B/c"])).unwrap_err().contains("provider \"B/c\""));
     }
 }
