@@ -26,7 +26,57 @@ pub struct AgentConfig {
     pub upload: UploadConfig,
     #[serde(default)]
     pub chunking: ChunkerParams,
+    #[serde(default)]
     pub jobs: Vec<JobConfig>,
+    /// Continuous archiving: `wal-push` spools what PostgreSQL archives, the
+    /// daemon ships it to both providers.
+    pub wal: Option<WalConfig>,
+    /// Heartbeat rows in the source database, so recovery points are
+    /// measured from the data.
+    pub heartbeat: Option<HeartbeatConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalConfig {
+    /// Where `wal-push` puts files until both providers hold them
+    /// (default `<state_dir>/wal-spool`). Give it room for a day of WAL.
+    pub spool_dir: Option<PathBuf>,
+    /// Files uploaded at once to each provider.
+    #[serde(default = "default_wal_concurrency")]
+    pub concurrency: usize,
+    /// Full rescans of the spool, besides file-system events.
+    #[serde(default = "default_rescan", with = "humantime_serde")]
+    pub rescan_interval: std::time::Duration,
+    /// Above this, the spool is reported loudly (a provider is likely down).
+    #[serde(default = "default_spool_warn")]
+    pub spool_warn_size: ByteSize,
+}
+
+fn default_wal_concurrency() -> usize {
+    4
+}
+
+fn default_rescan() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+
+fn default_spool_warn() -> ByteSize {
+    ByteSize(1 << 30)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// libpq connection string of the database to write `bascule.heartbeat` into.
+    pub dsn: String,
+    pub password: Option<bascule_core::config::SecretRef>,
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub interval: std::time::Duration,
+}
+
+fn default_heartbeat() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +207,11 @@ impl AgentConfig {
         }
         cfg.chunking.validate().map_err(|m| bad(format!("chunking: {m}")))?;
         bascule_core::config::check_name("tenant", &cfg.tenant).map_err(bad)?;
+        if let Some(w) = &cfg.wal {
+            if w.concurrency == 0 || w.concurrency > 64 {
+                return Err(bad("wal.concurrency must be between 1 and 64".into()));
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for j in &cfg.jobs {
             if !names.insert(&j.name) {
@@ -164,6 +219,12 @@ impl AgentConfig {
             }
         }
         Ok(cfg)
+    }
+
+    /// The WAL spool directory; an error when the config has no `wal` section.
+    pub fn spool_dir(&self) -> anyhow::Result<PathBuf> {
+        let w = self.wal.as_ref().ok_or_else(|| anyhow::anyhow!("this config has no `wal:` section; add one to archive WAL"))?;
+        Ok(w.spool_dir.clone().unwrap_or_else(|| self.state_dir.join("wal-spool")))
     }
 
     pub fn job(&self, name: &str) -> anyhow::Result<&JobConfig> {

@@ -3,11 +3,15 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod head;
+pub mod heartbeat;
+pub mod metrics;
 pub mod progress;
 pub mod schedule;
 pub mod snapshot;
 pub mod source;
 pub mod throttle;
+pub mod wal;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +31,8 @@ pub struct Agent {
     pub key: Arc<AgentKey>,
     pub replicated: Replicated,
     pub throttle: Throttle,
+    /// One HEAD writer at a time in this process (see [`head`]).
+    head_lock: tokio::sync::Mutex<()>,
 }
 
 impl Agent {
@@ -40,22 +46,14 @@ impl Agent {
         }
         std::fs::create_dir_all(&config.state_dir).with_context(|| format!("state_dir {}", config.state_dir.display()))?;
         let throttle = Throttle::new(config.upload.max_bandwidth.map(|b| b.0));
-        Ok(Arc::new(Agent { config_file: config_file.into(), key: Arc::new(key), replicated: Replicated::new(replicas), throttle, config }))
-    }
-
-    /// The next HEAD sequence: above both what the providers showed and what
-    /// this agent last wrote (kept locally, so a provider that lost its HEAD
-    /// cannot make the sequence go back).
-    pub fn next_sequence(&self, seen_on_providers: u64) -> anyhow::Result<u64> {
-        let path = self.config.state_dir.join("head.sequence");
-        let local: u64 = match std::fs::read_to_string(&path) {
-            Ok(s) => s.trim().parse().with_context(|| format!("{} is corrupt", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e).with_context(|| path.display().to_string()),
-        };
-        let next = local.max(seen_on_providers) + 1;
-        bascule_core::config::write_atomic(&path, format!("{next}\n").as_bytes())?;
-        Ok(next)
+        Ok(Arc::new(Agent {
+            config_file: config_file.into(),
+            key: Arc::new(key),
+            replicated: Replicated::new(replicas),
+            throttle,
+            config,
+            head_lock: Default::default(),
+        }))
     }
 
     fn backlog_path(&self) -> PathBuf {
@@ -101,4 +99,9 @@ impl Agent {
         }
         Ok(report)
     }
+}
+
+/// This machine's name, as recorded in manifests and WAL records.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
 }

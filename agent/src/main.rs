@@ -48,11 +48,24 @@ enum Command {
         #[arg(long)]
         job: String,
     },
-    /// Run the daemon: every job on its schedule, until SIGTERM.
+    /// Run the daemon until SIGTERM: every job on its schedule, WAL shipping
+    /// (with a `wal:` section) and the heartbeat (with a `heartbeat:` section).
     Run {
         /// The agent's configuration file (see configs/agent.yaml).
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// PostgreSQL's `archive_command`: copy one WAL file into the local spool
+    /// (durably) and return at once; the daemon (`run`) ships it to both
+    /// providers. Never touches the network.
+    ///
+    /// postgresql.conf: archive_command = 'bascule-agent wal-push --config /etc/bascule/agent.yaml %p'
+    WalPush {
+        /// The agent's configuration file (its `wal:` section names the spool).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The file to archive (`%p`).
+        path: PathBuf,
     },
     /// Copy to each provider what it lacks (after an outage), from the other.
     Sync {
@@ -104,6 +117,14 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { config } => {
             let agent = Agent::load(&config)?;
             schedule::run_daemon(agent, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::WalPush { config, path } => {
+            let cfg = bascule_agent::config::AgentConfig::load(&config)?;
+            let spool = bascule_agent::wal::Spool::open(&cfg.spool_dir()?)?;
+            if spool.push(&path)? == bascule_agent::wal::Pushed::AlreadyThere {
+                eprintln!("{}: already archived with the same content", path.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Sync { config } => {

@@ -56,6 +56,19 @@ pub async fn run_daemon(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+    if agent.config.wal.is_some() {
+        // a spool that cannot be used stops the daemon now, not silently later
+        crate::wal::Spool::open(&agent.config.spool_dir()?)?;
+        let (agent, cancel) = (agent.clone(), cancel.clone());
+        tracker.spawn(async move {
+            if let Err(e) = crate::wal::ship(agent, cancel).await {
+                tracing::error!(error = format!("{e:#}"), "WAL shipping failed");
+            }
+        });
+    }
+    if agent.config.heartbeat.is_some() {
+        tracker.spawn(crate::heartbeat::run(agent.clone(), cancel.clone()));
+    }
     let mut next: Vec<Option<DateTime<Local>>> = (0..agent.config.jobs.len()).map(|i| next_after(&agent, i, Local::now())).collect();
     for (j, n) in agent.config.jobs.iter().zip(&next) {
         tracing::info!(job = %j.name, schedule = %j.schedule.text, next = ?n.map(|t| t.to_rfc3339()), "Job scheduled");

@@ -575,7 +575,7 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
         name: name.clone(),
         kind: job.source.kind(),
         job: job.name.clone(),
-        host: hostname(),
+        host: crate::hostname(),
         started_at,
         finished_at: chrono::Utc::now(),
         source_bytes,
@@ -588,6 +588,7 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
         segment_size: SEGMENT_SIZE as u64,
         index: index_ref,
         objects: packer.objects.clone(),
+        wal: facts.wal.clone(),
     };
     let mut manifest = manifest;
     let mut manifest_bytes = Bytes::from(signed::sign(Kind::Manifest, &manifest, &agent.key));
@@ -600,17 +601,14 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
     }
     run.put(&layout::manifest(&name), manifest_bytes, &run.up_mask()).await?;
 
-    let sequence = agent.next_sequence(head_seq)?;
-    let head = Head {
-        format: FORMAT,
-        tenant: agent.config.tenant.clone(),
-        sequence,
-        latest_snapshot: Some(name.clone()),
-        latest_wal: None,
-        agent_time: chrono::Utc::now(),
-    };
     // once a manifest is out, HEAD follows even if a stop was asked meanwhile
-    run.write(layout::HEAD, Bytes::from(signed::sign(Kind::Head, &head, &agent.key)), &run.up_mask()).await;
+    let update = crate::head::HeadUpdate { seen_on_providers: head_seq, snapshot: Some(&name), wal: None };
+    for (p, r) in agent.commit_head(&run.up_mask(), update).await? {
+        if let Err(e) = r {
+            let i = replicas.iter().position(|x| x.provider == p).expect("known provider");
+            run.take_down(i, e.to_string());
+        }
+    }
     if !run.any_up() {
         bail!("job {}: every provider failed while committing: {}", job.name, run.down_reasons());
     }
@@ -650,8 +648,4 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
         agent.backlog_add(&report)?;
     }
     Ok(report)
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
 }

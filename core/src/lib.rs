@@ -5,6 +5,7 @@
 //! * [`seal`] turns a chunk into `age(zstd(chunk))` and back;
 //! * [`signed`] is the ed25519 envelope around manifests and `HEAD`;
 //! * [`manifest`] and [`head`] are the signed objects themselves;
+//! * [`wal`] names WAL files and signs the record of each archived one;
 //! * [`layout`] names every object under a tenant's prefix;
 //! * [`provider`] reaches S3 or a local directory, and writes to / reads from both.
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod provider;
 pub mod seal;
 pub mod signed;
 pub mod sync;
+pub mod wal;
 
 pub use error::{Error, Result};
 

@@ -17,6 +17,8 @@ pub enum SnapshotKind {
     PgDump,
     /// Any command's standard output.
     Command,
+    /// `pg_basebackup` as a tar stream: restored with the WAL archive (PITR).
+    Basebackup,
 }
 
 impl std::fmt::Display for SnapshotKind {
@@ -24,6 +26,7 @@ impl std::fmt::Display for SnapshotKind {
         f.write_str(match self {
             SnapshotKind::PgDump => "pg_dump",
             SnapshotKind::Command => "command",
+            SnapshotKind::Basebackup => "basebackup",
         })
     }
 }
@@ -69,6 +72,9 @@ pub struct Manifest {
     /// Every pack the snapshot needs, each once. Where each chunk lies is in
     /// the sealed index: chunk ids never leave the customer's site.
     pub objects: Vec<ObjectRef>,
+    /// For a base backup: the WAL it needs (start and stop LSN, timeline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal: Option<crate::wal::WalRange>,
 }
 
 impl Manifest {
@@ -151,6 +157,7 @@ mod tests {
             segment_size: 1 << 18,
             index: obj("i", 1),
             objects: vec![obj("p", 1000)],
+            wal: None,
         };
         let index = |pack, at, seg, offset| Index {
             format: FORMAT,

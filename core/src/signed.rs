@@ -22,6 +22,7 @@ const MAGIC: &str = "bascule-signed v1";
 pub enum Kind {
     Manifest,
     Head,
+    Wal,
 }
 
 impl Kind {
@@ -29,6 +30,7 @@ impl Kind {
         match self {
             Kind::Manifest => "manifest",
             Kind::Head => "head",
+            Kind::Wal => "wal",
         }
     }
 }

@@ -3,6 +3,7 @@
 //! A source runs as a child process whose standard output is read by the
 //! chunker; nothing of the stream is staged on disk.
 mod command;
+mod pg_basebackup;
 mod pg_dump;
 
 use std::collections::BTreeMap;
@@ -10,16 +11,20 @@ use std::io::Read;
 use std::process::{Child, ChildStdout};
 use std::sync::{Arc, Mutex};
 
+use anyhow::Context;
+
 use bascule_core::manifest::SnapshotKind;
 use serde::Deserialize;
 
 pub use command::CommandSource;
+pub use pg_basebackup::PgBasebackupSource;
 pub use pg_dump::PgDumpSource;
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SourceConfig {
     PgDump(PgDumpSource),
+    PgBasebackup(PgBasebackupSource),
     Command(CommandSource),
 }
 
@@ -28,6 +33,8 @@ pub enum SourceConfig {
 pub struct SourceFacts {
     pub row_counts: BTreeMap<String, u64>,
     pub source: BTreeMap<String, String>,
+    /// For a base backup: the WAL range it needs.
+    pub wal: Option<bascule_core::wal::WalRange>,
 }
 
 /// A started source: read [`Running::take_stdout`] to the end, then call [`Running::finish`].
@@ -37,6 +44,8 @@ pub struct Running {
     stderr_tail: std::thread::JoinHandle<String>,
     facts: Option<tokio::task::JoinHandle<anyhow::Result<SourceFacts>>>,
     dump_done: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Facts the source reports on its error output (pg_basebackup -v).
+    facts_from_stderr: Option<fn(&str) -> anyhow::Result<SourceFacts>>,
     what: String,
 }
 
@@ -52,7 +61,6 @@ impl Killer {
 
 impl Running {
     fn spawn(mut cmd: std::process::Command, what: String) -> anyhow::Result<Running> {
-        use anyhow::Context;
         cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).stdin(std::process::Stdio::null());
         let mut child = cmd.spawn().with_context(|| format!("cannot start {what}; is it installed and on PATH?"))?;
         let stdout = child.stdout.take().expect("piped stdout");
@@ -72,7 +80,15 @@ impl Running {
             }
             String::from_utf8_lossy(&tail).trim().to_string()
         });
-        Ok(Running { stdout: Some(stdout), child: Arc::new(Mutex::new(child)), stderr_tail, facts: None, dump_done: None, what })
+        Ok(Running {
+            stdout: Some(stdout),
+            child: Arc::new(Mutex::new(child)),
+            stderr_tail,
+            facts: None,
+            dump_done: None,
+            facts_from_stderr: None,
+            what,
+        })
     }
 
     /// The stream to read (once).
@@ -96,6 +112,9 @@ impl Running {
         if !status.success() {
             anyhow::bail!("{} failed ({status}): {}", self.what, if tail.is_empty() { "no error output" } else { &tail });
         }
+        if let Some(parse) = self.facts_from_stderr {
+            return parse(&tail).with_context(|| format!("{}: {tail}", self.what));
+        }
         if !tail.is_empty() {
             tracing::warn!(source = %self.what, stderr = %tail, "Source wrote to its error output");
         }
@@ -110,6 +129,7 @@ impl SourceConfig {
     pub fn kind(&self) -> SnapshotKind {
         match self {
             SourceConfig::PgDump(_) => SnapshotKind::PgDump,
+            SourceConfig::PgBasebackup(_) => SnapshotKind::Basebackup,
             SourceConfig::Command(_) => SnapshotKind::Command,
         }
     }
@@ -117,6 +137,7 @@ impl SourceConfig {
     pub async fn start(&self, config_file: &std::path::Path) -> anyhow::Result<Running> {
         match self {
             SourceConfig::PgDump(s) => s.start(config_file).await,
+            SourceConfig::PgBasebackup(s) => s.start(config_file),
             SourceConfig::Command(s) => s.start(),
         }
     }

@@ -81,7 +81,7 @@ impl PgDumpSource {
             source.insert("server_version".into(), version);
             source.insert("database".into(), db);
             source.insert("snapshot".into(), snapshot);
-            Ok(SourceFacts { row_counts, source })
+            Ok(SourceFacts { row_counts, source, wal: None })
         }));
         Ok(running)
     }

@@ -1,0 +1,88 @@
+//! Writing `HEAD`: one writer at a time (a lock file, so that a one-shot
+//! `snapshot` and the daemon's WAL shipping never interleave), a sequence that
+//! only grows, the newest snapshot, and each provider's own newest WAL file.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use bascule_core::head::Head;
+use bascule_core::manifest::FORMAT;
+use bascule_core::provider::PerProvider;
+use bascule_core::signed::{self, Kind};
+use bascule_core::{layout, Error};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::Agent;
+
+/// What the agent last wrote to HEAD (`<state_dir>/head.json`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct HeadState {
+    sequence: u64,
+    latest_snapshot: Option<String>,
+    /// Per provider: the newest WAL file it holds.
+    latest_wal: BTreeMap<String, String>,
+}
+
+/// What changed since the last HEAD.
+#[derive(Debug, Default)]
+pub struct HeadUpdate<'a> {
+    /// The highest sequence a provider showed (the next one is above it).
+    pub seen_on_providers: u64,
+    pub snapshot: Option<&'a str>,
+    /// (provider index, newest WAL file now on it)
+    pub wal: Option<(usize, &'a str)>,
+}
+
+impl Agent {
+    fn head_state_path(&self) -> PathBuf {
+        self.config.state_dir.join("head.json")
+    }
+
+    /// Records the update and writes a new HEAD to the providers in `which`;
+    /// one result per provider written.
+    pub async fn commit_head(&self, which: &[bool], update: HeadUpdate<'_>) -> anyhow::Result<PerProvider<()>> {
+        let _in_process = self.head_lock.lock().await;
+        let lock_path = self.config.state_dir.join("head.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| lock_path.display().to_string())?;
+        // held until the end of this function; the OS releases it if we die
+        let _cross_process = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock)).await?.context("locking head.lock")?;
+
+        let path = self.head_state_path();
+        let mut state: HeadState = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{} is corrupt", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HeadState::default(),
+            Err(e) => return Err(e).context(path.display().to_string()),
+        };
+        state.sequence = state.sequence.max(update.seen_on_providers) + 1;
+        if let Some(s) = update.snapshot {
+            state.latest_snapshot = Some(s.to_string());
+        }
+        let replicas = &self.replicated.replicas;
+        if let Some((i, w)) = update.wal {
+            state.latest_wal.insert(replicas[i].provider.clone(), w.to_string());
+        }
+        // the sequence is durable before any provider shows it
+        bascule_core::config::write_atomic(&path, &serde_json::to_vec_pretty(&state)?)?;
+
+        let puts = replicas.iter().zip(which).filter(|(_, w)| **w).map(|(r, _)| {
+            let head = Head {
+                format: FORMAT,
+                tenant: self.config.tenant.clone(),
+                sequence: state.sequence,
+                latest_snapshot: state.latest_snapshot.clone(),
+                latest_wal: state.latest_wal.get(&r.provider).cloned(),
+                agent_time: chrono::Utc::now(),
+            };
+            let bytes = Bytes::from(signed::sign(Kind::Head, &head, &self.key));
+            async move { (r.provider.clone(), r.put(layout::HEAD, bytes).await) }
+        });
+        let results: Vec<(String, Result<(), Error>)> = futures::future::join_all(puts).await;
+        Ok(results)
+    }
+}
