@@ -33,11 +33,29 @@ pub struct RestoreConfig {
     pub concurrency: usize,
     /// Path of `pg_restore` when not on PATH.
     pub pg_restore: Option<PathBuf>,
+    /// Directory of the PostgreSQL server programs (`pg_ctl`, `postgres`) for
+    /// point-in-time restores; default: `pg_config --bindir`.
+    pub pg_bindir: Option<PathBuf>,
+}
+
+impl RestoreConfig {
+    pub fn pg_bindir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(d) = &self.pg_bindir {
+            return Ok(d.clone());
+        }
+        let o = std::process::Command::new("pg_config").arg("--bindir").output();
+        match o {
+            Ok(o) if o.status.success() => Ok(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())),
+            _ => anyhow::bail!(
+                "restore.pg_bindir is not set and `pg_config --bindir` failed: set it to the PostgreSQL server's bin directory"
+            ),
+        }
+    }
 }
 
 impl Default for RestoreConfig {
     fn default() -> Self {
-        RestoreConfig { concurrency: default_concurrency(), pg_restore: None }
+        RestoreConfig { concurrency: default_concurrency(), pg_restore: None, pg_bindir: None }
     }
 }
 

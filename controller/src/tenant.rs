@@ -9,6 +9,7 @@ use bascule_core::keys::VerifyKey;
 use bascule_core::manifest::Manifest;
 use bascule_core::provider::{Provider, Replicated};
 use bascule_core::signed::{self, Kind};
+use bascule_core::wal::{WalName, WalRecord, WAL};
 use bascule_core::{layout, Error};
 
 use crate::config::ControllerConfig;
@@ -135,5 +136,27 @@ impl Tenant {
             [] => anyhow::bail!("tenant {}: no snapshot {wanted:?}; `bascule-controller snapshots` lists them", self.name),
             _ => anyhow::bail!("tenant {}: {wanted:?} matches several snapshots; give the full name", self.name),
         }
+    }
+
+    /// Every object under `wal/` on each provider.
+    pub async fn wal_listings(&self) -> Vec<(String, bascule_core::Result<BTreeMap<String, u64>>)> {
+        let mut out = Vec::new();
+        for r in &self.replicated.replicas {
+            out.push((r.provider.clone(), r.list(WAL).await));
+        }
+        out
+    }
+
+    /// Checks a WAL record's envelope and that it is the one `name` should hold.
+    pub fn open_wal_record(&self, name: &WalName, bytes: &[u8]) -> bascule_core::Result<WalRecord> {
+        let key = name.record_key();
+        let (r, _): (WalRecord, _) = signed::open(Kind::Wal, bytes, &self.trusted, &key)?;
+        r.check_for(&self.name, name).map_err(|reason| Error::Body { key, reason })?;
+        Ok(r)
+    }
+
+    /// A WAL file's record from whichever provider holds a copy that verifies.
+    pub async fn wal_record(&self, name: &WalName, start: usize) -> bascule_core::Result<(WalRecord, String)> {
+        self.replicated.get_checked(&name.record_key(), start, |_, b| self.open_wal_record(name, &b)).await
     }
 }

@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod archiving;
 mod garage;
 mod postgres;
 mod scenario;
 
+pub use archiving::Archiver;
 pub use garage::Garage;
 pub use postgres::PgCluster;
 pub use scenario::Scenario;

@@ -30,6 +30,11 @@ fn pg_bindir() -> PathBuf {
 
 impl PgCluster {
     pub fn start() -> PgCluster {
+        Self::start_with("")
+    }
+
+    /// Starts a cluster with `conf` appended to its postgresql.conf.
+    pub fn start_with(conf: &str) -> PgCluster {
         let bindir = pg_bindir();
         let dir = shared_tempdir();
         let as_postgres = crate::is_root(); // initdb refuses to run as root
@@ -41,6 +46,11 @@ impl PgCluster {
         }
         ok(&mut c
             .cmd("initdb", &["-D", data.to_str().unwrap(), "-U", "bascule", "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C.UTF-8"]));
+        if !conf.is_empty() {
+            let mut text = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+            text.push_str(conf);
+            std::fs::write(data.join("postgresql.conf"), text).unwrap();
+        }
         let opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
             c.port,
@@ -53,7 +63,13 @@ impl PgCluster {
         c
     }
 
-    fn cmd(&self, tool: &str, args: &[&str]) -> Command {
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Runs a server program as the account that runs the server.
+    pub fn cmd(&self, tool: &str, args: &[&str]) -> Command {
         let prog = self.bindir.join(tool);
         let mut cmd = if self.as_postgres {
             let mut c = Command::new("runuser");

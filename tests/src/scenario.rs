@@ -13,6 +13,8 @@ pub struct Scenario {
     pub tenant: String,
     pub recipient: String,
     pub verify_key: String,
+    /// PostgreSQL archives its WAL through `bascule-agent wal-push`.
+    pub archiving: bool,
 }
 
 /// A schema with what a town hall's application really has: French text with
@@ -29,10 +31,29 @@ CREATE FUNCTION nom_complet(c citoyens) RETURNS text LANGUAGE sql IMMUTABLE AS $
 impl Scenario {
     /// Starts everything; `rows` citizens and 2×`rows` acts in database `mairie`.
     pub fn start(rows: u32) -> Scenario {
-        let pg = PgCluster::start();
+        Self::build(rows, false)
+    }
+
+    /// [`Scenario::start`], with PostgreSQL archiving its WAL through
+    /// `bascule-agent wal-push`, and a base backup job `base`.
+    pub fn start_archiving(rows: u32) -> Scenario {
+        Self::build(rows, true)
+    }
+
+    fn build(rows: u32, archiving: bool) -> Scenario {
+        let dir = crate::shared_tempdir();
+        let conf = if archiving {
+            format!(
+                "wal_level = replica\narchive_mode = on\narchive_command = '{} wal-push --config {} %p'\n",
+                bin("bascule-agent").display(),
+                dir.path().join("agent.yaml").display()
+            )
+        } else {
+            String::new()
+        };
+        let pg = PgCluster::start_with(&conf);
         let a = Garage::start("provider-a");
         let b = Garage::start("provider-b");
-        let dir = tempfile::Builder::new().prefix("bascule-scenario-").tempdir().unwrap();
         pg.createdb("mairie");
         pg.psql("mairie", TOWN_HALL_SCHEMA);
         pg.psql(
@@ -55,9 +76,18 @@ impl Scenario {
         let verify_key = ok(Command::new(bin("bascule-agent")).arg("keygen").arg("--out").arg(&agent_key)).trim().to_string();
         let recipient =
             ok(Command::new(bin("bascule-agent")).arg("new-identity").arg("--out").arg(dir.path().join("customer.key"))).trim().to_string();
-        let s = Scenario { pg, a, b, dir, tenant: "mairie-exemple".into(), recipient, verify_key };
+        let s = Scenario { pg, a, b, dir, tenant: "mairie-exemple".into(), recipient, verify_key, archiving };
         s.write_configs("");
+        if crate::is_root() {
+            // the agent runs as the database's account, as on a real server
+            ok(Command::new("chown").args(["-R", "postgres"]).arg(s.dir.path()));
+        }
         s
+    }
+
+    /// The WAL spool of the agent.
+    pub fn spool(&self) -> PathBuf {
+        self.path("wal-spool")
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -72,29 +102,49 @@ impl Scenario {
         write(
             &self.path("agent.yaml"),
             &format!(
-                "tenant: {t}\nkey_file: {k}\nstate_dir: {s}\nrecipients: [{r}]\nproviders:\n{providers}upload:\n  concurrency: 8\n{upload}jobs:\n  - name: nightly\n    schedule: \"30 1 * * *\"\n    source:\n      type: pg_dump\n      dsn: \"{dsn}\"\n      pg_dump: {pg_dump}\n",
+                "tenant: {t}\nkey_file: {k}\nstate_dir: {s}\nrecipients: [{r}]\nproviders:\n{providers}upload:\n  concurrency: 8\n{upload}jobs:\n  - name: nightly\n    schedule: \"30 1 * * *\"\n    source:\n      type: pg_dump\n      dsn: \"{dsn}\"\n      pg_dump: {pg_dump}\n{wal}",
                 t = self.tenant,
                 k = d.join("agent.key").display(),
                 s = d.join("agent-state").display(),
                 r = self.recipient,
                 dsn = self.pg.dsn("mairie"),
                 pg_dump = self.pg.tool("pg_dump").display(),
+                wal = if self.archiving {
+                    format!(
+                        "  - name: base\n    schedule: \"0 3 * * *\"\n    source:\n      type: pg_basebackup\n      dsn: \"{}\"\n      pg_basebackup: {}\nwal:\n  spool_dir: {}\n  rescan_interval: 2s\nheartbeat:\n  dsn: \"{}\"\n  interval: 1s\n",
+                        self.pg.dsn("postgres"),
+                        self.pg.tool("pg_basebackup").display(),
+                        d.join("wal-spool").display(),
+                        self.pg.dsn("mairie"),
+                    )
+                } else {
+                    String::new()
+                },
             ),
         );
         write(
             &self.path("controller.yaml"),
             &format!(
-                "state_dir: {s}\nproviders:\n{providers}restore:\n  concurrency: 8\n  pg_restore: {pr}\ntenants:\n  - name: {t}\n    verify_keys: [\"{v}\"]\n",
+                "state_dir: {s}\nproviders:\n{providers}restore:\n  concurrency: 8\n  pg_restore: {pr}\n  pg_bindir: {bindir}\ntenants:\n  - name: {t}\n    verify_keys: [\"{v}\"]\n",
                 s = d.join("controller-state").display(),
                 pr = self.pg.tool("pg_restore").display(),
+                bindir = self.pg.bindir.display(),
                 t = self.tenant,
                 v = self.verify_key,
             ),
         );
     }
 
+    /// A `bascule-agent` command, run as the database's account when the
+    /// tests run as root (through `setpriv`, which execs: a kill reaches the agent).
     pub fn agent(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin("bascule-agent"));
+        let mut c = if crate::is_root() {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid", "postgres", "--regid", "postgres", "--init-groups"]).arg(bin("bascule-agent"));
+            c
+        } else {
+            Command::new(bin("bascule-agent"))
+        };
         c.args(args).arg("--config").arg(self.path("agent.yaml"));
         c
     }

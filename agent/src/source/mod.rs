@@ -40,12 +40,14 @@ pub struct SourceFacts {
 /// A started source: read [`Running::take_stdout`] to the end, then call [`Running::finish`].
 pub struct Running {
     stdout: Option<ChildStdout>,
+    /// The stream as the source wants it read (its stdout, maybe observed).
+    reader: Option<Box<dyn Read + Send>>,
     child: Arc<Mutex<Child>>,
     stderr_tail: std::thread::JoinHandle<String>,
     facts: Option<tokio::task::JoinHandle<anyhow::Result<SourceFacts>>>,
     dump_done: Option<tokio::sync::oneshot::Sender<()>>,
-    /// Facts the source reports on its error output (pg_basebackup -v).
-    facts_from_stderr: Option<fn(&str) -> anyhow::Result<SourceFacts>>,
+    /// Facts the source finds in its own stream (a base backup's WAL range).
+    facts_from_stream: Option<Box<dyn FnOnce() -> anyhow::Result<SourceFacts> + Send>>,
     what: String,
 }
 
@@ -86,14 +88,15 @@ impl Running {
             stderr_tail,
             facts: None,
             dump_done: None,
-            facts_from_stderr: None,
+            facts_from_stream: None,
+            reader: None,
             what,
         })
     }
 
     /// The stream to read (once).
-    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
-        self.stdout.take()
+    pub fn take_stdout(&mut self) -> Option<Box<dyn Read + Send>> {
+        self.reader.take().or_else(|| self.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>))
     }
 
     pub fn killer(&self) -> Killer {
@@ -112,8 +115,8 @@ impl Running {
         if !status.success() {
             anyhow::bail!("{} failed ({status}): {}", self.what, if tail.is_empty() { "no error output" } else { &tail });
         }
-        if let Some(parse) = self.facts_from_stderr {
-            return parse(&tail).with_context(|| format!("{}: {tail}", self.what));
+        if let Some(facts) = self.facts_from_stream {
+            return facts().with_context(|| format!("{}: {tail}", self.what));
         }
         if !tail.is_empty() {
             tracing::warn!(source = %self.what, stderr = %tail, "Source wrote to its error output");

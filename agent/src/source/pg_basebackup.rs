@@ -1,9 +1,12 @@
 //! Source `pg_basebackup`: a physical base backup as one tar stream
 //! (`pg_basebackup -Ft -D - -X none`), chunked and deduplicated like an
 //! export. The WAL it needs comes from the archive (`wal-push`), so the
-//! server must archive through bascule; the manifest records the start and
-//! stop LSN and the timeline, from pg_basebackup's own report.
+//! server must archive through bascule. The manifest records the WAL range
+//! the backup needs, read from the stream as it passes: the start LSN and
+//! timeline from `backup_label`, the end LSN from `backup_manifest`.
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use bascule_core::config::SecretRef;
@@ -27,53 +30,159 @@ impl PgBasebackupSource {
     pub(super) fn start(&self, config_file: &Path) -> anyhow::Result<Running> {
         let prog = self.pg_basebackup.clone().unwrap_or_else(|| PathBuf::from("pg_basebackup"));
         let mut cmd = std::process::Command::new(&prog);
-        // one tar on stdout; a fast checkpoint so that the backup starts now;
-        // -v reports the WAL start and end points, read below
-        cmd.args(["--format=tar", "--pgdata=-", "--wal-method=none", "--checkpoint=fast", "--label=bascule", "--verbose", "--no-password"])
+        // one tar on stdout; a fast checkpoint so that the backup starts now
+        cmd.args(["--format=tar", "--pgdata=-", "--wal-method=none", "--checkpoint=fast", "--label=bascule", "--no-password"])
             .arg("--dbname")
             .arg(&self.dsn);
         if let Some(p) = &self.password {
             cmd.env("PGPASSWORD", p.resolve(config_file, "source.password")?);
         }
         let mut running = Running::spawn(cmd, format!("{}", prog.display()))?;
-        running.facts_from_stderr = Some(parse_report);
+        let scan = Arc::new(Mutex::new(TarScan::default()));
+        let stdout = running.stdout.take().expect("fresh source");
+        running.reader = Some(Box::new(Scanned { inner: stdout, scan: scan.clone() }));
+        running.facts_from_stream = Some(Box::new(move || scan.lock().expect("lock").facts()));
         Ok(running)
     }
 }
 
-/// Reads `write-ahead log start point: 0/2000028 on timeline 1` and
-/// `write-ahead log end point: 0/2000100` from pg_basebackup's report.
-fn parse_report(stderr: &str) -> anyhow::Result<SourceFacts> {
-    let after = |what: &str| stderr.lines().find_map(|l| l.split_once(what).map(|(_, rest)| rest.trim().to_string()));
-    let start_line = after("write-ahead log start point:").context("pg_basebackup did not report its WAL start point")?;
-    let (start, timeline) = match start_line.split_once(" on timeline ") {
-        Some((lsn, tl)) => (lsn, tl.trim().parse::<u32>().context("bad timeline in pg_basebackup's report")?),
-        None => (start_line.as_str(), 1),
-    };
-    let stop = after("write-ahead log end point:").context("pg_basebackup did not report its WAL end point")?;
-    let wal = WalRange {
-        start: start.parse::<Lsn>().map_err(anyhow::Error::msg)?,
-        stop: stop.parse::<Lsn>().map_err(anyhow::Error::msg)?,
-        timeline,
-    };
-    let mut facts = SourceFacts::default();
-    facts.source.insert("wal_start".into(), wal.start.to_string());
-    facts.source.insert("wal_stop".into(), wal.stop.to_string());
-    facts.wal = Some(wal);
-    Ok(facts)
+/// Passes the stream through, showing every byte to a [`TarScan`].
+struct Scanned<R> {
+    inner: R,
+    scan: Arc<Mutex<TarScan>>,
+}
+
+impl<R: Read> Read for Scanned<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.scan.lock().expect("lock").feed(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Follows a tar stream's headers and keeps the two small members it needs:
+/// `backup_label` whole, and the end of `backup_manifest` (its WAL ranges).
+#[derive(Default)]
+struct TarScan {
+    header: Vec<u8>,
+    /// Bytes of the current member (padded to 512) still to pass.
+    skip: u64,
+    /// Unpadded bytes of the current member still to keep, if kept.
+    keep: Option<(&'static str, u64)>,
+    label: Vec<u8>,
+    manifest_tail: Vec<u8>,
+    end: bool,
+}
+
+const KEEP_TAIL: usize = 16 << 10;
+
+fn octal(field: &[u8]) -> u64 {
+    field.iter().take_while(|b| **b != 0 && **b != b' ').fold(0, |n, b| if b.is_ascii_digit() { n * 8 + (b - b'0') as u64 } else { n })
+}
+
+impl TarScan {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && !self.end {
+            if self.skip > 0 {
+                let n = (self.skip.min(bytes.len() as u64)) as usize;
+                if let Some((which, left)) = &mut self.keep {
+                    let k = (*left).min(n as u64) as usize;
+                    let buf = if *which == "backup_label" { &mut self.label } else { &mut self.manifest_tail };
+                    buf.extend_from_slice(&bytes[..k]);
+                    if buf.len() > KEEP_TAIL {
+                        buf.drain(..buf.len() - KEEP_TAIL);
+                    }
+                    *left -= k as u64;
+                }
+                self.skip -= n as u64;
+                bytes = &bytes[n..];
+                if self.skip == 0 {
+                    self.keep = None;
+                }
+                continue;
+            }
+            let n = (512 - self.header.len()).min(bytes.len());
+            self.header.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.header.len() < 512 {
+                continue;
+            }
+            let h = std::mem::take(&mut self.header);
+            if h.iter().all(|b| *b == 0) {
+                self.end = true;
+                break;
+            }
+            let name_end = h[..100].iter().position(|b| *b == 0).unwrap_or(100);
+            let name = String::from_utf8_lossy(&h[..name_end]);
+            let size = octal(&h[124..136]);
+            self.skip = size.div_ceil(512) * 512;
+            self.keep = match name.trim_start_matches("./") {
+                "backup_label" => Some(("backup_label", size)),
+                "backup_manifest" => Some(("backup_manifest", size)),
+                _ => None,
+            };
+        }
+    }
+
+    fn facts(&self) -> anyhow::Result<SourceFacts> {
+        let label = String::from_utf8_lossy(&self.label);
+        let field = |name: &str| label.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+        let start = field("START WAL LOCATION:").context("the stream has no backup_label with a START WAL LOCATION")?;
+        let start: Lsn = start.split_whitespace().next().unwrap_or_default().parse().map_err(anyhow::Error::msg)?;
+        let timeline: u32 = field("START TIMELINE:").context("backup_label has no START TIMELINE")?.parse()?;
+        // backup_manifest ends with "WAL-Ranges": [ { ..., "End-LSN": "0/2000100" } ], then its checksum
+        let tail = String::from_utf8_lossy(&self.manifest_tail);
+        let stop = tail
+            .rsplit_once("\"End-LSN\"")
+            .and_then(|(_, rest)| rest.split('"').nth(1))
+            .context("the stream has no backup_manifest with an End-LSN")?;
+        let wal = WalRange { start, stop: stop.parse().map_err(anyhow::Error::msg)?, timeline };
+        let mut facts = SourceFacts::default();
+        facts.source.insert("wal_start".into(), wal.start.to_string());
+        facts.source.insert("wal_stop".into(), wal.stop.to_string());
+        facts.source.insert("label".into(), label.trim().to_string());
+        facts.wal = Some(wal);
+        Ok(facts)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn member(name: &str, body: &[u8]) -> Vec<u8> {
+        let mut h = vec![0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        let size = format!("{:011o}\0", body.len());
+        h[124..136].copy_from_slice(size.as_bytes());
+        h[156] = b'0';
+        let mut out = h;
+        out.extend_from_slice(body);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out
+    }
+
     #[test]
-    fn reads_the_wal_range() {
-        let report = "pg_basebackup: initiating base backup, waiting for checkpoint to complete\n\
-                      pg_basebackup: checkpoint completed\n\
-                      pg_basebackup: write-ahead log start point: 0/2000028 on timeline 3\n\
-                      pg_basebackup: write-ahead log end point: 0/2000100\n\
-                      pg_basebackup: base backup completed\n";
-        let w = super::parse_report(report).unwrap().wal.unwrap();
-        assert_eq!((w.start.to_string(), w.stop.to_string(), w.timeline), ("0/2000028".into(), "0/2000100".into(), 3));
-        assert!(super::parse_report("pg_basebackup: base backup completed").is_err());
+    fn reads_the_wal_range_from_the_stream_in_any_pieces() {
+        let mut tar = member("base/1/1234", &vec![7u8; 9000]);
+        tar.extend(member(
+            "backup_label",
+            b"START WAL LOCATION: 0/2000028 (file 000000030000000000000002)\nCHECKPOINT LOCATION: 0/2000060\nSTART TIMELINE: 3\n",
+        ));
+        tar.extend(member("backup_manifest", b"{ \"Files\": [], \"WAL-Ranges\": [\n{ \"Timeline\": 3, \"Start-LSN\": \"0/2000028\", \"End-LSN\": \"0/2000100\" }\n],\n\"Manifest-Checksum\": \"ab\"}\n"));
+        tar.extend(vec![0u8; 1024]);
+        for piece in [1usize, 7, 511, 512, 4096, tar.len()] {
+            let mut s = TarScan::default();
+            tar.chunks(piece).for_each(|c| s.feed(c));
+            let w = s.facts().unwrap().wal.unwrap();
+            assert_eq!(
+                (w.start.to_string(), w.stop.to_string(), w.timeline),
+                ("0/2000028".into(), "0/2000100".into(), 3),
+                "pieces of {piece}"
+            );
+        }
+        let mut s = TarScan::default();
+        s.feed(&member("base/1/1234", b"x"));
+        assert!(s.facts().is_err());
     }
 }

@@ -25,6 +25,8 @@ impl std::fmt::Display for Problem {
 #[derive(Debug, Default)]
 pub struct VerifyReport {
     pub snapshots: usize,
+    /// WAL files (each checked on every provider).
+    pub wal_files: usize,
     pub objects_checked: usize,
     pub bytes_read: u64,
     pub problems: Vec<Problem>,
@@ -129,6 +131,10 @@ pub async fn run(tenant: &mut Tenant, read_data: bool, concurrency: usize) -> an
             }
         }
     }
+    let wal = super::wal::scan(tenant, read_data, concurrency).await;
+    report.wal_files = wal.files;
+    report.bytes_read += wal.bytes_read;
+    problems.extend(wal.problems);
     problems.sort();
     report.problems = problems;
     Ok(report)

@@ -1,0 +1,95 @@
+//! Helpers for scenarios where PostgreSQL archives through bascule.
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::{wait_until, Garage, KillOnDrop, Scenario};
+
+/// What `pg_stat_archiver` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Archiver {
+    pub archived: u64,
+    pub last_archived: String,
+    pub failed: u64,
+}
+
+impl Scenario {
+    /// Starts `bascule-agent run`; its log goes to `daemon.log` in the
+    /// scenario's folder. Killed (SIGKILL) on drop.
+    pub fn daemon(&self) -> KillOnDrop {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.path("daemon.log")).unwrap();
+        let child = self
+            .agent(&["run"])
+            .env("RUST_LOG", "info,bascule_agent::wal=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start bascule-agent run");
+        KillOnDrop(child)
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn archiver(&self) -> Archiver {
+        let row = self.pg.psql("postgres", "SELECT archived_count, coalesce(last_archived_wal, ''), failed_count FROM pg_stat_archiver");
+        let f: Vec<&str> = row.split('|').collect();
+        Archiver { archived: f[0].parse().unwrap(), last_archived: f[1].to_string(), failed: f[2].parse().unwrap() }
+    }
+
+    /// Ends the current WAL segment (after a write, so there is one to end).
+    pub fn switch_wal(&self) -> String {
+        self.pg.psql("mairie", "CREATE TABLE IF NOT EXISTS switch_marks (at timestamptz); INSERT INTO switch_marks VALUES (now())");
+        self.pg.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())")
+    }
+
+    /// Names of the WAL files whose record `provider` holds.
+    pub fn wal_on(&self, provider: &Garage) -> BTreeSet<String> {
+        let replica = self.provider(provider);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let listing = rt.block_on(replica.list("wal/")).expect("list wal/");
+        listing.keys().filter_map(|k| bascule_core::wal::record_name(k)).map(|w| w.name).collect()
+    }
+
+    /// Waits until PostgreSQL archived `name` and both providers hold it.
+    pub fn wait_on_both(&self, name: &str, timeout: Duration) {
+        wait_until(&format!("{name} archived on both providers"), timeout, || {
+            self.archiver().last_archived.as_str() >= name && self.wal_on(&self.a).contains(name) && self.wal_on(&self.b).contains(name)
+        });
+    }
+
+    /// Files left in the spool (pushed or sealed), not counting bookkeeping.
+    pub fn spool_files(&self) -> usize {
+        let count = |d: std::path::PathBuf| {
+            std::fs::read_dir(d)
+                .map(|r| r.flatten().filter(|e| bascule_core::wal::WalName::parse(&e.file_name().to_string_lossy()).is_some()).count())
+                .unwrap_or(0)
+        };
+        count(self.spool()) + count(self.spool().join(".sealed"))
+    }
+
+    /// Runs pgbench (initialised at `scale` in database `bench` first if needed) for `seconds`.
+    pub fn pgbench(&self, seconds: u32) -> std::process::Child {
+        std::process::Command::new(self.pg.tool("pgbench"))
+            .args(["-n", "-c", "2", "-j", "2", "-T", &seconds.to_string(), "-d", &self.pg.dsn("bench")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pgbench")
+    }
+
+    pub fn pgbench_init(&self, scale: u32) {
+        self.pg.createdb("bench");
+        crate::ok(std::process::Command::new(self.pg.tool("pgbench")).args([
+            "-i",
+            "-q",
+            "-s",
+            &scale.to_string(),
+            "-d",
+            &self.pg.dsn("bench"),
+        ]));
+    }
+}
