@@ -140,8 +140,8 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
             println!(
                 "tenant {tenant}: {} snapshot(s), {} object(s), {} WAL file(s) checked on {} providers{}: {}",
                 r.snapshots,
-                r.wal_files,
                 r.objects_checked,
+                r.wal_files,
                 t.replicated.replicas.len(),
                 if read_data { format!(", {} bytes read and hashed", r.bytes_read) } else { String::new() },
                 if r.problems.is_empty() { "OK".to_string() } else { format!("{} problem(s)", r.problems.len()) }

@@ -66,3 +66,131 @@ fn point_in_time_restore_stops_between_two_markers() {
     restored("INSERT INTO markers VALUES (100, now())");
     ok(&mut s.pg.cmd("pg_ctl", &["-D", pgdata.to_str().unwrap(), "-m", "immediate", "stop"]));
 }
+
+/// `verify` and `wal` both succeed and report no problem.
+fn assert_archive_clean(s: &Scenario, read_data: bool) -> String {
+    let args: &[&str] = if read_data { &["verify", "--read-data"] } else { &["verify"] };
+    let v = run(&mut s.controller(args));
+    assert!(v.status.success(), "verify found problems:\n{}", text(&v));
+    let w = run(&mut s.controller(&["wal"]));
+    assert!(w.status.success() && !text(&w).contains("PROBLEM"), "wal listing:\n{}", text(&w));
+    text(&w)
+}
+
+/// Every file PostgreSQL archived since `first` is on both providers.
+fn assert_all_archived_on_both(s: &Scenario, first: &str, last: &str) {
+    let (a, b) = (s.wal_on(&s.a), s.wal_on(&s.b));
+    let segments: Vec<&String> = a.iter().filter(|n| n.len() == 24 && n.as_str() >= first && n.as_str() <= last).collect();
+    assert!(!segments.is_empty(), "no segment between {first} and {last} on provider A: {a:?}");
+    assert_eq!(a, b, "both providers hold the same WAL files");
+    // contiguous: as many segments as positions from first to last
+    let pos = |n: &str| u64::from_str_radix(&n[8..16], 16).unwrap() * 256 + u64::from_str_radix(&n[16..24], 16).unwrap();
+    assert_eq!(segments.len() as u64, pos(last) - pos(first) + 1, "a segment is missing between {first} and {last}: {segments:?}");
+}
+
+#[test]
+fn pgbench_load_reaches_both_providers_without_gaps() {
+    let s = Scenario::start_archiving(200);
+    s.pgbench_init(5);
+    let first = s.switch_wal();
+    let _daemon = s.daemon();
+    let bench = s.pgbench(60).wait_with_output().unwrap();
+    assert!(bench.status.success(), "pgbench: {}", text(&bench));
+    let last = s.switch_wal();
+    s.wait_on_both(&last, MINUTE);
+    let arch = s.archiver();
+    assert_eq!(arch.failed, 0, "archive_command never failed");
+    assert_all_archived_on_both(&s, &first, &last);
+    let listing = assert_archive_clean(&s, false);
+    assert!(listing.contains("timeline 1:"), "{listing}");
+    bascule_tests::wait_until("the spool to drain", MINUTE, || s.spool_files() == 0);
+}
+
+#[test]
+fn a_provider_down_under_load_never_blocks_postgres_and_catches_up() {
+    let mut s = Scenario::start_archiving(200);
+    s.pgbench_init(5);
+    let first = s.switch_wal();
+    let _daemon = s.daemon();
+    let bench = s.pgbench(45);
+    std::thread::sleep(Duration::from_secs(5));
+    s.b.stop();
+    // while B is down, A keeps up: a segment ended now reaches A
+    std::thread::sleep(Duration::from_secs(10));
+    let during = s.switch_wal();
+    bascule_tests::wait_until("A to hold the segment ended while B is down", MINUTE, || s.wal_on(&s.a).contains(&during));
+    std::thread::sleep(Duration::from_secs(20));
+    s.b.restart();
+    let bench = bench.wait_with_output().unwrap();
+    assert!(bench.status.success(), "pgbench: {}", text(&bench));
+    let last = s.switch_wal();
+    s.wait_on_both(&last, 2 * MINUTE);
+    assert_eq!(s.archiver().failed, 0, "PostgreSQL's archiving never failed while B was down");
+    assert_all_archived_on_both(&s, &first, &last);
+    assert_archive_clean(&s, false);
+    assert!(s.daemon_log().contains("WAL upload failed"), "the outage was seen:\n{}", s.daemon_log());
+}
+
+#[test]
+fn a_daemon_killed_while_uploading_loses_nothing_and_stores_nothing_twice() {
+    let s = Scenario::start_archiving(200);
+    // a thin uplink, so that the kill lands in the middle of uploads
+    s.write_configs("  max_bandwidth: 1MiB\n");
+    s.pg.psql("mairie", "CREATE TABLE filler (id serial, junk text)");
+    let first = s.switch_wal();
+    let mut daemon = s.daemon();
+    let mut last = first.clone();
+    for _ in 0..4 {
+        // incompressible rows, so that segments are big once sealed
+        s.pg.psql("mairie", "INSERT INTO filler (junk) SELECT md5(random()::text) || md5(random()::text) FROM generate_series(1, 60000)");
+        last = s.switch_wal();
+    }
+    bascule_tests::wait_until("some WAL to reach a provider", MINUTE, || !s.wal_on(&s.a).is_empty() || !s.wal_on(&s.b).is_empty());
+    assert!(s.spool_files() > 0, "uploads still pending when the agent is killed");
+    daemon.0.kill().unwrap();
+    daemon.0.wait().unwrap();
+    let before_restart = (s.wal_on(&s.a).len(), s.wal_on(&s.b).len());
+    s.write_configs("");
+    let _daemon = s.daemon();
+    s.wait_on_both(&last, 2 * MINUTE);
+    assert!(
+        before_restart.0 < s.wal_on(&s.a).len() || before_restart.1 < s.wal_on(&s.b).len(),
+        "the restarted daemon finished the uploads"
+    );
+    assert_all_archived_on_both(&s, &first, &last);
+    // every copy's ciphertext matches its signed record, and both providers' records agree
+    assert_archive_clean(&s, true);
+}
+
+#[test]
+fn a_full_spool_fails_wal_push_then_postgres_retries_and_nothing_is_lost() {
+    let s = Scenario::start_archiving(200);
+    assert!(bascule_tests::is_root(), "this test mounts a small tmpfs for the spool: run it as root (CI does)");
+    std::fs::create_dir_all(s.spool()).unwrap();
+    ok(Command::new("mount").args(["-t", "tmpfs", "-o", "size=40m,mode=0755", "tmpfs"]).arg(s.spool()));
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(s.spool());
+    ok(Command::new("chown").arg("postgres").arg(s.spool()));
+    let first = s.switch_wal();
+    // no daemon yet: nothing leaves the spool, which fills after two segments
+    s.pg.psql("mairie", "CREATE TABLE filler (id serial, junk text)");
+    for _ in 0..4 {
+        s.pg.psql("mairie", "INSERT INTO filler (junk) SELECT md5(random()::text) FROM generate_series(1, 100000)");
+        s.switch_wal();
+    }
+    bascule_tests::wait_until("archive_command to fail", MINUTE, || s.archiver().failed > 0);
+    assert!(s.pg.log().contains("file system is full"), "wal-push says why:\n{}", s.pg.log());
+    let stuck = s.archiver();
+    // space returns: the daemon ships and empties the spool; PostgreSQL retries
+    let _daemon = s.daemon();
+    let last = s.switch_wal();
+    s.wait_on_both(&last, 3 * MINUTE);
+    assert!(s.archiver().archived > stuck.archived);
+    assert_all_archived_on_both(&s, &first, &last);
+    assert_archive_clean(&s, false);
+}

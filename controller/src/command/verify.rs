@@ -36,22 +36,28 @@ pub async fn run(tenant: &mut Tenant, read_data: bool, concurrency: usize) -> an
     let mut report = VerifyReport::default();
     let mut problems = Vec::new();
     let heads = tenant.heads().await?;
-    let mut seqs = Vec::new();
+    let mut valid = Vec::new();
     for (p, h) in &heads {
         match h {
-            HeadState::Valid(h) => seqs.push((p.clone(), h.sequence)),
+            HeadState::Valid(h) => valid.push((p.clone(), h.clone())),
             HeadState::Absent => report_push(&mut problems, p, layout::HEAD, "missing".into()),
             HeadState::Refused(e) => report_push(&mut problems, p, layout::HEAD, format!("refused: {e}")),
         }
     }
-    if let (Some(max), Some(min)) = (seqs.iter().map(|s| s.1).max(), seqs.iter().map(|s| s.1).min()) {
-        for (p, s) in &seqs {
-            if *s < max && min != max {
+    // WAL shipping moves each provider's HEAD on its own, so sequences
+    // differ; a provider is behind when its HEAD names an older snapshot
+    if let Some(newest) = valid.iter().map(|(_, h)| h).max_by_key(|h| h.sequence) {
+        for (p, h) in &valid {
+            if h.latest_snapshot < newest.latest_snapshot {
                 report_push(
                     &mut problems,
                     p,
                     layout::HEAD,
-                    format!("sequence {s} is behind {max}: the provider missed commits; run `bascule-agent sync`"),
+                    format!(
+                        "names snapshot {} but the newest is {}: the provider missed commits; run `bascule-agent sync`",
+                        h.latest_snapshot.as_deref().unwrap_or("none"),
+                        newest.latest_snapshot.as_deref().unwrap_or("none")
+                    ),
                 );
             }
         }
