@@ -22,6 +22,9 @@ fn markers(s: &Scenario, n: u32) -> Vec<String> {
 fn point_in_time_restore_stops_between_two_markers() {
     let s = Scenario::start_archiving(2_000);
     let _daemon = s.daemon();
+    bascule_tests::wait_until("the first heartbeat", MINUTE, || {
+        s.pg.psql("mairie", "SELECT count(*) FROM pg_tables WHERE schemaname = 'bascule'") == "1"
+    });
     let b = s.agent(&["snapshot", "--job", "base"]).env("RUST_LOG", "info").output().unwrap();
     assert!(b.status.success(), "base backup failed:\n{}", text(&b));
     let times = markers(&s, 6);
@@ -31,10 +34,33 @@ fn point_in_time_restore_stops_between_two_markers() {
     // halfway between marker 3 and marker 4
     let t3 = chrono::DateTime::parse_from_rfc3339(&times[2]).unwrap();
     let target = (t3 + chrono::Duration::milliseconds(500)).to_rfc3339();
-    let pgdata = s.path("restored");
+    let (out, restored) = pitr(&s, "at-marker-3", &["--at", &target]);
+    assert_eq!(restored("SELECT string_agg(n::text, ',' ORDER BY n) FROM markers"), "1,2,3", "{out}");
+    assert!(out.contains("recovery point: last replayed commit"), "{out}");
+    assert!(out.contains("within target"), "{out}");
+    // the heartbeat measures the recovery point from the data: its newest
+    // row is before the target, and less than a few beats before it
+    let beat = restored("SELECT extract(epoch FROM at)::float8 FROM bascule.heartbeat");
+    let beat: f64 = beat.parse().unwrap_or_else(|_| panic!("no heartbeat row in the restored cluster: {beat:?}"));
+    let target_s = chrono::DateTime::parse_from_rfc3339(&target).unwrap().timestamp_millis() as f64 / 1000.0;
+    assert!(beat <= target_s && beat > target_s - 5.0, "heartbeat at {beat}, target {target_s}");
+    // the restored cluster is promoted: it takes writes
+    restored("INSERT INTO markers VALUES (100, now())");
+
+    // the end of the archive: every marker
+    let (out, restored) = pitr(&s, "latest", &[]);
+    assert_eq!(restored("SELECT string_agg(n::text, ',' ORDER BY n) FROM markers"), "1,2,3,4,5,6", "{out}");
+}
+
+/// Runs `restore --pitr` into a new data directory `dir` with `target_args`;
+/// returns its output and a function running SQL in the restored cluster
+/// (stopped when the function is dropped).
+fn pitr<'a>(s: &'a Scenario, dir: &str, target_args: &[&str]) -> (String, impl Fn(&str) -> String + 'a) {
+    let pgdata = s.path(dir);
     let port = bascule_tests::free_port();
     let r = run(s
-        .controller(&["restore", "--pitr", "--at", &target, "--db-user", "bascule", "--port", &port.to_string()])
+        .controller(&["restore", "--pitr", "--db-user", "bascule", "--port", &port.to_string()])
+        .args(target_args)
         .arg("--identity")
         .arg(s.path("customer.key"))
         .arg("--pgdata")
@@ -45,7 +71,15 @@ fn point_in_time_restore_stops_between_two_markers() {
         "PITR restore failed:\n{out}\n{}",
         std::fs::read_to_string(pgdata.join("bascule-recovery.log")).unwrap_or_default()
     );
-    let restored = |sql: &str| {
+    struct Stop<'a>(&'a Scenario, std::path::PathBuf);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = run(&mut self.0.pg.cmd("pg_ctl", &["-D", self.1.to_str().unwrap(), "-m", "immediate", "stop"]));
+        }
+    }
+    let stop = Stop(s, pgdata.clone());
+    let query = move |sql: &str| {
+        let _keep = &stop;
         ok(Command::new(s.pg.tool("psql")).args(["-X", "-A", "-t", "-h"]).arg(&pgdata).args([
             "-p",
             &port.to_string(),
@@ -59,12 +93,7 @@ fn point_in_time_restore_stops_between_two_markers() {
         .trim()
         .to_string()
     };
-    assert_eq!(restored("SELECT string_agg(n::text, ',' ORDER BY n) FROM markers"), "1,2,3", "{out}");
-    assert!(out.contains("recovery point: last replayed commit"), "{out}");
-    assert!(out.contains("within target"), "{out}");
-    // the restored cluster is promoted: it takes writes
-    restored("INSERT INTO markers VALUES (100, now())");
-    ok(&mut s.pg.cmd("pg_ctl", &["-D", pgdata.to_str().unwrap(), "-m", "immediate", "stop"]));
+    (out, query)
 }
 
 /// `verify` and `wal` both succeed and report no problem.
@@ -193,4 +222,41 @@ fn a_full_spool_fails_wal_push_then_postgres_retries_and_nothing_is_lost() {
     assert!(s.archiver().archived > stuck.archived);
     assert_all_archived_on_both(&s, &first, &last);
     assert_archive_clean(&s, false);
+}
+
+#[test]
+fn verify_names_a_gap_a_forged_record_and_a_copy_missing_on_one_provider() {
+    let s = Scenario::start_archiving(200);
+    let _daemon = s.daemon();
+    let mut names = Vec::new();
+    for _ in 0..4 {
+        names.push(s.switch_wal());
+    }
+    s.wait_on_both(names.last().unwrap(), MINUTE);
+    assert_archive_clean(&s, true);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let w = |n: &str| bascule_core::wal::WalName::parse(n).unwrap();
+    let (a, b) = (s.provider(&s.a), s.provider(&s.b));
+    rt.block_on(async {
+        // a segment gone from both providers: a gap
+        for p in [&a, &b] {
+            p.delete(&w(&names[1]).record_key()).await.unwrap();
+            p.delete(&w(&names[1]).object_key()).await.unwrap();
+        }
+        // a record re-signed by another key on A: refused
+        let other = bascule_core::keys::AgentKey::generate();
+        let rec = a.get(&w(&names[2]).record_key()).await.unwrap().unwrap();
+        let body: bascule_core::wal::WalRecord =
+            serde_json::from_slice(&rec[rec.windows(2).position(|x| x == b"\n\n").unwrap() + 2..]).unwrap();
+        let forged = bascule_core::signed::sign(bascule_core::signed::Kind::Wal, &body, &other);
+        a.put(&w(&names[2]).record_key(), forged.into()).await.unwrap();
+        // a file missing on B only
+        b.delete(&w(&names[3]).object_key()).await.unwrap();
+    });
+    let v = run(&mut s.controller(&["verify"]));
+    let out = text(&v);
+    assert!(!v.status.success(), "{out}");
+    assert!(out.contains(&format!("gap on timeline 1: 1 segment(s) missing after {}", names[0])), "{out}");
+    assert!(out.contains(&format!("provider provider-a: {}: refused", w(&names[2]).record_key())), "{out}");
+    assert!(out.contains(&format!("provider provider-b: {}: record present but its file is missing", w(&names[3]).record_key())), "{out}");
 }

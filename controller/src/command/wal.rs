@@ -63,7 +63,7 @@ pub async fn scan(tenant: &Tenant, read_data: bool, concurrency: usize) -> WalSc
                 }
                 let res = async {
                     let bytes = r.get(&w.record_key()).await.map_err(|e| e.to_string())?.ok_or("record vanished")?;
-                    let rec = tenant.open_wal_record(&w, &bytes).map_err(|e| e.to_string())?;
+                    let rec = tenant.open_wal_record(&w, &bytes).map_err(|e| format!("refused: {e}"))?;
                     match listing.get(&rec.object.key) {
                         None => return Err("record present but its file is missing".to_string()),
                         Some(len) if *len != rec.object.len => return Err(format!("file length {len}, record says {}", rec.object.len)),
