@@ -182,7 +182,11 @@ async fn upload_loop(agent: Arc<Agent>, spool: Spool, i: usize, sealed: Arc<Noti
                 spool.release_if_everywhere(&all, &name.name, &record.plain_hash)?;
                 Ok(record)
             }) {
-                Ok(record) => newest = Some(record),
+                Ok(record) => {
+                    let lag = chrono::Utc::now() - record.archived_at;
+                    tracing::debug!(provider = %provider, wal = %record.name, lag_ms = lag.num_milliseconds(), "WAL file durable on provider");
+                    newest = Some(record)
+                }
                 Err(e) => {
                     metrics::UPLOAD_ERRORS.with_label_values(&[&provider]).inc();
                     tracing::warn!(provider = %provider, error = format!("{e:#}"), retry_in = ?backoff, "WAL upload failed; this provider catches up when it returns, the other goes on");
@@ -194,7 +198,6 @@ async fn upload_loop(agent: Arc<Agent>, spool: Spool, i: usize, sealed: Arc<Noti
         drop(uploads);
         if let Some(r) = &newest {
             metrics::WAL_LAST_DURABLE.with_label_values(&[&provider]).set(r.archived_at.timestamp_millis() as f64 / 1000.0);
-            tracing::debug!(provider = %provider, wal = %r.name, "WAL archived");
             let mut which = vec![false; all.len()];
             which[i] = true;
             match agent.commit_head(&which, HeadUpdate { wal: Some((i, &r.name)), ..Default::default() }).await {
