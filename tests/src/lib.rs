@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod archiving;
+pub mod bench;
 mod garage;
 mod postgres;
 mod scenario;

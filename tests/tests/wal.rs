@@ -25,6 +25,8 @@ fn point_in_time_restore_stops_between_two_markers() {
     bascule_tests::wait_until("the first heartbeat", MINUTE, || {
         s.pg.psql("mairie", "SELECT count(*) FROM pg_tables WHERE schemaname = 'bascule'") == "1"
     });
+    let nightly = s.snapshot();
+    assert!(nightly.status.success(), "{}", text(&nightly));
     let b = s.agent(&["snapshot", "--job", "base"]).env("RUST_LOG", "info").output().unwrap();
     assert!(b.status.success(), "base backup failed:\n{}", text(&b));
     let times = markers(&s, 6);
@@ -46,6 +48,11 @@ fn point_in_time_restore_stops_between_two_markers() {
     assert!(beat <= target_s && beat > target_s - 5.0, "heartbeat at {beat}, target {target_s}");
     // the restored cluster is promoted: it takes writes
     restored("INSERT INTO markers VALUES (100, now())");
+
+    // HEAD now names the base backup; an export restore of `latest` takes the newest export
+    let r = s.restore("latest", "from_export", &s.path("customer.key"));
+    assert!(r.status.success(), "{}", text(&r));
+    assert!(text(&r).contains(&Scenario::snapshot_name(&nightly)), "{}", text(&r));
 
     // the end of the archive: every marker
     let (out, restored) = pitr(&s, "latest", &[]);

@@ -182,8 +182,19 @@ pub async fn stream_chunks(
 }
 
 pub async fn run(tenant: &mut Tenant, req: RestoreRequest) -> anyhow::Result<RestoreReport> {
-    let name = tenant.resolve(&req.snapshot).await?;
-    let (m, _) = tenant.manifest(&name).await?;
+    let mut name = tenant.resolve(&req.snapshot).await?;
+    let (mut m, _) = tenant.manifest(&name).await?;
+    if m.kind != SnapshotKind::PgDump && req.snapshot == "latest" {
+        // HEAD names the newest snapshot of any kind: take the newest export
+        let names = Tenant::snapshot_names(&tenant.listings().await);
+        for n in names.iter().rev() {
+            let (c, _) = tenant.manifest(n).await?;
+            if c.kind == SnapshotKind::PgDump {
+                (name, m) = (n.clone(), c);
+                break;
+            }
+        }
+    }
     if m.kind != SnapshotKind::PgDump {
         bail!("snapshot {name} is a {} export; restore into PostgreSQL needs a pg_dump one", m.kind);
     }

@@ -1,0 +1,64 @@
+//! Helpers shared by the benchmarks (`src/bin/bench*.rs`): timing, medians,
+//! peak memory, and the baselines' rclone configuration.
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::{ok, run, text, Garage};
+
+pub fn timed(what: &str, cmd: &mut Command) -> (Duration, String) {
+    eprintln!("bench: {what}");
+    let t0 = Instant::now();
+    let o = run(cmd);
+    let d = t0.elapsed();
+    assert!(o.status.success(), "{what} failed:\n{}", text(&o));
+    (d, text(&o))
+}
+
+/// Runs `args` under GNU time; returns (wall time, peak RSS in KiB, output).
+pub fn timed_rss(what: &str, args: &[&std::ffi::OsStr]) -> (Duration, u64, String) {
+    let mut c = Command::new("/usr/bin/time");
+    c.arg("-f").arg("BENCH_MAXRSS_KB=%M").args(args).env("RUST_LOG", "info");
+    let (d, out) = timed(what, &mut c);
+    let rss = out.split_whitespace().find_map(|w| w.strip_prefix("BENCH_MAXRSS_KB=")).and_then(|v| v.parse().ok()).unwrap_or(0);
+    (d, rss, out)
+}
+
+/// Repetitions of the timed comparisons (medians are reported).
+pub const REPS: usize = 3;
+
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+pub fn field(out: &str, name: &str) -> u64 {
+    out.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} in:\n{out}"))
+        .parse()
+        .unwrap()
+}
+
+pub fn du(path: &Path) -> u64 {
+    let out = ok(Command::new("du").arg("-sb").arg(path));
+    out.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+pub fn rclone_env(c: &mut Command, name: &str, g: &Garage) {
+    // the baseline gets only its own configuration, like bascule (machines may
+    // set AWS_CA_BUNDLE and the like globally)
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
+    let p = format!("RCLONE_CONFIG_{name}_");
+    c.env(format!("{p}TYPE"), "s3")
+        .env(format!("{p}PROVIDER"), "Other")
+        .env(format!("{p}ENDPOINT"), g.endpoint())
+        .env(format!("{p}REGION"), "garage")
+        .env(format!("{p}ACCESS_KEY_ID"), &g.key_id)
+        .env(format!("{p}SECRET_ACCESS_KEY"), &g.secret)
+        .env(format!("{p}FORCE_PATH_STYLE"), "true");
+}

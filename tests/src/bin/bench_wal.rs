@@ -1,0 +1,266 @@
+//! The continuous-archiving benchmark: bascule against the alternatives, on
+//! the same cluster, in the same run, as ratios (this machine is shared and
+//! noisy). Run it with `./scripts/bench-wal.sh`.
+//!
+//! Prints: pgbench TPS with bascule archiving vs `archive_command=/bin/true`
+//! and vs pgBackRest's asynchronous archive-push to two repositories; the
+//! archive lag (file handed to `wal-push` → durable on both providers), p50
+//! and p99; base backup throughput vs `pg_basebackup | zstd -T2 | age | rclone
+//! rcat` to the same two buckets; point-in-time restore time vs pgBackRest's
+//! restore of a backup taken at the same moment, replaying the same WAL.
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bascule_tests::bench::{median, rclone_env, timed};
+use bascule_tests::{bin, ok, run, text, wait_until, Scenario};
+
+const TPS_SECONDS: u32 = 30;
+const REPS: usize = 2;
+
+fn as_postgres(prog: &str) -> Command {
+    if bascule_tests::is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", "postgres", "--regid", "postgres", "--init-groups", prog]);
+        c
+    } else {
+        Command::new(prog)
+    }
+}
+
+fn set_archive_command(s: &Scenario, cmd: &str) {
+    s.pg.psql("postgres", &format!("ALTER SYSTEM SET archive_command = '{}'", cmd.replace('\'', "''")));
+    s.pg.psql("postgres", "SELECT pg_reload_conf()");
+    s.switch_wal();
+    std::thread::sleep(Duration::from_secs(2));
+}
+
+fn tps(s: &Scenario) -> f64 {
+    let o = s.pgbench(TPS_SECONDS).wait_with_output().unwrap();
+    let out = text(&o);
+    assert!(o.status.success(), "pgbench: {out}");
+    out.lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no tps in {out}"))
+}
+
+fn percentile(v: &[i64], p: f64) -> i64 {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Archive lag per WAL file (the later of the two providers), from the daemon's log.
+fn lags(log: &str) -> Vec<i64> {
+    let mut per_file: BTreeMap<String, (u32, i64)> = BTreeMap::new();
+    for l in log.lines().filter(|l| l.contains("WAL file durable on provider")) {
+        let f = |k: &str| l.split_whitespace().find_map(|w| w.strip_prefix(&format!("{k}="))).map(str::to_string);
+        let (Some(wal), Some(lag)) = (f("wal"), f("lag_ms").and_then(|v| v.parse::<i64>().ok())) else { continue };
+        let e = per_file.entry(wal).or_default();
+        e.0 += 1;
+        e.1 = e.1.max(lag);
+    }
+    per_file.values().filter(|(n, _)| *n >= 2).map(|(_, l)| *l).collect()
+}
+
+fn main() {
+    let scale: u32 = std::env::args().nth(1).map(|a| a.parse().expect("scale")).unwrap_or(50);
+    let s = Scenario::start_archiving(100_000);
+    eprintln!("bench: pgbench scale {scale}");
+    s.pgbench_init(scale);
+    s.pg.psql("bench", "VACUUM ANALYZE");
+
+    // pgBackRest: two local repositories (it speaks S3 over TLS only, and the
+    // providers here are plain-http loopback Garage), encrypted, zstd, async push
+    let d = s.dir.path();
+    let conf = d.join("pgbackrest.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[global]\nrepo1-path={d}/pgbr-repo1\nrepo2-path={d}/pgbr-repo2\nrepo1-cipher-type=aes-256-cbc\nrepo1-cipher-pass=bench-pass-1\n\
+             repo2-cipher-type=aes-256-cbc\nrepo2-cipher-pass=bench-pass-2\ncompress-type=zst\narchive-async=y\nspool-path={d}/pgbr-spool\n\
+             lock-path={d}/pgbr-lock\nlog-path={d}/pgbr-log\nlog-level-file=off\nlog-level-console=warn\nprocess-max=2\nstart-fast=y\n\
+             [bench]\npg1-path={data}\npg1-port={port}\npg1-socket-path={sock}\npg1-user=bascule\n",
+            d = d.display(),
+            data = s.pg.data_dir().display(),
+            port = s.pg.port,
+            sock = s.pg.socket_dir().display()
+        ),
+    )
+    .unwrap();
+    if bascule_tests::is_root() {
+        ok(Command::new("chown").args(["-R", "postgres"]).arg(d));
+    }
+    let pgbr = |args: &[&str]| {
+        let mut c = as_postgres("pgbackrest");
+        c.arg(format!("--config={}", conf.display())).arg("--stanza=bench").args(args);
+        c
+    };
+    ok(&mut pgbr(&["stanza-create"]));
+
+    let agent = bin("bascule-agent");
+    let bascule_cmd = format!("{} wal-push --config {} %p", agent.display(), s.path("agent.yaml").display());
+    let pgbr_cmd = format!("pgbackrest --config={} --stanza=bench archive-push %p", conf.display());
+    let _daemon = s.daemon();
+
+    // 1. TPS, modes interleaved
+    let mut t: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for _ in 0..REPS {
+        for (mode, cmd) in [("/bin/true", "/bin/true"), ("bascule", bascule_cmd.as_str()), ("pgBackRest async", pgbr_cmd.as_str())] {
+            set_archive_command(&s, cmd);
+            eprintln!("bench: pgbench {TPS_SECONDS}s, archive_command = {mode}");
+            t.entry(mode).or_default().push(tps(&s));
+        }
+    }
+    let med = |v: &Vec<f64>| {
+        let mut v = v.clone();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let (tps_true, tps_bascule, tps_pgbr) = (med(&t["/bin/true"]), med(&t["bascule"]), med(&t["pgBackRest async"]));
+    set_archive_command(&s, &bascule_cmd);
+    let last = s.switch_wal();
+    s.wait_on_both(&last, Duration::from_secs(300));
+    let lag = lags(&s.daemon_log());
+    assert!(!lag.is_empty(), "no archive lag in the daemon's log");
+
+    // 2. base backup throughput, interleaved; later repetitions to a fresh tenant
+    let yaml = std::fs::read_to_string(s.path("agent.yaml")).unwrap();
+    let (mut t_bascule, mut t_pipe) = (Vec::new(), Vec::new());
+    let mut base_bytes = 0;
+    for i in 0..REPS {
+        let cfg = if i == 0 {
+            s.path("agent.yaml")
+        } else {
+            let p = s.path(&format!("base-rep{i}.yaml"));
+            std::fs::write(
+                &p,
+                yaml.replace("tenant: mairie-exemple", &format!("tenant: rep-{i}")).replace("agent-state", &format!("rep{i}-state")),
+            )
+            .unwrap();
+            p
+        };
+        let (d, out) = timed(
+            "bascule base backup",
+            as_postgres(agent.to_str().unwrap()).args(["snapshot", "--job", "base", "--config"]).arg(&cfg).env("RUST_LOG", "info"),
+        );
+        base_bytes = bascule_tests::bench::field(&out, "source_bytes");
+        t_bascule.push(d);
+        let pipeline = format!(
+            "set -o pipefail; {pgbb} -Ft -D - -X none --checkpoint=fast -d '{dsn}' | zstd -3 -T2 -q | age -r {r} | tee >(rclone rcat GA:{b}/baseline/base{i}.age) | rclone rcat GB:{b}/baseline/base{i}.age",
+            pgbb = s.pg.tool("pg_basebackup").display(),
+            dsn = s.pg.dsn("postgres"),
+            r = s.recipient,
+            b = s.a.bucket
+        );
+        let mut c = Command::new("bash");
+        c.arg("-c").arg(&pipeline);
+        rclone_env(&mut c, "GA", &s.a);
+        rclone_env(&mut c, "GB", &s.b);
+        t_pipe.push(timed("pg_basebackup | zstd | age | rclone rcat ×2", &mut c).0);
+    }
+    let (t_base, t_base_pipe) = (median(t_bascule), median(t_pipe));
+
+    // 3. PITR: both tools back up now, archive the same WAL, restore to its end
+    ok(&mut pgbr(&["backup", "--type=full", "--repo=1"]));
+    let b = run(s.agent(&["snapshot", "--job", "base"]).env("RUST_LOG", "info"));
+    assert!(b.status.success(), "{}", text(&b));
+    set_archive_command(&s, &format!("{bascule_cmd} && {pgbr_cmd}"));
+    eprintln!("bench: pgbench {TPS_SECONDS}s of WAL to replay");
+    tps(&s);
+    let last = s.switch_wal();
+    s.wait_on_both(&last, Duration::from_secs(300));
+    let repo_has = |name: &str| {
+        let dir = d.join(format!("pgbr-repo1/archive/bench/15-1/{}", &name[..16]));
+        std::fs::read_dir(dir).map(|r| r.flatten().any(|e| e.file_name().to_string_lossy().starts_with(name))).unwrap_or(false)
+    };
+    wait_until("pgBackRest to archive the last segment", Duration::from_secs(300), || repo_has(&last));
+    let wal_bytes = (s.wal_on(&s.a).len() as u64) << 24;
+
+    let port = bascule_tests::free_port();
+    let (t_pitr, out) = timed(
+        "bascule restore --pitr (end of the archive)",
+        s.controller(&["restore", "--pitr", "--stop", "--db-user", "bascule", "--port", &port.to_string()])
+            .arg("--identity")
+            .arg(s.path("customer.key"))
+            .arg("--pgdata")
+            .arg(s.path("pitr-bascule")),
+    );
+    eprintln!("{out}");
+    let target = s.path("pitr-pgbr");
+    std::fs::create_dir(&target).unwrap();
+    if bascule_tests::is_root() {
+        ok(Command::new("chown").arg("postgres").arg(&target));
+    }
+    let t0 = Instant::now();
+    ok(&mut pgbr(&["--repo=1", &format!("--pg1-path={}", target.display()), "restore"]));
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(target.join("postgresql.auto.conf"))
+        .and_then(|mut f| {
+            std::io::Write::write_all(
+                &mut f,
+                format!("port = {port}\narchive_mode = off\nunix_socket_directories = '{}'\n", target.display()).as_bytes(),
+            )
+        })
+        .unwrap();
+    let log = target.join("recovery.log");
+    ok(&mut s.pg.cmd("pg_ctl", &["-D", target.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-t", "3600", "start"]));
+    wait_until("pgBackRest's restore to promote", Duration::from_secs(3600), || {
+        run(Command::new(s.pg.tool("psql")).args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            target.to_str().unwrap(),
+            "-p",
+            &port.to_string(),
+            "-U",
+            "bascule",
+            "-d",
+            "postgres",
+            "-c",
+            "SELECT pg_is_in_recovery()",
+        ]))
+        .stdout
+        .starts_with(b"f")
+    });
+    let t_pitr_pgbr = t0.elapsed();
+    ok(&mut s.pg.cmd("pg_ctl", &["-D", target.to_str().unwrap(), "-m", "fast", "-w", "stop"]));
+
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+    let mb = |bytes: u64, d: Duration| bytes as f64 / d.as_secs_f64() / 1e6;
+    println!("\n## Continuous archiving benchmark (pgbench scale {scale}, {TPS_SECONDS}s runs, medians of {REPS})\n");
+    println!("| measure | bascule | baseline | ratio | target |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| pgbench TPS, archiving vs `archive_command=/bin/true` | {tps_bascule:.0} | {tps_true:.0} | {:.2}× | ≥ 0.95× |",
+        tps_bascule / tps_true
+    );
+    println!(
+        "| pgbench TPS vs pgBackRest 2.45 async archive-push, two repos | {tps_bascule:.0} | {tps_pgbr:.0} | {:.2}× | |",
+        tps_bascule / tps_pgbr
+    );
+    println!(
+        "| archive lag, `wal-push` → durable on both providers ({} files) | p50 {} ms, p99 {} ms | | | p99 < 1000 ms |",
+        lag.len(),
+        percentile(&lag, 0.5),
+        percentile(&lag, 0.99)
+    );
+    println!(
+        "| base backup ({} MB) throughput vs `pg_basebackup | zstd -T2 | age | rclone rcat` ×2 | {:.0} MB/s | {:.0} MB/s | {:.2}× | ≥ 1.0× |",
+        base_bytes / 1_000_000,
+        mb(base_bytes, t_base),
+        mb(base_bytes, t_base_pipe),
+        ratio(t_base_pipe, t_base)
+    );
+    println!(
+        "| PITR restore to the end of the archive (base + {} MB of WAL) vs pgBackRest restore + replay | {:.1} s | {:.1} s | {:.2}× | |",
+        wal_bytes >> 20,
+        t_pitr.as_secs_f64(),
+        t_pitr_pgbr.as_secs_f64(),
+        ratio(t_pitr, t_pitr_pgbr)
+    );
+}
