@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# The spine's benchmark (not a test): bascule against the pipeline a user
-# would script instead, on the same database in the same run, as ratios.
-#   ./scripts/bench.sh [PGBENCH_SCALE]     (default 50)
-# Installs what it compares against when missing: rclone, restic, GNU time,
-# age, zstd (Debian packages), plus what the tests need (see test.sh).
+# Benchmarks (not tests): bascule against what a user would use instead, on
+# the same database in the same run, as ratios (the machine may be noisy).
+#   ./scripts/bench.sh [PGBENCH_SCALE]        nightly exports: throughput, restore, memory, bytes sent
+#   ./scripts/bench.sh wal [PGBENCH_SCALE]    continuous archiving: TPS, archive lag, base backup, PITR
+# Default scale 50. Installs what it compares against when missing (rclone,
+# restic, GNU time, pgbackrest, age, zstd from Debian's packages), plus what
+# the tests need (see test.sh). Run as root for `wal` (PostgreSQL and
+# pgBackRest run as `postgres`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
+bench=bench
+if [ "${1:-}" = wal ]; then bench=bench_wal; shift; fi
 SUDO=()
 if [ "$(id -u)" != 0 ]; then SUDO=(sudo); fi
 missing=()
-for t in rclone restic age zstd; do command -v $t >/dev/null || missing+=($t); done
+for t in rclone restic age zstd pgbackrest; do command -v $t >/dev/null || missing+=($t); done
 [ -x /usr/bin/time ] || missing+=(time)
 if [ ${#missing[@]} -gt 0 ]; then
   "${SUDO[@]}" apt-get update -q
@@ -18,4 +23,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 command -v garage >/dev/null || cargo install --locked garage --version 2.5.0
 cargo build --release --workspace --bins
-exec ./target/release/bench "${1:-50}"
+exec ./target/release/$bench "${1:-50}"

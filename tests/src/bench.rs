@@ -62,3 +62,31 @@ pub fn rclone_env(c: &mut Command, name: &str, g: &Garage) {
         .env(format!("{p}SECRET_ACCESS_KEY"), &g.secret)
         .env(format!("{p}FORCE_PATH_STYLE"), "true");
 }
+
+/// The baseline a user would script: `source | zstd -3 -T2 | age` sent to
+/// both buckets with `rclone rcat`; returns its wall time.
+pub fn scripted_upload(s: &crate::Scenario, what: &str, source: &str, object: &str) -> Duration {
+    let pipeline = format!(
+        "set -o pipefail; {source} | zstd -3 -T2 -q | age -r {r} | tee >(rclone rcat GA:{b}/baseline/{object}) | rclone rcat GB:{b}/baseline/{object}",
+        r = s.recipient,
+        b = s.a.bucket
+    );
+    let mut c = Command::new("bash");
+    c.arg("-c").arg(&pipeline);
+    rclone_env(&mut c, "GA", &s.a);
+    rclone_env(&mut c, "GB", &s.b);
+    timed(what, &mut c).0
+}
+
+/// A copy of the agent's config for a new tenant with its own state, so
+/// that nothing already stored helps a repeated measurement.
+pub fn fresh_tenant_config(s: &crate::Scenario, tag: &str) -> std::path::PathBuf {
+    let yaml = std::fs::read_to_string(s.path("agent.yaml")).unwrap();
+    let p = s.path(&format!("{tag}.yaml"));
+    std::fs::write(
+        &p,
+        yaml.replace(&format!("tenant: {}", s.tenant), &format!("tenant: {tag}")).replace("agent-state", &format!("{tag}-state")),
+    )
+    .unwrap();
+    p
+}

@@ -241,6 +241,16 @@ fn verify_names_a_gap_a_forged_record_and_a_copy_missing_on_one_provider() {
     }
     s.wait_on_both(names.last().unwrap(), MINUTE);
     assert_archive_clean(&s, true);
+    // an idle daemon sleeps: its own reads of the spool must not wake it
+    let ticks = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    let before = ticks(_daemon.0.id());
+    std::thread::sleep(Duration::from_secs(3));
+    let used = ticks(_daemon.0.id()) - before;
+    assert!(used < 30, "an idle daemon used {used} CPU ticks in 3 s");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let w = |n: &str| bascule_core::wal::WalName::parse(n).unwrap();
     let (a, b) = (s.provider(&s.a), s.provider(&s.b));

@@ -33,8 +33,14 @@ pub async fn ship(agent: Arc<Agent>, cancel: CancellationToken) -> anyhow::Resul
     // file-system events wake the sealer at once; the periodic rescan
     // covers any event lost
     let wake = pushed.clone();
-    let mut watcher =
-        notify::recommended_watcher(move |_ev: notify::Result<notify::Event>| wake.notify_one()).context("cannot watch the WAL spool")?;
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        // a file renamed or written into the spool; not our own reads of
+        // it (opening the folder to list it is an event too)
+        if ev.is_ok_and(|e| matches!(e.kind, notify::EventKind::Create(_) | notify::EventKind::Modify(_))) {
+            wake.notify_one()
+        }
+    })
+    .context("cannot watch the WAL spool")?;
     watcher.watch(&spool.dir, notify::RecursiveMode::NonRecursive).context("cannot watch the WAL spool")?;
     tracing::info!(spool = %spool.dir.display(), "WAL shipping started");
 
@@ -115,6 +121,8 @@ fn seal_one(agent: &Agent, spool: &Spool, name: &WalName) -> anyhow::Result<()> 
     write_durably(&tmp, &spool.sealed(&name.name), &sealed)?;
     write_durably(&tmp, &spool.record(&name.name), &signed::sign(Kind::Wal, &record, &agent.key))?;
     std::fs::remove_file(&raw)?;
+    let since = chrono::Utc::now() - archived_at;
+    tracing::debug!(wal = %name.name, bytes = data.len(), sealed = sealed.len(), since_push_ms = since.num_milliseconds(), "WAL file sealed");
     Ok(())
 }
 
@@ -164,8 +172,11 @@ async fn upload_loop(agent: Arc<Agent>, spool: Spool, i: usize, sealed: Arc<Noti
                     agent.throttle.acquire((object.len() + rec_bytes.len()) as u64).await;
                     let n = (object.len() + rec_bytes.len()) as u64;
                     // the file first, its record after: the record says "archived"
+                    let t0 = std::time::Instant::now();
                     replica.put(&name.object_key(), object).await?;
+                    let t1 = t0.elapsed();
                     replica.put(&name.record_key(), rec_bytes).await?;
+                    tracing::debug!(provider = %replica.provider, wal = %name.name, object_ms = t1.as_millis() as u64, record_ms = (t0.elapsed() - t1).as_millis() as u64, "WAL file uploaded");
                     metrics::UPLOAD_BYTES.with_label_values(&[&replica.provider]).inc_by(n);
                     Ok::<_, anyhow::Error>((name, record))
                 }

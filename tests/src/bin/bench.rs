@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use bascule_tests::bench::{du, field, median, rclone_env, timed, timed_rss, REPS};
+use bascule_tests::bench::{du, field, fresh_tenant_config, median, scripted_upload, timed, timed_rss, REPS};
 use bascule_tests::{bin, ok, run, text, Scenario};
 
 fn main() {
@@ -48,17 +48,7 @@ fn main() {
     let mut t_bases = Vec::new();
     let (mut rss_big, mut dump_bytes, mut first_new) = (0, 0, 0);
     for i in 0..REPS {
-        let cfg_i = if i == 0 {
-            cfg.clone()
-        } else {
-            let p = s.path(&format!("rep{i}.yaml"));
-            std::fs::write(
-                &p,
-                yaml.replace("tenant: mairie-exemple", &format!("tenant: rep-{i}")).replace("agent-state", &format!("rep{i}-state")),
-            )
-            .unwrap();
-            p
-        };
+        let cfg_i = if i == 0 { cfg.clone() } else { fresh_tenant_config(&s, &format!("rep-{i}")) };
         let (t, rss, out) = timed_rss(
             "bascule export",
             &[agent.as_os_str(), "snapshot".as_ref(), "--job".as_ref(), "nightly".as_ref(), "--config".as_ref(), cfg_i.as_os_str()],
@@ -67,17 +57,8 @@ fn main() {
             (rss_big, dump_bytes, first_new) = (rss, field(&out, "source_bytes"), field(&out, "new_bytes"));
         }
         t_exports.push(t);
-        let pipeline = format!(
-            "set -o pipefail; {pg_dump} -Fc -Z0 -d '{dsn}' | zstd -3 -T2 -q | age -r {r} | tee >(rclone rcat GA:{b}/baseline/dump{i}.age) | rclone rcat GB:{b}/baseline/dump{i}.age",
-            pg_dump = s.pg.tool("pg_dump").display(),
-            r = s.recipient,
-            b = s.a.bucket
-        );
-        let mut c = Command::new("bash");
-        c.arg("-c").arg(&pipeline);
-        rclone_env(&mut c, "GA", &s.a);
-        rclone_env(&mut c, "GB", &s.b);
-        t_bases.push(timed("pg_dump | zstd | age | rclone rcat ×2", &mut c).0);
+        let source = format!("{} -Fc -Z0 -d '{dsn}'", s.pg.tool("pg_dump").display());
+        t_bases.push(scripted_upload(&s, "pg_dump | zstd | age | rclone rcat ×2", &source, &format!("dump{i}.age")));
     }
     let (t_export, t_base_export) = (median(t_exports), median(t_bases));
 

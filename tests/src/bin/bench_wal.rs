@@ -1,6 +1,6 @@
 //! The continuous-archiving benchmark: bascule against the alternatives, on
 //! the same cluster, in the same run, as ratios (this machine is shared and
-//! noisy). Run it with `./scripts/bench-wal.sh`.
+//! noisy). Run it with `./scripts/bench.sh wal`.
 //!
 //! Prints: pgbench TPS with bascule archiving vs `archive_command=/bin/true`
 //! and vs pgBackRest's asynchronous archive-push to two repositories; the
@@ -12,10 +12,9 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bascule_tests::bench::{median, rclone_env, timed};
+use bascule_tests::bench::{fresh_tenant_config, median, scripted_upload, timed};
 use bascule_tests::{bin, ok, run, text, wait_until, Scenario};
 
-const TPS_SECONDS: u32 = 30;
 const REPS: usize = 2;
 
 fn as_postgres(prog: &str) -> Command {
@@ -35,8 +34,13 @@ fn set_archive_command(s: &Scenario, cmd: &str) {
     std::thread::sleep(Duration::from_secs(2));
 }
 
+/// Length of each pgbench run (`BENCH_TPS_SECONDS`, default 30).
+fn tps_seconds() -> u32 {
+    std::env::var("BENCH_TPS_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(30)
+}
+
 fn tps(s: &Scenario) -> f64 {
-    let o = s.pgbench(TPS_SECONDS).wait_with_output().unwrap();
+    let o = s.pgbench(tps_seconds()).wait_with_output().unwrap();
     let out = text(&o);
     assert!(o.status.success(), "pgbench: {out}");
     out.lines()
@@ -65,6 +69,14 @@ fn lags(log: &str) -> Vec<i64> {
     per_file.values().filter(|(n, _)| *n >= 2).map(|(_, l)| *l).collect()
 }
 
+/// Values of `key=` on the daemon's log lines containing `what`.
+fn log_values(log: &str, what: &str, key: &str) -> Vec<i64> {
+    log.lines()
+        .filter(|l| l.contains(what))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix(&format!("{key}="))).and_then(|v| v.parse().ok()))
+        .collect()
+}
+
 fn main() {
     let scale: u32 = std::env::args().nth(1).map(|a| a.parse().expect("scale")).unwrap_or(50);
     let s = Scenario::start_archiving(100_000);
@@ -80,7 +92,7 @@ fn main() {
         &conf,
         format!(
             "[global]\nrepo1-path={d}/pgbr-repo1\nrepo2-path={d}/pgbr-repo2\nrepo1-cipher-type=aes-256-cbc\nrepo1-cipher-pass=bench-pass-1\n\
-             repo2-cipher-type=aes-256-cbc\nrepo2-cipher-pass=bench-pass-2\ncompress-type=zst\narchive-async=y\nspool-path={d}/pgbr-spool\n\
+             repo2-cipher-type=aes-256-cbc\nrepo2-cipher-pass=bench-pass-2\nrepo1-retention-full=9999999\nrepo2-retention-full=9999999\ncompress-type=zst\narchive-async=y\nspool-path={d}/pgbr-spool\n\
              lock-path={d}/pgbr-lock\nlog-path={d}/pgbr-log\nlog-level-file=off\nlog-level-console=warn\nprocess-max=2\nstart-fast=y\n\
              [bench]\npg1-path={data}\npg1-port={port}\npg1-socket-path={sock}\npg1-user=bascule\n",
             d = d.display(),
@@ -110,7 +122,7 @@ fn main() {
     for _ in 0..REPS {
         for (mode, cmd) in [("/bin/true", "/bin/true"), ("bascule", bascule_cmd.as_str()), ("pgBackRest async", pgbr_cmd.as_str())] {
             set_archive_command(&s, cmd);
-            eprintln!("bench: pgbench {TPS_SECONDS}s, archive_command = {mode}");
+            eprintln!("bench: pgbench {}s, archive_command = {mode}", tps_seconds());
             t.entry(mode).or_default().push(tps(&s));
         }
     }
@@ -123,52 +135,35 @@ fn main() {
     set_archive_command(&s, &bascule_cmd);
     let last = s.switch_wal();
     s.wait_on_both(&last, Duration::from_secs(300));
-    let lag = lags(&s.daemon_log());
+    let log = s.daemon_log();
+    let lag = lags(&log);
     assert!(!lag.is_empty(), "no archive lag in the daemon's log");
+    let sealed = log_values(&log, "WAL file sealed", "since_push_ms");
+    let object_ms = log_values(&log, "WAL file uploaded", "object_ms");
+    let record_ms = log_values(&log, "WAL file uploaded", "record_ms");
 
     // 2. base backup throughput, interleaved; later repetitions to a fresh tenant
-    let yaml = std::fs::read_to_string(s.path("agent.yaml")).unwrap();
     let (mut t_bascule, mut t_pipe) = (Vec::new(), Vec::new());
     let mut base_bytes = 0;
     for i in 0..REPS {
-        let cfg = if i == 0 {
-            s.path("agent.yaml")
-        } else {
-            let p = s.path(&format!("base-rep{i}.yaml"));
-            std::fs::write(
-                &p,
-                yaml.replace("tenant: mairie-exemple", &format!("tenant: rep-{i}")).replace("agent-state", &format!("rep{i}-state")),
-            )
-            .unwrap();
-            p
-        };
+        let cfg = if i == 0 { s.path("agent.yaml") } else { fresh_tenant_config(&s, &format!("base-rep-{i}")) };
         let (d, out) = timed(
             "bascule base backup",
             as_postgres(agent.to_str().unwrap()).args(["snapshot", "--job", "base", "--config"]).arg(&cfg).env("RUST_LOG", "info"),
         );
         base_bytes = bascule_tests::bench::field(&out, "source_bytes");
         t_bascule.push(d);
-        let pipeline = format!(
-            "set -o pipefail; {pgbb} -Ft -D - -X none --checkpoint=fast -d '{dsn}' | zstd -3 -T2 -q | age -r {r} | tee >(rclone rcat GA:{b}/baseline/base{i}.age) | rclone rcat GB:{b}/baseline/base{i}.age",
-            pgbb = s.pg.tool("pg_basebackup").display(),
-            dsn = s.pg.dsn("postgres"),
-            r = s.recipient,
-            b = s.a.bucket
-        );
-        let mut c = Command::new("bash");
-        c.arg("-c").arg(&pipeline);
-        rclone_env(&mut c, "GA", &s.a);
-        rclone_env(&mut c, "GB", &s.b);
-        t_pipe.push(timed("pg_basebackup | zstd | age | rclone rcat ×2", &mut c).0);
+        let source = format!("{} -Ft -D - -X none --checkpoint=fast -d '{}'", s.pg.tool("pg_basebackup").display(), s.pg.dsn("postgres"));
+        t_pipe.push(scripted_upload(&s, "pg_basebackup | zstd | age | rclone rcat ×2", &source, &format!("base{i}.age")));
     }
     let (t_base, t_base_pipe) = (median(t_bascule), median(t_pipe));
 
     // 3. PITR: both tools back up now, archive the same WAL, restore to its end
+    set_archive_command(&s, &format!("{bascule_cmd} && {pgbr_cmd}"));
     ok(&mut pgbr(&["backup", "--type=full", "--repo=1"]));
     let b = run(s.agent(&["snapshot", "--job", "base"]).env("RUST_LOG", "info"));
     assert!(b.status.success(), "{}", text(&b));
-    set_archive_command(&s, &format!("{bascule_cmd} && {pgbr_cmd}"));
-    eprintln!("bench: pgbench {TPS_SECONDS}s of WAL to replay");
+    eprintln!("bench: pgbench {}s of WAL to replay", tps_seconds());
     tps(&s);
     let last = s.switch_wal();
     s.wait_on_both(&last, Duration::from_secs(300));
@@ -230,9 +225,31 @@ fn main() {
     let t_pitr_pgbr = t0.elapsed();
     ok(&mut s.pg.cmd("pg_ctl", &["-D", target.to_str().unwrap(), "-m", "fast", "-w", "stop"]));
 
+    // 4. wal-push alone: what archive_command costs PostgreSQL per 16 MiB segment
+    let push_cfg = s.path("push-bench.yaml");
+    std::fs::write(
+        &push_cfg,
+        std::fs::read_to_string(s.path("agent.yaml"))
+            .unwrap()
+            .replace(&s.spool().display().to_string(), &s.path("push-bench-spool").display().to_string()),
+    )
+    .unwrap();
+    let src = s.path("push-src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut segment = vec![0u8; 16 << 20];
+    getrandom::getrandom(&mut segment).unwrap();
+    let mut pushes = Vec::new();
+    for i in 0..30u32 {
+        let f = src.join(format!("0000001000000000{i:08X}"));
+        std::fs::write(&f, &segment).unwrap();
+        let t0 = Instant::now();
+        ok(Command::new(&agent).args(["wal-push", "--config"]).arg(&push_cfg).arg(&f));
+        pushes.push(t0.elapsed().as_millis() as i64);
+    }
+
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
     let mb = |bytes: u64, d: Duration| bytes as f64 / d.as_secs_f64() / 1e6;
-    println!("\n## Continuous archiving benchmark (pgbench scale {scale}, {TPS_SECONDS}s runs, medians of {REPS})\n");
+    println!("\n## Continuous archiving benchmark (pgbench scale {scale}, {}s runs, medians of {REPS})\n", tps_seconds());
     println!("| measure | bascule | baseline | ratio | target |");
     println!("|---|---|---|---|---|");
     println!(
@@ -248,6 +265,17 @@ fn main() {
         lag.len(),
         percentile(&lag, 0.5),
         percentile(&lag, 0.99)
+    );
+    println!(
+        "| of which: sealed after p50 {} ms; one provider's PUT of the file p50 {} ms, of its record p50 {} ms | | | | |",
+        percentile(&sealed, 0.5),
+        percentile(&object_ms, 0.5),
+        percentile(&record_ms, 0.5)
+    );
+    println!(
+        "| `wal-push` of a 16 MiB segment (copy, fsync, rename; process start included) | p50 {} ms, p99 {} ms | | | milliseconds |",
+        percentile(&pushes, 0.5),
+        percentile(&pushes, 0.99)
     );
     println!(
         "| base backup ({} MB) throughput vs `pg_basebackup | zstd -T2 | age | rclone rcat` ×2 | {:.0} MB/s | {:.0} MB/s | {:.2}× | ≥ 1.0× |",
