@@ -14,7 +14,7 @@ use notify::Watcher;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::spool::{record_body, write_durably, Spool};
+use super::spool::{record_body, Spool};
 use crate::head::HeadUpdate;
 use crate::{metrics, Agent};
 
@@ -51,8 +51,9 @@ pub async fn ship(agent: Arc<Agent>, cancel: CancellationToken) -> anyhow::Resul
     }
     let rescan = wal.rescan_interval;
     let warn_at = wal.spool_warn_size.0;
+    let mut sequence = RecordSequence::load(&agent.config.state_dir)?;
     loop {
-        if let Err(e) = seal_pending(&agent, &spool, &sealed).await {
+        if let Err(e) = seal_pending(&agent, &spool, &sealed, &mut sequence).await {
             tracing::error!(error = format!("{e:#}"), "Cannot seal spooled WAL; retrying");
         }
         let (files, bytes) = spool.usage();
@@ -81,23 +82,42 @@ pub async fn ship(agent: Arc<Agent>, cancel: CancellationToken) -> anyhow::Resul
     Ok(())
 }
 
-/// Seals every pushed file, in order: sealed bytes and signed record written
-/// durably, then the pushed copy removed.
-async fn seal_pending(agent: &Arc<Agent>, spool: &Spool, sealed: &Notify) -> anyhow::Result<()> {
-    for name in spool.unsealed()? {
-        let (agent, spool2, n) = (agent.clone(), spool.clone(), name.clone());
-        tokio::task::spawn_blocking(move || seal_one(&agent, &spool2, &n)).await??;
+/// Seals every pushed file, in order: the CPU work (hashing, zstd, age,
+/// signing) of the next file overlaps the durable writes of the previous one;
+/// sealed bytes and signed record are written durably, then the pushed copy
+/// is removed.
+async fn seal_pending(agent: &Arc<Agent>, spool: &Spool, sealed: &Notify, sequence: &mut RecordSequence) -> anyhow::Result<()> {
+    let mut prepared = futures::stream::iter(spool.unsealed()?)
+        .map(|name| {
+            let (agent, spool) = (agent.clone(), spool.clone());
+            let seq = sequence.next();
+            tokio::task::spawn_blocking(move || prepare(&agent, &spool, &name, seq?))
+        })
+        .buffered(2);
+    while let Some(p) = prepared.next().await {
+        let Some(p) = p?? else { continue };
+        let spool = spool.clone();
+        tokio::task::spawn_blocking(move || commit(&spool, p)).await??;
         sealed.notify_waiters();
     }
     Ok(())
 }
 
-fn seal_one(agent: &Agent, spool: &Spool, name: &WalName) -> anyhow::Result<()> {
+/// A file sealed in memory, not yet written.
+struct Prepared {
+    name: String,
+    sealed: Vec<u8>,
+    record: Vec<u8>,
+    archived_at: chrono::DateTime<chrono::Utc>,
+    plain_len: usize,
+}
+
+fn prepare(agent: &Agent, spool: &Spool, name: &WalName, sequence: u64) -> anyhow::Result<Option<Prepared>> {
     let raw = spool.raw(&name.name);
     if spool.record(&name.name).exists() {
         // sealed before a crash that came before the removal
         std::fs::remove_file(&raw)?;
-        return Ok(());
+        return Ok(None);
     }
     let data = std::fs::read(&raw).with_context(|| raw.display().to_string())?;
     let archived_at: chrono::DateTime<chrono::Utc> = std::fs::metadata(&raw)?.modified().unwrap_or_else(|_| SystemTime::now()).into();
@@ -113,28 +133,66 @@ fn seal_one(agent: &Agent, spool: &Spool, name: &WalName) -> anyhow::Result<()> 
         plain_hash: hash_hex(&data),
         object,
         recipients: agent.config.recipients.iter().map(|r| r.to_string()).collect(),
-        sequence: next_record_sequence(agent)?,
+        sequence,
         archived_at,
         host: crate::hostname(),
     };
+    let record = signed::sign(Kind::Wal, &record, &agent.key);
+    Ok(Some(Prepared { name: name.name.clone(), sealed, record, archived_at, plain_len: data.len() }))
+}
+
+/// Both files fsynced, renamed into place, one fsync of the folder; then
+/// the pushed copy goes (should that removal be lost in a crash, the next
+/// pass sees the record and removes it again).
+fn commit(spool: &Spool, p: Prepared) -> anyhow::Result<()> {
     let tmp = spool.tmp();
-    write_durably(&tmp, &spool.sealed(&name.name), &sealed)?;
-    write_durably(&tmp, &spool.record(&name.name), &signed::sign(Kind::Wal, &record, &agent.key))?;
-    std::fs::remove_file(&raw)?;
-    let since = chrono::Utc::now() - archived_at;
-    tracing::debug!(wal = %name.name, bytes = data.len(), sealed = sealed.len(), since_push_ms = since.num_milliseconds(), "WAL file sealed");
+    let (t_sealed, t_record) = (tmp.join(format!("{}.sealed", p.name)), tmp.join(format!("{}.rec", p.name)));
+    for (path, bytes) in [(&t_sealed, &p.sealed), (&t_record, &p.record)] {
+        let mut f = std::fs::File::create(path).with_context(|| path.display().to_string())?;
+        std::io::Write::write_all(&mut f, bytes).with_context(|| path.display().to_string())?;
+        f.sync_all()?;
+    }
+    // the record last: its presence means "sealed"
+    std::fs::rename(&t_sealed, spool.sealed(&p.name))?;
+    std::fs::rename(&t_record, spool.record(&p.name))?;
+    std::fs::File::open(spool.dir.join(".sealed"))?.sync_all()?;
+    std::fs::remove_file(spool.raw(&p.name))?;
+    let since = chrono::Utc::now() - p.archived_at;
+    tracing::debug!(wal = %p.name, bytes = p.plain_len, sealed = p.sealed.len(), since_push_ms = since.num_milliseconds(), "WAL file sealed");
     Ok(())
 }
 
-fn next_record_sequence(agent: &Agent) -> anyhow::Result<u64> {
-    let path = agent.config.state_dir.join("wal.sequence");
-    let last: u64 = match std::fs::read_to_string(&path) {
-        Ok(s) => s.trim().parse().with_context(|| format!("{} is corrupt", path.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(e) => return Err(e).context(path.display().to_string()),
-    };
-    bascule_core::config::write_atomic(&path, format!("{}\n", last + 1).as_bytes())?;
-    Ok(last + 1)
+/// Record sequence numbers: only grow, across restarts and crashes. Numbers
+/// are reserved in blocks (one durable write per block); after a restart the
+/// next block starts above anything handed out before.
+struct RecordSequence {
+    path: std::path::PathBuf,
+    next: u64,
+    reserved: u64,
+}
+
+const SEQUENCE_BLOCK: u64 = 1024;
+
+impl RecordSequence {
+    fn load(state_dir: &std::path::Path) -> anyhow::Result<Self> {
+        let path = state_dir.join("wal.sequence");
+        let reserved: u64 = match std::fs::read_to_string(&path) {
+            Ok(s) => s.trim().parse().with_context(|| format!("{} is corrupt", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e).context(path.display().to_string()),
+        };
+        Ok(RecordSequence { path, next: reserved + 1, reserved })
+    }
+
+    fn next(&mut self) -> anyhow::Result<u64> {
+        if self.next > self.reserved {
+            let until = self.next + SEQUENCE_BLOCK - 1;
+            bascule_core::config::write_atomic(&self.path, format!("{until}\n").as_bytes())?;
+            self.reserved = until;
+        }
+        self.next += 1;
+        Ok(self.next - 1)
+    }
 }
 
 /// One provider: uploads, in order, every sealed file it lacks; on failure
@@ -238,5 +296,26 @@ async fn upload_loop(agent: Arc<Agent>, spool: Spool, i: usize, sealed: Arc<Noti
                 _ = cancel.cancelled() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_sequence_only_grows_across_restarts() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = RecordSequence::load(d.path()).unwrap();
+        let first: Vec<u64> = (0..3).map(|_| s.next().unwrap()).collect();
+        assert_eq!(first, [1, 2, 3]);
+        // a restart (or crash) skips the rest of the reserved block
+        let mut s = RecordSequence::load(d.path()).unwrap();
+        let n = s.next().unwrap();
+        assert!(n > 3, "{n}");
+        let all: Vec<u64> = (0..2 * SEQUENCE_BLOCK).map(|_| s.next().unwrap()).collect();
+        assert!(all.windows(2).all(|w| w[1] == w[0] + 1));
+        let mut s2 = RecordSequence::load(d.path()).unwrap();
+        assert!(s2.next().unwrap() > *all.last().unwrap());
     }
 }
