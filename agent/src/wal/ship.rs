@@ -110,6 +110,8 @@ struct Prepared {
     record: Vec<u8>,
     archived_at: chrono::DateTime<chrono::Utc>,
     plain_len: usize,
+    /// Time spent reading, hashing, compressing, encrypting and signing.
+    prepare: std::time::Duration,
 }
 
 fn prepare(agent: &Agent, spool: &Spool, name: &WalName, sequence: u64) -> anyhow::Result<Option<Prepared>> {
@@ -119,6 +121,7 @@ fn prepare(agent: &Agent, spool: &Spool, name: &WalName, sequence: u64) -> anyho
         std::fs::remove_file(&raw)?;
         return Ok(None);
     }
+    let t0 = std::time::Instant::now();
     let data = std::fs::read(&raw).with_context(|| raw.display().to_string())?;
     let archived_at: chrono::DateTime<chrono::Utc> = std::fs::metadata(&raw)?.modified().unwrap_or_else(|_| SystemTime::now()).into();
     let sealed = seal::seal(&data, &agent.config.recipients)?;
@@ -138,13 +141,14 @@ fn prepare(agent: &Agent, spool: &Spool, name: &WalName, sequence: u64) -> anyho
         host: crate::hostname(),
     };
     let record = signed::sign(Kind::Wal, &record, &agent.key);
-    Ok(Some(Prepared { name: name.name.clone(), sealed, record, archived_at, plain_len: data.len() }))
+    Ok(Some(Prepared { name: name.name.clone(), sealed, record, archived_at, plain_len: data.len(), prepare: t0.elapsed() }))
 }
 
 /// Both files fsynced, renamed into place, one fsync of the folder; then
 /// the pushed copy goes (should that removal be lost in a crash, the next
 /// pass sees the record and removes it again).
 fn commit(spool: &Spool, p: Prepared) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
     let tmp = spool.tmp();
     let (t_sealed, t_record) = (tmp.join(format!("{}.sealed", p.name)), tmp.join(format!("{}.rec", p.name)));
     for (path, bytes) in [(&t_sealed, &p.sealed), (&t_record, &p.record)] {
@@ -158,7 +162,15 @@ fn commit(spool: &Spool, p: Prepared) -> anyhow::Result<()> {
     std::fs::File::open(spool.dir.join(".sealed"))?.sync_all()?;
     std::fs::remove_file(spool.raw(&p.name))?;
     let since = chrono::Utc::now() - p.archived_at;
-    tracing::debug!(wal = %p.name, bytes = p.plain_len, sealed = p.sealed.len(), since_push_ms = since.num_milliseconds(), "WAL file sealed");
+    tracing::debug!(
+        wal = %p.name,
+        bytes = p.plain_len,
+        sealed = p.sealed.len(),
+        prepare_ms = p.prepare.as_millis() as u64,
+        write_ms = t0.elapsed().as_millis() as u64,
+        since_push_ms = since.num_milliseconds(),
+        "WAL file sealed"
+    );
     Ok(())
 }
 
