@@ -130,7 +130,7 @@ impl FromStr for Schedule {
     fn from_str(s: &str) -> Result<Self, String> {
         let fields = s.split_whitespace().count();
         let full = match fields {
-            5 | 6 | 7 => {
+            5..=7 => {
                 let mut f: Vec<String> = s.split_whitespace().map(str::to_string).collect();
                 if fields == 5 {
                     f.insert(0, "0".into());
