@@ -33,7 +33,9 @@ impl PgCluster {
         Self::start_with("")
     }
 
-    /// Starts a cluster with `conf` appended to its postgresql.conf.
+    /// Starts a cluster with `conf` appended to its postgresql.conf. Tests
+    /// run without fsync; set `BASCULE_TEST_PG_DURABLE=1` for a server that
+    /// syncs like a production one (the benchmarks do).
     pub fn start_with(conf: &str) -> PgCluster {
         let bindir = pg_bindir();
         let dir = shared_tempdir();
@@ -51,10 +53,12 @@ impl PgCluster {
             text.push_str(conf);
             std::fs::write(data.join("postgresql.conf"), text).unwrap();
         }
+        let durable = std::env::var_os("BASCULE_TEST_PG_DURABLE").is_some_and(|v| v == "1");
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1{}",
             c.port,
-            c.dir.path().display()
+            c.dir.path().display(),
+            if durable { "" } else { " -c fsync=off -c synchronous_commit=off -c full_page_writes=off" }
         );
         let log = c.dir.path().join("server.log");
         let o =

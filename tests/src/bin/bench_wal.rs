@@ -8,6 +8,7 @@
 //! and p99; base backup throughput vs `pg_basebackup | zstd -T2 | age | rclone
 //! rcat` to the same two buckets; point-in-time restore time vs pgBackRest's
 //! restore of a backup taken at the same moment, replaying the same WAL.
+//! PostgreSQL runs with fsync, synchronous commit and full-page writes on.
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use bascule_tests::bench::{fresh_tenant_config, median, scripted_upload, timed};
 use bascule_tests::{bin, ok, run, text, wait_until, Scenario};
 
-const REPS: usize = 2;
+const REPS: usize = 3;
 
 fn as_postgres(prog: &str) -> Command {
     if bascule_tests::is_root() {
@@ -79,6 +80,9 @@ fn log_values(log: &str, what: &str, key: &str) -> Vec<i64> {
 
 fn main() {
     let scale: u32 = std::env::args().nth(1).map(|a| a.parse().expect("scale")).unwrap_or(50);
+    // a server that syncs like a production one: with fsync off, gigabytes of
+    // dirty pages make every other fsync on the machine (wal-push's) wait
+    std::env::set_var("BASCULE_TEST_PG_DURABLE", "1");
     let s = Scenario::start_archiving(100_000);
     eprintln!("bench: pgbench scale {scale}");
     s.pgbench_init(scale);
