@@ -461,16 +461,13 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
     let params = agent.config.chunking;
     let mut stdout = running.take_stdout();
-    let chunker = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        let mut whole = blake3::Hasher::new();
+    let chunker = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         for c in params.chunks(stdout.take().expect("stdout")) {
-            let data = c?;
-            whole.update(&data);
-            if tx.blocking_send(data).is_err() {
+            if tx.blocking_send(c?).is_err() {
                 break;
             }
         }
-        Ok(whole.finalize().to_hex().to_string())
+        Ok(())
     });
 
     // Stage two: known or new (copying a known pack a provider lacks), in
@@ -485,8 +482,11 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
                 let key = agent.key.clone();
                 async move {
                     // hashing runs here, in parallel, rather than in the chunker thread
-                    let raw = tokio::task::spawn_blocking(move || RawChunk { id: key.chunk_id(&data), plain_hash: hash_hex(&data), data })
-                        .await?;
+                    let raw = tokio::task::spawn_blocking(move || {
+                        let h = blake3::hash(&data);
+                        RawChunk { id: key.chunk_id(&h), plain_hash: h.to_hex().to_string(), data }
+                    })
+                    .await?;
                     run.place(raw).await
                 }
             })
@@ -549,18 +549,19 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
         bail!("job {}: cancelled, nothing committed (a re-run reuses the packs already sent)", job.name);
     }
     let facts = facts.with_context(|| format!("job {}: the source failed, nothing committed", job.name))?;
-    let stream_hash = chunked.with_context(|| format!("job {}: reading the source", job.name))?;
+    chunked.with_context(|| format!("job {}: reading the source", job.name))?;
     progress.phase(&format!("job {}: export read, committing", job.name));
 
     // Index (sealed) → manifest (signed) → HEAD (signed), on every provider still up.
     let name = layout::new_snapshot_name(started_at);
-    let chunks = entries
+    let chunks: Vec<IndexEntry> = entries
         .into_iter()
         .map(|(blob, len, hash)| {
             let b = &packer.blobs[blob as usize];
             IndexEntry { pack: b.object, at: b.at, seg: b.len, offset: b.offset, len, hash }
         })
         .collect();
+    let stream_hash = bascule_core::manifest::chain_hash(chunks.iter().map(|c| c.hash.as_str()));
     let index = Index { format: FORMAT, chunks, stream_hash, row_counts: facts.row_counts, source: facts.source };
     let index_json = serde_json::to_vec(&index)?;
     let recipients = agent.config.recipients.clone();

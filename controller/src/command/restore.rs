@@ -148,9 +148,14 @@ pub async fn stream_chunks(
     concurrency: usize,
     mut sink: impl FnMut(Vec<u8>) -> futures::future::BoxFuture<'static, anyhow::Result<()>>,
 ) -> anyhow::Result<BTreeMap<String, u64>> {
-    let mut whole = blake3::Hasher::new();
     let mut served: BTreeMap<String, u64> = BTreeMap::new();
     let reads = plan_reads(&index);
+    // the positions each read emits, in order: together they must be every
+    // chunk of the index exactly once, in stream order
+    let emitted: Vec<Vec<usize>> = reads.iter().map(|r| r.segments.iter().flat_map(|s| s.parts.iter().map(|p| p.0)).collect()).collect();
+    let mut emitted = emitted.into_iter();
+    let mut next_pos = 0usize;
+    let mut chained: Vec<&str> = Vec::with_capacity(index.chunks.len());
     let mut fetched = futures::stream::iter(reads.into_iter().enumerate())
         .map(|(i, read)| {
             let (ids, m, index, replicated) = (ids.clone(), m.clone(), index.clone(), replicated.clone());
@@ -171,11 +176,17 @@ pub async fn stream_chunks(
     while let Some(item) = fetched.next().await {
         let (plain, provider, clen) = item??;
         *served.entry(provider.clone()).or_default() += clen;
-        whole.update(&plain);
+        for pos in emitted.next().unwrap_or_default() {
+            if pos != next_pos {
+                bail!("internal error: chunk {pos} emitted where chunk {next_pos} belongs");
+            }
+            chained.push(&index.chunks[pos].hash);
+            next_pos += 1;
+        }
         sink(plain).await?;
     }
-    let h = whole.finalize().to_hex().to_string();
-    if h != index.stream_hash {
+    let h = bascule_core::manifest::chain_hash(chained);
+    if next_pos != index.chunks.len() || h != index.stream_hash {
         bail!("reassembled stream hash {h} differs from the index's {}", index.stream_hash);
     }
     Ok(served)
