@@ -103,6 +103,11 @@ enum Command {
         #[arg(long)]
         stop: bool,
     },
+    /// Failover drills and restore tests from YAML runbooks.
+    Drill {
+        #[command(subcommand)]
+        command: DrillCommand,
+    },
     /// PostgreSQL's restore_command during `restore --pitr` (set up by it).
     #[command(hide = true)]
     WalFetch {
@@ -111,6 +116,25 @@ enum Command {
         name: String,
         dest: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum DrillCommand {
+    /// Validate a runbook completely and print its resolved plan, without
+    /// running anything. Secrets are shown by name only.
+    Plan {
+        /// The runbook (see runbooks/).
+        file: PathBuf,
+        /// Which steps to show: those of a drill or of a real failover.
+        #[arg(long, value_enum, default_value = "drill")]
+        mode: ModeArg,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ModeArg {
+    Drill,
+    Failover,
 }
 
 /// Whether this process runs as root.
@@ -154,6 +178,15 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
             let s = wal::scan(&t, false, cfg.restore.concurrency).await;
             print!("{}", wal::render(&tenant, &s));
             Ok(if s.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Drill { command: DrillCommand::Plan { file, mode } } => {
+            let loaded = bascule_controller::runbook::load(&file)?;
+            let mode = match mode {
+                ModeArg::Drill => bascule_controller::runbook::Mode::Drill,
+                ModeArg::Failover => bascule_controller::runbook::Mode::Failover,
+            };
+            print!("{}", bascule_controller::runbook::plan::render(&loaded, mode));
+            Ok(ExitCode::SUCCESS)
         }
         Command::WalFetch { socket, name, dest } => Ok(ExitCode::from(pitr::fetch_client(&socket, &name, &dest).await)),
         Command::Restore { config, tenant, identity, pitr: true, at, lsn, pgdata, port, os_user, db_user, stop, .. } => {

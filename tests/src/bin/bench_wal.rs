@@ -140,6 +140,11 @@ fn main() {
     let last = s.switch_wal();
     s.wait_on_both(&last, Duration::from_secs(300));
     let log = s.daemon_log();
+    // kept for a look at the lag's tail
+    let kept = std::env::temp_dir().join("bascule-bench-wal-daemon.log");
+    if std::fs::write(&kept, &log).is_ok() {
+        eprintln!("bench: the daemon's log is in {}", kept.display());
+    }
     let lag = lags(&log);
     assert!(!lag.is_empty(), "no archive lag in the daemon's log");
     let sealed = log_values(&log, "WAL file sealed", "since_push_ms");
