@@ -5,5 +5,6 @@
 
 pub mod command;
 pub mod config;
+pub mod drill;
 pub mod runbook;
 pub mod tenant;

@@ -1,0 +1,2 @@
+//! Drills: running runbooks, their state, audit and reports.
+pub mod store;
