@@ -126,6 +126,55 @@ impl Store {
         Ok(Ok(n))
     }
 
+    /// A new drill; returns its id.
+    pub fn create_drill(&mut self, l: &crate::runbook::Loaded, mode: &str, started_by: &str, host: &str) -> anyhow::Result<i64> {
+        self.conn.execute(
+            "INSERT INTO drills (runbook, runbook_file, runbook_hash, mode, started_by, host, started_at, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'running')",
+            params![l.runbook.name, l.file.display().to_string(), l.hash, mode, started_by, host, chrono::Utc::now().to_rfc3339()],
+        )?;
+        let id = self.conn.last_insert_rowid();
+        self.audit(
+            Some(id),
+            started_by,
+            "drill-started",
+            &format!("runbook {} ({}, sha {}) mode {mode} on {host}", l.runbook.name, l.file.display(), l.hash),
+        )?;
+        Ok(id)
+    }
+
+    pub fn record_attempt(
+        &mut self,
+        drill: i64,
+        step: &str,
+        attempt: u32,
+        started: chrono::DateTime<chrono::Utc>,
+        ok: bool,
+        output: &str,
+    ) -> anyhow::Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO attempts (drill, step, attempt, started_at, finished_at, outcome, output) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![drill, step, attempt, started.to_rfc3339(), chrono::Utc::now().to_rfc3339(), if ok { "passed" } else { "failed" }, output],
+        )?;
+        Ok(())
+    }
+
+    pub fn finish_drill(&mut self, drill: i64, actor: &str, passed: bool, rto: Option<std::time::Duration>) -> anyhow::Result<()> {
+        let status = if passed { "passed" } else { "failed" };
+        self.conn.execute(
+            "UPDATE drills SET finished_at = ?2, status = ?3, rto_ms = ?4 WHERE id = ?1",
+            params![drill, chrono::Utc::now().to_rfc3339(), status, rto.map(|d| d.as_millis() as i64)],
+        )?;
+        self.audit(Some(drill), actor, "drill-finished", status)?;
+        Ok(())
+    }
+
+    /// Attempts of a step, in order: (attempt, outcome).
+    pub fn attempts(&self, drill: i64, step: &str) -> anyhow::Result<Vec<(u32, String)>> {
+        let mut st = self.conn.prepare("SELECT attempt, outcome FROM attempts WHERE drill = ?1 AND step = ?2 ORDER BY attempt")?;
+        let rows = st.query_map(params![drill, step], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Raw access, for tests that tamper with the file as an attacker would.
     pub fn connection(&self) -> &Connection {
         &self.conn
