@@ -10,6 +10,9 @@ use serde::Deserialize;
 pub struct ControllerConfig {
     /// Local state: the highest HEAD sequence seen per tenant (rollback guard).
     pub state_dir: PathBuf,
+    /// The controller's signing key for drill reports (created, mode 0600,
+    /// on first use; default `<state_dir>/report-signing.key`).
+    pub report_key: Option<PathBuf>,
     /// The two providers the agents write to.
     pub providers: Vec<ProviderConfig>,
     #[serde(default)]
@@ -64,6 +67,24 @@ fn default_concurrency() -> usize {
 }
 
 impl ControllerConfig {
+    /// The report signing key; created on first use.
+    pub fn report_key(&self) -> anyhow::Result<bascule_core::keys::AgentKey> {
+        use anyhow::Context;
+        let path = self.report_key.clone().unwrap_or_else(|| self.state_dir.join("report-signing.key"));
+        if !path.exists() {
+            std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).with_context(|| path.display().to_string())?;
+            let k = bascule_core::keys::AgentKey::generate();
+            k.write_new(&path)?;
+            tracing::info!(path = %path.display(), verify_key = %k.verify_key(), "Created the report signing key");
+        }
+        Ok(bascule_core::keys::AgentKey::load(&path)?)
+    }
+
+    /// The drill store.
+    pub fn drill_store(&self) -> PathBuf {
+        self.state_dir.join("drills.sqlite")
+    }
+
     pub fn load(path: &Path) -> bascule_core::Result<Self> {
         let cfg: ControllerConfig = bascule_core::config::load_yaml(path)?;
         let bad = |message: String| bascule_core::Error::ConfigValue { file: path.into(), message };
@@ -73,6 +94,9 @@ impl ControllerConfig {
         }
         for t in &cfg.tenants {
             bascule_core::config::check_name("tenant", &t.name).map_err(bad)?;
+            if t.name == "reports" {
+                return Err(bad("tenant \"reports\": the name is taken by the controller's signed reports".into()));
+            }
             if t.verify_keys.is_empty() {
                 return Err(bad(format!("tenant {}: verify_keys is empty", t.name)));
             }

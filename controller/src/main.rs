@@ -4,9 +4,15 @@ use std::process::ExitCode;
 use anyhow::Context;
 use bascule_controller::command::{pitr, restore, snapshots, verify, wal};
 use bascule_controller::config::ControllerConfig;
+use bascule_controller::drill::store::Store;
+use bascule_controller::drill::{engine, report};
+use bascule_controller::is_root;
+use bascule_controller::runbook::{self, Loaded, Mode};
 use bascule_controller::tenant::Tenant;
 use bascule_core::keys::Identities;
 use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
 
 /// bascule-controller: verify tenants' encrypted backups on both providers
 /// (no key needed) and restore them with the identity a customer hands over.
@@ -128,16 +134,72 @@ enum DrillCommand {
         /// Which steps to show: those of a drill or of a real failover.
         #[arg(long, value_enum, default_value = "drill")]
         mode: ModeArg,
+        /// Set a runbook variable: NAME=VALUE (repeatable).
+        #[arg(long = "var", value_name = "NAME=VALUE")]
+        vars: Vec<String>,
     },
-    /// Run a runbook: every step recorded (with each attempt) in the drill
-    /// store under the controller's state_dir, and in its audit log.
+    /// Run a runbook. Every step is recorded (with each attempt) in the drill
+    /// store under the controller's state_dir, and in its audit log; the
+    /// report is printed, kept, signed and stored on both providers.
+    /// Exit status 0 only when the verdict is PASS.
     Run {
         /// The controller's configuration file (its state_dir holds drills.sqlite).
         #[arg(long, short)]
         config: PathBuf,
+        /// The runbook (see runbooks/).
         file: PathBuf,
+        /// `drill` runs the steps of a drill, `failover` those of a real failover.
         #[arg(long, value_enum, default_value = "drill")]
         mode: ModeArg,
+        /// Set a runbook variable: NAME=VALUE (repeatable; the name must be
+        /// under the runbook's `variables:`).
+        #[arg(long = "var", value_name = "NAME=VALUE")]
+        vars: Vec<String>,
+    },
+    /// Continue a drill whose controller stopped (killed, crashed, rebooted):
+    /// steps that ended are not run again, an interrupted one runs again.
+    Resume {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The drill's number (`drill list`).
+        id: i64,
+    },
+    /// Stop an unfinished drill for good: run its rollback (`on_failure`)
+    /// steps that have not run, and record it as aborted.
+    Abort {
+        #[arg(long, short)]
+        config: PathBuf,
+        id: i64,
+    },
+    /// Answer a drill's approval step (from any terminal that reaches the
+    /// drill store); the answer and who gave it go to the audit log.
+    Approve {
+        #[arg(long, short)]
+        config: PathBuf,
+        id: i64,
+        /// The approval step's id.
+        step: String,
+        /// Say no: the step fails.
+        #[arg(long)]
+        reject: bool,
+    },
+    /// The drills in the store, newest first; unfinished ones whose
+    /// controller is gone show as `interrupted`.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// A drill's report: the verdict, RTO and RPO against their targets,
+    /// every step; HTML is one self-contained page with a timeline.
+    Report {
+        #[arg(long, short)]
+        config: PathBuf,
+        id: i64,
+        #[arg(long, value_enum, default_value = "md")]
+        format: ReportFormat,
+        /// Write it to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
     /// Check the audit log's hash chain.
     Audit {
@@ -150,19 +212,241 @@ enum DrillCommand {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    Json,
+    Md,
+    Html,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum ModeArg {
     Drill,
     Failover,
+}
+
+impl ModeArg {
+    fn mode(self) -> Mode {
+        match self {
+            ModeArg::Drill => Mode::Drill,
+            ModeArg::Failover => Mode::Failover,
+        }
+    }
 }
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
 }
 
-/// Whether this process runs as root.
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+fn actor() -> String {
+    format!("{}@{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()), hostname())
+}
+
+/// `NAME=VALUE` pairs, each naming one of the runbook's variables.
+fn parse_vars(l: &Loaded, vars: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    vars.iter()
+        .map(|v| {
+            let (k, val) = v.split_once('=').with_context(|| format!("--var {v:?}: expected NAME=VALUE"))?;
+            if !l.runbook.variables.contains_key(k) {
+                let known: Vec<&str> = l.runbook.variables.keys().map(String::as_str).collect();
+                anyhow::bail!("--var {k}: {} has no such variable (it has: {})", l.file.display(), known.join(", "));
+            }
+            Ok((k.to_string(), val.to_string()))
+        })
+        .collect()
+}
+
+/// Held while a drill runs, so that no second controller resumes it.
+fn lock_drill(cfg: &ControllerConfig, id: i64) -> anyhow::Result<std::fs::File> {
+    let path = cfg.state_dir.join(format!("drill-{id}.lock"));
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| path.display().to_string())?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!("drill {id} is running in another controller process"),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| path.display().to_string()),
+    }
+}
+
+/// Whether a controller process holds the drill's lock.
+fn drill_is_running(cfg: &ControllerConfig, id: i64) -> bool {
+    lock_drill(cfg, id).is_err()
+}
+
+fn open_store(cfg: &ControllerConfig) -> anyhow::Result<Store> {
+    Store::open(&cfg.drill_store())
+}
+
+async fn drill_command(command: DrillCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DrillCommand::Plan { file, mode, vars } => {
+            let mut loaded = runbook::load(&file)?;
+            let vars = parse_vars(&loaded, &vars)?;
+            loaded.runbook.variables.extend(vars);
+            print!("{}", runbook::plan::render(&loaded, mode.mode()));
+            Ok(ExitCode::SUCCESS)
+        }
+        DrillCommand::Run { config, file, mode, vars } => {
+            let cfg = ControllerConfig::load(&config)?;
+            let loaded = Arc::new(runbook::load(&file)?);
+            let vars = parse_vars(&loaded, &vars)?;
+            let mode_name = match mode {
+                ModeArg::Drill => "drill",
+                ModeArg::Failover => "failover",
+            };
+            // the report key exists before anything runs
+            cfg.report_key()?;
+            let mut store = open_store(&cfg)?;
+            let actor = actor();
+            let id = store.create_drill(&loaded, mode_name, &actor, &hostname())?;
+            for (k, v) in &vars {
+                store.set_variable(id, k, v)?;
+            }
+            eprintln!("drill {id}: {} ({mode_name}), runbook {}", loaded.runbook.name, file.display());
+            let lock = lock_drill(&cfg, id)?;
+            execute(cfg, config, loaded, mode.mode(), id, store, actor, false, lock).await
+        }
+        DrillCommand::Resume { config, id } => continue_drill(config, id, false).await,
+        DrillCommand::Abort { config, id } => continue_drill(config, id, true).await,
+        DrillCommand::Approve { config, id, step, reject } => {
+            let cfg = ControllerConfig::load(&config)?;
+            let mut store = open_store(&cfg)?;
+            let d = store.drill(id)?;
+            if d.finished() {
+                anyhow::bail!("drill {id} is over ({})", d.status);
+            }
+            let l = runbook::load(std::path::Path::new(&d.runbook_file))?;
+            if !l.steps().iter().any(|(_, s)| s.id == step && s.approval.is_some()) {
+                anyhow::bail!("drill {id}: {} has no approval step {step:?}", d.runbook_file);
+            }
+            if store.answer(id, &step, !reject, &actor())? {
+                println!("drill {id}, step {step}: {}", if reject { "rejected" } else { "approved" });
+                Ok(ExitCode::SUCCESS)
+            } else {
+                let (approved, who) = store.approval(id, &step)?.expect("answered");
+                anyhow::bail!("drill {id}, step {step}: already {} by {who}", if approved { "approved" } else { "rejected" })
+            }
+        }
+        DrillCommand::List { config } => {
+            let cfg = ControllerConfig::load(&config)?;
+            let store = open_store(&cfg)?;
+            println!("{:>5}  {:<20} {:<8} {:<20} {:<13} {:>10} {:>10}", "id", "runbook", "mode", "started", "status", "RTO", "RPO");
+            for d in store.drills()? {
+                let status = if !d.finished() && !drill_is_running(&cfg, d.id) { "interrupted".to_string() } else { d.status.clone() };
+                let f = |v: Option<std::time::Duration>| v.map(|v| format!("{:.1}s", v.as_secs_f64())).unwrap_or("-".into());
+                println!(
+                    "{:>5}  {:<20} {:<8} {:<20} {:<13} {:>10} {:>10}",
+                    d.id,
+                    d.runbook,
+                    d.mode,
+                    d.started_at.format("%Y-%m-%d %H:%M:%S"),
+                    status,
+                    f(d.measures.rto),
+                    f(d.measures.rpo)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DrillCommand::Report { config, id, format, output } => {
+            let cfg = ControllerConfig::load(&config)?;
+            let store = open_store(&cfg)?;
+            let r = report::build(&store, id)?;
+            let text = match format {
+                ReportFormat::Json => serde_json::to_string_pretty(&r)? + "\n",
+                ReportFormat::Md => report::markdown(&r),
+                ReportFormat::Html => report::html(&r),
+            };
+            match output {
+                Some(p) => std::fs::write(&p, text).with_context(|| p.display().to_string())?,
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DrillCommand::Audit { config, verify: _ } => {
+            let cfg = ControllerConfig::load(&config)?;
+            match open_store(&cfg)?.verify_audit()? {
+                Ok(n) => {
+                    println!("audit log: {n} row(s), chain intact");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    println!("AUDIT LOG BROKEN: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}
+
+/// `drill resume` and `drill abort`.
+async fn continue_drill(config: PathBuf, id: i64, abort: bool) -> anyhow::Result<ExitCode> {
+    let cfg = ControllerConfig::load(&config)?;
+    let store = open_store(&cfg)?;
+    let d = store.drill(id)?;
+    if d.finished() {
+        anyhow::bail!("drill {id} is over ({}); see `drill report {id}`", d.status);
+    }
+    let lock = lock_drill(&cfg, id)?;
+    let file = PathBuf::from(&d.runbook_file);
+    let loaded = Arc::new(runbook::load(&file)?);
+    if loaded.hash != d.runbook_hash {
+        anyhow::bail!(
+            "{} changed since drill {id} started (sha {} then, {} now): resume needs the runbook it started with",
+            file.display(),
+            &d.runbook_hash[..16],
+            &loaded.hash[..16]
+        );
+    }
+    let mode = if d.mode == "failover" { Mode::Failover } else { Mode::Drill };
+    let actor = actor();
+    let mut store = store;
+    store.audit(Some(id), &actor, if abort { "drill-abort" } else { "drill-resume" }, &format!("was {}", d.status))?;
+    let done = store.steps(id)?.len();
+    eprintln!("drill {id}: {} {} ({} step(s) had ended)", if abort { "aborting" } else { "resuming" }, d.runbook, done);
+    execute(cfg, config, loaded, mode, id, store, actor, abort, lock).await
+}
+
+/// Runs (or continues) drill `id`, then prints, keeps and publishes its report.
+#[allow(clippy::too_many_arguments)]
+async fn execute(
+    cfg: ControllerConfig,
+    config: PathBuf,
+    loaded: Arc<Loaded>,
+    mode: Mode,
+    id: i64,
+    store: Store,
+    actor: String,
+    abort: bool,
+    _lock: std::fs::File,
+) -> anyhow::Result<ExitCode> {
+    let key = cfg.report_key()?;
+    let reports_dir = cfg.state_dir.join("reports");
+    let store = Arc::new(Mutex::new(store));
+    let mut drill = engine::Drill::new(loaded, mode, id, store.clone(), actor, Some((cfg, config.clone())))?;
+    drill.interactive = std::io::stdin().is_terminal();
+    let drill = Arc::new(drill);
+    let progress = engine::show_progress(drill.clone());
+    let ending = engine::run(&drill, abort).await;
+    progress.abort();
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[2K");
+    }
+    ending?;
+    let r = report::build(&store.lock().expect("lock"), id)?;
+    for s in &r.steps {
+        println!("{:<12} {:<26} {:<16} {:>9.1}s  {} attempt(s)  {}", s.stage, s.id, s.kind, s.duration_seconds, s.attempts, s.outcome);
+    }
+    std::fs::create_dir_all(&reports_dir).with_context(|| reports_dir.display().to_string())?;
+    let local = reports_dir.join(format!("drill-{id}.json"));
+    std::fs::write(&local, serde_json::to_vec_pretty(&r)?).with_context(|| local.display().to_string())?;
+    let (cfg, _) = drill.controller.as_ref().expect("set above");
+    for (provider, res) in report::publish(&r, cfg, &config, &key).await {
+        match res {
+            Ok(k) => eprintln!("signed report stored on {provider}: {k}"),
+            Err(e) => eprintln!("WARNING: the signed report could not be stored on {provider}: {e}"),
+        }
+    }
+    println!("{}", r.summary());
+    println!("report: bascule-controller drill report --config {} {id} --format html --output drill-{id}.html", config.display());
+    Ok(if r.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// The recovery time objective bascule is held to (DESIGN: 4 hours).
@@ -201,71 +485,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", wal::render(&tenant, &s));
             Ok(if s.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Drill { command: DrillCommand::Run { config, file, mode } } => {
-            let cfg = ControllerConfig::load(&config)?;
-            let loaded = std::sync::Arc::new(bascule_controller::runbook::load(&file)?);
-            let missing = bascule_controller::drill::engine::unsupported(&loaded);
-            if !missing.is_empty() {
-                anyhow::bail!(
-                    "{}: these steps' kinds cannot run yet (only shell, sql, http and sleep do): {}",
-                    file.display(),
-                    missing.join(", ")
-                );
-            }
-            let (mode, mode_name) = match mode {
-                ModeArg::Drill => (bascule_controller::runbook::Mode::Drill, "drill"),
-                ModeArg::Failover => (bascule_controller::runbook::Mode::Failover, "failover"),
-            };
-            let mut store = bascule_controller::drill::store::Store::open(&cfg.state_dir.join("drills.sqlite"))?;
-            let actor = format!("{}@{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()), hostname());
-            let id = store.create_drill(&loaded, mode_name, &actor, &hostname())?;
-            let store = std::sync::Arc::new(std::sync::Mutex::new(store));
-            let r = bascule_controller::drill::engine::run(loaded.clone(), mode, id, store.clone(), &actor).await?;
-            store.lock().expect("lock").finish_drill(id, &actor, r.passed, r.rto)?;
-            for st in r.steps.iter().chain(&r.rollback) {
-                println!(
-                    "{:<10} {:<24} {:<10} {:>8.1}s  {} attempt(s)  {}",
-                    st.stage,
-                    st.id,
-                    st.kind,
-                    st.elapsed.as_secs_f64(),
-                    st.attempts,
-                    st.outcome.as_str()
-                );
-            }
-            let target = loaded.runbook.targets.rto;
-            println!(
-                "drill {id} {}: RTO {} against the {} target; took {:.1}s",
-                if r.passed { "PASS" } else { "FAIL" },
-                r.rto.map(|d| format!("{:.1}s", d.as_secs_f64())).unwrap_or("not measured".into()),
-                humantime_serde::re::humantime::format_duration(target),
-                r.total.as_secs_f64()
-            );
-            Ok(if r.passed && r.rto.is_none_or(|d| d <= target) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-        }
-        Command::Drill { command: DrillCommand::Audit { config, verify: _ } } => {
-            let cfg = ControllerConfig::load(&config)?;
-            let store = bascule_controller::drill::store::Store::open(&cfg.state_dir.join("drills.sqlite"))?;
-            match store.verify_audit()? {
-                Ok(n) => {
-                    println!("audit log: {n} row(s), chain intact");
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    println!("AUDIT LOG BROKEN: {e}");
-                    Ok(ExitCode::FAILURE)
-                }
-            }
-        }
-        Command::Drill { command: DrillCommand::Plan { file, mode } } => {
-            let loaded = bascule_controller::runbook::load(&file)?;
-            let mode = match mode {
-                ModeArg::Drill => bascule_controller::runbook::Mode::Drill,
-                ModeArg::Failover => bascule_controller::runbook::Mode::Failover,
-            };
-            print!("{}", bascule_controller::runbook::plan::render(&loaded, mode));
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Drill { command } => drill_command(command).await,
         Command::WalFetch { socket, name, dest } => Ok(ExitCode::from(pitr::fetch_client(&socket, &name, &dest).await)),
         Command::Restore { config, tenant, identity, pitr: true, at, lsn, pgdata, port, os_user, db_user, stop, .. } => {
             let cfg = ControllerConfig::load(&config)?;

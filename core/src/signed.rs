@@ -23,6 +23,8 @@ pub enum Kind {
     Manifest,
     Head,
     Wal,
+    /// A drill or restore-test report, signed by the controller.
+    Report,
 }
 
 impl Kind {
@@ -31,6 +33,7 @@ impl Kind {
             Kind::Manifest => "manifest",
             Kind::Head => "head",
             Kind::Wal => "wal",
+            Kind::Report => "report",
         }
     }
 }

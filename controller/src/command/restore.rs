@@ -192,10 +192,12 @@ pub async fn stream_chunks(
     Ok(served)
 }
 
-pub async fn run(tenant: &mut Tenant, req: RestoreRequest) -> anyhow::Result<RestoreReport> {
-    let mut name = tenant.resolve(&req.snapshot).await?;
+/// The export `wanted` names (`latest`: the newest pg_dump export, whatever
+/// kind of snapshot HEAD names), with its manifest.
+pub async fn resolve_export(tenant: &mut Tenant, wanted: &str) -> anyhow::Result<(String, Manifest)> {
+    let mut name = tenant.resolve(wanted).await?;
     let (mut m, _) = tenant.manifest(&name).await?;
-    if m.kind != SnapshotKind::PgDump && req.snapshot == "latest" {
+    if m.kind != SnapshotKind::PgDump && wanted == "latest" {
         // HEAD names the newest snapshot of any kind: take the newest export
         let names = Tenant::snapshot_names(&tenant.listings().await);
         for n in names.iter().rev() {
@@ -209,6 +211,34 @@ pub async fn run(tenant: &mut Tenant, req: RestoreRequest) -> anyhow::Result<Res
     if m.kind != SnapshotKind::PgDump {
         bail!("snapshot {name} is a {} export; restore into PostgreSQL needs a pg_dump one", m.kind);
     }
+    Ok((name, m))
+}
+
+/// Every table's row count in the database `dsn` against the export's index.
+pub struct RowCountCheck {
+    pub tables: usize,
+    pub rows: u64,
+    /// Tables whose row count differs: (table, at export, now).
+    pub mismatches: Vec<(String, u64, Option<u64>)>,
+}
+
+pub async fn compare_row_counts(index: &Index, dsn: &str) -> anyhow::Result<RowCountCheck> {
+    let cfg = tokio_postgres::Config::from_str(dsn).context("not a valid PostgreSQL connection string")?;
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.context("cannot connect to the restored database")?;
+    tokio::spawn(conn);
+    let after = bascule_core::postgres::count_rows(&client).await?;
+    let mut mismatches = Vec::new();
+    for (table, n) in &index.row_counts {
+        let got = after.get(table).copied();
+        if got != Some(*n) {
+            mismatches.push((table.clone(), *n, got));
+        }
+    }
+    Ok(RowCountCheck { tables: index.row_counts.len(), rows: index.row_counts.values().sum(), mismatches })
+}
+
+pub async fn run(tenant: &mut Tenant, req: RestoreRequest) -> anyhow::Result<RestoreReport> {
+    let (name, m) = resolve_export(tenant, &req.snapshot).await?;
     let ids = Arc::new(req.identities);
     let index = Arc::new(open_index(tenant, &m, &ids).await?);
     let m = Arc::new(m);
@@ -256,17 +286,7 @@ pub async fn run(tenant: &mut Tenant, req: RestoreRequest) -> anyhow::Result<Res
     let fetch_and_restore = t0.elapsed();
 
     let t1 = Instant::now();
-    let cfg = tokio_postgres::Config::from_str(&req.target).context("--target is not a valid PostgreSQL connection string")?;
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.context("cannot connect to the restored database")?;
-    tokio::spawn(conn);
-    let after = bascule_core::postgres::count_rows(&client).await?;
-    let mut mismatches = Vec::new();
-    for (table, n) in &index.row_counts {
-        let got = after.get(table).copied();
-        if got != Some(*n) {
-            mismatches.push((table.clone(), *n, got));
-        }
-    }
+    let counts = compare_row_counts(&index, &req.target).await?;
     Ok(RestoreReport {
         snapshot: name,
         recovery_point: m.started_at,
@@ -275,9 +295,9 @@ pub async fn run(tenant: &mut Tenant, req: RestoreRequest) -> anyhow::Result<Res
         served,
         fetch_and_restore,
         check: t1.elapsed(),
-        tables_checked: index.row_counts.len(),
-        rows_checked: index.row_counts.values().sum(),
-        mismatches,
+        tables_checked: counts.tables,
+        rows_checked: counts.rows,
+        mismatches: counts.mismatches,
     })
 }
 

@@ -193,15 +193,23 @@ pub struct SqlStep {
     pub query: String,
     /// The first column of the first row, as text, must equal this.
     pub expect: Option<String>,
+    /// Keep the first column of the first row as this variable, for later
+    /// steps (for example the WAL file a `pg_switch_wal()` completed).
+    pub save_as: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WaitReplicatedStep {
     pub tenant: String,
-    /// Both providers' newest WAL file archived no longer ago than this.
+    /// Both providers' newest WAL file made durable no longer ago than this
+    /// (their HEADs' time), and the same file on both.
     #[serde(with = "humantime_serde")]
     pub max_lag: Duration,
+    /// And both hold this WAL file (or a later one), when it is not empty:
+    /// the file a `pg_switch_wal()` completed just before the cut.
+    #[serde(default)]
+    pub wal: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -226,6 +234,16 @@ pub struct VerifyStep {
     pub row_counts: Option<RowCountCheck>,
     pub sql: Option<SqlStep>,
     pub http: Option<HttpStep>,
+    /// The newest heartbeat row of this database gives the recovery point
+    /// (RPO = the cut-over instant minus it).
+    pub heartbeat: Option<HeartbeatCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatCheck {
+    /// The recovered database, where the agent wrote `bascule.heartbeat` rows.
+    pub dsn: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -411,8 +429,16 @@ fn validate(l: &Loaded) -> bascule_core::Result<()> {
             }
         }
         if let Some(v) = &s.verify {
-            if v.row_counts.is_none() && v.sql.is_none() && v.http.is_none() {
-                return Err(err(format!("{path}.verify"), "give row_counts, sql or http".into()));
+            if v.row_counts.is_none() && v.sql.is_none() && v.http.is_none() && v.heartbeat.is_none() {
+                return Err(err(format!("{path}.verify"), "give row_counts, sql, http or heartbeat".into()));
+            }
+        }
+        if let Some(name) = s.sql.as_ref().and_then(|q| q.save_as.as_ref()) {
+            if !r.variables.contains_key(name) {
+                return Err(err(
+                    format!("{path}.sql.save_as"),
+                    format!("{name:?} is not a variable; define it under `variables:` (its value before the step runs)"),
+                ));
             }
         }
     }

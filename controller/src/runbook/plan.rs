@@ -17,7 +17,13 @@ fn describe(s: &Step, l: &Loaded) -> String {
         )
     };
     let sql = |q: &super::SqlStep| {
-        format!("{:?} on {}{}", sub(&q.query), sub(&q.dsn), q.expect.as_ref().map(|e| format!(" → {e:?}")).unwrap_or_default())
+        format!(
+            "{:?} on {}{}{}",
+            sub(&q.query),
+            sub(&q.dsn),
+            q.expect.as_ref().map(|e| format!(" → {e:?}")).unwrap_or_default(),
+            q.save_as.as_ref().map(|v| format!(" → ${{{v}}}")).unwrap_or_default()
+        )
     };
     if let Some(c) = &s.shell {
         return format!("sh -c {:?}", sub(&c.command));
@@ -29,7 +35,8 @@ fn describe(s: &Step, l: &Loaded) -> String {
         return sql(q);
     }
     if let Some(w) = &s.wait_replicated {
-        return format!("tenant {} on both providers, lag ≤ {}", sub(&w.tenant), format_duration(w.max_lag));
+        let wal = if w.wal.is_empty() { String::new() } else { format!(", through WAL {}", sub(&w.wal)) };
+        return format!("tenant {} on both providers, lag ≤ {}{wal}", sub(&w.tenant), format_duration(w.max_lag));
     }
     if let Some(r) = &s.restore {
         return match (&r.target, &r.pgdata) {
@@ -50,6 +57,7 @@ fn describe(s: &Step, l: &Loaded) -> String {
         }
         parts.extend(v.sql.as_ref().map(sql));
         parts.extend(v.http.as_ref().map(http));
+        parts.extend(v.heartbeat.as_ref().map(|h| format!("recovery point from the newest heartbeat of {}", sub(&h.dsn))));
         return parts.join("; ");
     }
     if let Some(a) = &s.approval {

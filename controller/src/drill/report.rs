@@ -1,0 +1,432 @@
+//! Drill reports: JSON for machines (signed by the controller and stored on
+//! both providers under `reports/`), Markdown, and one self-contained HTML
+//! page with the verdict, RTO and RPO against their targets, a timeline of
+//! the steps (SVG) and the failures with their output.
+use std::fmt::Write;
+use std::time::Duration;
+
+use bascule_core::keys::AgentKey;
+use bascule_core::provider::Provider;
+use bascule_core::signed::{self, Kind};
+use serde::{Deserialize, Serialize};
+
+use super::engine::{hms, FAILED, PASSED, SKIPPED, TOLERATED};
+use super::store::Store;
+use crate::config::ControllerConfig;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub format: u32,
+    pub drill: i64,
+    pub runbook: String,
+    pub runbook_file: String,
+    pub runbook_sha: String,
+    pub mode: String,
+    pub started_by: String,
+    pub host: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `running`, `rolling-back`, `passed`, `failed`, `aborted`.
+    pub status: String,
+    /// `PASS` only when every critical step passed and RTO and RPO are
+    /// measured and within their targets.
+    pub verdict: String,
+    /// Why the verdict is not PASS.
+    pub reasons: Vec<String>,
+    pub rto: Measure,
+    pub rpo: Measure,
+    /// The cut-over instant, and the newest data found on the recovered side.
+    pub cut_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub recovery_point: Option<chrono::DateTime<chrono::Utc>>,
+    pub steps: Vec<ReportStep>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Measure {
+    pub measured_seconds: Option<f64>,
+    pub target_seconds: Option<f64>,
+    pub met: Option<bool>,
+}
+
+impl Measure {
+    fn new(measured: Option<Duration>, target: Option<Duration>) -> Measure {
+        let met = match (measured, target) {
+            (Some(m), Some(t)) => Some(m <= t),
+            _ => None,
+        };
+        Measure { measured_seconds: measured.map(|d| d.as_secs_f64()), target_seconds: target.map(|d| d.as_secs_f64()), met }
+    }
+
+    /// `12.3 s against 4:00:00: met`.
+    pub fn describe(&self) -> String {
+        let m = self.measured_seconds.map(secs).unwrap_or("not measured".into());
+        match (self.target_seconds, self.met) {
+            (Some(t), Some(met)) => {
+                format!("{m} against the {} target: {}", hms(Duration::from_secs_f64(t)), if met { "met" } else { "MISSED" })
+            }
+            (Some(t), None) => format!("{m} (target {})", hms(Duration::from_secs_f64(t))),
+            (None, _) => format!("{m} (no target)"),
+        }
+    }
+}
+
+fn secs(s: f64) -> String {
+    if s < 120.0 {
+        format!("{s:.1} s")
+    } else {
+        hms(Duration::from_secs_f64(s))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportStep {
+    pub id: String,
+    pub stage: String,
+    pub kind: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: chrono::DateTime<chrono::Utc>,
+    pub duration_seconds: f64,
+    pub attempts: u32,
+    pub outcome: String,
+    pub output: String,
+}
+
+/// The report of drill `id`, from the store.
+pub fn build(store: &Store, id: i64) -> anyhow::Result<Report> {
+    let d = store.drill(id)?;
+    let steps: Vec<ReportStep> = store
+        .steps(id)?
+        .into_iter()
+        .map(|s| ReportStep {
+            duration_seconds: s.elapsed().as_secs_f64(),
+            id: s.id,
+            stage: s.stage,
+            kind: s.kind,
+            started_at: s.started,
+            finished_at: s.finished,
+            attempts: s.attempts,
+            outcome: s.outcome,
+            output: s.output,
+        })
+        .collect();
+    let rto = Measure::new(d.measures.rto, Some(d.rto_target));
+    let rpo = Measure::new(d.measures.rpo, d.rpo_target);
+    let mut reasons = Vec::new();
+    match d.status.as_str() {
+        "passed" => {}
+        "failed" => reasons.push("a critical step failed".to_string()),
+        "aborted" => reasons.push("the drill was aborted".to_string()),
+        other => reasons.push(format!("the drill has not finished ({other})")),
+    }
+    match rto.met {
+        Some(false) => reasons.push("RTO above its target".into()),
+        None if d.status == "passed" => reasons.push("RTO not measured".into()),
+        _ => {}
+    }
+    match (rpo.met, rpo.target_seconds) {
+        (Some(false), _) => reasons.push("RPO above its target".into()),
+        (None, Some(_)) if d.status == "passed" => reasons.push("RPO not measured (no recovery point found)".into()),
+        _ => {}
+    }
+    Ok(Report {
+        format: 1,
+        drill: d.id,
+        runbook: d.runbook,
+        runbook_file: d.runbook_file,
+        runbook_sha: d.runbook_hash,
+        mode: d.mode,
+        started_by: d.started_by,
+        host: d.host,
+        started_at: d.started_at,
+        finished_at: d.finished_at,
+        status: d.status,
+        verdict: if reasons.is_empty() { "PASS".into() } else { "FAIL".into() },
+        reasons,
+        rto,
+        rpo,
+        cut_at: d.measures.cut,
+        recovery_point: d.measures.recovery_point,
+        steps,
+    })
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.verdict == "PASS"
+    }
+
+    /// The object key on the providers.
+    pub fn key(&self) -> String {
+        format!("drills/{}/{}-drill-{}.json", self.runbook, self.started_at.format("%Y%m%dT%H%M%SZ"), self.drill)
+    }
+
+    /// The summary printed at the end of a drill.
+    pub fn summary(&self) -> String {
+        let mut out = format!("drill {} ({}, {} mode): {}", self.drill, self.runbook, self.mode, self.verdict);
+        if !self.reasons.is_empty() {
+            let _ = write!(out, " — {}", self.reasons.join("; "));
+        }
+        let _ = write!(out, "\n  RTO {}\n  RPO {}", self.rto.describe(), self.rpo.describe());
+        out
+    }
+}
+
+fn ts(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string()
+}
+
+pub fn markdown(r: &Report) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "# Drill {} — {}: **{}**\n", r.drill, r.runbook, r.verdict);
+    if !r.reasons.is_empty() {
+        let _ = writeln!(o, "Why: {}\n", r.reasons.join("; "));
+    }
+    let _ = writeln!(o, "| | |\n|---|---|");
+    let _ = writeln!(o, "| RTO | {} |", r.rto.describe());
+    let _ = writeln!(o, "| RPO | {} |", r.rpo.describe());
+    if let Some(c) = &r.cut_at {
+        let _ = writeln!(o, "| cut-over | {} |", ts(c));
+    }
+    if let Some(p) = &r.recovery_point {
+        let _ = writeln!(o, "| recovery point | {} |", ts(p));
+    }
+    let _ = writeln!(o, "| mode | {} |", r.mode);
+    let _ = writeln!(o, "| started | {} by {} on {} |", ts(&r.started_at), r.started_by, r.host);
+    if let Some(f) = &r.finished_at {
+        let _ = writeln!(o, "| finished | {} ({}) |", ts(f), r.status);
+    }
+    let _ = writeln!(o, "| runbook | `{}` (sha {}) |\n", r.runbook_file, &r.runbook_sha[..16.min(r.runbook_sha.len())]);
+    let _ = writeln!(o, "## Steps\n\n| stage | step | kind | start | duration | attempts | outcome |\n|---|---|---|---|---|---|---|");
+    for s in &r.steps {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            s.stage,
+            s.id,
+            s.kind,
+            s.started_at.format("%H:%M:%S"),
+            secs(s.duration_seconds),
+            s.attempts,
+            s.outcome
+        );
+    }
+    let failures: Vec<&ReportStep> = r.steps.iter().filter(|s| s.outcome == FAILED || s.outcome == TOLERATED).collect();
+    if !failures.is_empty() {
+        let _ = writeln!(o, "\n## Failures");
+        for s in failures {
+            let _ = writeln!(o, "\n### {} ({})\n\n```\n{}\n```", s.id, s.outcome, s.output.replace("```", "'''"));
+        }
+    }
+    o
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn color(outcome: &str) -> &'static str {
+    match outcome {
+        PASSED => "#2e7d32",
+        FAILED => "#c62828",
+        TOLERATED => "#ef6c00",
+        SKIPPED => "#9e9e9e",
+        _ => "#546e7a",
+    }
+}
+
+/// The steps against time, with the RTO window and, when it falls within
+/// the chart, the RTO target line.
+fn timeline(r: &Report) -> String {
+    let (w, left, row) = (900.0, 190.0, 22.0);
+    let t0 = r.started_at;
+    let end = r.steps.iter().map(|s| s.finished_at).chain(r.finished_at).max().unwrap_or(t0);
+    let span = ((end - t0).num_milliseconds() as f64 / 1000.0).max(1.0);
+    let rto_start = r.cut_at.map(|c| (c - t0).num_milliseconds() as f64 / 1000.0);
+    let target_at = rto_start.zip(r.rto.target_seconds).map(|(s, t)| s + t);
+    let scale_end = match target_at {
+        Some(t) if t <= span * 1.5 => t.max(span),
+        _ => span,
+    };
+    let x = |sec: f64| left + (w - left - 20.0) * (sec / scale_end);
+    let h = 40.0 + row * r.steps.len() as f64 + 30.0;
+    let mut o = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="timeline of the steps">"#
+    );
+    // time axis
+    for i in 0..=5 {
+        let sec = scale_end * i as f64 / 5.0;
+        let _ = write!(
+            o,
+            r##"<line x1="{x}" y1="25" x2="{x}" y2="{y2}" stroke="#e0e0e0"/><text x="{x}" y="18" font-size="11" text-anchor="middle" fill="#555">{t}</text>"##,
+            x = x(sec),
+            y2 = h - 25.0,
+            t = hms(Duration::from_secs_f64(sec))
+        );
+    }
+    for (i, s) in r.steps.iter().enumerate() {
+        let y = 32.0 + row * i as f64;
+        let a = (s.started_at - t0).num_milliseconds() as f64 / 1000.0;
+        let bw = (x(a + s.duration_seconds) - x(a)).max(2.0);
+        let _ = write!(
+            o,
+            r##"<text x="{tx}" y="{ty}" font-size="12" text-anchor="end" fill="#222">{id}</text><rect x="{rx}" y="{y}" width="{bw}" height="{bh}" rx="3" fill="{c}"><title>{id}: {outcome}, {d}</title></rect>"##,
+            tx = left - 8.0,
+            ty = y + 13.0,
+            id = esc(&s.id),
+            rx = x(a),
+            bh = row - 6.0,
+            c = color(&s.outcome),
+            outcome = esc(&s.outcome),
+            d = secs(s.duration_seconds)
+        );
+    }
+    let bottom = h - 25.0;
+    if let (Some(s), Some(m)) = (rto_start, r.rto.measured_seconds) {
+        let _ = write!(
+            o,
+            r##"<line x1="{a}" y1="{bottom}" x2="{b}" y2="{bottom}" stroke="#1565c0" stroke-width="4"/><text x="{b}" y="{ty}" font-size="11" fill="#1565c0" text-anchor="end">RTO {m}</text>"##,
+            a = x(s),
+            b = x(s + m),
+            ty = bottom + 16.0,
+            m = secs(m)
+        );
+    }
+    match target_at {
+        Some(t) if t <= scale_end => {
+            let _ = write!(
+                o,
+                r##"<line x1="{x}" y1="25" x2="{x}" y2="{bottom}" stroke="#c62828" stroke-dasharray="6 4" stroke-width="2"/><text x="{x}" y="{ty}" font-size="11" fill="#c62828" text-anchor="end">RTO target</text>"##,
+                x = x(t),
+                ty = bottom + 16.0
+            );
+        }
+        Some(t) => {
+            let _ = write!(
+                o,
+                r##"<text x="{x}" y="{ty}" font-size="11" fill="#c62828" text-anchor="end">RTO target at {t} → (off the chart: {n:.0}× the drill's length)</text>"##,
+                x = w - 20.0,
+                ty = 12.0,
+                t = hms(Duration::from_secs_f64(t)),
+                n = t / span
+            );
+        }
+        None => {}
+    }
+    o.push_str("</svg>");
+    o
+}
+
+/// How much of its target a measure used, as a bar.
+fn gauge(name: &str, m: &Measure) -> String {
+    let (Some(v), Some(t)) = (m.measured_seconds, m.target_seconds) else {
+        return format!(r#"<div class="gauge"><b>{name}</b> {}</div>"#, esc(&m.describe()));
+    };
+    let pct = 100.0 * v / t.max(0.001);
+    let c = if v <= t { "#2e7d32" } else { "#c62828" };
+    format!(
+        r##"<div class="gauge"><b>{name}</b> {desc}<svg width="600" height="18" role="img" aria-label="{name} against its target"><rect x="0" y="3" width="600" height="12" fill="#eceff1"/><rect x="0" y="3" width="{bw:.1}" height="12" fill="{c}"/><line x1="{tl:.1}" y1="0" x2="{tl:.1}" y2="18" stroke="#c62828" stroke-width="2"/></svg> {pct:.2} % of the target</div>"##,
+        desc = esc(&m.describe()),
+        bw = (pct.min(120.0) / 120.0) * 600.0,
+        tl = (100.0 / 120.0) * 600.0
+    )
+}
+
+pub fn html(r: &Report) -> String {
+    let pass = r.passed();
+    let mut rows = String::new();
+    for s in &r.steps {
+        let _ = write!(
+            rows,
+            r#"<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class="o" style="color:{}">{}</td></tr>"#,
+            esc(&s.stage),
+            esc(&s.id),
+            esc(&s.kind),
+            s.started_at.format("%H:%M:%S%.3f"),
+            secs(s.duration_seconds),
+            s.attempts,
+            color(&s.outcome),
+            esc(&s.outcome)
+        );
+    }
+    let mut failures = String::new();
+    for s in r.steps.iter().filter(|s| s.outcome == FAILED || s.outcome == TOLERATED) {
+        let _ = write!(failures, "<h3>{} <small>({})</small></h3><pre>{}</pre>", esc(&s.id), esc(&s.outcome), esc(&s.output));
+    }
+    if !failures.is_empty() {
+        failures = format!("<h2>Failures</h2>{failures}");
+    }
+    let point = |label: &str, t: &Option<chrono::DateTime<chrono::Utc>>| {
+        t.map(|t| format!("<tr><th>{label}</th><td>{}</td></tr>", ts(&t))).unwrap_or_default()
+    };
+    format!(
+        r#"<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Drill {id} — {rb}: {verdict}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 960px; color: #222; }}
+.verdict {{ font-size: 2.2em; font-weight: bold; padding: .3em .6em; border-radius: 6px; display: inline-block; color: white; background: {vc}; }}
+table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ padding: .25em .8em; border-bottom: 1px solid #e0e0e0; text-align: left; }}
+.gauge {{ margin: .6em 0; }} .gauge svg {{ display: block; margin: .2em 0; }}
+pre {{ background: #f5f5f5; padding: .8em; overflow-x: auto; white-space: pre-wrap; }}
+small {{ color: #666; }}
+</style></head><body>
+<h1>Drill {id}: {rb}</h1>
+<p><span class="verdict" id="verdict">{verdict}</span> {why}</p>
+{rto}{rpo}
+<table>{cut}{rp}
+<tr><th>mode</th><td>{mode}</td></tr>
+<tr><th>started</th><td>{started} by {by} on {host}</td></tr>
+<tr><th>finished</th><td>{finished} ({status})</td></tr>
+<tr><th>runbook</th><td><code>{file}</code> <small>sha {sha}</small></td></tr>
+</table>
+<h2>Timeline</h2>
+{svg}
+<h2>Steps</h2>
+<table><tr><th>stage</th><th>step</th><th>kind</th><th>start</th><th>duration</th><th>attempts</th><th>outcome</th></tr>{rows}</table>
+{failures}
+<p><small>bascule drill report, format {format}. The JSON form of this report is signed by the controller and stored on both providers.</small></p>
+</body></html>
+"#,
+        id = r.drill,
+        rb = esc(&r.runbook),
+        verdict = r.verdict,
+        vc = if pass { "#2e7d32" } else { "#c62828" },
+        why = esc(&r.reasons.join("; ")),
+        rto = gauge("RTO", &r.rto),
+        rpo = gauge("RPO", &r.rpo),
+        cut = point("cut-over", &r.cut_at),
+        rp = point("recovery point", &r.recovery_point),
+        mode = esc(&r.mode),
+        started = ts(&r.started_at),
+        by = esc(&r.started_by),
+        host = esc(&r.host),
+        finished = r.finished_at.map(|f| ts(&f)).unwrap_or("—".into()),
+        status = esc(&r.status),
+        file = esc(&r.runbook_file),
+        sha = &r.runbook_sha[..16.min(r.runbook_sha.len())],
+        svg = timeline(r),
+        format = r.format,
+    )
+}
+
+/// Signs the JSON report and stores it on both providers, under
+/// `reports/`; returns where, or why not, per provider.
+pub async fn publish(
+    r: &Report,
+    cfg: &ControllerConfig,
+    config_file: &std::path::Path,
+    key: &AgentKey,
+) -> Vec<(String, Result<String, String>)> {
+    let bytes = bytes::Bytes::from(signed::sign(Kind::Report, r, key));
+    let mut out = Vec::new();
+    for p in &cfg.providers {
+        let res = match Provider::build(p, config_file) {
+            Ok(prov) => {
+                let replica = prov.tenant("reports");
+                replica.put(&r.key(), bytes.clone()).await.map(|_| format!("reports/{}", r.key())).map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        out.push((p.name.clone(), res));
+    }
+    out
+}
