@@ -2,7 +2,10 @@
 # The whole job on embedded defaults, end to end:
 #   a throwaway PostgreSQL (from this machine's binaries) with a sample town-hall
 #   database, two local-directory providers, an agent key and a customer key;
-#   nightly export -> keyless verify -> restore with the customer's key -> compare.
+#   then the quickstart drill (runbooks/quickstart.yaml): nightly export ->
+#   keyless verify -> restore with the customer's key -> row counts against the
+#   export's manifest, with RTO and RPO against the 4-hour target and a report;
+#   finally a data-only comparison of source and restored databases.
 # Everything lives in one temporary directory, removed at the end
 # (set BASCULE_KEEP=1 to keep it).
 set -euo pipefail
@@ -95,20 +98,31 @@ tenants:
   - { name: mairie-exemple, verify_keys: [$(cat "$WORK/verify.pub")] }
 YAML
 
-echo "==> nightly export (agent)"
+echo "==> first night's export (agent)"
 "$AGENT" snapshot --config "$WORK/agent.yaml" --job nightly
-echo "==> a day of activity, then the next night's export"
+echo "==> a day of activity at the town hall"
 "${PSQL[@]}" -d mairie -c "INSERT INTO actes (citoyen, nature, statut, signe_le) SELECT 1 + g % 50000, 'mariage', 'validé', now() FROM generate_series(1, 1000) g" \
   -c "UPDATE citoyens SET commune = 'Voiron' WHERE id > 49500"
-"$AGENT" snapshot --config "$WORK/agent.yaml" --job nightly
+
+echo "==> the drill (runbooks/quickstart.yaml): next night's export, keyless verify, restore, checks"
+export PATH="$ROOT/target/release:$PATH"
+set +e
+"$CONTROLLER" drill run --config "$WORK/controller.yaml" runbooks/quickstart.yaml \
+  --var agent_config="$WORK/agent.yaml" --var controller_config="$WORK/controller.yaml" \
+  --var tenant=mairie-exemple --var identity="$WORK/customer.key" \
+  --var scratch="host=127.0.0.1 port=$PORT user=bascule dbname=restored"
+DRILL=$?
+set -e
+mkdir -p "$ROOT/target/quickstart"
+ID=$("$CONTROLLER" drill list --config "$WORK/controller.yaml" | awk 'NR == 2 { print $1 }')
+for f in html md json; do
+  "$CONTROLLER" drill report --config "$WORK/controller.yaml" "$ID" --format $f --output "$ROOT/target/quickstart/drill-report.$f"
+done
+echo "==> drill report: $ROOT/target/quickstart/drill-report.html (and .md, .json)"
+[ "$DRILL" = 0 ] || { echo "error: the drill did not pass" >&2; exit 1; }
 
 echo "==> what the vendor sees, without any key"
 "$CONTROLLER" snapshots --config "$WORK/controller.yaml" --tenant mairie-exemple
-"$CONTROLLER" verify --config "$WORK/controller.yaml" --tenant mairie-exemple --read-data
-
-echo "==> restore with the customer's key, then compare"
-"$CONTROLLER" restore --config "$WORK/controller.yaml" --tenant mairie-exemple --identity "$WORK/customer.key" \
-  --target "host=127.0.0.1 port=$PORT user=bascule dbname=restored"
 dump() { "$PGBIN/pg_dump" -h 127.0.0.1 -p "$PORT" -U bascule --data-only --no-owner -d "$1" | grep -v -e "^--" -e "^\\\\restrict" -e "^\\\\unrestrict" | sort > "$WORK/$1.sql"; sha256sum < "$WORK/$1.sql"; }
 if [ "$(dump mairie)" = "$(dump restored)" ]; then
   echo "==> data-only dumps of source and restored databases are identical"

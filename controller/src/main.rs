@@ -237,8 +237,19 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
 }
 
+/// `user@host` of whoever runs this process, for the audit log.
 fn actor() -> String {
-    format!("{}@{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()), hostname())
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    let from_passwd = uid.and_then(|uid| {
+        std::fs::read_to_string("/etc/passwd").ok()?.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 2 && f[2].parse() == Ok(uid)).then(|| f[0].to_string())
+        })
+    });
+    let user =
+        from_passwd.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| uid.map(|u| format!("uid {u}")).unwrap_or("unknown".into()));
+    format!("{user}@{}", hostname())
 }
 
 /// `NAME=VALUE` pairs, each naming one of the runbook's variables.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 mod archiving;
 pub mod bench;
+pub mod browser;
 mod garage;
 mod postgres;
 mod scenario;

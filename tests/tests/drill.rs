@@ -84,3 +84,114 @@ on_failure:
     let a = audit();
     assert!(!a.status.success() && text(&a).contains("audit row 3"), "{}", text(&a));
 }
+
+/// `drill run` as a child process, its output to `log`.
+fn spawn_drill(cfg: &std::path::Path, runbook: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    let f = std::fs::File::create(log).unwrap();
+    Command::new(bin("bascule-controller"))
+        .args(["drill", "run", "--config"])
+        .arg(cfg)
+        .arg(runbook)
+        .stdin(std::process::Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_killed_controller_resumes_from_the_next_step_after_an_approval_and_the_report_renders() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = controller(d.path());
+    let p = d.path().display();
+    let runbook = d.path().join("rb.yaml");
+    let count = |name: &str| std::fs::read_to_string(d.path().join(name)).unwrap_or_default().trim().to_string();
+    write(
+        &runbook,
+        &format!(
+            r#"name: resume-test
+targets: {{ rto: 1h }}
+variables: {{ dir: "{p}" }}
+stages:
+  - name: first
+    steps:
+      - id: one
+        shell: {{ command: "n=$(cat ${{dir}}/one 2>/dev/null || echo 0); echo $((n+1)) > ${{dir}}/one" }}
+        rto: start
+  - name: handover
+    steps:
+      - id: go-ahead
+        approval: {{ prompt: "The customer handed over its key" }}
+        timeout: 2m
+  - name: slow
+    steps:
+      - id: slow
+        shell: {{ command: "n=$(cat ${{dir}}/slow 2>/dev/null || echo 0); echo $((n+1)) > ${{dir}}/slow; [ $n -ge 1 ] || sleep 60" }}
+  - name: last
+    steps:
+      - id: last
+        shell: {{ command: "touch ${{dir}}/last" }}
+        rto: end
+"#
+        ),
+    );
+    let log = d.path().join("run.log");
+    let mut child = spawn_drill(&cfg, &runbook, &log);
+    let minute = std::time::Duration::from_secs(60);
+    bascule_tests::wait_until("the approval question", minute, || std::fs::read_to_string(&log).unwrap().contains("APPROVAL NEEDED"));
+    assert_eq!(count("one"), "1");
+    let ctl = |args: &[&str]| run(Command::new(bin("bascule-controller")).args(["drill"]).args(args).arg("--config").arg(&cfg));
+    // a step that is not an approval, then the right one
+    assert!(!ctl(&["approve", "1", "one"]).status.success());
+    let a = ctl(&["approve", "1", "go-ahead"]);
+    assert!(a.status.success(), "{}", text(&a));
+    assert!(!ctl(&["approve", "1", "go-ahead"]).status.success(), "a second answer is refused");
+    // the controller dies while the step after the approval runs
+    bascule_tests::wait_until("the slow step", minute, || count("slow") == "1");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let list = text(&ctl(&["list"]));
+    assert!(list.lines().any(|l| l.contains("resume-test") && l.contains("interrupted")), "{list}");
+    assert!(!d.path().join("last").exists());
+
+    let r = ctl(&["resume", "1"]);
+    let out = text(&r);
+    assert!(r.status.success(), "resume failed:\n{out}\n{}", std::fs::read_to_string(&log).unwrap());
+    assert!(out.contains("PASS"), "{out}");
+    assert_eq!(count("one"), "1", "a step that ended is not run again");
+    assert_eq!(count("slow"), "2", "the interrupted step runs again");
+    assert!(d.path().join("last").exists());
+    assert!(!ctl(&["resume", "1"]).status.success(), "a finished drill does not resume");
+
+    // the audit log tells the story, and its chain holds
+    let a = ctl(&["audit", "--verify"]);
+    assert!(a.status.success(), "{}", text(&a));
+    let store = bascule_controller::drill::store::Store::open(&d.path().join("state/drills.sqlite")).unwrap();
+    let events: Vec<String> = store
+        .connection()
+        .prepare("SELECT event || ' ' || detail FROM audit ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for want in ["drill-started", "approved go-ahead", "drill-resume", "step slow passed", "drill-finished passed"] {
+        assert!(events.iter().any(|e| e.starts_with(want)), "no {want:?} in the audit log: {events:#?}");
+    }
+    drop(store);
+
+    // the report: JSON with the measures, HTML that Chromium renders with the verdict on it
+    let json = ctl(&["report", "1", "--format", "json"]);
+    let rep: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&json)));
+    assert_eq!(rep["verdict"], "PASS");
+    assert!(rep["rto"]["measured_seconds"].as_f64().unwrap() > 0.0, "{rep}");
+    assert_eq!(rep["steps"].as_array().unwrap().len(), 4);
+    let html = d.path().join("report.html");
+    assert!(ctl(&["report", "1", "--format", "html", "--output", html.to_str().unwrap()]).status.success());
+    let page = bascule_tests::browser::render(&html);
+    assert!(page.dom.contains(r#"id="verdict">PASS</span>"#), "{}", page.dom);
+    assert!(page.dom.contains("<svg") && page.dom.contains("slow"), "the timeline is on the page");
+    // the green verdict box is drawn near the top of the screenshot
+    let green = page.count_colour([0x2e, 0x7d, 0x32], 0..page.height.min(300));
+    assert!(green > 2_000, "{green} pixels of the verdict's green in the top of the page");
+}

@@ -259,10 +259,9 @@ pub fn measure(l: &Loaded, steps: &[StepRecord]) -> Measures {
     let marked = |m: RtoMarker| l.steps().into_iter().find(|(_, s)| s.rto == Some(m)).map(|(_, s)| s.id.clone());
     let ran: Vec<&StepRecord> = steps.iter().filter(|s| s.outcome != SKIPPED && s.stage != "on_failure").collect();
     let by_id = |id: Option<String>| id.and_then(|id| ran.iter().find(|s| s.id == id).copied());
-    let start = match marked(RtoMarker::Start) {
-        Some(id) => by_id(Some(id)),
-        None => ran.iter().min_by_key(|s| s.started).copied(),
-    };
+    // a start step of the other mode only (stopping a primary that a real
+    // failover finds already gone): the clock starts with the first step
+    let start = marked(RtoMarker::Start).and_then(|id| by_id(Some(id))).or_else(|| ran.iter().min_by_key(|s| s.started).copied());
     let end = match marked(RtoMarker::End) {
         Some(id) => by_id(Some(id)),
         None => ran.iter().max_by_key(|s| s.finished).copied(),

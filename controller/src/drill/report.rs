@@ -248,7 +248,8 @@ fn timeline(r: &Report) -> String {
         _ => span,
     };
     let x = |sec: f64| left + (w - left - 20.0) * (sec / scale_end);
-    let h = 40.0 + row * r.steps.len() as f64 + 30.0;
+    let h = 50.0 + row * r.steps.len() as f64 + 30.0;
+    let tick = |sec: f64| if span < 120.0 { format!("{sec:.1} s") } else { hms(Duration::from_secs_f64(sec)) };
     let mut o = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="timeline of the steps">"#
     );
@@ -257,14 +258,14 @@ fn timeline(r: &Report) -> String {
         let sec = scale_end * i as f64 / 5.0;
         let _ = write!(
             o,
-            r##"<line x1="{x}" y1="25" x2="{x}" y2="{y2}" stroke="#e0e0e0"/><text x="{x}" y="18" font-size="11" text-anchor="middle" fill="#555">{t}</text>"##,
+            r##"<line x1="{x}" y1="35" x2="{x}" y2="{y2}" stroke="#e0e0e0"/><text x="{x}" y="30" font-size="11" text-anchor="middle" fill="#555">{t}</text>"##,
             x = x(sec),
             y2 = h - 25.0,
-            t = hms(Duration::from_secs_f64(sec))
+            t = tick(sec)
         );
     }
     for (i, s) in r.steps.iter().enumerate() {
-        let y = 32.0 + row * i as f64;
+        let y = 42.0 + row * i as f64;
         let a = (s.started_at - t0).num_milliseconds() as f64 / 1000.0;
         let bw = (x(a + s.duration_seconds) - x(a)).max(2.0);
         let _ = write!(
@@ -295,7 +296,7 @@ fn timeline(r: &Report) -> String {
         Some(t) if t <= scale_end => {
             let _ = write!(
                 o,
-                r##"<line x1="{x}" y1="25" x2="{x}" y2="{bottom}" stroke="#c62828" stroke-dasharray="6 4" stroke-width="2"/><text x="{x}" y="{ty}" font-size="11" fill="#c62828" text-anchor="end">RTO target</text>"##,
+                r##"<line x1="{x}" y1="35" x2="{x}" y2="{bottom}" stroke="#c62828" stroke-dasharray="6 4" stroke-width="2"/><text x="{x}" y="{ty}" font-size="11" fill="#c62828" text-anchor="end">RTO target</text>"##,
                 x = x(t),
                 ty = bottom + 16.0
             );
@@ -316,6 +317,16 @@ fn timeline(r: &Report) -> String {
     o
 }
 
+/// `12 %`, `0.35 %`, `0.0021 %`: enough digits to tell it from zero.
+fn percent(p: f64) -> String {
+    if p >= 10.0 || p == 0.0 {
+        format!("{p:.0} %")
+    } else {
+        let digits = (-(p.log10().floor()) as usize + 1).min(8);
+        format!("{p:.digits$} %")
+    }
+}
+
 /// How much of its target a measure used, as a bar.
 fn gauge(name: &str, m: &Measure) -> String {
     let (Some(v), Some(t)) = (m.measured_seconds, m.target_seconds) else {
@@ -324,9 +335,10 @@ fn gauge(name: &str, m: &Measure) -> String {
     let pct = 100.0 * v / t.max(0.001);
     let c = if v <= t { "#2e7d32" } else { "#c62828" };
     format!(
-        r##"<div class="gauge"><b>{name}</b> {desc}<svg width="600" height="18" role="img" aria-label="{name} against its target"><rect x="0" y="3" width="600" height="12" fill="#eceff1"/><rect x="0" y="3" width="{bw:.1}" height="12" fill="{c}"/><line x1="{tl:.1}" y1="0" x2="{tl:.1}" y2="18" stroke="#c62828" stroke-width="2"/></svg> {pct:.2} % of the target</div>"##,
+        r##"<div class="gauge"><b>{name}</b> {desc}<svg width="600" height="18" role="img" aria-label="{name} against its target"><rect x="0" y="3" width="600" height="12" fill="#eceff1"/><rect x="0" y="3" width="{bw:.1}" height="12" fill="{c}"/><line x1="{tl:.1}" y1="0" x2="{tl:.1}" y2="18" stroke="#c62828" stroke-width="2"/></svg> {pct} of the target</div>"##,
+        pct = percent(pct),
         desc = esc(&m.describe()),
-        bw = (pct.min(120.0) / 120.0) * 600.0,
+        bw = ((pct.min(120.0) / 120.0) * 600.0).max(1.0),
         tl = (100.0 / 120.0) * 600.0
     )
 }

@@ -224,7 +224,11 @@ pub struct RestoreStep {
     /// PITR restore into this new data directory, to `at` (a time, an LSN, or `latest`).
     pub pgdata: Option<PathBuf>,
     pub at: Option<String>,
-    pub port: Option<u16>,
+    /// PITR: the restored server's port (default 5432; a variable may give it).
+    pub port: Option<String>,
+    /// PITR: a superuser of the restored cluster, to read the recovery point
+    /// (default `postgres`).
+    pub db_user: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -35,7 +35,11 @@ fn describe(s: &Step, l: &Loaded) -> String {
         return sql(q);
     }
     if let Some(w) = &s.wait_replicated {
-        let wal = if w.wal.is_empty() { String::new() } else { format!(", through WAL {}", sub(&w.wal)) };
+        let wal = match (w.wal.is_empty(), sub(&w.wal)) {
+            (true, _) => String::new(),
+            (false, v) if v.is_empty() => format!(", through the WAL file {} (set while the drill runs)", w.wal),
+            (false, v) => format!(", through WAL {v}"),
+        };
         return format!("tenant {} on both providers, lag ≤ {}{wal}", sub(&w.tenant), format_duration(w.max_lag));
     }
     if let Some(r) = &s.restore {

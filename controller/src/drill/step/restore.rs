@@ -47,12 +47,15 @@ pub async fn run(r: &RestoreStep, d: &Drill) -> Result<Done, String> {
     let req = pitr::PitrRequest {
         target: pitr::Target::parse(&d.sub(r.at.as_deref().unwrap_or("latest"))).map_err(fail)?,
         pgdata: pgdata.into(),
-        port: r.port.unwrap_or(5432),
+        port: match &r.port {
+            Some(p) => d.sub(p).parse().map_err(|_| format!("port {:?} is not a port number", d.sub(p)))?,
+            None => 5432,
+        },
         identities,
         concurrency: cfg.restore.concurrency,
         bindir: cfg.restore.pg_bindir().map_err(fail)?,
         os_user: crate::os_user_for_postgres(),
-        db_user: "postgres".into(),
+        db_user: d.sub(r.db_user.as_deref().unwrap_or("postgres")),
         stop: false,
     };
     let rep = pitr::run(t, req).await.map_err(fail)?;
