@@ -1,7 +1,7 @@
 //! `drill run`: stages, timeouts, retries, rollback, and the audit chain.
 use std::process::Command;
 
-use bascule_tests::{bin, run, text, write};
+use bascule_tests::{bin, ok, run, text, write};
 
 /// A controller config with two local-directory providers (drills of shell
 /// steps need no server).
@@ -194,4 +194,147 @@ stages:
     // the green verdict box is drawn near the top of the screenshot
     let green = page.count_colour([0x2e, 0x7d, 0x32], 0..page.height.min(300));
     assert!(green > 2_000, "{green} pixels of the verdict's green in the top of the page");
+}
+
+/// A light write load on the primary: one order every 100 ms, each in its own
+/// transaction, until the primary stops answering or `stop` is set. Returns
+/// the ids committed, in order.
+fn light_load(s: &bascule_tests::Scenario, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<Vec<u64>> {
+    s.pg.psql("mairie", "CREATE TABLE orders (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
+    let psql = s.pg.tool("psql");
+    let dsn = s.pg.dsn("mairie");
+    std::thread::spawn(move || {
+        let mut ids = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let o = Command::new(&psql)
+                .args(["-X", "-q", "-A", "-t", "-d", &dsn, "-c", "INSERT INTO orders DEFAULT VALUES RETURNING id"])
+                .output();
+            match o {
+                Ok(o) if o.status.success() => ids.push(String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()),
+                _ => break,
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        ids
+    })
+}
+
+#[test]
+fn the_saas_failover_drill_passes_with_rpo_measured_from_heartbeats() {
+    use bascule_tests::Scenario;
+    let minute = std::time::Duration::from_secs(60);
+    let s = Scenario::start_archiving(2_000);
+    let _daemon = s.daemon();
+    bascule_tests::wait_until("the first heartbeat", minute, || {
+        s.pg.psql("mairie", "SELECT count(*) FROM pg_tables WHERE schemaname = 'bascule'") == "1"
+    });
+    let b = run(s.agent(&["snapshot", "--job", "base"]).env("RUST_LOG", "info"));
+    assert!(b.status.success(), "base backup failed:\n{}", text(&b));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = light_load(&s, stop.clone());
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let before_drill = s.pg.psql("mairie", "SELECT max(id) FROM orders");
+
+    // site A is this test's cluster; site B a new data directory on another port
+    let data = s.pg.data_dir();
+    let pg_ctl = |args: &str| {
+        let prog = format!("{} -D {} {args}", s.pg.tool("pg_ctl").display(), data.display());
+        if bascule_tests::is_root() {
+            format!("runuser -u postgres -- {prog}")
+        } else {
+            prog
+        }
+    };
+    let site_b = s.path("site-b");
+    let port_b = bascule_tests::free_port();
+    let dsn_b = format!("host=127.0.0.1 port={port_b} user=bascule dbname=mairie");
+    struct StopSiteB(std::process::Command);
+    impl Drop for StopSiteB {
+        fn drop(&mut self) {
+            let _ = self.0.output();
+        }
+    }
+    let _stop_b = StopSiteB(s.pg.cmd("pg_ctl", &["-D", site_b.to_str().unwrap(), "-m", "immediate", "stop"]));
+    let switched = s.path("switched-to");
+    let runbook = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../runbooks/saas-failover.yaml");
+    let vars = [
+        format!("tenant={}", s.tenant),
+        format!("identity={}", s.path("customer.key").display()),
+        format!("primary_dsn={}", s.pg.dsn("postgres")),
+        format!("primary_stop={}", pg_ctl("-m fast -w stop")),
+        format!(
+            "primary_start={}",
+            pg_ctl(&format!(
+                "-l {}/restart.log -o '-p {} -k {} -c listen_addresses=127.0.0.1' -w start",
+                s.dir.path().display(),
+                s.pg.port,
+                s.pg.socket_dir().display()
+            ))
+        ),
+        format!("secondary_pgdata={}", site_b.display()),
+        format!("secondary_port={port_b}"),
+        "secondary_user=bascule".to_string(),
+        format!("secondary_dsn={dsn_b}"),
+        format!("switch=echo '{dsn_b}' > {}", switched.display()),
+    ];
+    let mut c = Command::new(bin("bascule-controller"));
+    c.args(["drill", "run", "--config"]).arg(s.path("controller.yaml")).arg(&runbook);
+    for v in &vars {
+        c.arg("--var").arg(v);
+    }
+    let o = run(&mut c);
+    let out = text(&o);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let committed = load.join().unwrap();
+    assert!(o.status.success(), "the drill failed:\n{out}\n{}", s.daemon_log());
+    println!("{out}");
+    assert!(out.contains("PASS"), "{out}");
+    assert!(std::fs::read_to_string(&switched).unwrap().contains(&dsn_b), "traffic switched to site B");
+
+    // the primary was really stopped; site B holds what A committed before the drill, and takes writes
+    assert!(!run(&mut s.pg.cmd("pg_ctl", &["-D", data.to_str().unwrap(), "status"])).status.success(), "site A is down");
+    let on_b = |sql: &str| ok(Command::new(s.pg.tool("psql")).args(["-X", "-A", "-t", "-d", &dsn_b, "-c", sql])).trim().to_string();
+    let max_b: u64 = on_b("SELECT max(id) FROM orders").parse().unwrap();
+    assert!(max_b >= before_drill.parse::<u64>().unwrap(), "site B has orders up to {max_b}, A had {before_drill} before the drill");
+    assert!(committed.contains(&max_b), "site B's newest order is one A committed");
+    assert_eq!(on_b("SELECT count(*) FROM bascule_failover_probe"), "1");
+
+    // the report: RTO and RPO measured; RPO from the heartbeat found on B
+    let report_file = s.path("controller-state/reports/drill-1.json");
+    let rep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report_file).unwrap()).unwrap();
+    assert_eq!(rep["verdict"], "PASS", "{rep:#}");
+    let rpo = rep["rpo"]["measured_seconds"].as_f64().unwrap_or_else(|| panic!("RPO not measured: {rep:#}"));
+    let rto = rep["rto"]["measured_seconds"].as_f64().unwrap();
+    assert!(rpo < 30.0, "RPO {rpo} s with a heartbeat every second and the segment ended just before the cut");
+    assert!(rto > 0.0 && rto < 600.0, "RTO {rto} s");
+    let beat = on_b("SELECT to_char(max(at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS') FROM bascule.heartbeat");
+    assert!(
+        rep["recovery_point"].as_str().unwrap().starts_with(&beat),
+        "recovery point {} is B's newest heartbeat {beat}",
+        rep["recovery_point"]
+    );
+    let steps: Vec<&str> = rep["steps"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert!(steps.contains(&"wait-replicated") && steps.contains(&"restore-site-b") && !steps.contains(&"restart-primary"), "{steps:?}");
+
+    // the signed JSON report is on both providers, and its signature is the controller's
+    let key = bascule_core::keys::AgentKey::load(&s.path("controller-state/report-signing.key")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for g in [&s.a, &s.b] {
+        let cfg: Vec<bascule_core::provider::ProviderConfig> =
+            bascule_core::config::parse_yaml(&g.provider_yaml(s.dir.path(), "fleet"), std::path::Path::new("test")).unwrap();
+        let reports = bascule_core::provider::Provider::build(&cfg[0], std::path::Path::new("test")).unwrap().tenant("reports");
+        let listing = rt.block_on(reports.list("drills/saas-failover/")).unwrap();
+        let k = listing.keys().next().unwrap_or_else(|| panic!("no report on {}", cfg[0].name)).clone();
+        let bytes = rt.block_on(reports.get(&k)).unwrap().unwrap();
+        let (signed, _): (serde_json::Value, _) =
+            bascule_core::signed::open(bascule_core::signed::Kind::Report, &bytes, &[key.verify_key()], &k).expect("signature verifies");
+        assert_eq!(signed["verdict"], "PASS");
+        assert!(bascule_core::signed::open::<serde_json::Value>(
+            bascule_core::signed::Kind::Report,
+            &bytes,
+            &[bascule_core::keys::AgentKey::generate().verify_key()],
+            &k
+        )
+        .is_err());
+    }
 }

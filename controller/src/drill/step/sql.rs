@@ -3,12 +3,28 @@
 use super::Drill;
 use crate::runbook::SqlStep;
 
+/// What the server said, rather than tokio-postgres's bare "db error".
+fn pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(c) = src {
+                s.push_str(&format!(": {c}"));
+                src = c.source();
+            }
+            s
+        }
+    }
+}
+
 /// The first column of the first row, as text (`None`: no row, or NULL).
 async fn first_value(dsn: &str, query: &str) -> Result<Option<String>, String> {
     let cfg: tokio_postgres::Config = dsn.parse().map_err(|e| format!("bad dsn: {e}"))?;
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| format!("cannot connect: {e}"))?;
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| format!("cannot connect: {}", pg_error(&e)))?;
     let conn = tokio::spawn(conn);
-    let rows = client.simple_query(query).await.map_err(|e| format!("query failed: {e}"));
+    let rows = client.simple_query(query).await.map_err(|e| format!("query failed: {}", pg_error(&e)));
     drop(client);
     let _ = conn.await;
     let first = rows?.into_iter().find_map(|m| match m {
