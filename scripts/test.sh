@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs bascule's whole test suite, installing what it needs when missing:
-# the PostgreSQL server, the age, zstd and jq command-line tools (Debian packages),
+# the PostgreSQL server, the age, zstd and jq command-line tools, Chromium (for
+# the drill report's rendering test) (Debian packages),
 # Garage (the S3 server that stands for each provider) and cargo-nextest.
 # Needs root (or sudo) only for what is missing.
 set -euo pipefail
@@ -22,6 +23,7 @@ have_pg_server || missing+=(postgresql postgresql-client)
 command -v age >/dev/null || missing+=(age)
 command -v zstd >/dev/null || missing+=(zstd)
 command -v jq >/dev/null || missing+=(jq)
+command -v chromium >/dev/null || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]}"
   "${SUDO[@]}" apt-get update -q
