@@ -44,7 +44,7 @@ stages:
   - name: check
     steps:
       - id: check
-        shell: {{ command: "echo 'the application is down' >&2; exit 1" }}
+        verify: {{ http: {{ url: "http://127.0.0.1:1/health" }} }}
         rto: end
   - name: never
     steps:
@@ -70,6 +70,7 @@ on_failure:
     assert!(line("flaky").contains("3 attempt(s)") && line("flaky").contains("passed"), "{out}");
     assert!(line("slow").contains("failed (not critical)"), "{out}");
     assert!(line("check").contains("failed"), "{out}");
+    assert!(out.contains("FAIL — a critical step failed"), "{out}");
     assert!(line("after").contains("skipped"), "{out}");
     assert!(line("roll-back").contains("passed"), "{out}");
 
