@@ -34,6 +34,21 @@ pub struct AgentConfig {
     /// Heartbeat rows in the source database, so recovery points are
     /// measured from the data.
     pub heartbeat: Option<HeartbeatConfig>,
+    /// Prometheus metrics of the daemon (`bascule-agent run`) at
+    /// `http://LISTEN/metrics`.
+    pub metrics: Option<MetricsConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Default 127.0.0.1:9188 (loopback: let a local Prometheus or a tunnel reach it).
+    #[serde(default = "default_metrics_listen")]
+    pub listen: std::net::SocketAddr,
+}
+
+fn default_metrics_listen() -> std::net::SocketAddr {
+    ([127, 0, 0, 1], 9188).into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,71 +133,7 @@ pub struct JobConfig {
     pub source: SourceConfig,
 }
 
-/// A cron schedule, checked when the config is parsed.
-#[derive(Debug, Clone)]
-pub struct Schedule {
-    pub text: String,
-    pub cron: cron::Schedule,
-}
-
-impl FromStr for Schedule {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let fields = s.split_whitespace().count();
-        let full = match fields {
-            5..=7 => {
-                let mut f: Vec<String> = s.split_whitespace().map(str::to_string).collect();
-                if fields == 5 {
-                    f.insert(0, "0".into());
-                }
-                f[5] = standard_weekdays(&f[5])?;
-                f.join(" ")
-            }
-            _ => return Err(format!("bad cron expression {s:?}: expected 5 fields (minute hour day month weekday), e.g. \"30 1 * * *\"")),
-        };
-        let cron = cron::Schedule::from_str(&full).map_err(|e| format!("bad cron expression {s:?}: {e}"))?;
-        Ok(Schedule { text: s.to_string(), cron })
-    }
-}
-
-/// Standard cron numbers weekdays 0-7 from Sunday (0 and 7); the `cron`
-/// crate numbers them 1-7 from Sunday. Translates a five-field expression's
-/// weekday field, so that `1-5` means Monday to Friday as everywhere else.
-fn standard_weekdays(field: &str) -> Result<String, String> {
-    let bad = || format!("bad weekday field {field:?}: use 0-7 (0 or 7 = Sunday), names like MON, ranges and lists");
-    let day = |d: &str| -> Result<String, String> {
-        match d.parse::<u32>() {
-            Ok(n @ 0..=6) => Ok((n + 1).to_string()),
-            Ok(7) => Ok("1".into()),
-            Ok(_) => Err(bad()),
-            Err(_) => Ok(d.to_string()), // a name, or *
-        }
-    };
-    let mut parts = Vec::new();
-    for item in field.split(',') {
-        let (range, step) = match item.split_once('/') {
-            Some((r, st)) => (r, Some(st)),
-            None => (item, None),
-        };
-        let step = step.map(|st| format!("/{st}")).unwrap_or_default();
-        match range.split_once('-') {
-            // a range ending on Sunday-as-7: up to Saturday, plus Sunday
-            Some((a, "7")) if step.is_empty() => {
-                parts.push(format!("{}-7", day(a)?));
-                parts.push("1".into());
-            }
-            Some((a, b)) => parts.push(format!("{}-{}{step}", day(a)?, day(b)?)),
-            None => parts.push(format!("{}{step}", day(range)?)),
-        }
-    }
-    Ok(parts.join(","))
-}
-
-impl<'de> Deserialize<'de> for Schedule {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-    }
-}
+pub use bascule_core::schedule::Schedule;
 
 /// A size in bytes: `500KiB`, `2MiB`, `10MB`, or a plain number (a
 /// bandwidth is a size per second, optionally written with `/s`).
@@ -285,36 +236,5 @@ mod tests {
         assert_eq!("500KiB/s".parse::<ByteSize>().unwrap().0, 500 * 1024);
         assert!("2 parsecs".parse::<ByteSize>().is_err());
         assert!("10".parse::<ByteSize>().is_err());
-    }
-
-    #[test]
-    fn cron_five_and_six_fields() {
-        assert!("30 1 * * *".parse::<Schedule>().is_ok());
-        assert!("0 30 1 * * *".parse::<Schedule>().is_ok());
-        assert!("61 1 * * *".parse::<Schedule>().is_err());
-        assert!("every night".parse::<Schedule>().is_err());
-    }
-
-    #[test]
-    fn weekdays_are_numbered_as_in_standard_cron() {
-        use chrono::{Datelike, TimeZone, Weekday};
-        let days = |expr: &str| -> Vec<Weekday> {
-            let s: Schedule = expr.parse().unwrap();
-            let from = chrono::Local.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap();
-            let mut d: Vec<Weekday> = s.cron.after(&from).take(7).map(|t| t.weekday()).collect();
-            d.sort_by_key(|w| w.num_days_from_monday());
-            d.dedup();
-            d
-        };
-        use Weekday::*;
-        assert_eq!(days("0 3 * * 0"), [Sun]);
-        assert_eq!(days("0 3 * * 7"), [Sun]);
-        assert_eq!(days("0 3 * * 1-5"), [Mon, Tue, Wed, Thu, Fri]);
-        assert_eq!(days("0 3 * * 5-7"), [Fri, Sat, Sun]);
-        assert_eq!(days("0 3 * * 0,6"), [Sat, Sun]);
-        assert_eq!(days("0 3 * * MON"), [Mon]);
-        assert_eq!(days("30 0 3 * * 1"), [Mon], "seconds first: the same weekdays");
-        assert_eq!(days("0 3 * * *").len(), 7);
-        assert!("0 3 * * 8".parse::<Schedule>().is_err());
     }
 }

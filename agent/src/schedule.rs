@@ -45,6 +45,9 @@ pub async fn run_job(agent: Arc<Agent>, job_name: &str, cancel: CancellationToke
         seconds = report.elapsed.as_secs_f64(),
         "Export finished"
     );
+    if !report.degraded() {
+        crate::metrics::JOB_LAST_SUCCESS.with_label_values(&[job_name]).set(crate::metrics::timestamp(std::time::SystemTime::now()));
+    }
     Ok(!report.degraded())
 }
 
@@ -63,6 +66,17 @@ pub async fn run_daemon(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -
         tracker.spawn(async move {
             if let Err(e) = crate::wal::ship(agent, cancel).await {
                 tracing::error!(error = format!("{e:#}"), "WAL shipping failed");
+            }
+        });
+    }
+    if let Some(m) = &agent.config.metrics {
+        // a port already taken stops the daemon now
+        let listener_check = std::net::TcpListener::bind(m.listen).map_err(|e| anyhow::anyhow!("metrics.listen {}: {e}", m.listen))?;
+        drop(listener_check);
+        let (listen, cancel) = (m.listen, cancel.clone());
+        tracker.spawn(async move {
+            if let Err(e) = crate::metrics::serve(listen, cancel).await {
+                tracing::error!(error = format!("{e:#}"), "Metrics endpoint stopped");
             }
         });
     }

@@ -18,6 +18,108 @@ pub struct ControllerConfig {
     #[serde(default)]
     pub restore: RestoreConfig,
     pub tenants: Vec<TenantConfig>,
+    /// `bascule-controller serve`: the monitor, the HTTP API, scheduled work.
+    #[serde(default)]
+    pub serve: ServeConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Where the API and /metrics listen (keep it internal).
+    #[serde(default = "default_listen")]
+    pub listen: std::net::SocketAddr,
+    /// HTTPS with this certificate chain and key (PEM); plain HTTP without.
+    pub tls: Option<TlsConfig>,
+    /// API tokens, stored hashed (`bascule-controller token` makes one).
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// How often every tenant's HEAD is read on both providers.
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: std::time::Duration,
+    /// Requests to the providers at once.
+    #[serde(default = "default_monitor_concurrency")]
+    pub concurrency: usize,
+    /// How often, at most, a tenant whose HEAD changed is listed on both
+    /// providers to find objects present on one only.
+    #[serde(default = "default_deep_interval", with = "humantime_serde")]
+    pub deep_interval: std::time::Duration,
+    /// Runbooks the API may start, by file name without `.yaml`.
+    pub runbooks_dir: Option<PathBuf>,
+    /// Scheduled drills (cron, local time).
+    #[serde(default)]
+    pub schedule: Vec<ScheduledDrill>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: default_listen(),
+            tls: None,
+            tokens: Vec::new(),
+            interval: default_interval(),
+            concurrency: default_monitor_concurrency(),
+            deep_interval: default_deep_interval(),
+            runbooks_dir: None,
+            schedule: Vec::new(),
+        }
+    }
+}
+
+fn default_listen() -> std::net::SocketAddr {
+    ([127, 0, 0, 1], 9187).into()
+}
+fn default_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
+}
+fn default_deep_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(600)
+}
+fn default_monitor_concurrency() -> usize {
+    32
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads drills, tenants.
+    Viewer,
+    /// And starts and approves drills.
+    Operator,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it (in the audit log).
+    pub name: String,
+    pub role: Role,
+    /// `blake3:<hex>` of the token.
+    pub hash: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduledDrill {
+    /// Cron expression (five fields, local time).
+    pub cron: String,
+    /// The runbook file.
+    pub runbook: PathBuf,
+    #[serde(default = "drill_mode")]
+    pub mode: String,
+    #[serde(default)]
+    pub vars: std::collections::BTreeMap<String, String>,
+}
+
+fn drill_mode() -> String {
+    "drill".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,6 +193,23 @@ impl ControllerConfig {
         bascule_core::provider::check_pair(&cfg.providers).map_err(bad)?;
         if cfg.restore.concurrency == 0 || cfg.restore.concurrency > 256 {
             return Err(bad("restore.concurrency must be between 1 and 256".into()));
+        }
+        if cfg.serve.concurrency == 0 || cfg.serve.concurrency > 1024 {
+            return Err(bad("serve.concurrency must be between 1 and 1024".into()));
+        }
+        for t in &cfg.serve.tokens {
+            if !t.hash.strip_prefix("blake3:").is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit())) {
+                return Err(bad(format!(
+                    "serve.tokens {}: hash must be `blake3:` and 64 hex digits (bascule-controller token makes one)",
+                    t.name
+                )));
+            }
+        }
+        for d in &cfg.serve.schedule {
+            if d.mode != "drill" && d.mode != "failover" {
+                return Err(bad(format!("serve.schedule {}: mode must be drill or failover", d.runbook.display())));
+            }
+            d.cron.parse::<bascule_core::schedule::Schedule>().map_err(|e| bad(format!("serve.schedule {}: {e}", d.runbook.display())))?;
         }
         for t in &cfg.tenants {
             bascule_core::config::check_name("tenant", &t.name).map_err(bad)?;

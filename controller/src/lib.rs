@@ -7,6 +7,7 @@ pub mod command;
 pub mod config;
 pub mod drill;
 pub mod runbook;
+pub mod serve;
 pub mod tenant;
 
 /// Whether this process runs as root.

@@ -5,14 +5,14 @@ use anyhow::Context;
 use bascule_controller::command::{pitr, restore, snapshots, verify, wal};
 use bascule_controller::config::ControllerConfig;
 use bascule_controller::drill::store::Store;
-use bascule_controller::drill::{engine, report};
+use bascule_controller::drill::{self, report};
 use bascule_controller::is_root;
 use bascule_controller::runbook::{self, Loaded, Mode};
 use bascule_controller::tenant::Tenant;
 use bascule_core::keys::Identities;
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// bascule-controller: verify tenants' encrypted backups on both providers
 /// (no key needed) and restore them with the identity a customer hands over.
@@ -108,6 +108,22 @@ enum Command {
         /// leave it running).
         #[arg(long)]
         stop: bool,
+    },
+    /// The controller service: watches every tenant on both providers,
+    /// serves /metrics and the drill API, runs scheduled drills (the
+    /// configuration's `serve:` section). Stops on SIGTERM.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// A new API token: prints the token (once; give it to its holder) and
+    /// the line to add under `serve.tokens` (only its hash is kept).
+    Token {
+        /// Who holds it, as the audit log will name it.
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
     },
     /// Failover drills and restore tests from YAML runbooks.
     Drill {
@@ -212,6 +228,12 @@ enum DrillCommand {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    Viewer,
+    Operator,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum ReportFormat {
     Json,
     Md,
@@ -266,22 +288,6 @@ fn parse_vars(l: &Loaded, vars: &[String]) -> anyhow::Result<Vec<(String, String
         .collect()
 }
 
-/// Held while a drill runs, so that no second controller resumes it.
-fn lock_drill(cfg: &ControllerConfig, id: i64) -> anyhow::Result<std::fs::File> {
-    let path = cfg.state_dir.join(format!("drill-{id}.lock"));
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| path.display().to_string())?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!("drill {id} is running in another controller process"),
-        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| path.display().to_string()),
-    }
-}
-
-/// Whether a controller process holds the drill's lock.
-fn drill_is_running(cfg: &ControllerConfig, id: i64) -> bool {
-    lock_drill(cfg, id).is_err()
-}
-
 fn open_store(cfg: &ControllerConfig) -> anyhow::Result<Store> {
     Store::open(&cfg.drill_store())
 }
@@ -312,7 +318,7 @@ async fn drill_command(command: DrillCommand) -> anyhow::Result<ExitCode> {
                 store.set_variable(id, k, v)?;
             }
             eprintln!("drill {id}: {} ({mode_name}), runbook {}", loaded.runbook.name, file.display());
-            let lock = lock_drill(&cfg, id)?;
+            let lock = drill::lock(&cfg, id)?;
             execute(cfg, config, loaded, mode.mode(), id, store, actor, false, lock).await
         }
         DrillCommand::Resume { config, id } => continue_drill(config, id, false).await,
@@ -341,7 +347,7 @@ async fn drill_command(command: DrillCommand) -> anyhow::Result<ExitCode> {
             let store = open_store(&cfg)?;
             println!("{:>5}  {:<20} {:<8} {:<20} {:<13} {:>10} {:>10}", "id", "runbook", "mode", "started", "status", "RTO", "RPO");
             for d in store.drills()? {
-                let status = if !d.finished() && !drill_is_running(&cfg, d.id) { "interrupted".to_string() } else { d.status.clone() };
+                let status = if !d.finished() && !drill::is_running(&cfg, d.id) { "interrupted".to_string() } else { d.status.clone() };
                 let f = |v: Option<std::time::Duration>| v.map(|v| format!("{:.1}s", v.as_secs_f64())).unwrap_or("-".into());
                 println!(
                     "{:>5}  {:<20} {:<8} {:<20} {:<13} {:>10} {:>10}",
@@ -395,7 +401,7 @@ async fn continue_drill(config: PathBuf, id: i64, abort: bool) -> anyhow::Result
     if d.finished() {
         anyhow::bail!("drill {id} is over ({}); see `drill report {id}`", d.status);
     }
-    let lock = lock_drill(&cfg, id)?;
+    let lock = drill::lock(&cfg, id)?;
     let file = PathBuf::from(&d.runbook_file);
     let loaded = Arc::new(runbook::load(&file)?);
     if loaded.hash != d.runbook_hash {
@@ -415,7 +421,7 @@ async fn continue_drill(config: PathBuf, id: i64, abort: bool) -> anyhow::Result
     execute(cfg, config, loaded, mode, id, store, actor, abort, lock).await
 }
 
-/// Runs (or continues) drill `id`, then prints, keeps and publishes its report.
+/// Runs (or continues) drill `id`, then prints its steps and summary.
 #[allow(clippy::too_many_arguments)]
 async fn execute(
     cfg: ControllerConfig,
@@ -426,34 +432,12 @@ async fn execute(
     store: Store,
     actor: String,
     abort: bool,
-    _lock: std::fs::File,
+    lock: std::fs::File,
 ) -> anyhow::Result<ExitCode> {
-    let key = cfg.report_key()?;
-    let reports_dir = cfg.state_dir.join("reports");
-    let store = Arc::new(Mutex::new(store));
-    let mut drill = engine::Drill::new(loaded, mode, id, store.clone(), actor, Some((cfg, config.clone())))?;
-    drill.interactive = std::io::stdin().is_terminal();
-    let drill = Arc::new(drill);
-    let progress = engine::show_progress(drill.clone());
-    let ending = engine::run(&drill, abort).await;
-    progress.abort();
-    if std::io::stderr().is_terminal() {
-        eprint!("\r\x1b[2K");
-    }
-    ending?;
-    let r = report::build(&store.lock().expect("lock"), id)?;
+    let interactive = std::io::stdin().is_terminal();
+    let r = drill::run_and_report(cfg, config.clone(), loaded, mode, id, store, actor, abort, interactive, lock).await?;
     for s in &r.steps {
         println!("{:<12} {:<26} {:<16} {:>9.1}s  {} attempt(s)  {}", s.stage, s.id, s.kind, s.duration_seconds, s.attempts, s.outcome);
-    }
-    std::fs::create_dir_all(&reports_dir).with_context(|| reports_dir.display().to_string())?;
-    let local = reports_dir.join(format!("drill-{id}.json"));
-    std::fs::write(&local, serde_json::to_vec_pretty(&r)?).with_context(|| local.display().to_string())?;
-    let (cfg, _) = drill.controller.as_ref().expect("set above");
-    for (provider, res) in report::publish(&r, cfg, &config, &key).await {
-        match res {
-            Ok(k) => eprintln!("signed report stored on {provider}: {k}"),
-            Err(e) => eprintln!("WARNING: the signed report could not be stored on {provider}: {e}"),
-        }
     }
     println!("{}", r.summary());
     println!("report: bascule-controller drill report --config {} {id} --format html --output drill-{id}.html", config.display());
@@ -497,6 +481,26 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if s.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Drill { command } => drill_command(command).await,
+        Command::Serve { config } => {
+            let cfg = ControllerConfig::load(&config)?;
+            bascule_controller::serve::run(cfg, config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { name, role } => {
+            bascule_core::config::check_name("token name", &name).map_err(anyhow::Error::msg)?;
+            let mut secret = [0u8; 32];
+            getrandom::getrandom(&mut secret).context("the operating system's random source")?;
+            let token = format!("bsc_{}", hex::encode(secret));
+            let role = match role {
+                RoleArg::Viewer => "viewer",
+                RoleArg::Operator => "operator",
+            };
+            eprintln!("token (shown once; give it to {name}):");
+            println!("{token}");
+            eprintln!("add under serve.tokens in the controller's configuration:");
+            eprintln!("  - {{ name: {name}, role: {role}, hash: \"blake3:{}\" }}", blake3::hash(token.as_bytes()).to_hex());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::WalFetch { socket, name, dest } => Ok(ExitCode::from(pitr::fetch_client(&socket, &name, &dest).await)),
         Command::Restore { config, tenant, identity, pitr: true, at, lsn, pgdata, port, os_user, db_user, stop, .. } => {
             let cfg = ControllerConfig::load(&config)?;

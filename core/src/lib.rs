@@ -19,6 +19,7 @@ pub mod layout;
 pub mod manifest;
 pub mod postgres;
 pub mod provider;
+pub mod schedule;
 pub mod seal;
 pub mod signed;
 pub mod sync;

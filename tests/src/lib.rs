@@ -10,6 +10,7 @@ mod archiving;
 pub mod bench;
 pub mod browser;
 mod garage;
+pub mod http;
 mod postgres;
 mod scenario;
 

@@ -223,8 +223,8 @@ pub async fn run(d: &Drill, abort: bool) -> anyhow::Result<Ending> {
                 continue;
             }
             tracing::info!(stage = %stage.name, steps = todo.len(), "Stage");
-            let results: Vec<anyhow::Result<StepRecord>> =
-                futures::stream::iter(todo).map(|s| run_step(s, &stage.name, d)).buffer_unordered(parallel).collect().await;
+            let steps: Vec<_> = todo.into_iter().map(|s| run_step(s, &stage.name, d)).collect();
+            let results: Vec<anyhow::Result<StepRecord>> = futures::stream::iter(steps).buffer_unordered(parallel).collect().await;
             for r in results {
                 failed |= r?.outcome == FAILED;
             }

@@ -21,6 +21,14 @@ pub use replicated::{check_ciphertext, PerProvider, Replicated};
 use crate::config::SecretRef;
 use crate::{Error, Result};
 
+/// What a conditional GET found.
+#[derive(Debug)]
+pub enum Fetched {
+    NotModified,
+    Absent,
+    Changed { bytes: Bytes, etag: Option<String> },
+}
+
 /// A provider as written in a config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -179,6 +187,25 @@ impl Replica {
         match self.store.get(&self.path(key)).await {
             Ok(r) => Ok(Some(r.bytes().await.map_err(|e| self.err(key, e))?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(key, e)),
+        }
+    }
+
+    /// The object unless it still has the entity tag `etag` (a conditional
+    /// GET: a provider answers 304 without the body).
+    pub async fn get_if_changed(&self, key: &str, etag: Option<&str>) -> Result<Fetched> {
+        let opts = object_store::GetOptions { if_none_match: etag.map(str::to_string), ..Default::default() };
+        match self.store.get_opts(&self.path(key), opts).await {
+            Ok(r) => {
+                let tag = r.meta.e_tag.clone();
+                if tag.is_some() && tag.as_deref() == etag {
+                    // a provider that ignores If-None-Match
+                    return Ok(Fetched::NotModified);
+                }
+                Ok(Fetched::Changed { bytes: r.bytes().await.map_err(|e| self.err(key, e))?, etag: tag })
+            }
+            Err(object_store::Error::NotModified { .. }) => Ok(Fetched::NotModified),
+            Err(object_store::Error::NotFound { .. }) => Ok(Fetched::Absent),
             Err(e) => Err(self.err(key, e)),
         }
     }

@@ -1,0 +1,296 @@
+//! The HTTP API: bearer tokens (stored hashed), roles `viewer` and
+//! `operator`, every `/v1` call in the audit log, bodies validated.
+//!
+//! | route | role |
+//! |---|---|
+//! | `GET /healthz`, `GET /metrics` | none |
+//! | `GET /v1/tenants`, `GET /v1/drills`, `GET /v1/drills/{id}` | viewer |
+//! | `POST /v1/drills`, `POST /v1/drills/{id}/approve` | operator |
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::metrics as m;
+use super::monitor::TenantView;
+use crate::config::{ControllerConfig, Role};
+use crate::drill::{self, report, store::Store};
+use crate::runbook;
+
+#[derive(Clone)]
+pub struct Api {
+    pub cfg: Arc<ControllerConfig>,
+    pub config_file: PathBuf,
+    pub store: Arc<Mutex<Store>>,
+    pub view: Arc<RwLock<Vec<TenantView>>>,
+}
+
+/// An error answer: a status and a message, as JSON.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert("www-authenticate", "Bearer".parse().expect("header value"));
+        }
+        r
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+/// The token's holder and role; `Err` for no token or an unknown one.
+fn authenticate(cfg: &ControllerConfig, headers: &HeaderMap) -> Result<(String, Role), ApiError> {
+    let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.into());
+    let value = headers.get("authorization").ok_or_else(|| unauthorized("an `Authorization: Bearer TOKEN` header is required"))?;
+    let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(|| unauthorized("expected `Bearer TOKEN`"))?;
+    let hash = blake3::hash(token.trim().as_bytes());
+    for t in &cfg.serve.tokens {
+        let stored = t.hash.strip_prefix("blake3:").and_then(|h| blake3::Hash::from_hex(h).ok());
+        // blake3::Hash compares in constant time
+        if stored == Some(hash) {
+            return Ok((t.name.clone(), t.role));
+        }
+    }
+    Err(unauthorized("unknown token"))
+}
+
+impl Api {
+    fn audit(&self, who: &str, method: &Method, uri: &Uri, status: StatusCode, detail: &str) {
+        let line = format!(
+            "{method} {} → {}{}",
+            uri.path(),
+            status.as_u16(),
+            if detail.is_empty() { String::new() } else { format!(": {detail}") }
+        );
+        if let Err(e) = self.store.lock().expect("lock").audit(None, &format!("api:{who}"), "api", &line) {
+            tracing::error!(error = format!("{e:#}"), "Cannot write the audit log");
+        }
+    }
+
+    /// Checks the caller has `role`; audits refusals.
+    fn allow(&self, headers: &HeaderMap, role: Role, method: &Method, uri: &Uri) -> Result<String, ApiError> {
+        match authenticate(&self.cfg, headers) {
+            Ok((who, have)) if have >= role => Ok(who),
+            Ok((who, _)) => {
+                let e = ApiError(StatusCode::FORBIDDEN, format!("{who}: this needs the {role:?} role").to_lowercase());
+                self.audit(&who, method, uri, e.0, "");
+                Err(e)
+            }
+            Err(e) => {
+                self.audit("anonymous", method, uri, e.0, &e.1);
+                Err(e)
+            }
+        }
+    }
+}
+
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(|| async { ([("content-type", "text/plain; version=0.0.4")], m::render()) }))
+        .route("/v1/tenants", get(tenants))
+        .route("/v1/drills", get(list_drills).post(start_drill))
+        .route("/v1/drills/{id}", get(get_drill))
+        .route("/v1/drills/{id}/approve", post(approve))
+        .layer(axum::middleware::from_fn(count_requests))
+        .with_state(api)
+}
+
+async fn count_requests(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or("unmatched".into());
+    let r = next.run(req).await;
+    m::API_REQUESTS.with_label_values(&[&route, r.status().as_str()]).inc();
+    r
+}
+
+async fn tenants(State(api): State<Api>, method: Method, uri: Uri, headers: HeaderMap) -> Result<Response, ApiError> {
+    let who = api.allow(&headers, Role::Viewer, &method, &uri)?;
+    api.audit(&who, &method, &uri, StatusCode::OK, "");
+    let view = api.view.read().expect("lock").clone();
+    Ok(Json(view).into_response())
+}
+
+async fn list_drills(State(api): State<Api>, method: Method, uri: Uri, headers: HeaderMap) -> Result<Response, ApiError> {
+    let who = api.allow(&headers, Role::Viewer, &method, &uri)?;
+    let drills = api.store.lock().expect("lock").drills().map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    let out: Vec<_> = drills
+        .iter()
+        .map(|d| {
+            json!({
+                "id": d.id, "runbook": d.runbook, "mode": d.mode, "status": d.status,
+                "started_by": d.started_by, "started_at": d.started_at, "finished_at": d.finished_at,
+                "rto_seconds": d.measures.rto.map(|v| v.as_secs_f64()), "rpo_seconds": d.measures.rpo.map(|v| v.as_secs_f64()),
+            })
+        })
+        .collect();
+    api.audit(&who, &method, &uri, StatusCode::OK, "");
+    Ok(Json(out).into_response())
+}
+
+async fn get_drill(
+    State(api): State<Api>,
+    Path(id): Path<i64>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = api.allow(&headers, Role::Viewer, &method, &uri)?;
+    let r = report::build(&api.store.lock().expect("lock"), id).map_err(|e| ApiError(StatusCode::NOT_FOUND, format!("{e:#}")))?;
+    api.audit(&who, &method, &uri, StatusCode::OK, "");
+    Ok(Json(r).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartDrill {
+    /// A runbook of `serve.runbooks_dir`, by file name without `.yaml`.
+    pub runbook: String,
+    #[serde(default = "drill_mode")]
+    pub mode: String,
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+}
+
+fn drill_mode() -> String {
+    "drill".into()
+}
+
+async fn start_drill(
+    State(api): State<Api>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Json<StartDrill>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let who = api.allow(&headers, Role::Operator, &method, &uri)?;
+    let result = async {
+        let Json(req) = body.map_err(|e| bad(e.body_text()))?;
+        let id = start(&api, &req, &format!("api:{who}")).await?;
+        Ok::<_, ApiError>((id, req.runbook))
+    }
+    .await;
+    match result {
+        Ok((id, runbook)) => {
+            api.audit(&who, &method, &uri, StatusCode::ACCEPTED, &format!("drill {id} of {runbook}"));
+            Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "status": format!("/v1/drills/{id}") }))).into_response())
+        }
+        Err(e) => {
+            api.audit(&who, &method, &uri, e.0, &e.1);
+            Err(e)
+        }
+    }
+}
+
+/// Validates the request, records the drill and starts it in the background.
+async fn start(api: &Api, req: &StartDrill, actor: &str) -> Result<i64, ApiError> {
+    let dir = api.cfg.serve.runbooks_dir.as_ref().ok_or_else(|| bad("serve.runbooks_dir is not set: the API can start no runbook"))?;
+    if req.runbook.is_empty() || !req.runbook.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(bad(format!("runbook {:?}: a file name of {} without .yaml (letters, digits, - and _)", req.runbook, dir.display())));
+    }
+    let mode = match req.mode.as_str() {
+        "drill" => runbook::Mode::Drill,
+        "failover" => runbook::Mode::Failover,
+        other => return Err(bad(format!("mode {other:?}: drill or failover"))),
+    };
+    let file = dir.join(format!("{}.yaml", req.runbook));
+    if !file.is_file() {
+        return Err(bad(format!("no runbook {:?} in {}", req.runbook, dir.display())));
+    }
+    let loaded = runbook::load(&file).map_err(|e| bad(e.to_string()))?;
+    for k in req.vars.keys() {
+        if !loaded.runbook.variables.contains_key(k) {
+            return Err(bad(format!("vars.{k}: the runbook has no such variable")));
+        }
+    }
+    launch(api.cfg.clone(), api.config_file.clone(), loaded, mode, &req.mode, &req.vars, actor)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))
+}
+
+/// Records a new drill and runs it in the background; returns its id.
+pub fn launch(
+    cfg: Arc<ControllerConfig>,
+    config_file: PathBuf,
+    loaded: runbook::Loaded,
+    mode: runbook::Mode,
+    mode_name: &str,
+    vars: &BTreeMap<String, String>,
+    actor: &str,
+) -> anyhow::Result<i64> {
+    let mut store = Store::open(&cfg.drill_store())?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+    let id = store.create_drill(&loaded, mode_name, actor, &host)?;
+    for (k, v) in vars {
+        store.set_variable(id, k, v)?;
+    }
+    let lock = drill::lock(&cfg, id)?;
+    // the drill runs with a configuration of its own (read again from its file)
+    let own_cfg = ControllerConfig::load(&config_file)?;
+    let actor = actor.to_string();
+    tokio::spawn(async move {
+        match drill::run_and_report(own_cfg, config_file, Arc::new(loaded), mode, id, store, actor, false, false, lock).await {
+            Ok(r) => tracing::info!(drill = id, verdict = %r.verdict, "Drill finished"),
+            Err(e) => tracing::error!(drill = id, error = format!("{e:#}"), "Drill stopped"),
+        }
+    });
+    Ok(id)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approve {
+    pub step: String,
+    #[serde(default)]
+    pub reject: bool,
+}
+
+async fn approve(
+    State(api): State<Api>,
+    Path(id): Path<i64>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Json<Approve>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let who = api.allow(&headers, Role::Operator, &method, &uri)?;
+    let result = (|| {
+        let Json(req) = body.map_err(|e| bad(e.body_text()))?;
+        let mut store = api.store.lock().expect("lock");
+        let d = store.drill(id).map_err(|e| ApiError(StatusCode::NOT_FOUND, format!("{e:#}")))?;
+        if d.finished() {
+            return Err(ApiError(StatusCode::CONFLICT, format!("drill {id} is over ({})", d.status)));
+        }
+        let l = runbook::load(std::path::Path::new(&d.runbook_file)).map_err(|e| bad(e.to_string()))?;
+        if !l.steps().iter().any(|(_, s)| s.id == req.step && s.approval.is_some()) {
+            return Err(bad(format!("drill {id} has no approval step {:?}", req.step)));
+        }
+        let fresh = store
+            .answer(id, &req.step, !req.reject, &format!("api:{who}"))
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+        if !fresh {
+            return Err(ApiError(StatusCode::CONFLICT, format!("step {} was already answered", req.step)));
+        }
+        Ok(req)
+    })();
+    match result {
+        Ok(req) => {
+            api.audit(&who, &method, &uri, StatusCode::OK, &format!("{} {}", req.step, if req.reject { "rejected" } else { "approved" }));
+            Ok(Json(json!({ "drill": id, "step": req.step, "approved": !req.reject })).into_response())
+        }
+        Err(e) => {
+            api.audit(&who, &method, &uri, e.0, &e.1);
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! `bascule-controller serve`: the monitor loop, scheduled drills, and the
+//! HTTP API with `/metrics`.
+pub mod api;
+pub mod metrics;
+pub mod monitor;
+mod tls;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::config::ControllerConfig;
+use crate::drill::store::Store;
+use crate::runbook;
+
+/// The newest finished drill of each runbook, as metrics.
+pub fn drill_metrics(store: &Store) -> anyhow::Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for d in store.drills()? {
+        let Some(finished) = d.finished_at else { continue };
+        if !seen.insert(d.runbook.clone()) {
+            continue;
+        }
+        let rb = d.runbook.as_str();
+        let result = if crate::drill::report::build(store, d.id).is_ok_and(|r| r.passed()) { "pass" } else { "fail" };
+        let other = if result == "pass" { "fail" } else { "pass" };
+        metrics::DRILL_LAST_RUN.with_label_values(&[rb, result]).set(metrics::ts(finished));
+        let _ = metrics::DRILL_LAST_RUN.remove_label_values(&[rb, other]);
+        metrics::RTO_TARGET.with_label_values(&[rb]).set(d.rto_target.as_secs_f64());
+        match d.measures.rto {
+            Some(v) => metrics::DRILL_RTO.with_label_values(&[rb]).set(v.as_secs_f64()),
+            None => drop(metrics::DRILL_RTO.remove_label_values(&[rb])),
+        }
+        match d.measures.rpo {
+            Some(v) => metrics::DRILL_RPO.with_label_values(&[rb]).set(v.as_secs_f64()),
+            None => drop(metrics::DRILL_RPO.remove_label_values(&[rb])),
+        }
+        for s in store.steps(d.id)? {
+            metrics::DRILL_STEP_DURATION.with_label_values(&[rb, &s.id]).set(s.elapsed().as_secs_f64());
+        }
+    }
+    Ok(())
+}
+
+/// Runs the scheduled drills of the configuration, each on its cron.
+fn schedule_drills(cfg: &Arc<ControllerConfig>, config_file: &Path) -> anyhow::Result<()> {
+    for entry in &cfg.serve.schedule {
+        let sched: bascule_core::schedule::Schedule = entry.cron.parse().map_err(anyhow::Error::msg)?;
+        let file = if entry.runbook.is_absolute() {
+            entry.runbook.clone()
+        } else {
+            config_file.parent().unwrap_or(Path::new(".")).join(&entry.runbook)
+        };
+        // validated now: a broken runbook stops `serve` at start, not at 3 a.m.
+        runbook::load(&file)?;
+        let (cfg, config_file, mode_name, vars) = (cfg.clone(), config_file.to_path_buf(), entry.mode.clone(), entry.vars.clone());
+        tokio::spawn(async move {
+            loop {
+                let Some(next) = sched.cron.upcoming(chrono::Local).next() else { return };
+                let wait = (next - chrono::Local::now()).to_std().unwrap_or_default();
+                tracing::info!(runbook = %file.display(), at = %next, "Next scheduled drill");
+                tokio::time::sleep(wait).await;
+                let mode = if mode_name == "failover" { runbook::Mode::Failover } else { runbook::Mode::Drill };
+                let started = runbook::load(&file)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|l| api::launch(cfg.clone(), config_file.clone(), l, mode, &mode_name, &vars, "schedule"));
+                match started {
+                    Ok(id) => tracing::info!(drill = id, runbook = %file.display(), "Scheduled drill started"),
+                    Err(e) => tracing::error!(runbook = %file.display(), error = format!("{e:#}"), "Scheduled drill not started"),
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+pub async fn run(cfg: ControllerConfig, config_file: PathBuf) -> anyhow::Result<()> {
+    metrics::register();
+    let cfg = Arc::new(cfg);
+    let mut monitor = monitor::Monitor::new(&cfg, &config_file)?;
+    let view = monitor.view.clone();
+    let store = Arc::new(Mutex::new(Store::open(&cfg.drill_store())?));
+    let interval = cfg.serve.interval;
+    {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                let started = tokio::time::Instant::now();
+                let c = monitor.cycle().await;
+                tracing::info!(
+                    tenants = c.tenants,
+                    changed = c.changed,
+                    listed = c.deep,
+                    refused = c.refused,
+                    errors = c.errors,
+                    seconds = c.took.as_secs_f64(),
+                    "Monitor cycle"
+                );
+                if c.took > interval {
+                    tracing::warn!(
+                        seconds = c.took.as_secs_f64(),
+                        interval = interval.as_secs(),
+                        "The monitor cycle took longer than its interval"
+                    );
+                }
+                if let Err(e) = drill_metrics(&store.lock().expect("lock")) {
+                    tracing::error!(error = format!("{e:#}"), "Cannot read the drill store");
+                }
+                tokio::time::sleep_until(started + interval).await;
+            }
+        });
+    }
+    schedule_drills(&cfg, &config_file)?;
+    let app = api::router(api::Api { cfg: cfg.clone(), config_file: config_file.clone(), store, view });
+    let listener =
+        tokio::net::TcpListener::bind(cfg.serve.listen).await.with_context(|| format!("cannot listen on {}", cfg.serve.listen))?;
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("Stopping");
+    };
+    match &cfg.serve.tls {
+        Some(t) => {
+            let l = tls::TlsListener::new(listener, &t.cert, &t.key)?;
+            tracing::info!(listen = %cfg.serve.listen, "Serving HTTPS");
+            axum::serve(l, app).with_graceful_shutdown(shutdown).await?;
+        }
+        None => {
+            tracing::info!(listen = %cfg.serve.listen, "Serving HTTP");
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+        }
+    }
+    let _ = Duration::ZERO;
+    Ok(())
+}
