@@ -12,6 +12,7 @@ pub mod browser;
 mod garage;
 pub mod http;
 mod postgres;
+pub mod prometheus;
 mod scenario;
 
 pub use archiving::Archiver;

@@ -31,20 +31,20 @@ CREATE FUNCTION nom_complet(c citoyens) RETURNS text LANGUAGE sql IMMUTABLE AS $
 impl Scenario {
     /// Starts everything; `rows` citizens and 2×`rows` acts in database `mairie`.
     pub fn start(rows: u32) -> Scenario {
-        Self::build(rows, false)
+        Self::build(rows, false, "")
     }
 
     /// [`Scenario::start`], with PostgreSQL archiving its WAL through
     /// `bascule-agent wal-push`, and a base backup job `base`.
     pub fn start_archiving(rows: u32) -> Scenario {
-        Self::build(rows, true)
+        Self::build(rows, true, "")
     }
 
-    fn build(rows: u32, archiving: bool) -> Scenario {
+    fn build(rows: u32, archiving: bool, extra_conf: &str) -> Scenario {
         let dir = crate::shared_tempdir();
         let conf = if archiving {
             format!(
-                "wal_level = replica\narchive_mode = on\narchive_command = '{} wal-push --config {} %p'\n",
+                "wal_level = replica\narchive_mode = on\narchive_command = '{} wal-push --config {} %p'\n{extra_conf}",
                 bin("bascule-agent").display(),
                 dir.path().join("agent.yaml").display()
             )
