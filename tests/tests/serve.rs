@@ -174,3 +174,93 @@ fn the_api_serves_https_when_configured() {
     // plain HTTP on the TLS port gets nothing
     assert_ne!(curl("GET", &format!("http://127.0.0.1:{port}/healthz"), None, None, &[]).0, 200);
 }
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[test]
+fn the_monitor_watches_two_thousand_tenants_within_its_interval() {
+    const TENANTS: usize = 2_000;
+    const INTERVAL: u64 = 30;
+    let d = bascule_tests::shared_tempdir();
+    let (a, b) = (bascule_tests::Garage::start("provider-a"), bascule_tests::Garage::start("provider-b"));
+    let providers = format!("{}{}", a.provider_yaml(d.path(), "fleet"), b.provider_yaml(d.path(), "fleet"));
+    let key = bascule_core::keys::AgentKey::generate();
+    let names: Vec<String> = (0..TENANTS).map(|i| format!("mairie-{i:04}")).collect();
+
+    // every tenant's signed HEAD on both providers
+    let cfgs: Vec<bascule_core::provider::ProviderConfig> = bascule_core::config::parse_yaml(&providers, Path::new("test")).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let t0 = std::time::Instant::now();
+    rt.block_on(async {
+        use futures::StreamExt;
+        let built: Vec<_> = cfgs.iter().map(|c| bascule_core::provider::Provider::build(c, Path::new("test")).unwrap()).collect();
+        let puts = built.iter().flat_map(|p| names.iter().map(move |n| (p, n))).map(|(p, n)| {
+            let head = bascule_core::head::Head {
+                format: 1,
+                tenant: n.clone(),
+                sequence: 7,
+                latest_snapshot: None,
+                latest_wal: Some("000000010000000000000042".into()),
+                agent_time: chrono::Utc::now(),
+            };
+            let bytes = bascule_core::signed::sign(bascule_core::signed::Kind::Head, &head, &key);
+            async move { p.tenant(n).put("HEAD", bytes.into()).await.unwrap() }
+        });
+        futures::stream::iter(puts).buffer_unordered(64).collect::<Vec<()>>().await;
+    });
+    println!("{} signed HEADs written in {:.1} s", 2 * TENANTS, t0.elapsed().as_secs_f64());
+
+    let port = free_port();
+    let mut tenants = String::new();
+    for n in &names {
+        tenants.push_str(&format!("  - {{ name: {n}, verify_keys: [\"{}\"] }}\n", key.verify_key()));
+    }
+    let cfg = d.path().join("controller.yaml");
+    write(
+        &cfg,
+        &format!(
+            "state_dir: {}/state\nproviders:\n{providers}tenants:\n{tenants}serve:\n  listen: 127.0.0.1:{port}\n  interval: {INTERVAL}s\n  concurrency: 64\n",
+            d.path().display()
+        ),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let server = serve(&cfg, d.path(), &base, &[]);
+    let pid = server.0.id();
+    let cycle = |n: f64| -> (f64, f64) {
+        // polled once a second: a scrape of 2,000 tenants' metrics costs CPU too
+        let t0 = std::time::Instant::now();
+        while !metric(&get(&format!("{base}/metrics")), "bascule_monitor_last_cycle_timestamp_seconds").is_some_and(|t| t > n) {
+            assert!(t0.elapsed() < Duration::from_secs(3 * INTERVAL), "no monitor cycle");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let m = get(&format!("{base}/metrics"));
+        (metric(&m, "bascule_monitor_last_cycle_timestamp_seconds").unwrap(), metric(&m, "bascule_monitor_cycle_seconds").unwrap())
+    };
+    // the first cycle reads every HEAD and lists every tenant on both providers
+    let (t1, first) = cycle(0.0);
+    let cpu1 = cpu_seconds(pid);
+    // then nothing changed: one conditional GET per tenant and provider
+    let (_, steady) = cycle(t1);
+    let cpu2 = cpu_seconds(pid);
+    let m = get(&format!("{base}/metrics"));
+    println!(
+        "{TENANTS} tenants × 2 providers: first cycle {first:.2} s, steady cycle {steady:.2} s; {:.2} s of CPU from the end of one to the end of the other, scrapes included (interval {INTERVAL} s)",
+        cpu2 - cpu1
+    );
+    assert!(first < INTERVAL as f64 && steady < INTERVAL as f64, "first {first} s, steady {steady} s");
+    assert_eq!(metric(&m, "bascule_monitor_tenants"), Some(TENANTS as f64));
+    assert_eq!(metric(&m, "bascule_provider_up{provider=\"provider-a\"}"), Some(1.0));
+    let lag =
+        metric(&m, "bascule_replication_lag_seconds{provider=\"provider-b\",tenant=\"mairie-1999\"}").expect("lag of the last tenant");
+    assert!(lag > 0.0 && lag < 600.0, "{lag}");
+    // every HEAD verified: no refusal, and the API lists every tenant
+    assert!(!m.contains("bascule_integrity_failures_total{"), "no integrity failure expected");
+    let log = std::fs::read_to_string(d.path().join("serve.log")).unwrap();
+    assert!(log.contains("refused=0 errors=0"), "{}", &log[log.len().saturating_sub(2000)..]);
+}
