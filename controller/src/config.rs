@@ -49,6 +49,24 @@ pub struct ServeConfig {
     /// Scheduled drills (cron, local time).
     #[serde(default)]
     pub schedule: Vec<ScheduledDrill>,
+    /// A scheduled `verify` of every tenant that reads back one slice of the
+    /// objects each run (a different slice each day).
+    pub verify_sample: Option<VerifySample>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifySample {
+    /// Cron expression (five fields, local time), e.g. "0 4 * * *".
+    pub cron: String,
+    /// The objects are cut in this many slices (default 100: 1 % a day, all
+    /// of them every 100 days).
+    #[serde(default = "default_slices")]
+    pub slices: u64,
+}
+
+fn default_slices() -> u64 {
+    100
 }
 
 impl Default for ServeConfig {
@@ -62,6 +80,7 @@ impl Default for ServeConfig {
             deep_interval: default_deep_interval(),
             runbooks_dir: None,
             schedule: Vec::new(),
+            verify_sample: None,
         }
     }
 }
@@ -203,6 +222,12 @@ impl ControllerConfig {
                     "serve.tokens {}: hash must be `blake3:` and 64 hex digits (bascule-controller token makes one)",
                     t.name
                 )));
+            }
+        }
+        if let Some(v) = &cfg.serve.verify_sample {
+            v.cron.parse::<bascule_core::schedule::Schedule>().map_err(|e| bad(format!("serve.verify_sample.cron: {e}")))?;
+            if v.slices == 0 {
+                return Err(bad("serve.verify_sample.slices must be at least 1".into()));
             }
         }
         for d in &cfg.serve.schedule {

@@ -48,6 +48,10 @@ enum Command {
         /// Also download every object and check its ciphertext hash.
         #[arg(long)]
         read_data: bool,
+        /// Read back only slice N of M (objects chosen by the hash of their
+        /// key), e.g. `3/100`: what the scheduled verify of `serve` does daily.
+        #[arg(long, value_name = "N/M", conflicts_with = "read_data")]
+        sample: Option<String>,
     },
     /// The tenant's WAL archive: timelines, segments, presence on each
     /// provider, gaps (no key needed).
@@ -455,7 +459,18 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", snapshots::run(&mut t).await?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { config, tenant, read_data } => {
+        Command::Verify { config, tenant, read_data, sample } => {
+            let read_data = match (read_data, sample) {
+                (true, _) => verify::ReadData::All,
+                (false, Some(s)) => {
+                    let parsed = s.split_once('/').and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
+                    match parsed {
+                        Some((slice, slices)) if slices > 0 && slice < slices => verify::ReadData::Sample { slice, slices },
+                        _ => anyhow::bail!("--sample {s:?}: expected N/M with N below M, e.g. 3/100"),
+                    }
+                }
+                (false, None) => verify::ReadData::None,
+            };
             let cfg = ControllerConfig::load(&config)?;
             let mut t = Tenant::open(&cfg, &config, &tenant)?;
             let r = verify::run(&mut t, read_data, cfg.restore.concurrency).await?;
@@ -468,7 +483,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
                 r.objects_checked,
                 r.wal_files,
                 t.replicated.replicas.len(),
-                if read_data { format!(", {} bytes read and hashed", r.bytes_read) } else { String::new() },
+                if read_data.any() { format!(", {} bytes read and hashed", r.bytes_read) } else { String::new() },
                 if r.problems.is_empty() { "OK".to_string() } else { format!("{} problem(s)", r.problems.len()) }
             );
             Ok(if r.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -476,7 +491,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Wal { config, tenant } => {
             let cfg = ControllerConfig::load(&config)?;
             let t = Tenant::open(&cfg, &config, &tenant)?;
-            let s = wal::scan(&t, false, cfg.restore.concurrency).await;
+            let s = wal::scan(&t, verify::ReadData::None, cfg.restore.concurrency).await;
             print!("{}", wal::render(&tenant, &s));
             Ok(if s.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

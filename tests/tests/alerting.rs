@@ -123,7 +123,9 @@ fn the_lag_alert_fires_in_prometheus_when_wal_shipping_stops_and_resolves_when_i
     let ctl_yaml = std::fs::read_to_string(s.path("controller.yaml")).unwrap();
     std::fs::write(
         s.path("controller.yaml"),
-        format!("{ctl_yaml}serve:\n  listen: 127.0.0.1:{ctl_port}\n  interval: 1s\n  deep_interval: 5s\n"),
+        format!(
+            "{ctl_yaml}serve:\n  listen: 127.0.0.1:{ctl_port}\n  interval: 1s\n  deep_interval: 5s\n  verify_sample: {{ cron: \"*/3 * * * * *\", slices: 1 }}\n"
+        ),
     )
     .unwrap();
     let mut daemon = s.daemon();
@@ -191,6 +193,11 @@ fn the_lag_alert_fires_in_prometheus_when_wal_shipping_stops_and_resolves_when_i
     }
     wait_until("the agent scraped", minute, || !lag_of("bascule_agent_spool_segments").is_empty());
     assert!(prom.alerts("BasculeReplicationLagWarning").is_empty(), "no lag alert while shipping");
+    // the scheduled verify (every 3 s here, reading every object) runs and finds the
+    // archive whole (a file still on its way to the second provider may show in one run)
+    wait_until("a clean scheduled verify", minute, || {
+        !lag_of("bascule_verify_last_run_timestamp_seconds").is_empty() && lag_of("bascule_verify_problems") == vec![0.0]
+    });
 
     // the agent's daemon dies: WAL piles up in the spool, the providers' HEADs age
     daemon.0.kill().unwrap();

@@ -32,7 +32,44 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
 }
 
-pub async fn run(tenant: &mut Tenant, read_data: bool, concurrency: usize) -> anyhow::Result<VerifyReport> {
+/// Which objects' ciphertext is read back and hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadData {
+    None,
+    All,
+    /// Slice `slice` of `slices`: the objects whose key hashes to it. A
+    /// scheduled verify reads one slice a day, a different one each day, so
+    /// that `slices` days cover everything.
+    Sample {
+        slice: u64,
+        slices: u64,
+    },
+}
+
+impl ReadData {
+    pub fn reads(self, key: &str) -> bool {
+        match self {
+            ReadData::None => false,
+            ReadData::All => true,
+            ReadData::Sample { slice, slices } => {
+                let h = blake3::hash(key.as_bytes());
+                u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes")) % slices.max(1) == slice % slices.max(1)
+            }
+        }
+    }
+
+    pub fn any(self) -> bool {
+        self != ReadData::None
+    }
+
+    /// Today's slice of `slices` (days since the epoch, modulo).
+    pub fn today(slices: u64) -> ReadData {
+        let day = chrono::Utc::now().timestamp().max(0) as u64 / 86_400;
+        ReadData::Sample { slice: day % slices.max(1), slices: slices.max(1) }
+    }
+}
+
+pub async fn run(tenant: &mut Tenant, read_data: ReadData, concurrency: usize) -> anyhow::Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let mut problems = Vec::new();
     let heads = tenant.heads().await?;
@@ -102,7 +139,7 @@ pub async fn run(tenant: &mut Tenant, read_data: bool, concurrency: usize) -> an
                         report_push(&mut problems, &r.provider, &o.key, format!("length {len}, manifest says {}", o.len))
                     }
                     Some(_) => {
-                        if read_data {
+                        if read_data.reads(&o.key) {
                             to_read.push((i, o.clone()));
                         }
                     }
@@ -111,11 +148,13 @@ pub async fn run(tenant: &mut Tenant, read_data: bool, concurrency: usize) -> an
             report.objects_checked += 1;
         }
     }
-    if read_data {
+    if read_data.any() {
         // Objects shared by several snapshots are read once per provider.
         to_read.sort_by(|a, b| (a.0, &a.1.key).cmp(&(b.0, &b.1.key)));
         to_read.dedup_by(|a, b| a.0 == b.0 && a.1.key == b.1.key);
-        let results: Vec<_> = futures::stream::iter(to_read)
+        // futures made before the stream, so that the whole verify is Send (for `serve`)
+        let reads: Vec<_> = to_read
+            .into_iter()
             .map(|(i, o)| {
                 let r = &tenant.replicated.replicas[i];
                 async move {
@@ -127,9 +166,8 @@ pub async fn run(tenant: &mut Tenant, read_data: bool, concurrency: usize) -> an
                     (r.provider.clone(), o.key, res)
                 }
             })
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
+            .collect();
+        let results: Vec<_> = futures::stream::iter(reads).buffer_unordered(concurrency).collect().await;
         for (p, k, res) in results {
             match res {
                 Ok(n) => report.bytes_read += n,
@@ -148,4 +186,25 @@ pub async fn run(tenant: &mut Tenant, read_data: bool, concurrency: usize) -> an
 
 fn report_push(problems: &mut Vec<Problem>, provider: &str, key: &str, what: String) {
     problems.push(Problem { provider: provider.into(), key: key.into(), what });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReadData;
+
+    #[test]
+    fn daily_slices_partition_the_objects() {
+        let keys: Vec<String> = (0..5000).map(|i| format!("packs/{i:02x}/{i:064x}")).collect();
+        let slices = 100;
+        let mut per_slice = vec![0usize; slices as usize];
+        for k in &keys {
+            let hits: Vec<u64> = (0..slices).filter(|&s| ReadData::Sample { slice: s, slices }.reads(k)).collect();
+            assert_eq!(hits.len(), 1, "{k} is in exactly one slice");
+            per_slice[hits[0] as usize] += 1;
+        }
+        // about 50 each: none empty, none a crowd
+        assert!(per_slice.iter().all(|&n| (15..=100).contains(&n)), "{per_slice:?}");
+        assert!(keys.iter().all(|k| ReadData::All.reads(k) && !ReadData::None.reads(k)));
+        assert!(matches!(ReadData::today(100), ReadData::Sample { slice, slices: 100 } if slice < 100));
+    }
 }

@@ -35,7 +35,7 @@ fn problem(problems: &mut Vec<Problem>, provider: &str, key: &str, what: String)
     problems.push(Problem { provider: provider.into(), key: key.into(), what });
 }
 
-pub async fn scan(tenant: &Tenant, read_data: bool, concurrency: usize) -> WalScan {
+pub async fn scan(tenant: &Tenant, read_data: super::verify::ReadData, concurrency: usize) -> WalScan {
     let mut out = WalScan::default();
     let listings = tenant.wal_listings().await;
     let mut names: BTreeMap<String, WalName> = BTreeMap::new();
@@ -52,7 +52,7 @@ pub async fn scan(tenant: &Tenant, read_data: bool, concurrency: usize) -> WalSc
     // every copy of every record is checked, on each provider
     let checks = order.iter().flat_map(|w| (0..listings.len()).map(move |i| (w.clone(), i)));
     type Checked = (WalName, usize, Result<(WalRecord, u64), String>);
-    let results: Vec<Checked> = futures::stream::iter(checks)
+    let futs: Vec<_> = checks
         .map(|(w, i)| {
             let r = &tenant.replicated.replicas[i];
             let listing = listings[i].1.as_ref().ok();
@@ -70,7 +70,7 @@ pub async fn scan(tenant: &Tenant, read_data: bool, concurrency: usize) -> WalSc
                         Some(_) => {}
                     }
                     let mut read = 0;
-                    if read_data {
+                    if read_data.reads(&rec.object.key) {
                         let b = r.get(&rec.object.key).await.map_err(|e| e.to_string())?.ok_or("file vanished")?;
                         check_ciphertext(&rec.object, &r.provider, &b).map_err(|e| e.to_string())?;
                         read = b.len() as u64;
@@ -81,9 +81,8 @@ pub async fn scan(tenant: &Tenant, read_data: bool, concurrency: usize) -> WalSc
                 (w, i, res)
             }
         })
-        .buffered(concurrency)
-        .collect()
-        .await;
+        .collect();
+    let results: Vec<Checked> = futures::stream::iter(futs).buffered(concurrency).collect().await;
 
     let mut records: BTreeMap<String, WalRecord> = BTreeMap::new();
     for (w, i, res) in results {

@@ -69,6 +69,13 @@ pub static INTEGRITY_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static VERIFY_LAST_RUN: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register_gauge_vec!("bascule_verify_last_run_timestamp_seconds", "When the scheduled verify of a tenant last ended", &["tenant"])
+        .unwrap()
+});
+pub static VERIFY_PROBLEMS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!("bascule_verify_problems", "Problems the last scheduled verify of a tenant found", &["tenant"]).unwrap()
+});
 pub static CYCLE_SECONDS: LazyLock<Gauge> =
     LazyLock::new(|| register_gauge!("bascule_monitor_cycle_seconds", "Duration of the last monitor cycle").unwrap());
 pub static LAST_CYCLE: LazyLock<Gauge> =
@@ -91,6 +98,8 @@ pub fn register() {
     LazyLock::force(&PROVIDER_UP);
     LazyLock::force(&OBJECTS_MISSING);
     LazyLock::force(&INTEGRITY_FAILURES);
+    LazyLock::force(&VERIFY_LAST_RUN);
+    LazyLock::force(&VERIFY_PROBLEMS);
     LazyLock::force(&CYCLE_SECONDS);
     LazyLock::force(&LAST_CYCLE);
     LazyLock::force(&TENANTS);

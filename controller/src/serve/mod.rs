@@ -76,6 +76,31 @@ fn schedule_drills(cfg: &Arc<ControllerConfig>, config_file: &Path) -> anyhow::R
     Ok(())
 }
 
+/// One scheduled verify of every tenant, reading back today's slice.
+pub async fn verify_sample(cfg: &ControllerConfig, config_file: &Path, slices: u64) {
+    use crate::command::verify;
+    let read = verify::ReadData::today(slices);
+    for t in &cfg.tenants {
+        let result = async {
+            let mut tenant = crate::tenant::Tenant::open(cfg, config_file, &t.name)?;
+            verify::run(&mut tenant, read, cfg.restore.concurrency).await
+        }
+        .await;
+        match result {
+            Ok(r) => {
+                for p in &r.problems {
+                    metrics::INTEGRITY_FAILURES.with_label_values(&[&t.name, &p.provider, "verify"]).inc();
+                    tracing::error!(tenant = %t.name, provider = %p.provider, key = %p.key, problem = %p.what, "Scheduled verify");
+                }
+                metrics::VERIFY_PROBLEMS.with_label_values(&[&t.name]).set(r.problems.len() as i64);
+                metrics::VERIFY_LAST_RUN.with_label_values(&[&t.name]).set(metrics::ts(chrono::Utc::now()));
+                tracing::info!(tenant = %t.name, objects = r.objects_checked, bytes_read = r.bytes_read, problems = r.problems.len(), ?read, "Scheduled verify done");
+            }
+            Err(e) => tracing::error!(tenant = %t.name, error = format!("{e:#}"), "Scheduled verify failed"),
+        }
+    }
+}
+
 pub async fn run(cfg: ControllerConfig, config_file: PathBuf) -> anyhow::Result<()> {
     metrics::register();
     let cfg = Arc::new(cfg);
@@ -113,6 +138,16 @@ pub async fn run(cfg: ControllerConfig, config_file: PathBuf) -> anyhow::Result<
         });
     }
     schedule_drills(&cfg, &config_file)?;
+    if let Some(v) = &cfg.serve.verify_sample {
+        let sched: bascule_core::schedule::Schedule = v.cron.parse().map_err(anyhow::Error::msg)?;
+        let (cfg, config_file, slices) = (cfg.clone(), config_file.clone(), v.slices);
+        tokio::spawn(async move {
+            while let Some(next) = sched.cron.upcoming(chrono::Local).next() {
+                tokio::time::sleep((next - chrono::Local::now()).to_std().unwrap_or_default()).await;
+                verify_sample(&cfg, &config_file, slices).await;
+            }
+        });
+    }
     let app = api::router(api::Api { cfg: cfg.clone(), config_file: config_file.clone(), store, view });
     let listener =
         tokio::net::TcpListener::bind(cfg.serve.listen).await.with_context(|| format!("cannot listen on {}", cfg.serve.listen))?;
