@@ -88,6 +88,13 @@ pub struct HeartbeatConfig {
     pub password: Option<bascule_core::config::SecretRef>,
     #[serde(default = "default_heartbeat", with = "humantime_serde")]
     pub interval: std::time::Duration,
+    /// Also end the current WAL segment (`pg_switch_wal()`) this often, so
+    /// that the newest heartbeat reaches the providers within this time even
+    /// when the database is otherwise idle, and the replication lag the
+    /// controller watches stays a real measure. Needs `GRANT EXECUTE ON
+    /// FUNCTION pg_switch_wal() TO` the heartbeat's user (or a superuser).
+    #[serde(default, with = "humantime_serde::option")]
+    pub switch_wal_every: Option<std::time::Duration>,
 }
 
 fn default_heartbeat() -> std::time::Duration {

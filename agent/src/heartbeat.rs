@@ -30,10 +30,18 @@ pub async fn run(agent: Arc<Agent>, cancel: CancellationToken) {
             let mut seq: i64 = client.query_one("SELECT coalesce(max(seq), 0) FROM bascule.heartbeat", &[]).await?.get(0);
             let beat = client.prepare(BEAT).await?;
             let mut tick = tokio::time::interval(cfg.interval);
+            let mut last_switch = tokio::time::Instant::now();
             loop {
                 tick.tick().await;
                 seq += 1;
                 client.execute(&beat, &[&seq, &host]).await?;
+                if cfg.switch_wal_every.is_some_and(|every| last_switch.elapsed() >= every) {
+                    client
+                        .batch_execute("SELECT pg_switch_wal()")
+                        .await
+                        .context("heartbeat: pg_switch_wal() (grant EXECUTE on it to this user)")?;
+                    last_switch = tokio::time::Instant::now();
+                }
             }
             #[allow(unreachable_code)]
             Ok::<(), anyhow::Error>(())
