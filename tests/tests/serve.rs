@@ -215,6 +215,21 @@ fn the_monitor_watches_two_thousand_tenants_within_its_interval() {
         futures::stream::iter(puts).buffer_unordered(64).collect::<Vec<()>>().await;
     });
     println!("{} signed HEADs written in {:.1} s", 2 * TENANTS, t0.elapsed().as_secs_f64());
+    // one provider serves a HEAD of the last tenant signed by a key that is not its agent's
+    rt.block_on(async {
+        let forger = bascule_core::keys::AgentKey::generate();
+        let head = bascule_core::head::Head {
+            format: 1,
+            tenant: names[TENANTS - 1].clone(),
+            sequence: 8,
+            latest_snapshot: None,
+            latest_wal: Some("000000010000000000000043".into()),
+            agent_time: chrono::Utc::now(),
+        };
+        let bytes = bascule_core::signed::sign(bascule_core::signed::Kind::Head, &head, &forger);
+        let b = bascule_core::provider::Provider::build(&cfgs[1], Path::new("test")).unwrap();
+        b.tenant(&names[TENANTS - 1]).put("HEAD", bytes.into()).await.unwrap();
+    });
 
     let port = free_port();
     let mut tenants = String::new();
@@ -256,11 +271,16 @@ fn the_monitor_watches_two_thousand_tenants_within_its_interval() {
     assert!(first < INTERVAL as f64 && steady < INTERVAL as f64, "first {first} s, steady {steady} s");
     assert_eq!(metric(&m, "bascule_monitor_tenants"), Some(TENANTS as f64));
     assert_eq!(metric(&m, "bascule_provider_up{provider=\"provider-a\"}"), Some(1.0));
-    let lag =
-        metric(&m, "bascule_replication_lag_seconds{provider=\"provider-b\",tenant=\"mairie-1999\"}").expect("lag of the last tenant");
+    let lag = metric(&m, "bascule_replication_lag_seconds{provider=\"provider-b\",tenant=\"mairie-1998\"}").expect("lag of a tenant");
     assert!(lag > 0.0 && lag < 600.0, "{lag}");
-    // every HEAD verified: no refusal, and the API lists every tenant
-    assert!(!m.contains("bascule_integrity_failures_total{"), "no integrity failure expected");
+    // every HEAD verified: the forged one refused (at each cycle), no other
+    let forged = metric(&m, "bascule_integrity_failures_total{provider=\"provider-b\",reason=\"bad_signature\",tenant=\"mairie-1999\"}");
+    assert!(forged.is_some_and(|n| n >= 2.0), "{forged:?}");
+    assert_eq!(m.matches("bascule_integrity_failures_total{").count(), 1, "one refusal only");
+    assert!(
+        metric(&m, "bascule_replication_lag_seconds{provider=\"provider-b\",tenant=\"mairie-1999\"}").is_none(),
+        "no lag from a forged HEAD"
+    );
     let log = std::fs::read_to_string(d.path().join("serve.log")).unwrap();
-    assert!(log.contains("refused=0 errors=0"), "{}", &log[log.len().saturating_sub(2000)..]);
+    assert!(log.contains("refused=1 errors=0"), "{}", &log[log.len().saturating_sub(2000)..]);
 }
