@@ -129,6 +129,19 @@ enum Command {
         #[arg(long, value_enum)]
         role: RoleArg,
     },
+    /// Make both providers whole: every copy of every object is read and
+    /// checked against what signs it, and a missing or damaged copy is
+    /// replaced by a good one from the other provider (ciphertext only, no
+    /// key). An object with no good copy anywhere is reported, never copied.
+    Repair {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        /// Say what would be copied; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Failover drills and restore tests from YAML runbooks.
     Drill {
         #[command(subcommand)]
@@ -496,6 +509,30 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if s.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Drill { command } => drill_command(command).await,
+        Command::Repair { config, tenant, dry_run } => {
+            let cfg = ControllerConfig::load(&config)?;
+            let t = Tenant::open(&cfg, &config, &tenant)?;
+            let r = bascule_controller::command::repair::run(&t, dry_run, cfg.restore.concurrency).await?;
+            for (p, k, n, what) in &r.copied {
+                println!("{} {p} {k} ({n} B): {what}", if dry_run { "WOULD COPY to" } else { "COPIED to" });
+            }
+            for (k, why) in &r.unrepairable {
+                println!("UNREPAIRABLE {k}: no good copy ({why})");
+            }
+            for (p, why) in &r.failed {
+                println!("FAILED {p}: {why}");
+            }
+            println!(
+                "tenant {tenant}: {} object(s) checked on {} providers; {} copied{}; {} unrepairable: {}",
+                r.checked,
+                t.replicated.replicas.len(),
+                r.copied.len(),
+                if dry_run { " (dry run: nothing written)" } else { "" },
+                r.unrepairable.len(),
+                if r.whole() { "both providers whole" } else { "NOT WHOLE" }
+            );
+            Ok(if r.whole() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
         Command::Serve { config } => {
             let cfg = ControllerConfig::load(&config)?;
             bascule_controller::serve::run(cfg, config).await?;
