@@ -68,10 +68,14 @@ struct BlobRef {
 }
 
 /// One line of the agent's local chunk tables: a pack and the chunks in it.
-/// `<job>.chunks` holds those of the last committed snapshot (what the next
-/// run can reuse); `<job>.packs.journal` those of packs uploaded since, not
-/// committed yet (so that a killed run's packs are reused). Chunk ids never
-/// leave the site; losing these files only costs a full upload.
+/// `<job>.<recipients>.chunks` holds those of the last committed snapshot
+/// (what the next run can reuse); `<job>.<recipients>.packs.journal` those of
+/// packs uploaded since, not committed yet (so that a killed run's packs are
+/// reused). `<recipients>` names the set of age recipients the packs are
+/// sealed to: after a change of recipients (a key rotation), nothing sealed
+/// to the old set is reused, so every new snapshot opens with the new
+/// identity. Chunk ids never leave the site; losing these files only costs a
+/// full upload.
 #[derive(Serialize, Deserialize)]
 struct JournalEntry {
     pack: ObjectRef,
@@ -368,6 +372,14 @@ async fn read_heads(agent: &Agent, up: &[bool]) -> u64 {
     best
 }
 
+/// A short name for a set of recipients (whatever their order).
+fn recipients_tag(recipients: &[bascule_core::keys::Recipient]) -> String {
+    let mut all: Vec<String> = recipients.iter().map(|r| r.to_string()).collect();
+    all.sort();
+    all.dedup();
+    blake3::hash(all.join("\n").as_bytes()).to_hex()[..12].to_string()
+}
+
 /// Chunks this agent already stored: those of the last committed snapshot
 /// and those of packs uploaded by a run that did not commit.
 fn known_blobs(files: &[&std::path::Path]) -> anyhow::Result<HashMap<String, KnownBlob>> {
@@ -430,8 +442,9 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
         bail!("no provider is reachable: {}", why_down.iter().flatten().cloned().collect::<Vec<_>>().join("; "));
     }
     let head_seq = read_heads(&agent, &up).await;
-    let journal = agent.config.state_dir.join(format!("{}.packs.journal", job.name));
-    let table = agent.config.state_dir.join(format!("{}.chunks", job.name));
+    let sealed_to = recipients_tag(&agent.config.recipients);
+    let journal = agent.config.state_dir.join(format!("{}.{sealed_to}.packs.journal", job.name));
+    let table = agent.config.state_dir.join(format!("{}.{sealed_to}.chunks", job.name));
     let known = known_blobs(&[&table, &journal])?;
 
     let run = Arc::new(Run {

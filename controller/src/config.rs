@@ -1,7 +1,7 @@
 //! `controller.yaml`: providers, tenants and their agents' verify keys.
 use std::path::{Path, PathBuf};
 
-use bascule_core::keys::VerifyKey;
+use bascule_core::keys::TrustedKey;
 use bascule_core::provider::ProviderConfig;
 use serde::Deserialize;
 
@@ -145,8 +145,10 @@ fn drill_mode() -> String {
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     pub name: String,
-    /// The tenant's agent verify keys (`bascule-agent keygen` prints one).
-    pub verify_keys: Vec<VerifyKey>,
+    /// The tenant's agent verify keys (`bascule-agent keygen` prints one),
+    /// bare, or with when each is valid: `{ key: "ed25519:…", valid_from:
+    /// 2026-06-01T00:00:00Z, revoked_at: 2026-11-01T00:00:00Z }`.
+    pub verify_keys: Vec<TrustedKey>,
 }
 
 #[derive(Debug, Deserialize)]

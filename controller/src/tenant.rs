@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use bascule_core::head::{Head, RollbackGuard};
-use bascule_core::keys::VerifyKey;
+use bascule_core::keys::{TrustedKey, VerifyKey};
 use bascule_core::manifest::Manifest;
 use bascule_core::provider::{Provider, Replicated};
 use bascule_core::signed::{self, Kind};
@@ -17,10 +17,23 @@ use crate::config::ControllerConfig;
 pub struct Tenant {
     pub name: String,
     pub replicated: Replicated,
+    /// Every registered key (a signature must verify with one of them)…
     pub trusted: Vec<VerifyKey>,
+    /// …and each key's validity (the time an object carries must fall in it).
+    pub keys: Vec<TrustedKey>,
     /// One per provider: a provider that once showed sequence N and now shows
     /// less is rolling back; one that never reached N is only behind.
     pub guards: Vec<RollbackGuard>,
+}
+
+/// Checks a HEAD's envelope, that its key was valid at its agent time, and
+/// that it is `tenant`'s.
+pub fn open_head(tenant: &str, keys: &[TrustedKey], bytes: &[u8]) -> bascule_core::Result<Head> {
+    let (h, _): (Head, _) = signed::open_valid(Kind::Head, bytes, keys, layout::HEAD, |h: &Head| h.agent_time)?;
+    if h.tenant != tenant {
+        return Err(Error::Body { key: layout::HEAD.into(), reason: format!("HEAD is for tenant {:?}", h.tenant) });
+    }
+    Ok(h)
 }
 
 /// What a provider's HEAD said.
@@ -43,7 +56,13 @@ impl Tenant {
             replicas.push(Provider::build(p, config_file)?.tenant(name));
             guards.push(RollbackGuard::load(&config.state_dir, &format!("{name}@{}", p.name))?);
         }
-        Ok(Tenant { name: name.into(), replicated: Replicated::new(replicas), trusted: t.verify_keys.clone(), guards })
+        Ok(Tenant {
+            name: name.into(),
+            replicated: Replicated::new(replicas),
+            trusted: t.verify_keys.iter().map(|k| k.key).collect(),
+            keys: t.verify_keys.clone(),
+            guards,
+        })
     }
 
     /// Reads every provider's HEAD, refuses bad signatures and rollbacks, and
@@ -54,12 +73,9 @@ impl Tenant {
             let state = match r.get(layout::HEAD).await {
                 Ok(None) => HeadState::Absent,
                 Err(e) => HeadState::Refused(e),
-                Ok(Some(b)) => match signed::open::<Head>(Kind::Head, &b, &self.trusted, layout::HEAD) {
+                Ok(Some(b)) => match open_head(&self.name, &self.keys, &b) {
                     Err(e) => HeadState::Refused(e),
-                    Ok((h, _)) if h.tenant != self.name => {
-                        HeadState::Refused(Error::Body { key: layout::HEAD.into(), reason: format!("HEAD is for tenant {:?}", h.tenant) })
-                    }
-                    Ok((h, _)) => match guard.check(&r.provider, &h) {
+                    Ok(h) => match guard.check(&r.provider, &h) {
                         Ok(()) => {
                             guard.observe(h.sequence)?;
                             HeadState::Valid(h)
@@ -77,16 +93,7 @@ impl Tenant {
     /// verifies, and checks it belongs to this tenant.
     pub async fn manifest(&self, name: &str) -> bascule_core::Result<(Manifest, String)> {
         let key = layout::manifest(name);
-        let ((m, _), provider) = self
-            .replicated
-            .get_checked(&key, 0, |_, b| {
-                let (m, by): (Manifest, _) = signed::open(Kind::Manifest, &b, &self.trusted, &key)?;
-                if m.tenant != self.name || m.name != name {
-                    return Err(Error::Body { key: key.clone(), reason: format!("manifest is for {}/{}", m.tenant, m.name) });
-                }
-                Ok((m, by))
-            })
-            .await?;
+        let ((m, _), provider) = self.replicated.get_checked(&key, 0, |_, b| self.open_manifest(name, &b).map(|m| (m, ()))).await?;
         Ok((m, provider))
     }
 
@@ -147,10 +154,21 @@ impl Tenant {
         out
     }
 
+    /// Checks a manifest's envelope, that its key was valid when the
+    /// snapshot started, and that it is snapshot `name` of this tenant.
+    pub fn open_manifest(&self, name: &str, bytes: &[u8]) -> bascule_core::Result<Manifest> {
+        let key = layout::manifest(name);
+        let (m, _): (Manifest, _) = signed::open_valid(Kind::Manifest, bytes, &self.keys, &key, |m: &Manifest| m.started_at)?;
+        if m.tenant != self.name || m.name != name {
+            return Err(Error::Body { key, reason: format!("manifest is for {}/{}", m.tenant, m.name) });
+        }
+        Ok(m)
+    }
+
     /// Checks a WAL record's envelope and that it is the one `name` should hold.
     pub fn open_wal_record(&self, name: &WalName, bytes: &[u8]) -> bascule_core::Result<WalRecord> {
         let key = name.record_key();
-        let (r, _): (WalRecord, _) = signed::open(Kind::Wal, bytes, &self.trusted, &key)?;
+        let (r, _): (WalRecord, _) = signed::open_valid(Kind::Wal, bytes, &self.keys, &key, |r: &WalRecord| r.archived_at)?;
         r.check_for(&self.name, name).map_err(|reason| Error::Body { key, reason })?;
         Ok(r)
     }

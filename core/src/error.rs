@@ -41,6 +41,8 @@ pub enum Error {
     Envelope { key: String, reason: String },
     #[error("{key}: signature does not verify with any registered agent key; refusing the object")]
     BadSignature { key: String },
+    #[error("{key}: signed by a key not valid then: {reason}; refusing the object")]
+    KeyNotValid { key: String, reason: String },
     #[error("{key}: malformed body: {reason}")]
     Body { key: String, reason: String },
     #[error("provider {provider}: HEAD sequence {found} is below {seen}, already seen: the provider serves an older state (rollback); refusing it")]

@@ -124,6 +124,63 @@ impl<'de> serde::Deserialize<'de> for VerifyKey {
     }
 }
 
+/// A verify key a reader trusts, and when: an object it signed is accepted
+/// only if the time the object carries (a manifest's start, a WAL record's
+/// archive time, a HEAD's agent time) is at or after `valid_from` and before
+/// `revoked_at`. Written as the bare key, or as
+/// `{ key: "ed25519:…", valid_from: 2026-01-01T00:00:00Z, revoked_at: … }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedKey {
+    pub key: VerifyKey,
+    pub valid_from: Option<chrono::DateTime<chrono::Utc>>,
+    pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl TrustedKey {
+    /// Whether an object that carries time `at` may be signed by this key.
+    pub fn allows(&self, at: chrono::DateTime<chrono::Utc>) -> std::result::Result<(), String> {
+        if let Some(from) = self.valid_from {
+            if at < from {
+                return Err(format!("{} is valid from {from}, the object says {at}", self.key));
+            }
+        }
+        if let Some(revoked) = self.revoked_at {
+            if at >= revoked {
+                return Err(format!("{} was revoked at {revoked}, the object says {at}", self.key));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl From<VerifyKey> for TrustedKey {
+    fn from(key: VerifyKey) -> Self {
+        TrustedKey { key, valid_from: None, revoked_at: None }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TrustedKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            key: VerifyKey,
+            valid_from: Option<chrono::DateTime<chrono::Utc>>,
+            revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Bare(VerifyKey),
+            Full(Full),
+        }
+        Ok(match Either::deserialize(d)? {
+            Either::Bare(key) => key.into(),
+            Either::Full(f) => TrustedKey { key: f.key, valid_from: f.valid_from, revoked_at: f.revoked_at },
+        })
+    }
+}
+
 /// An age X25519 recipient (`age1…`), checked when the config is parsed.
 #[derive(Clone)]
 pub struct Recipient(pub age::x25519::Recipient);

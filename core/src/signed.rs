@@ -53,6 +53,23 @@ pub fn sign<T: Serialize>(kind: Kind, body: &T, key: &AgentKey) -> Vec<u8> {
     out
 }
 
+/// [`open`], then checks that the key that signed was valid at the time the
+/// object carries (`at`): not before its `valid_from`, not after its revocation.
+pub fn open_valid<T: DeserializeOwned>(
+    kind: Kind,
+    bytes: &[u8],
+    trusted: &[crate::keys::TrustedKey],
+    name: &str,
+    at: impl Fn(&T) -> chrono::DateTime<chrono::Utc>,
+) -> Result<(T, VerifyKey)> {
+    let keys: Vec<VerifyKey> = trusted.iter().map(|t| t.key).collect();
+    let (v, by) = open::<T>(kind, bytes, &keys, name)?;
+    for t in trusted.iter().filter(|t| t.key == by) {
+        t.allows(at(&v)).map_err(|reason| Error::KeyNotValid { key: name.into(), reason })?;
+    }
+    Ok((v, by))
+}
+
 /// Verifies the envelope against the trusted keys, then parses the body.
 /// Returns the body and the key that signed it. `name` is used in errors.
 pub fn open<T: DeserializeOwned>(kind: Kind, bytes: &[u8], trusted: &[VerifyKey], name: &str) -> Result<(T, VerifyKey)> {

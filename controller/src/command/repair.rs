@@ -9,16 +9,14 @@
 //! packs and WAL files, then manifests and WAL records, then HEAD.
 use std::collections::BTreeMap;
 
-use bascule_core::head::Head;
 use bascule_core::manifest::{Manifest, ObjectRef};
 use bascule_core::provider::check_ciphertext;
-use bascule_core::signed::{self, Kind};
 use bascule_core::wal::{record_name, WalRecord, WAL};
 use bascule_core::{layout, Error};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::tenant::Tenant;
+use crate::tenant::{open_head, Tenant};
 
 /// One copy of one object on one provider.
 #[derive(Debug, Clone)]
@@ -142,16 +140,10 @@ pub async fn run(t: &Tenant, dry_run: bool, concurrency: usize) -> anyhow::Resul
     let mut manifests: Vec<(String, Vec<Copy>, Option<Manifest>)> = Vec::new();
     for key in all_keys.iter().filter(|k| layout::manifest_name(k).is_some()) {
         let name = layout::manifest_name(key).expect("filtered").to_string();
-        let check = |b: &Bytes| -> Result<(), String> {
-            let (m, _): (Manifest, _) = signed::open(Kind::Manifest, b, &t.trusted, key).map_err(|e| e.to_string())?;
-            if m.tenant != t.name || m.name != name {
-                return Err(format!("manifest of {}/{}", m.tenant, m.name));
-            }
-            Ok(())
-        };
+        let check = |b: &Bytes| t.open_manifest(&name, b).map(|_| ()).map_err(|e| e.to_string());
         let found = copies(t, &listings, key, None, &check).await;
         let parsed = found.iter().find_map(|c| match c {
-            Copy::Good(b) => signed::open::<Manifest>(Kind::Manifest, b, &t.trusted, key).ok().map(|(m, _)| m),
+            Copy::Good(b) => t.open_manifest(&name, b).ok(),
             _ => None,
         });
         manifests.push((key.clone(), found, parsed));
@@ -197,13 +189,7 @@ pub async fn run(t: &Tenant, dry_run: bool, concurrency: usize) -> anyhow::Resul
     }
 
     // HEAD: a provider whose HEAD is missing or refused gets the newest valid one
-    let check = |b: &Bytes| -> Result<(), String> {
-        let (h, _): (Head, _) = signed::open(Kind::Head, b, &t.trusted, layout::HEAD).map_err(|e| e.to_string())?;
-        if h.tenant != t.name {
-            return Err(format!("HEAD of {}", h.tenant));
-        }
-        Ok(())
-    };
+    let check = |b: &Bytes| open_head(&t.name, &t.keys, b).map(|_| ()).map_err(|e| e.to_string());
     let mut heads = Vec::new();
     for (i, r) in t.replicated.replicas.iter().enumerate() {
         heads.push(match (&listings[i], r.get(layout::HEAD).await) {
@@ -218,7 +204,7 @@ pub async fn run(t: &Tenant, dry_run: bool, concurrency: usize) -> anyhow::Resul
     // the newest valid HEAD is the one copied; an older valid one is left alone
     // (each provider's HEAD names its own newest WAL file)
     let seq = |c: &Copy| match c {
-        Copy::Good(b) => signed::open::<Head>(Kind::Head, b, &t.trusted, layout::HEAD).map(|(h, _)| h.sequence).unwrap_or(0),
+        Copy::Good(b) => open_head(&t.name, &t.keys, b).map(|h| h.sequence).unwrap_or(0),
         _ => 0,
     };
     match heads.iter().filter(|c| matches!(c, Copy::Good(_))).max_by_key(|c| seq(c)).cloned() {

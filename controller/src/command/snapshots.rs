@@ -7,14 +7,15 @@ pub async fn run(tenant: &mut Tenant) -> anyhow::Result<String> {
     let mut out = String::new();
     let providers: Vec<_> = listings.iter().map(|(p, _)| p.clone()).collect();
     out.push_str(&format!(
-        "{:<33} {:<8} {:<8} {:>12} {:>12} {:>12}  {}\n",
+        "{:<33} {:<8} {:<8} {:>12} {:>12} {:>12}  {}  {}\n",
         "SNAPSHOT",
         "KIND",
         "JOB",
         "SOURCE",
         "STORED",
         "NEW",
-        providers.join(" ")
+        providers.join(" "),
+        "SEALED TO"
     ));
     for (p, l) in &listings {
         if let Err(e) = l {
@@ -31,19 +32,28 @@ pub async fn run(tenant: &mut Tenant) -> anyhow::Result<String> {
             .collect();
         match tenant.manifest(&name).await {
             Ok((m, _)) => out.push_str(&format!(
-                "{:<33} {:<8} {:<8} {:>12} {:>12} {:>12}  {}\n",
+                "{:<33} {:<8} {:<8} {:>12} {:>12} {:>12}  {}  {}\n",
                 m.name,
                 m.kind.to_string(),
                 m.job,
                 human(m.source_bytes),
                 human(m.stored_bytes),
                 human(m.new_bytes),
-                presence.join(" ")
+                presence.join(" "),
+                m.recipients.iter().map(|r| short_recipient(r)).collect::<Vec<_>>().join(",")
             )),
             Err(e) => out.push_str(&format!("{name:<33} REFUSED: {e}\n")),
         }
     }
     Ok(out)
+}
+
+/// `age1abcd…wxyz`: enough to tell recipients apart in a table.
+fn short_recipient(r: &str) -> String {
+    if r.len() <= 16 {
+        return r.to_string();
+    }
+    format!("{}…{}", &r[..8], &r[r.len() - 4..])
 }
 
 pub fn human(n: u64) -> String {

@@ -2,7 +2,6 @@
 //! present on both providers; with `read_data`, re-hashes every ciphertext.
 use bascule_core::manifest::ObjectRef;
 use bascule_core::provider::check_ciphertext;
-use bascule_core::signed::{self, Kind};
 use bascule_core::{layout, manifest::Manifest};
 use futures::StreamExt;
 
@@ -120,9 +119,8 @@ pub async fn run(tenant: &mut Tenant, read_data: ReadData, concurrency: usize) -
                 continue;
             }
             match r.get(&mkey).await {
-                Ok(Some(b)) => match signed::open::<Manifest>(Kind::Manifest, &b, &tenant.trusted, &mkey) {
-                    Ok((m, _)) if m.tenant == tenant.name && &m.name == name => good = good.or(Some(m)),
-                    Ok((m, _)) => report_push(&mut problems, &r.provider, &mkey, format!("manifest names {}/{}", m.tenant, m.name)),
+                Ok(Some(b)) => match tenant.open_manifest(name, &b) {
+                    Ok(m) => good = good.or(Some(m)),
                     Err(e) => report_push(&mut problems, &r.provider, &mkey, format!("refused: {e}")),
                 },
                 Ok(None) => report_push(&mut problems, &r.provider, &mkey, "manifest missing".into()),

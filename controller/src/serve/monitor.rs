@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bascule_core::head::{Head, RollbackGuard};
-use bascule_core::keys::VerifyKey;
+use bascule_core::keys::TrustedKey;
 use bascule_core::manifest::Manifest;
 use bascule_core::provider::{Fetched, Provider};
 use bascule_core::signed::{self, Kind};
@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use super::metrics::{self as m, ts};
 use crate::config::ControllerConfig;
+use crate::tenant::open_head;
 
 /// What the API shows of one tenant on one provider.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -49,7 +50,7 @@ struct PerProvider {
 
 struct Watched {
     name: String,
-    trusted: Vec<VerifyKey>,
+    keys: Vec<TrustedKey>,
     per: Vec<PerProvider>,
     /// Snapshot name → (kind, start time), from verified manifests.
     snapshots: HashMap<String, (String, chrono::DateTime<chrono::Utc>)>,
@@ -93,7 +94,7 @@ impl Monitor {
             }
             tenants.push(Watched {
                 name: t.name.clone(),
-                trusted: t.verify_keys.clone(),
+                keys: t.verify_keys.clone(),
                 per,
                 snapshots: HashMap::new(),
                 changed: false,
@@ -173,7 +174,7 @@ async fn check_tenant(t: &mut Watched, providers: &[Provider], deep_interval: Du
                 true
             }
             Ok(Fetched::Changed { bytes, etag }) => {
-                match open_head(&t.name, &t.trusted, &bytes).and_then(|h| st.guard.check(&p.name, &h).map(|_| h)) {
+                match open_head(&t.name, &t.keys, &bytes).and_then(|h| st.guard.check(&p.name, &h).map(|_| h)) {
                     Ok(h) => {
                         if let Err(e) = st.guard.observe(h.sequence) {
                             tracing::error!(tenant = %t.name, error = %e, "Cannot record the HEAD sequence seen");
@@ -227,14 +228,6 @@ async fn check_tenant(t: &mut Watched, providers: &[Provider], deep_interval: Du
     (refused, per_result, deep)
 }
 
-fn open_head(tenant: &str, trusted: &[VerifyKey], bytes: &[u8]) -> bascule_core::Result<Head> {
-    let (h, _) = signed::open::<Head>(Kind::Head, bytes, trusted, layout::HEAD)?;
-    if h.tenant != tenant {
-        return Err(Error::Body { key: layout::HEAD.into(), reason: format!("HEAD is for tenant {:?}", h.tenant) });
-    }
-    Ok(h)
-}
-
 /// Lists the tenant on both providers: objects one lacks, and the newest
 /// snapshot of each kind on each (kinds from the signed manifests).
 async fn compare_listings(t: &mut Watched, providers: &[Provider]) {
@@ -266,7 +259,7 @@ async fn compare_listings(t: &mut Watched, providers: &[Provider]) {
                 continue;
             }
             let Ok(Some(b)) = p.tenant(&t.name).get(key).await else { continue };
-            match signed::open::<Manifest>(Kind::Manifest, &b, &t.trusted, key) {
+            match signed::open_valid::<Manifest>(Kind::Manifest, &b, &t.keys, key, |m| m.started_at) {
                 Ok((man, _)) if man.tenant == t.name => {
                     t.snapshots.insert(name.to_string(), (man.kind.to_string(), man.started_at));
                     break;

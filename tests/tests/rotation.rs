@@ -1,0 +1,75 @@
+//! Key rotation: the customer's recipients change (old snapshots stay
+//! readable with the old identity, new ones with the new identity only), and
+//! the agent's signing key is rotated, then the old one revoked: what it
+//! signs after its revocation is refused.
+use std::process::Command;
+
+use bascule_tests::{bin, ok, run, text, Scenario};
+
+fn edit(path: &std::path::Path, from: &str, to: &str) {
+    let s = std::fs::read_to_string(path).unwrap();
+    assert!(s.contains(from), "{from} not in {}", path.display());
+    std::fs::write(path, s.replace(from, to)).unwrap();
+}
+
+#[test]
+fn rotated_recipients_and_a_revoked_agent_key() {
+    let s = Scenario::start(1_000);
+    let first = s.snapshot();
+    assert!(first.status.success(), "{}", text(&first));
+    let first = Scenario::snapshot_name(&first);
+
+    // the customer rotates its age key: new snapshots are sealed to the new recipient
+    let new_key = s.path("customer-2026.key");
+    let new_recipient = ok(Command::new(bin("bascule-agent")).arg("new-identity").arg("--out").arg(&new_key)).trim().to_string();
+    edit(&s.path("agent.yaml"), &s.recipient, &new_recipient);
+    s.pg.psql("mairie", "INSERT INTO citoyens (nom) VALUES ('Rotation')");
+    let second = s.snapshot();
+    assert!(second.status.success(), "{}", text(&second));
+    let second = Scenario::snapshot_name(&second);
+    // nothing sealed to the old recipient is reused: the new snapshot stands on its own
+    let listed = text(&run(&mut s.controller(&["snapshots"])));
+    let row = |name: &str| listed.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} not in\n{listed}")).to_string();
+    assert!(row(&first).contains(&s.recipient[..8]) && row(&first).ends_with(&s.recipient[s.recipient.len() - 4..]), "{listed}");
+    assert!(row(&second).ends_with(&new_recipient[new_recipient.len() - 4..]), "{listed}");
+    let restore = |snap: &str, db: &str, key: &std::path::Path| s.restore(snap, db, key);
+    assert!(restore(&first, "first_old_key", &s.path("customer.key")).status.success(), "the old snapshot opens with the old identity");
+    let r = restore(&second, "second_new_key", &new_key);
+    assert!(r.status.success(), "the new snapshot opens with the new identity:\n{}", text(&r));
+    assert_eq!(s.pg.data_fingerprint("mairie"), s.pg.data_fingerprint("second_new_key"));
+    let r = restore(&second, "second_old_key", &s.path("customer.key"));
+    assert!(!r.status.success(), "the old identity cannot open the new snapshot:\n{}", text(&r));
+
+    // the agent's signing key is rotated: a new key from now, the old one revoked now
+    let old_verify = s.verify_key.clone();
+    let new_agent_key = s.path("agent-2026.key");
+    let new_verify = ok(Command::new(bin("bascule-agent")).arg("keygen").arg("--out").arg(&new_agent_key)).trim().to_string();
+    if bascule_tests::is_root() {
+        ok(Command::new("chown").arg("postgres").arg(&new_agent_key));
+    }
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    edit(
+        &s.path("controller.yaml"),
+        &format!("verify_keys: [\"{old_verify}\"]"),
+        &format!(
+            "verify_keys:\n      - {{ key: \"{old_verify}\", revoked_at: {at} }}\n      - {{ key: \"{new_verify}\", valid_from: {at} }}"
+        ),
+    );
+    edit(&s.path("agent.yaml"), &format!("key_file: {}", s.path("agent.key").display()), &format!("key_file: {}", new_agent_key.display()));
+    let third = s.snapshot();
+    assert!(third.status.success(), "{}", text(&third));
+    let v = run(&mut s.controller(&["verify"]));
+    assert!(v.status.success(), "snapshots signed before the revocation and after the rotation verify:\n{}", text(&v));
+
+    // the revoked key signs again (a stolen key): refused
+    edit(&s.path("agent.yaml"), &format!("key_file: {}", new_agent_key.display()), &format!("key_file: {}", s.path("agent.key").display()));
+    let fourth = s.snapshot();
+    assert!(fourth.status.success(), "{}", text(&fourth));
+    let fourth = Scenario::snapshot_name(&fourth);
+    let v = run(&mut s.controller(&["verify"]));
+    let out = text(&v);
+    assert!(!v.status.success() && out.contains(&fourth) && out.contains("revoked"), "{out}");
+    let r = restore(&fourth, "fourth", &new_key);
+    assert!(!r.status.success() && text(&r).contains("revoked"), "{}", text(&r));
+}
