@@ -7,7 +7,6 @@ mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Context;
 
@@ -44,6 +43,21 @@ pub fn drill_metrics(store: &Store) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `work` at every tick of `sched`, in a task of its own.
+fn on_schedule<F, Fut>(sched: bascule_core::schedule::Schedule, what: String, mut work: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        while let Some(next) = sched.cron.upcoming(chrono::Local).next() {
+            tracing::info!(at = %next, "Next scheduled {what}");
+            tokio::time::sleep((next - chrono::Local::now()).to_std().unwrap_or_default()).await;
+            work().await;
+        }
+    });
+}
+
 /// Runs the scheduled drills of the configuration, each on its cron.
 fn schedule_drills(cfg: &Arc<ControllerConfig>, config_file: &Path) -> anyhow::Result<()> {
     for entry in &cfg.serve.schedule {
@@ -56,21 +70,17 @@ fn schedule_drills(cfg: &Arc<ControllerConfig>, config_file: &Path) -> anyhow::R
         // validated now: a broken runbook stops `serve` at start, not at 3 a.m.
         runbook::load(&file)?;
         let (cfg, config_file, mode_name, vars) = (cfg.clone(), config_file.to_path_buf(), entry.mode.clone(), entry.vars.clone());
-        tokio::spawn(async move {
-            loop {
-                let Some(next) = sched.cron.upcoming(chrono::Local).next() else { return };
-                let wait = (next - chrono::Local::now()).to_std().unwrap_or_default();
-                tracing::info!(runbook = %file.display(), at = %next, "Next scheduled drill");
-                tokio::time::sleep(wait).await;
-                let mode = if mode_name == "failover" { runbook::Mode::Failover } else { runbook::Mode::Drill };
-                let started = runbook::load(&file)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|l| api::launch(cfg.clone(), config_file.clone(), l, mode, &mode_name, &vars, "schedule"));
-                match started {
-                    Ok(id) => tracing::info!(drill = id, runbook = %file.display(), "Scheduled drill started"),
-                    Err(e) => tracing::error!(runbook = %file.display(), error = format!("{e:#}"), "Scheduled drill not started"),
-                }
+        let what = format!("drill {}", file.display());
+        on_schedule(sched, what, move || {
+            let mode = if mode_name == "failover" { runbook::Mode::Failover } else { runbook::Mode::Drill };
+            let started = runbook::load(&file)
+                .map_err(anyhow::Error::from)
+                .and_then(|l| api::launch(cfg.clone(), config_file.clone(), l, mode, &mode_name, &vars, "schedule"));
+            match started {
+                Ok(id) => tracing::info!(drill = id, runbook = %file.display(), "Scheduled drill started"),
+                Err(e) => tracing::error!(runbook = %file.display(), error = format!("{e:#}"), "Scheduled drill not started"),
             }
+            async {}
         });
     }
     Ok(())
@@ -141,11 +151,9 @@ pub async fn run(cfg: ControllerConfig, config_file: PathBuf) -> anyhow::Result<
     if let Some(v) = &cfg.serve.verify_sample {
         let sched: bascule_core::schedule::Schedule = v.cron.parse().map_err(anyhow::Error::msg)?;
         let (cfg, config_file, slices) = (cfg.clone(), config_file.clone(), v.slices);
-        tokio::spawn(async move {
-            while let Some(next) = sched.cron.upcoming(chrono::Local).next() {
-                tokio::time::sleep((next - chrono::Local::now()).to_std().unwrap_or_default()).await;
-                verify_sample(&cfg, &config_file, slices).await;
-            }
+        on_schedule(sched, "sampled verify".into(), move || {
+            let (cfg, config_file) = (cfg.clone(), config_file.clone());
+            async move { verify_sample(&cfg, &config_file, slices).await }
         });
     }
     let app = api::router(api::Api { cfg: cfg.clone(), config_file: config_file.clone(), store, view });
@@ -170,6 +178,5 @@ pub async fn run(cfg: ControllerConfig, config_file: PathBuf) -> anyhow::Result<
             axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
         }
     }
-    let _ = Duration::ZERO;
     Ok(())
 }
