@@ -46,6 +46,10 @@ fn the_api_checks_tokens_roles_and_bodies_and_audits_every_call() {
     let runbooks = d.path().join("runbooks");
     std::fs::create_dir(&runbooks).unwrap();
     write(
+        &runbooks.join("gated.yaml"),
+        "name: gated\nstages:\n  - name: ask\n    steps:\n      - id: go\n        approval: { prompt: \"Go ahead?\" }\n        timeout: 1m\n",
+    );
+    write(
         &runbooks.join("quick.yaml"),
         &format!(
             "name: quick\ntargets: {{ rto: 1h }}\nvariables: {{ out: \"{}/ran\" }}\nstages:\n  - name: only\n    steps:\n      - id: touch\n        shell: {{ command: \"touch ${{out}}\" }}\n",
@@ -108,6 +112,23 @@ fn the_api_checks_tokens_roles_and_bodies_and_audits_every_call() {
     let m = get(&format!("{base}/metrics"));
     assert!(m.contains("bascule_drill_last_run_timestamp_seconds{result=\"pass\",runbook=\"quick\"}"), "{m}");
     assert!(m.contains("bascule_provider_up{provider=\"a\"} 1"), "{m}");
+
+    // an approval step answered through the API
+    let (code, body) = curl("POST", &drills, Some(&operator), Some(r#"{"runbook":"gated"}"#), &[]);
+    assert_eq!(code, 202, "{body}");
+    let gated = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_i64().unwrap();
+    let approve = format!("{drills}/{gated}/approve");
+    assert_eq!(curl("POST", &approve, Some(&viewer), Some(r#"{"step":"go"}"#), &[]).0, 403);
+    let (code, body) = curl("POST", &approve, Some(&operator), Some(r#"{"step":"nope"}"#), &[]);
+    assert!(code == 400 && body.contains("no approval step"), "{code} {body}");
+    let (code, body) = curl("POST", &approve, Some(&operator), Some(r#"{"step":"go"}"#), &[]);
+    assert_eq!(code, 200, "{body}");
+    wait_until("the gated drill passes", MINUTE, || {
+        let (_, b) = curl("GET", &format!("{drills}/{gated}"), Some(&viewer), None, &[]);
+        serde_json::from_str::<serde_json::Value>(&b)
+            .is_ok_and(|r| r["verdict"] == "PASS" && r["steps"][0]["output"] == "approved by api:bob")
+    });
+    assert_eq!(curl("POST", &approve, Some(&operator), Some(r#"{"step":"go"}"#), &[]).0, 409, "the drill is over");
 
     // every call is in the audit log, refusals included, and the chain holds
     let a = run(Command::new(bin("bascule-controller")).args(["drill", "audit", "--verify", "--config"]).arg(&cfg));
