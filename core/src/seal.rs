@@ -12,7 +12,19 @@ pub const ZSTD_LEVEL: i32 = 3;
 
 /// Compresses then encrypts `plaintext` to all `recipients`.
 pub fn seal(plaintext: &[u8], recipients: &[Recipient]) -> Result<Vec<u8>> {
-    let compressed = zstd::bulk::compress(plaintext, ZSTD_LEVEL).map_err(|e| Error::Seal(e.to_string()))?;
+    // one compression context per thread, not one per object
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
+    }
+    let compressed = COMPRESSOR
+        .with(|c| {
+            let mut c = c.borrow_mut();
+            if c.is_none() {
+                *c = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL)?);
+            }
+            c.as_mut().expect("set above").compress(plaintext)
+        })
+        .map_err(|e| Error::Seal(e.to_string()))?;
     let encryptor =
         age::Encryptor::with_recipients(recipients.iter().map(|r| &r.0 as &dyn age::Recipient)).map_err(|e| Error::Seal(e.to_string()))?;
     let mut out = Vec::with_capacity(compressed.len() + 256);

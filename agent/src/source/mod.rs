@@ -66,6 +66,9 @@ impl Running {
         cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).stdin(std::process::Stdio::null());
         let mut child = cmd.spawn().with_context(|| format!("cannot start {what}; is it installed and on PATH?"))?;
         let stdout = child.stdout.take().expect("piped stdout");
+        // a 1 MiB pipe instead of 64 KiB: the source and the chunker wake each
+        // other far less often (the kernel may refuse; the default then stays)
+        let _ = rustix::pipe::fcntl_setpipe_size(&stdout, 1 << 20);
         let mut stderr = child.stderr.take().expect("piped stderr");
         // keep the last 8 KiB of the source's error output for the error message
         let stderr_tail = std::thread::spawn(move || {
