@@ -47,7 +47,7 @@ fn rotated_recipients_and_a_revoked_agent_key() {
     if bascule_tests::is_root() {
         ok(Command::new("chown").arg("postgres").arg(&new_agent_key));
     }
-    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     std::thread::sleep(std::time::Duration::from_millis(1100));
     edit(
         &s.path("controller.yaml"),
