@@ -452,7 +452,7 @@ async fn execute(
     lock: std::fs::File,
 ) -> anyhow::Result<ExitCode> {
     let interactive = std::io::stdin().is_terminal();
-    let r = drill::run_and_report(cfg, config.clone(), loaded, mode, id, store, actor, abort, interactive, lock).await?;
+    let r = drill::run_and_report(Arc::new(cfg), config.clone(), loaded, mode, id, store, actor, abort, interactive, lock).await?;
     for s in &r.steps {
         println!("{:<12} {:<26} {:<16} {:>9.1}s  {} attempt(s)  {}", s.stage, s.id, s.kind, s.duration_seconds, s.attempts, s.outcome);
     }

@@ -38,7 +38,7 @@ pub struct Drill {
     pub actor: String,
     /// The controller's configuration and its file, for steps that reach
     /// the providers.
-    pub controller: Option<(ControllerConfig, PathBuf)>,
+    pub controller: Option<(Arc<ControllerConfig>, PathBuf)>,
     /// Approvals may be answered at this terminal.
     pub interactive: bool,
     vars: Mutex<BTreeMap<String, String>>,
@@ -53,7 +53,7 @@ impl Drill {
         id: i64,
         store: Arc<Mutex<Store>>,
         actor: String,
-        controller: Option<(ControllerConfig, PathBuf)>,
+        controller: Option<(Arc<ControllerConfig>, PathBuf)>,
     ) -> anyhow::Result<Drill> {
         let mut vars = loaded.runbook.variables.clone();
         vars.extend(store.lock().expect("lock").variables(id)?);
@@ -80,7 +80,7 @@ impl Drill {
     pub fn controller(&self) -> Result<(&ControllerConfig, &std::path::Path), String> {
         self.controller
             .as_ref()
-            .map(|(c, f)| (c, f.as_path()))
+            .map(|(c, f)| (c.as_ref(), f.as_path()))
             .ok_or_else(|| "this step needs the controller's configuration (--config)".to_string())
     }
 

@@ -33,7 +33,7 @@ pub fn is_running(cfg: &ControllerConfig, id: i64) -> bool {
 /// signed, on both providers. `lock` is held until the end.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_and_report(
-    cfg: ControllerConfig,
+    cfg: Arc<ControllerConfig>,
     config: PathBuf,
     loaded: Arc<Loaded>,
     mode: Mode,

@@ -11,7 +11,7 @@ use bascule_core::signed::{self, Kind};
 use serde::{Deserialize, Serialize};
 
 use super::engine::{hms, FAILED, PASSED, SKIPPED, TOLERATED};
-use super::store::Store;
+use super::store::{DrillRow, Store};
 use crate::config::ControllerConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,25 +109,7 @@ pub fn build(store: &Store, id: i64) -> anyhow::Result<Report> {
             output: s.output,
         })
         .collect();
-    let rto = Measure::new(d.measures.rto, Some(d.rto_target));
-    let rpo = Measure::new(d.measures.rpo, d.rpo_target);
-    let mut reasons = Vec::new();
-    match d.status.as_str() {
-        "passed" => {}
-        "failed" => reasons.push("a critical step failed".to_string()),
-        "aborted" => reasons.push("the drill was aborted".to_string()),
-        other => reasons.push(format!("the drill has not finished ({other})")),
-    }
-    match rto.met {
-        Some(false) => reasons.push("RTO above its target".into()),
-        None if d.status == "passed" => reasons.push("RTO not measured".into()),
-        _ => {}
-    }
-    match (rpo.met, rpo.target_seconds) {
-        (Some(false), _) => reasons.push("RPO above its target".into()),
-        (None, Some(_)) if d.status == "passed" => reasons.push("RPO not measured (no recovery point found)".into()),
-        _ => {}
-    }
+    let (rto, rpo, reasons) = judge(&d);
     Ok(Report {
         format: 1,
         drill: d.id,
@@ -148,6 +130,30 @@ pub fn build(store: &Store, id: i64) -> anyhow::Result<Report> {
         recovery_point: d.measures.recovery_point,
         steps,
     })
+}
+
+/// RTO and RPO against their targets, and why the verdict is not PASS (empty: PASS).
+pub fn judge(d: &DrillRow) -> (Measure, Measure, Vec<String>) {
+    let rto = Measure::new(d.measures.rto, Some(d.rto_target));
+    let rpo = Measure::new(d.measures.rpo, d.rpo_target);
+    let mut reasons = Vec::new();
+    match d.status.as_str() {
+        "passed" => {}
+        "failed" => reasons.push("a critical step failed".to_string()),
+        "aborted" => reasons.push("the drill was aborted".to_string()),
+        other => reasons.push(format!("the drill has not finished ({other})")),
+    }
+    match rto.met {
+        Some(false) => reasons.push("RTO above its target".into()),
+        None if d.status == "passed" => reasons.push("RTO not measured".into()),
+        _ => {}
+    }
+    match (rpo.met, rpo.target_seconds) {
+        (Some(false), _) => reasons.push("RPO above its target".into()),
+        (None, Some(_)) if d.status == "passed" => reasons.push("RPO not measured (no recovery point found)".into()),
+        _ => {}
+    }
+    (rto, rpo, reasons)
 }
 
 impl Report {

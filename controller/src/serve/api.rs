@@ -235,11 +235,9 @@ pub fn launch(
         store.set_variable(id, k, v)?;
     }
     let lock = drill::lock(&cfg, id)?;
-    // the drill runs with a configuration of its own (read again from its file)
-    let own_cfg = ControllerConfig::load(&config_file)?;
     let actor = actor.to_string();
     tokio::spawn(async move {
-        match drill::run_and_report(own_cfg, config_file, Arc::new(loaded), mode, id, store, actor, false, false, lock).await {
+        match drill::run_and_report(cfg, config_file, Arc::new(loaded), mode, id, store, actor, false, false, lock).await {
             Ok(r) => tracing::info!(drill = id, verdict = %r.verdict, "Drill finished"),
             Err(e) => tracing::error!(drill = id, error = format!("{e:#}"), "Drill stopped"),
         }
