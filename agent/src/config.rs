@@ -138,6 +138,11 @@ pub struct JobConfig {
     /// cron) or with seconds first (six fields).
     pub schedule: Schedule,
     pub source: SourceConfig,
+    /// How many of this job's snapshots to keep (daily / weekly / monthly,
+    /// and `pitr_window` for the WAL of a base backup job). Signed into every
+    /// manifest: the controller's prune keeps at least this much.
+    #[serde(default)]
+    pub retention: Option<bascule_core::retention::Retention>,
 }
 
 pub use bascule_core::schedule::Schedule;

@@ -47,6 +47,11 @@ enum Command {
         /// The job's name in the config.
         #[arg(long)]
         job: String,
+        /// Record the snapshot as taken at this time (RFC 3339, e.g.
+        /// 2026-01-31T01:30:00Z) instead of now: for importing older dumps
+        /// through a `command` source. Retention counts days by this time.
+        #[arg(long, value_name = "TIME")]
+        time: Option<chrono::DateTime<chrono::Utc>>,
     },
     /// Run the daemon until SIGTERM: every job on its schedule, WAL shipping
     /// (with a `wal:` section) and the heartbeat (with a `heartbeat:` section).
@@ -103,7 +108,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{recipient}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Snapshot { config, job } => {
+        Command::Snapshot { config, job, time } => {
             let agent = Agent::load(&config)?;
             let cancel = CancellationToken::new();
             let c = cancel.clone();
@@ -111,7 +116,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
                 shutdown_signal().await;
                 c.cancel();
             });
-            let complete = schedule::run_job(agent, &job, cancel, &Progress::auto()).await?;
+            let complete = schedule::run_job(agent, &job, time, cancel, &Progress::auto()).await?;
             Ok(if complete { ExitCode::SUCCESS } else { ExitCode::from(3) })
         }
         Command::Run { config } => {

@@ -17,7 +17,14 @@ const STOP_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Runs one job now: replays the backlog if there is one, then exports.
 /// Returns whether the run was complete on both providers.
-pub async fn run_job(agent: Arc<Agent>, job_name: &str, cancel: CancellationToken, progress: &Progress) -> anyhow::Result<bool> {
+/// `at` records the snapshot as taken at that time instead of now.
+pub async fn run_job(
+    agent: Arc<Agent>,
+    job_name: &str,
+    at: Option<chrono::DateTime<chrono::Utc>>,
+    cancel: CancellationToken,
+    progress: &Progress,
+) -> anyhow::Result<bool> {
     let job = agent.config.job(job_name)?;
     if !agent.backlog()?.is_empty() {
         progress.phase("a provider missed earlier snapshots: copying what it lacks");
@@ -25,7 +32,7 @@ pub async fn run_job(agent: Arc<Agent>, job_name: &str, cancel: CancellationToke
             tracing::warn!(error = %e, "Backlog not replayed yet");
         }
     }
-    let report = crate::snapshot::run(agent.clone(), job, cancel, progress).await?;
+    let report = crate::snapshot::run(agent.clone(), job, at, cancel, progress).await?;
     progress.finish();
     for (p, r) in &report.providers {
         match r {
@@ -110,7 +117,7 @@ pub async fn run_daemon(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -
                 }
                 let (agent, running, cancel) = (agent.clone(), running.clone(), cancel.child_token());
                 tracker.spawn(async move {
-                    match run_job(agent, &name, cancel, &Progress::hidden()).await {
+                    match run_job(agent, &name, None, cancel, &Progress::hidden()).await {
                         Ok(true) => {}
                         Ok(false) => tracing::error!(job = %name, "Run degraded: one provider lacks this snapshot"),
                         Err(e) => tracing::error!(job = %name, error = format!("{e:#}"), "Run failed"),

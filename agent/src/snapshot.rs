@@ -18,6 +18,7 @@ use anyhow::{bail, Context};
 use bascule_core::head::Head;
 use bascule_core::manifest::{Index, IndexEntry, Manifest, ObjectRef, FORMAT};
 use bascule_core::provider::check_ciphertext;
+use bascule_core::retention::{read_condemned, Condemned};
 use bascule_core::signed::{self, Kind};
 use bascule_core::{hash_hex, layout, seal};
 use bytes::Bytes;
@@ -116,6 +117,8 @@ struct Run {
     new_bytes: AtomicU64,
     journal: PathBuf,
     cancel: CancellationToken,
+    /// Packs a prune condemned: never reused (see `bascule_core::retention`).
+    condemned: HashSet<String>,
 }
 
 impl Run {
@@ -170,6 +173,9 @@ impl Run {
 
     /// Which usable providers hold `pack` (with the right length).
     fn holders(&self, pack: &ObjectRef) -> Vec<bool> {
+        if self.condemned.contains(&pack.key) {
+            return vec![false; self.listings.len()];
+        }
         self.listings.iter().zip(self.up_mask()).map(|(l, u)| u && l.get(&pack.key) == Some(&pack.len)).collect()
     }
 
@@ -416,9 +422,47 @@ fn chunk_table(objects: &[ObjectRef], blobs: &[BlobRef]) -> anyhow::Result<Vec<u
     Ok(out)
 }
 
-pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, progress: &Progress) -> anyhow::Result<SnapshotReport> {
+/// Packs of condemned lists, read from the providers in `up`.
+async fn condemned_lists(agent: &Agent, up: &[bool]) -> bascule_core::Result<BTreeMap<String, Condemned>> {
+    let replicas: Vec<_> = agent.replicated.replicas.iter().zip(up).filter(|(_, u)| **u).map(|(r, _)| r.clone()).collect();
+    read_condemned(&replicas).await
+}
+
+/// Refuses to commit a snapshot that references a pack a prune condemned
+/// after this run started, once the commit deadline of that condemnation
+/// has passed (a later prune may delete the pack).
+fn check_condemned(objects: &[ObjectRef], lists: &BTreeMap<String, Condemned>) -> anyhow::Result<()> {
+    let now = chrono::Utc::now();
+    let used: HashSet<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+    for (key, list) in lists {
+        let hit: Vec<&str> = list.packs.iter().map(|p| p.key.as_str()).filter(|k| used.contains(k)).collect();
+        if hit.is_empty() {
+            continue;
+        }
+        if now >= list.commit_deadline() {
+            bail!(
+                "{} pack(s) this export reuses (first {}) were condemned by a prune at {} ({key}) and may be deleted from {}; \
+                 nothing committed: run the job again, it seals those chunks anew",
+                hit.len(),
+                hit[0],
+                list.condemned_at.to_rfc3339(),
+                list.deletable_from().to_rfc3339()
+            );
+        }
+        tracing::info!(packs = hit.len(), list = %key, "Packs condemned during this export are referenced again; committing before the deadline keeps them");
+    }
+    Ok(())
+}
+
+pub async fn run(
+    agent: Arc<Agent>,
+    job: &JobConfig,
+    at: Option<chrono::DateTime<chrono::Utc>>,
+    cancel: CancellationToken,
+    progress: &Progress,
+) -> anyhow::Result<SnapshotReport> {
     let t0 = Instant::now();
-    let started_at = chrono::Utc::now();
+    let started_at = at.unwrap_or_else(chrono::Utc::now);
     let replicas = &agent.replicated.replicas;
 
     progress.phase(&format!("job {}: listing what each provider holds", job.name));
@@ -445,7 +489,15 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
     let sealed_to = recipients_tag(&agent.config.recipients);
     let journal = agent.config.state_dir.join(format!("{}.{sealed_to}.packs.journal", job.name));
     let table = agent.config.state_dir.join(format!("{}.{sealed_to}.chunks", job.name));
-    let known = known_blobs(&[&table, &journal])?;
+    let mut known = known_blobs(&[&table, &journal])?;
+    let condemned: HashSet<String> = match condemned_lists(&agent, &up).await {
+        Ok(lists) => lists.values().flat_map(|l| l.packs.iter().map(|p| p.key.clone())).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot read the prune's condemned lists: this run reuses no earlier pack");
+            known.clear();
+            HashSet::new()
+        }
+    };
 
     let run = Arc::new(Run {
         agent: agent.clone(),
@@ -457,6 +509,7 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
         new_bytes: AtomicU64::new(0),
         journal: journal.clone(),
         cancel: cancel.clone(),
+        condemned,
     });
 
     progress.phase(&format!("job {}: export started", job.name));
@@ -591,7 +644,7 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
         job: job.name.clone(),
         host: crate::hostname(),
         started_at,
-        finished_at: chrono::Utc::now(),
+        finished_at: started_at + chrono::Duration::from_std(t0.elapsed()).unwrap_or_default(),
         source_bytes,
         chunk_count: index.chunks.len() as u64,
         new_bytes,
@@ -603,6 +656,7 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
         index: index_ref,
         objects: packer.objects.clone(),
         wal: facts.wal.clone(),
+        retention: job.retention,
     };
     let mut manifest = manifest;
     let mut manifest_bytes = Bytes::from(signed::sign(Kind::Manifest, &manifest, &agent.key));
@@ -613,6 +667,10 @@ pub async fn run(agent: Arc<Agent>, job: &JobConfig, cancel: CancellationToken, 
     if cancel.is_cancelled() {
         bail!("job {}: cancelled before the commit, nothing committed", job.name);
     }
+    let lists = condemned_lists(&agent, &run.up_mask())
+        .await
+        .with_context(|| format!("job {}: reading the prune's condemned lists before the commit", job.name))?;
+    check_condemned(&packer.objects, &lists).with_context(|| format!("job {}", job.name))?;
     run.put(&layout::manifest(&name), manifest_bytes, &run.up_mask()).await?;
 
     // once a manifest is out, HEAD follows even if a stop was asked meanwhile

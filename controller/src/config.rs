@@ -3,6 +3,7 @@ use std::path::{Path, PathBuf};
 
 use bascule_core::keys::TrustedKey;
 use bascule_core::provider::ProviderConfig;
+use bascule_core::retention::Retention;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -18,6 +19,10 @@ pub struct ControllerConfig {
     #[serde(default)]
     pub restore: RestoreConfig,
     pub tenants: Vec<TenantConfig>,
+    /// What every tenant keeps unless it says otherwise (see `prune`).
+    pub retention: Option<Retention>,
+    #[serde(default)]
+    pub prune: PruneConfig,
     /// `bascule-controller serve`: the monitor, the HTTP API, scheduled work.
     #[serde(default)]
     pub serve: ServeConfig,
@@ -149,6 +154,42 @@ pub struct TenantConfig {
     /// bare, or with when each is valid: `{ key: "ed25519:…", valid_from:
     /// 2026-06-01T00:00:00Z, revoked_at: 2026-11-01T00:00:00Z }`.
     pub verify_keys: Vec<TrustedKey>,
+    /// This tenant's retention, instead of the top-level one. The policy
+    /// the tenant's agent signs into its manifests is merged in, field by
+    /// field, keeping the larger.
+    pub retention: Option<Retention>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneConfig {
+    /// An unreferenced pack is condemned once older than this, and deleted
+    /// this long after its condemnation (an export running meanwhile may
+    /// reference it again: see the README's retention section).
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub grace: std::time::Duration,
+    /// Prune every tenant on this schedule in `serve` (cron, local time).
+    pub cron: Option<String>,
+    /// Deletions at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+impl Default for PruneConfig {
+    fn default() -> Self {
+        PruneConfig { grace: default_grace(), cron: None, concurrency: default_concurrency() }
+    }
+}
+
+fn default_grace() -> std::time::Duration {
+    std::time::Duration::from_secs(24 * 3600)
+}
+
+impl ControllerConfig {
+    /// The retention configured for `tenant` (before the agent's is merged in).
+    pub fn retention_of(&self, tenant: &str) -> Option<Retention> {
+        self.tenants.iter().find(|t| t.name == tenant).and_then(|t| t.retention).or(self.retention)
+    }
 }
 
 #[derive(Debug, Deserialize)]

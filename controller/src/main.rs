@@ -142,6 +142,21 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Apply the tenant's retention on both providers (no key needed):
+    /// delete the snapshots the policy no longer keeps, the WAL older than
+    /// the PITR window needs, and packs no snapshot references. A pack is
+    /// first condemned, and deleted by a prune at least `prune.grace` later
+    /// if no snapshot references it again; an export running meanwhile never
+    /// loses a pack it uses.
+    Prune {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        /// Print what would go and the bytes freed; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Failover drills and restore tests from YAML runbooks.
     Drill {
         #[command(subcommand)]
@@ -532,6 +547,13 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
                 if r.whole() { "both providers whole" } else { "NOT WHOLE" }
             );
             Ok(if r.whole() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Prune { config, tenant, dry_run } => {
+            let cfg = ControllerConfig::load(&config)?;
+            let t = Tenant::open(&cfg, &config, &tenant)?;
+            let r = bascule_controller::command::prune::run(&cfg, &t, dry_run, chrono::Utc::now()).await?;
+            bascule_controller::command::prune::print(&t, &r);
+            Ok(if r.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Serve { config } => {
             let cfg = ControllerConfig::load(&config)?;

@@ -3,6 +3,10 @@
 pub const HEAD: &str = "HEAD";
 pub const PACKS: &str = "packs/";
 pub const SNAPSHOTS: &str = "snapshots/";
+/// Lists of packs a prune condemned (see `retention`).
+pub const PRUNE: &str = "prune/";
+/// Signed results of on-site restore tests.
+pub const RESTORE_TESTS: &str = "reports/restore-tests/";
 
 /// `packs/<id[0..2]>/<id>`; `id` is the BLAKE3 of the pack's bytes.
 pub fn pack(id: &str) -> String {

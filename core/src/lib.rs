@@ -7,6 +7,7 @@
 //! * [`manifest`] and [`head`] are the signed objects themselves;
 //! * [`wal`] names WAL files and signs the record of each archived one;
 //! * [`layout`] names every object under a tenant's prefix;
+//! * [`retention`] decides which snapshots stay and condemns packs in two steps;
 //! * [`provider`] reaches S3 or a local directory, and writes to / reads from both.
 #![forbid(unsafe_code)]
 
@@ -19,6 +20,7 @@ pub mod layout;
 pub mod manifest;
 pub mod postgres;
 pub mod provider;
+pub mod retention;
 pub mod schedule;
 pub mod seal;
 pub mod signed;

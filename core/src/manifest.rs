@@ -75,6 +75,10 @@ pub struct Manifest {
     /// For a base backup: the WAL it needs (start and stop LSN, timeline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal: Option<crate::wal::WalRange>,
+    /// The retention the agent's configuration asks for this job (the
+    /// controller keeps at least this much).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<crate::retention::Retention>,
 }
 
 impl Manifest {
@@ -172,6 +176,7 @@ mod tests {
             index: obj("i", 1),
             objects: vec![obj("p", 1000)],
             wal: None,
+            retention: None,
         };
         let index = |pack, at, seg, offset| Index {
             format: FORMAT,

@@ -1,5 +1,6 @@
 //! One file per command.
 pub mod pitr;
+pub mod prune;
 pub mod repair;
 pub mod restore;
 pub mod snapshots;

@@ -228,6 +228,11 @@ impl Replica {
 
     /// Every object under `prefix` (relative to the tenant), with its size.
     pub async fn list(&self, prefix: &str) -> Result<BTreeMap<String, u64>> {
+        Ok(self.list_meta(prefix).await?.into_iter().map(|(k, (size, _))| (k, size)).collect())
+    }
+
+    /// Every object under `prefix`, with its size and last modification time.
+    pub async fn list_meta(&self, prefix: &str) -> Result<BTreeMap<String, (u64, chrono::DateTime<chrono::Utc>)>> {
         let base = self.base.to_string();
         let p = self.path(prefix.trim_end_matches('/'));
         let items: Vec<_> = self.store.list(Some(&p)).try_collect().await.map_err(|e| self.err(prefix, e))?;
@@ -236,7 +241,7 @@ impl Replica {
             .filter_map(|m| {
                 let full = m.location.to_string();
                 let rel = full.strip_prefix(&base)?.trim_start_matches('/').to_string();
-                Some((rel, m.size))
+                Some((rel, (m.size, m.last_modified)))
             })
             .collect())
     }
