@@ -22,6 +22,8 @@ struct HeadState {
     latest_snapshot: Option<String>,
     /// Per provider: the newest WAL file it holds.
     latest_wal: BTreeMap<String, String>,
+    #[serde(default)]
+    restore_test: Option<bascule_core::restore::RestoreTestSummary>,
 }
 
 /// What changed since the last HEAD.
@@ -32,6 +34,7 @@ pub struct HeadUpdate<'a> {
     pub snapshot: Option<&'a str>,
     /// (provider index, newest WAL file now on it)
     pub wal: Option<(usize, &'a str)>,
+    pub restore_test: Option<bascule_core::restore::RestoreTestSummary>,
 }
 
 impl Agent {
@@ -63,6 +66,11 @@ impl Agent {
         if let Some(s) = update.snapshot {
             state.latest_snapshot = Some(s.to_string());
         }
+        if let Some(mut t) = update.restore_test {
+            // a failed test does not erase when the last one passed
+            t.last_success_at = t.last_success_at.or(state.restore_test.as_ref().and_then(|p| p.last_success_at));
+            state.restore_test = Some(t);
+        }
         let replicas = &self.replicated.replicas;
         if let Some((i, w)) = update.wal {
             state.latest_wal.insert(replicas[i].provider.clone(), w.to_string());
@@ -78,6 +86,7 @@ impl Agent {
                 latest_snapshot: state.latest_snapshot.clone(),
                 latest_wal: state.latest_wal.get(&r.provider).cloned(),
                 agent_time: chrono::Utc::now(),
+                restore_test: state.restore_test.clone(),
             };
             let bytes = Bytes::from(signed::sign(Kind::Head, &head, &self.key));
             async move { (r.provider.clone(), r.put(layout::HEAD, bytes).await) }

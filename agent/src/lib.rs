@@ -7,6 +7,7 @@ pub mod head;
 pub mod heartbeat;
 pub mod metrics;
 pub mod progress;
+pub mod restore_test;
 pub mod schedule;
 pub mod snapshot;
 pub mod source;

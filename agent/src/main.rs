@@ -72,6 +72,30 @@ enum Command {
         /// The file to archive (`%p`).
         path: PathBuf,
     },
+    /// Prove on site that the newest export restores: fetch it (every byte
+    /// checked), restore it with the customer's identity into a scratch
+    /// database on the job's server (the job's role needs CREATEDB), compare
+    /// every table's row count with the export's, drop the scratch database.
+    /// The signed result (digests and counts, no data) goes to both
+    /// providers, where the vendor's controller shows it.
+    /// Exit status 0 when the test passed, 1 otherwise.
+    RestoreTest {
+        /// The agent's configuration file (see configs/agent.yaml).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A pg_dump job of the config.
+        #[arg(long)]
+        job: String,
+        /// The customer's age identity file (read once, kept in memory only).
+        #[arg(long)]
+        identity: PathBuf,
+        /// A snapshot name or short id instead of the job's newest export.
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// `pg_restore` to use (default: next to the job's pg_dump, else on PATH).
+        #[arg(long)]
+        pg_restore: Option<PathBuf>,
+    },
     /// Copy to each provider what it lacks (after an outage), from the other.
     Sync {
         /// The agent's configuration file (see configs/agent.yaml).
@@ -131,6 +155,31 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("{}: already archived with the same content", path.display());
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::RestoreTest { config, job, identity, snapshot, pg_restore } => {
+            let agent = Agent::load(&config)?;
+            let opts = bascule_agent::restore_test::Options { identity, snapshot, pg_restore };
+            let r = bascule_agent::restore_test::run(agent, &job, opts).await?;
+            let took = (r.finished_at - r.started_at).num_milliseconds() as f64 / 1000.0;
+            if r.passed {
+                println!(
+                    "restore test of {} (job {job}): PASS: {} tables, {} rows as at export, {} bytes, stream {}, {took:.1} s",
+                    r.snapshot,
+                    r.tables,
+                    r.rows,
+                    r.bytes,
+                    &r.stream_hash[..16.min(r.stream_hash.len())]
+                );
+            } else {
+                for (t, want, got) in &r.mismatches {
+                    println!(
+                        "  {t}: {want} rows at export, {} after restore",
+                        got.map(|g| g.to_string()).unwrap_or_else(|| "missing".into())
+                    );
+                }
+                println!("restore test of {} (job {job}): FAIL: {}", r.snapshot, r.failure.as_deref().unwrap_or("unknown"));
+            }
+            Ok(if r.passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Sync { config } => {
             let agent = Agent::load(&config)?;

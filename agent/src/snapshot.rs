@@ -359,7 +359,7 @@ impl Packer {
 }
 
 /// Reads and verifies HEAD on each usable provider; returns the highest sequence.
-async fn read_heads(agent: &Agent, up: &[bool]) -> u64 {
+pub(crate) async fn read_heads(agent: &Agent, up: &[bool]) -> u64 {
     let trusted = [agent.key.verify_key()];
     let mut best = 0;
     for (r, u) in agent.replicated.replicas.iter().zip(up) {
@@ -674,7 +674,7 @@ pub async fn run(
     run.put(&layout::manifest(&name), manifest_bytes, &run.up_mask()).await?;
 
     // once a manifest is out, HEAD follows even if a stop was asked meanwhile
-    let update = crate::head::HeadUpdate { seen_on_providers: head_seq, snapshot: Some(&name), wal: None };
+    let update = crate::head::HeadUpdate { seen_on_providers: head_seq, snapshot: Some(&name), ..Default::default() };
     for (p, r) in agent.commit_head(&run.up_mask(), update).await? {
         if let Err(e) = r {
             let i = replicas.iter().position(|x| x.provider == p).expect("known provider");

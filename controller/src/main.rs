@@ -157,6 +157,16 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The on-site restore tests the tenant's agent ran (`bascule-agent
+    /// restore-test`): when, which export, pass or fail, tables and rows
+    /// checked. Read from their signed results; no key needed.
+    /// Exit status 1 when the newest one failed or a result does not verify.
+    RestoreTests {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        tenant: String,
+    },
     /// Failover drills and restore tests from YAML runbooks.
     Drill {
         #[command(subcommand)]
@@ -554,6 +564,14 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
             let r = bascule_controller::command::prune::run(&cfg, &t, dry_run, chrono::Utc::now()).await?;
             bascule_controller::command::prune::print(&t, &r);
             Ok(if r.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::RestoreTests { config, tenant } => {
+            let cfg = ControllerConfig::load(&config)?;
+            let t = Tenant::open(&cfg, &config, &tenant)?;
+            let results = bascule_controller::command::restore_tests::list(&t).await?;
+            bascule_controller::command::restore_tests::print(&results);
+            let newest_ok = results.iter().rev().find_map(|r| r.as_ref().ok()).is_none_or(|r| r.passed);
+            Ok(if newest_ok && results.iter().all(|r| r.is_ok()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Serve { config } => {
             let cfg = ControllerConfig::load(&config)?;

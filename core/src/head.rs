@@ -18,6 +18,10 @@ pub struct Head {
     /// Newest WAL segment, once WAL shipping runs.
     pub latest_wal: Option<String>,
     pub agent_time: chrono::DateTime<chrono::Utc>,
+    /// The newest on-site restore test (its signed result is under
+    /// `reports/restore-tests/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_test: Option<crate::restore::RestoreTestSummary>,
 }
 
 /// Remembers, in a small file per tenant, the highest HEAD sequence ever seen,
@@ -68,7 +72,15 @@ mod tests {
     use super::*;
 
     fn head(seq: u64) -> Head {
-        Head { format: 1, tenant: "t".into(), sequence: seq, latest_snapshot: None, latest_wal: None, agent_time: chrono::Utc::now() }
+        Head {
+            format: 1,
+            tenant: "t".into(),
+            sequence: seq,
+            latest_snapshot: None,
+            latest_wal: None,
+            agent_time: chrono::Utc::now(),
+            restore_test: None,
+        }
     }
 
     #[test]

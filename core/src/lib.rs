@@ -20,6 +20,7 @@ pub mod layout;
 pub mod manifest;
 pub mod postgres;
 pub mod provider;
+pub mod restore;
 pub mod retention;
 pub mod schedule;
 pub mod seal;

@@ -23,8 +23,10 @@ pub enum Kind {
     Manifest,
     Head,
     Wal,
-    /// A drill or restore-test report, signed by the controller.
+    /// A drill report, signed by the controller.
     Report,
+    /// An on-site restore test's result, signed by the agent.
+    RestoreTest,
 }
 
 impl Kind {
@@ -34,6 +36,7 @@ impl Kind {
             Kind::Head => "head",
             Kind::Wal => "wal",
             Kind::Report => "report",
+            Kind::RestoreTest => "restore-test",
         }
     }
 }

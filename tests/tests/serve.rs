@@ -229,6 +229,7 @@ fn the_monitor_watches_two_thousand_tenants_within_its_interval() {
                 latest_snapshot: None,
                 latest_wal: Some("000000010000000000000042".into()),
                 agent_time: chrono::Utc::now(),
+                restore_test: None,
             };
             let bytes = bascule_core::signed::sign(bascule_core::signed::Kind::Head, &head, &key);
             async move { p.tenant(n).put("HEAD", bytes.into()).await.unwrap() }
@@ -246,6 +247,7 @@ fn the_monitor_watches_two_thousand_tenants_within_its_interval() {
             latest_snapshot: None,
             latest_wal: Some("000000010000000000000043".into()),
             agent_time: chrono::Utc::now(),
+            restore_test: None,
         };
         let bytes = bascule_core::signed::sign(bascule_core::signed::Kind::Head, &head, &forger);
         let b = bascule_core::provider::Provider::build(&cfgs[1], Path::new("test")).unwrap();

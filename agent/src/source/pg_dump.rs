@@ -35,7 +35,7 @@ fn yes() -> bool {
 }
 
 impl PgDumpSource {
-    fn pg_config(&self, config_file: &Path) -> anyhow::Result<(tokio_postgres::Config, Option<String>)> {
+    pub(crate) fn pg_config(&self, config_file: &Path) -> anyhow::Result<(tokio_postgres::Config, Option<String>)> {
         let mut pg = tokio_postgres::Config::from_str(&self.dsn).context("source.dsn is not a valid PostgreSQL connection string")?;
         let password = match &self.password {
             Some(p) => Some(p.resolve(config_file, "source.password")?),

@@ -50,6 +50,20 @@ gauge_vec!(
     &["runbook", "step"]
 );
 
+gauge_vec!(
+    RESTORE_TEST_LAST_SUCCESS,
+    "bascule_restore_test_last_success_timestamp_seconds",
+    "When an on-site restore test of the tenant last passed (from its agent's signed HEAD)",
+    &["tenant"]
+);
+pub static RESTORE_TEST_PASSED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "bascule_restore_test_passed",
+        "1 when the tenant's newest on-site restore test passed, 0 when it failed",
+        &["tenant"]
+    )
+    .unwrap()
+});
 pub static PROVIDER_UP: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!("bascule_provider_up", "1 when the provider answered the last monitor cycle", &["provider"]).unwrap()
 });
@@ -95,6 +109,8 @@ pub fn register() {
     LazyLock::force(&RTO_TARGET);
     LazyLock::force(&DRILL_LAST_RUN);
     LazyLock::force(&DRILL_STEP_DURATION);
+    LazyLock::force(&RESTORE_TEST_LAST_SUCCESS);
+    LazyLock::force(&RESTORE_TEST_PASSED);
     LazyLock::force(&PROVIDER_UP);
     LazyLock::force(&OBJECTS_MISSING);
     LazyLock::force(&INTEGRITY_FAILURES);

@@ -33,6 +33,8 @@ pub struct ProviderView {
     pub latest_wal: Option<String>,
     pub agent_time: Option<chrono::DateTime<chrono::Utc>>,
     pub objects_missing: Option<usize>,
+    /// The newest on-site restore test the agent's HEAD names.
+    pub restore_test: Option<bascule_core::restore::RestoreTestSummary>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -210,6 +212,14 @@ async fn check_tenant(t: &mut Watched, providers: &[Provider], deep_interval: Du
             st.view.latest_snapshot = h.latest_snapshot.clone();
             st.view.latest_wal = h.latest_wal.clone();
             st.view.agent_time = Some(h.agent_time);
+            st.view.restore_test = h.restore_test.clone();
+            if let Some(rt) = &h.restore_test {
+                m::RESTORE_TEST_PASSED.with_label_values(&[&t.name]).set(rt.passed as i64);
+                if let Some(at) = rt.last_success_at {
+                    let g = m::RESTORE_TEST_LAST_SUCCESS.with_label_values(&[&t.name]);
+                    g.set(g.get().max(ts(at)));
+                }
+            }
             if h.latest_wal.is_some() {
                 m::LAST_WAL.with_label_values(&[&t.name, &p.name]).set(ts(h.agent_time));
                 let lag = (now - h.agent_time).num_milliseconds().max(0) as f64 / 1000.0;

@@ -1,0 +1,46 @@
+//! `restore-tests`: the on-site restore tests a tenant's agent ran, from
+//! their signed results on the providers (no key needed; no data in them).
+use bascule_core::layout;
+use bascule_core::restore::RestoreTestResult;
+
+use crate::tenant::Tenant;
+
+/// Every result any provider holds, oldest first; one that does not verify
+/// on any provider is returned as an error line.
+pub async fn list(t: &Tenant) -> anyhow::Result<Vec<Result<RestoreTestResult, String>>> {
+    let mut keys = std::collections::BTreeSet::new();
+    let mut listed = 0;
+    for r in &t.replicated.replicas {
+        if let Ok(l) = r.list(layout::RESTORE_TESTS).await {
+            keys.extend(l.into_keys());
+            listed += 1;
+        }
+    }
+    anyhow::ensure!(listed > 0, "tenant {}: no provider could be listed", t.name);
+    let mut out = Vec::new();
+    for key in keys {
+        let got = t.replicated.get_checked(&key, 0, |_, b| RestoreTestResult::open(&b, &t.keys, &key, &t.name)).await;
+        out.push(got.map(|(r, _)| r).map_err(|e| format!("{key}: {e}")));
+    }
+    Ok(out)
+}
+
+pub fn print(results: &[Result<RestoreTestResult, String>]) {
+    println!("{:<22} {:<10} {:<34} {:<6} {:>7} {:>10} {:>8}  NOTE", "TESTED AT", "JOB", "SNAPSHOT", "RESULT", "TABLES", "ROWS", "SECONDS");
+    for r in results {
+        match r {
+            Ok(r) => println!(
+                "{:<22} {:<10} {:<34} {:<6} {:>7} {:>10} {:>8.1}  {}",
+                r.finished_at.format("%Y-%m-%d %H:%M:%SZ"),
+                r.job,
+                r.snapshot,
+                if r.passed { "PASS" } else { "FAIL" },
+                r.tables,
+                r.rows,
+                (r.finished_at - r.started_at).num_milliseconds() as f64 / 1000.0,
+                r.failure.as_deref().unwrap_or(&r.host)
+            ),
+            Err(e) => println!("REFUSED {e}"),
+        }
+    }
+}
