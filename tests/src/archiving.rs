@@ -1,9 +1,9 @@
 //! Helpers for scenarios where PostgreSQL archives through bascule.
 use std::collections::BTreeSet;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::{wait_until, Garage, KillOnDrop, Scenario};
+use crate::{ok, run, text, wait_until, Garage, KillOnDrop, Scenario};
 
 /// What `pg_stat_archiver` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +14,51 @@ pub struct Archiver {
 }
 
 impl Scenario {
+    /// Runs `restore --pitr` into a new data directory `dir` with `target_args`;
+    /// returns its output and a function running SQL in the restored cluster
+    /// (stopped when the function is dropped).
+    pub fn pitr<'a>(&'a self, dir: &str, target_args: &[&str]) -> (String, impl Fn(&str) -> String + 'a) {
+        let s = self;
+        let pgdata = s.path(dir);
+        let port = crate::free_port();
+        let r = run(s
+            .controller(&["restore", "--pitr", "--db-user", "bascule", "--port", &port.to_string()])
+            .args(target_args)
+            .arg("--identity")
+            .arg(s.path("customer.key"))
+            .arg("--pgdata")
+            .arg(&pgdata));
+        let out = text(&r);
+        assert!(
+            r.status.success(),
+            "PITR restore failed:\n{out}\n{}",
+            std::fs::read_to_string(pgdata.join("bascule-recovery.log")).unwrap_or_default()
+        );
+        struct Stop<'a>(&'a Scenario, std::path::PathBuf);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                let _ = run(&mut self.0.pg.cmd("pg_ctl", &["-D", self.1.to_str().unwrap(), "-m", "immediate", "stop"]));
+            }
+        }
+        let stop = Stop(s, pgdata.clone());
+        let query = move |sql: &str| {
+            let _keep = &stop;
+            ok(Command::new(s.pg.tool("psql")).args(["-X", "-A", "-t", "-h"]).arg(&pgdata).args([
+                "-p",
+                &port.to_string(),
+                "-U",
+                "bascule",
+                "-d",
+                "mairie",
+                "-c",
+                sql,
+            ]))
+            .trim()
+            .to_string()
+        };
+        (out, query)
+    }
+
     /// Starts `bascule-agent run`; its log goes to `daemon.log` in the
     /// scenario's folder. Killed (SIGKILL) on drop.
     pub fn daemon(&self) -> KillOnDrop {

@@ -233,3 +233,75 @@ fn prunes_racing_exports_never_leave_a_manifest_pointing_at_nothing() {
     assert!(referenced_again >= 1, "at least one export referenced packs condemned while it ran");
     assert!(refused >= 1, "the slow export passed its commit deadline and refused to commit");
 }
+
+#[test]
+fn the_pitr_window_keeps_the_wal_from_its_base_backup_and_prunes_the_older() {
+    const MINUTE: Duration = Duration::from_secs(60);
+    let s = Scenario::start_archiving(1_000);
+    let _daemon = s.daemon();
+    let now = chrono::Utc::now();
+    let base = |days_ago: i64| {
+        let mut c = s.agent(&["snapshot", "--job", "base"]);
+        if days_ago > 0 {
+            c.args(["--time", &(now - chrono::Duration::days(days_ago)).to_rfc3339()]);
+        }
+        let o = run(c.env("RUST_LOG", "info"));
+        assert!(o.status.success(), "base backup failed:\n{}", text(&o));
+        Scenario::snapshot_name(&o)
+    };
+    let writes = |tag: &str| {
+        for _ in 0..3 {
+            s.pg.psql("mairie", &format!("INSERT INTO citoyens (nom) SELECT '{tag}-' || g FROM generate_series(1, 500) g"));
+            s.switch_wal();
+        }
+    };
+    // three base backups recorded 20 days ago, 10 days ago and now, WAL between them
+    let base0 = base(20);
+    writes("après-base0");
+    let base1 = base(10);
+    s.pg.psql("mairie", "CREATE TABLE markers (n int PRIMARY KEY, at timestamptz NOT NULL)");
+    writes("après-base1");
+    let marker = s.pg.psql("mairie", "INSERT INTO markers VALUES (1, clock_timestamp()) RETURNING to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    std::thread::sleep(Duration::from_millis(1100));
+    s.pg.psql("mairie", "INSERT INTO markers VALUES (2, clock_timestamp())");
+    writes("avant-base2");
+    let base2 = base(0);
+    let last = s.switch_wal();
+    s.wait_on_both(&last, MINUTE);
+    let before = s.wal_on(&s.a);
+
+    // keep one base backup a day, and 5 days of point-in-time recovery
+    append(&s.path("controller.yaml"), "retention:\n  daily: 1\n  pitr_window: 5d\nprune:\n  grace: 0s\n");
+    let p = prune(&s, false);
+    let out = text(&p);
+    assert!(p.status.success(), "{out}");
+    let line = |name: &str| out.lines().find(|l| l.contains(name)).unwrap_or_else(|| panic!("{name} not in:\n{out}")).to_string();
+    assert!(line(&base0).ends_with("delete"), "{out}");
+    assert!(line(&base1).contains("keep (pitr-base)"), "the base the window starts from stays:\n{out}");
+    assert!(line(&base2).contains("keep (newest, daily)"), "{out}");
+    assert!(out.contains(&format!("(base backup {base1}) onwards")), "{out}");
+
+    // the WAL before base1 is gone from both providers; from base1 on, all of it stays
+    let after_a = s.wal_on(&s.a);
+    assert_eq!(after_a, s.wal_on(&s.b), "both providers pruned alike");
+    let manifest = |name: &str| -> bascule_core::manifest::Manifest {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let bytes = rt.block_on(s.provider(&s.a).get(&bascule_core::layout::manifest(name))).unwrap().unwrap();
+        let key: bascule_core::keys::VerifyKey = s.verify_key.parse().unwrap();
+        bascule_core::signed::open(bascule_core::signed::Kind::Manifest, &bytes, &[key], "m").unwrap().0
+    };
+    let start = manifest(&base1).wal.unwrap().start;
+    let first_kept = format!("{:08X}{:08X}{:08X}", 1, start.0 >> 32, (start.0 & 0xffff_ffff) >> 24);
+    let deleted: Vec<&String> = before.iter().filter(|n| !after_a.contains(*n)).collect();
+    assert!(!deleted.is_empty(), "some WAL was older than the window's base backup");
+    assert!(deleted.iter().filter(|n| n.len() == 24).all(|n| n.as_str() < first_kept.as_str()), "only WAL before {first_kept} goes: {deleted:?}");
+    assert!(before.iter().filter(|n| n.len() == 24 && n.as_str() >= first_kept.as_str()).all(|n| after_a.contains(n)), "the WAL from base1 on stays");
+    let v = run(&mut s.controller(&["verify"]));
+    assert!(v.status.success(), "{}", text(&v));
+
+    // a point between base1 and base2 still restores, from base1 and its WAL
+    let target = (chrono::DateTime::parse_from_rfc3339(&marker).unwrap() + chrono::Duration::milliseconds(500)).to_rfc3339();
+    let (out, restored) = s.pitr("in-window", &["--at", &target]);
+    assert!(out.contains(&base1), "restored from the window's base backup:\n{out}");
+    assert_eq!(restored("SELECT string_agg(n::text, ',' ORDER BY n) FROM markers"), "1", "{out}");
+}

@@ -36,7 +36,7 @@ fn point_in_time_restore_stops_between_two_markers() {
     // halfway between marker 3 and marker 4
     let t3 = chrono::DateTime::parse_from_rfc3339(&times[2]).unwrap();
     let target = (t3 + chrono::Duration::milliseconds(500)).to_rfc3339();
-    let (out, restored) = pitr(&s, "at-marker-3", &["--at", &target]);
+    let (out, restored) = s.pitr("at-marker-3", &["--at", &target]);
     assert_eq!(restored("SELECT string_agg(n::text, ',' ORDER BY n) FROM markers"), "1,2,3", "{out}");
     assert!(out.contains("recovery point: last replayed commit"), "{out}");
     assert!(out.contains("within target"), "{out}");
@@ -55,52 +55,8 @@ fn point_in_time_restore_stops_between_two_markers() {
     assert!(text(&r).contains(&Scenario::snapshot_name(&nightly)), "{}", text(&r));
 
     // the end of the archive: every marker
-    let (out, restored) = pitr(&s, "latest", &[]);
+    let (out, restored) = s.pitr("latest", &[]);
     assert_eq!(restored("SELECT string_agg(n::text, ',' ORDER BY n) FROM markers"), "1,2,3,4,5,6", "{out}");
-}
-
-/// Runs `restore --pitr` into a new data directory `dir` with `target_args`;
-/// returns its output and a function running SQL in the restored cluster
-/// (stopped when the function is dropped).
-fn pitr<'a>(s: &'a Scenario, dir: &str, target_args: &[&str]) -> (String, impl Fn(&str) -> String + 'a) {
-    let pgdata = s.path(dir);
-    let port = bascule_tests::free_port();
-    let r = run(s
-        .controller(&["restore", "--pitr", "--db-user", "bascule", "--port", &port.to_string()])
-        .args(target_args)
-        .arg("--identity")
-        .arg(s.path("customer.key"))
-        .arg("--pgdata")
-        .arg(&pgdata));
-    let out = text(&r);
-    assert!(
-        r.status.success(),
-        "PITR restore failed:\n{out}\n{}",
-        std::fs::read_to_string(pgdata.join("bascule-recovery.log")).unwrap_or_default()
-    );
-    struct Stop<'a>(&'a Scenario, std::path::PathBuf);
-    impl Drop for Stop<'_> {
-        fn drop(&mut self) {
-            let _ = run(&mut self.0.pg.cmd("pg_ctl", &["-D", self.1.to_str().unwrap(), "-m", "immediate", "stop"]));
-        }
-    }
-    let stop = Stop(s, pgdata.clone());
-    let query = move |sql: &str| {
-        let _keep = &stop;
-        ok(Command::new(s.pg.tool("psql")).args(["-X", "-A", "-t", "-h"]).arg(&pgdata).args([
-            "-p",
-            &port.to_string(),
-            "-U",
-            "bascule",
-            "-d",
-            "mairie",
-            "-c",
-            sql,
-        ]))
-        .trim()
-        .to_string()
-    };
-    (out, query)
 }
 
 /// `verify` and `wal` both succeed and report no problem.

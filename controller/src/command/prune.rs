@@ -292,15 +292,23 @@ fn older_cut<'a>(cut: Option<&'a Manifest>, b: &'a Manifest) -> Option<&'a Manif
 async fn delete(t: &Tenant, concurrency: usize, keys: &[(String, u64)], failed: &mut Vec<(String, String, String)>) {
     let rank = |k: &str| if layout::manifest_name(k).is_some() { 0 } else { 1 };
     for pass in 0..2 {
-        let work: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).filter(|k| rank(k) == pass).collect();
-        let results: Vec<_> = futures::stream::iter(work.into_iter().flat_map(|k| t.replicated.replicas.iter().map(move |r| (k, r))))
-            .map(|(k, r)| async move { (k, r.provider.clone(), r.delete(k).await) })
+        let mut work = Vec::new();
+        for (k, _) in keys.iter().filter(|(k, _)| rank(k) == pass) {
+            for r in &t.replicated.replicas {
+                work.push((k.clone(), r.clone()));
+            }
+        }
+        let results: Vec<(String, String, bascule_core::Result<()>)> = futures::stream::iter(work)
+            .map(|(k, r)| async move {
+                let res = r.delete(&k).await;
+                (k, r.provider, res)
+            })
             .buffer_unordered(concurrency.max(1))
             .collect()
             .await;
         for (k, p, r) in results {
             if let Err(e) = r {
-                failed.push((p, k.to_string(), e.to_string()));
+                failed.push((p, k, e.to_string()));
             }
         }
     }

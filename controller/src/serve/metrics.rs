@@ -64,6 +64,8 @@ pub static RESTORE_TEST_PASSED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
+gauge_vec!(PRUNE_LAST_RUN, "bascule_prune_last_run_timestamp_seconds", "When the scheduled prune of a tenant last ended", &["tenant"]);
+gauge_vec!(PRUNE_FREED, "bascule_prune_freed_bytes", "Bytes the last scheduled prune of a tenant deleted (both providers)", &["tenant"]);
 pub static PROVIDER_UP: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!("bascule_provider_up", "1 when the provider answered the last monitor cycle", &["provider"]).unwrap()
 });
@@ -111,6 +113,8 @@ pub fn register() {
     LazyLock::force(&DRILL_STEP_DURATION);
     LazyLock::force(&RESTORE_TEST_LAST_SUCCESS);
     LazyLock::force(&RESTORE_TEST_PASSED);
+    LazyLock::force(&PRUNE_LAST_RUN);
+    LazyLock::force(&PRUNE_FREED);
     LazyLock::force(&PROVIDER_UP);
     LazyLock::force(&OBJECTS_MISSING);
     LazyLock::force(&INTEGRITY_FAILURES);

@@ -111,6 +111,29 @@ pub async fn verify_sample(cfg: &ControllerConfig, config_file: &Path, slices: u
     }
 }
 
+/// One scheduled prune of every tenant.
+pub async fn prune_all(cfg: &ControllerConfig, config_file: &Path) {
+    for t in &cfg.tenants {
+        let result = async {
+            let tenant = crate::tenant::Tenant::open(cfg, config_file, &t.name)?;
+            crate::command::prune::run(cfg, &tenant, false, chrono::Utc::now()).await
+        }
+        .await;
+        match result {
+            Ok(r) => {
+                for (p, k, why) in &r.failed {
+                    tracing::error!(tenant = %t.name, provider = %p, key = %k, error = %why, "Scheduled prune could not delete");
+                }
+                metrics::PRUNE_LAST_RUN.with_label_values(&[&t.name]).set(metrics::ts(chrono::Utc::now()));
+                metrics::PRUNE_FREED.with_label_values(&[&t.name]).set(r.freed() as f64);
+                let gone = r.snapshots.iter().filter(|s| s.keep.is_empty()).count();
+                tracing::info!(tenant = %t.name, snapshots_deleted = gone, condemned = r.condemned.len(), freed = r.freed(), failed = r.failed.len(), "Scheduled prune done");
+            }
+            Err(e) => tracing::error!(tenant = %t.name, error = format!("{e:#}"), "Scheduled prune failed"),
+        }
+    }
+}
+
 pub async fn run(cfg: ControllerConfig, config_file: PathBuf) -> anyhow::Result<()> {
     metrics::register();
     let cfg = Arc::new(cfg);
@@ -154,6 +177,14 @@ pub async fn run(cfg: ControllerConfig, config_file: PathBuf) -> anyhow::Result<
         on_schedule(sched, "sampled verify".into(), move || {
             let (cfg, config_file) = (cfg.clone(), config_file.clone());
             async move { verify_sample(&cfg, &config_file, slices).await }
+        });
+    }
+    if let Some(cron) = &cfg.prune.cron {
+        let sched: bascule_core::schedule::Schedule = cron.parse().map_err(anyhow::Error::msg)?;
+        let (cfg, config_file) = (cfg.clone(), config_file.clone());
+        on_schedule(sched, "prune".into(), move || {
+            let (cfg, config_file) = (cfg.clone(), config_file.clone());
+            async move { prune_all(&cfg, &config_file).await }
         });
     }
     let app = api::router(api::Api { cfg: cfg.clone(), config_file: config_file.clone(), store, view });
