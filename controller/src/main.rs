@@ -512,6 +512,12 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = ControllerConfig::load(&config)?;
             let mut t = Tenant::open(&cfg, &config, &tenant)?;
             let r = verify::run(&mut t, read_data, cfg.restore.concurrency).await?;
+            for replica in &t.replicated.replicas {
+                match replica.protection().await {
+                    Ok(p) => println!("provider {}: {p}", replica.provider),
+                    Err(e) => println!("provider {}: versioning and object lock unknown ({e})", replica.provider),
+                }
+            }
             for p in &r.problems {
                 println!("PROBLEM {p}");
             }

@@ -81,6 +81,8 @@ pub enum Keep {
     PitrBase,
     /// The job has no retention: everything stays.
     NoPolicy,
+    /// Expired, but S3 Object Lock keeps its manifest for now.
+    Locked,
 }
 
 impl std::fmt::Display for Keep {
@@ -92,6 +94,7 @@ impl std::fmt::Display for Keep {
             Keep::Monthly => "monthly",
             Keep::PitrBase => "pitr-base",
             Keep::NoPolicy => "no policy",
+            Keep::Locked => "object lock",
         })
     }
 }

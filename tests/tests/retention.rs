@@ -261,7 +261,10 @@ fn the_pitr_window_keeps_the_wal_from_its_base_backup_and_prunes_the_older() {
     let base1 = base(10);
     s.pg.psql("mairie", "CREATE TABLE markers (n int PRIMARY KEY, at timestamptz NOT NULL)");
     writes("après-base1");
-    let marker = s.pg.psql("mairie", "INSERT INTO markers VALUES (1, clock_timestamp()) RETURNING to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    let marker = s.pg.psql(
+        "mairie",
+        "INSERT INTO markers VALUES (1, clock_timestamp()) RETURNING to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
     std::thread::sleep(Duration::from_millis(1100));
     s.pg.psql("mairie", "INSERT INTO markers VALUES (2, clock_timestamp())");
     writes("avant-base2");
@@ -294,8 +297,14 @@ fn the_pitr_window_keeps_the_wal_from_its_base_backup_and_prunes_the_older() {
     let first_kept = format!("{:08X}{:08X}{:08X}", 1, start.0 >> 32, (start.0 & 0xffff_ffff) >> 24);
     let deleted: Vec<&String> = before.iter().filter(|n| !after_a.contains(*n)).collect();
     assert!(!deleted.is_empty(), "some WAL was older than the window's base backup");
-    assert!(deleted.iter().filter(|n| n.len() == 24).all(|n| n.as_str() < first_kept.as_str()), "only WAL before {first_kept} goes: {deleted:?}");
-    assert!(before.iter().filter(|n| n.len() == 24 && n.as_str() >= first_kept.as_str()).all(|n| after_a.contains(n)), "the WAL from base1 on stays");
+    assert!(
+        deleted.iter().filter(|n| n.len() == 24).all(|n| n.as_str() < first_kept.as_str()),
+        "only WAL before {first_kept} goes: {deleted:?}"
+    );
+    assert!(
+        before.iter().filter(|n| n.len() == 24 && n.as_str() >= first_kept.as_str()).all(|n| after_a.contains(n)),
+        "the WAL from base1 on stays"
+    );
     let v = run(&mut s.controller(&["verify"]));
     assert!(v.status.success(), "{}", text(&v));
 

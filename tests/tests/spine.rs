@@ -19,6 +19,12 @@ fn export_verify_restore_is_identical() {
     let v = run(&mut s.controller(&["verify", "--read-data"]));
     assert!(v.status.success(), "{}", text(&v));
     assert!(text(&v).contains(": OK"), "{}", text(&v));
+    // what each bucket protects, asked of Garage itself (signed bucket requests)
+    // (Garage: no versioning, and no object lock API)
+    for p in ["provider-a", "provider-b"] {
+        let line = format!("provider {p}: versioning never enabled; object lock unknown (HTTP 501 NotImplemented)");
+        assert!(text(&v).contains(&line), "{}", text(&v));
+    }
 
     let r = s.assert_restores_identically("restored");
     assert!(text(&r).contains("identical to the export"), "{}", text(&r));

@@ -62,11 +62,19 @@ pub struct PruneReport {
     pub wal_from: Option<String>,
     /// (provider, key, why): a deletion that failed; retried by the next prune.
     pub failed: Vec<(String, String, String)>,
+    /// (provider, key, locked until): objects S3 Object Lock keeps for now;
+    /// deleted by a later prune.
+    pub locked: Vec<(String, String, DateTime<Utc>)>,
+    /// (provider, what its bucket protects), when it has object lock.
+    pub protections: Vec<(String, String)>,
 }
 
 impl PruneReport {
+    /// Bytes deleted (or that a dry run would delete), leaving out what
+    /// object lock keeps for now.
     pub fn freed(&self) -> u64 {
-        self.deleted.iter().map(|d| d.1).sum()
+        let locked: HashSet<&str> = self.locked.iter().map(|l| l.1.as_str()).collect();
+        self.deleted.iter().filter(|d| !locked.contains(d.0.as_str())).map(|d| d.1).sum()
     }
 }
 
@@ -112,8 +120,35 @@ pub async fn run(config: &ControllerConfig, t: &Tenant, dry_run: bool, now: Date
     let grace = chrono::Duration::from_std(config.prune.grace).context("prune.grace")?;
     let mut report = PruneReport { dry_run, ..Default::default() };
 
+    // What object lock keeps, per provider: (key → until)
+    let mut lock_periods = Vec::new();
+    for r in &t.replicated.replicas {
+        let period = match r.protection().await {
+            Ok(p) => {
+                if p.lock_period().is_some() {
+                    report.protections.push((r.provider.clone(), p.to_string()));
+                }
+                p.lock_period()
+            }
+            Err(e) => {
+                tracing::warn!(provider = %r.provider, error = %e, "Cannot read the bucket's object lock settings");
+                None
+            }
+        };
+        lock_periods.push(period.map(|p| chrono::Duration::from_std(p).unwrap_or(chrono::Duration::MAX)));
+    }
+    let snap_lists = list_all(t, layout::SNAPSHOTS).await?;
+    let wal_lists = list_all(t, WAL).await?;
+    let pack_lists = list_all(t, layout::PACKS).await?;
+    let locked_until = |key: &str| -> Vec<(usize, DateTime<Utc>)> {
+        let modified: Vec<Option<DateTime<Utc>>> = (0..lock_periods.len())
+            .map(|i| snap_lists[i].get(key).or_else(|| pack_lists[i].get(key)).or_else(|| wal_lists[i].get(key)).map(|(_, at)| *at))
+            .collect();
+        lock_ends(&lock_periods, &modified, now)
+    };
+
     // 1. Every manifest, verified.
-    let snaps = union(&list_all(t, layout::SNAPSHOTS).await?);
+    let snaps = union(&snap_lists);
     let mut manifests: Vec<Manifest> = Vec::new();
     for key in snaps.keys() {
         if let Some(name) = layout::manifest_name(key) {
@@ -165,7 +200,12 @@ pub async fn run(config: &ControllerConfig, t: &Tenant, dry_run: bool, now: Date
         kept.extend(chosen);
     }
     for m in &manifests {
-        let keep = kept.get(&m.name).cloned().unwrap_or_default();
+        let mut keep = kept.get(&m.name).cloned().unwrap_or_default();
+        if keep.is_empty() && !locked_until(&layout::manifest(&m.name)).is_empty() {
+            // an expired manifest object lock keeps: what it references stays too
+            keep.insert(Keep::Locked);
+            kept.insert(m.name.clone(), keep.clone());
+        }
         if keep.is_empty() {
             // goes: the manifest first, then its index (a manifest never points at nothing)
             for key in [layout::manifest(&m.name), m.index.key.clone()] {
@@ -189,7 +229,7 @@ pub async fn run(config: &ControllerConfig, t: &Tenant, dry_run: bool, now: Date
     // 3. WAL before the cut.
     if let Some(base) = wal_cut {
         let range = base.wal.as_ref().expect("a base backup with its WAL range");
-        let wal = union(&list_all(t, WAL).await?);
+        let wal = union(&wal_lists);
         let first_segment = wal.keys().filter_map(|k| bascule_core::wal::record_name(k)).find(|w| w.kind == WalFileKind::Segment);
         if let Some(first) = first_segment {
             let (record, _) = t.wal_record(&first, 0).await.with_context(|| format!("the record of WAL segment {}", first.name))?;
@@ -214,7 +254,7 @@ pub async fn run(config: &ControllerConfig, t: &Tenant, dry_run: bool, now: Date
 
     // 4. Packs: delete those condemned long enough, condemn the unreferenced.
     let referenced: HashSet<&str> = remaining.iter().flat_map(|m| m.objects.iter().map(|o| o.key.as_str())).collect();
-    let packs = union(&list_all(t, layout::PACKS).await?);
+    let packs = union(&pack_lists);
     list_all(t, layout::PRUNE).await?;
     let lists = retention::read_condemned(&t.replicated.replicas).await.context("reading the condemned lists")?;
     let mut pending: HashSet<&str> = HashSet::new();
@@ -247,6 +287,14 @@ pub async fn run(config: &ControllerConfig, t: &Tenant, dry_run: bool, now: Date
         }
     }
 
+    // object lock: what it keeps is left for a later prune
+    let mut skip: HashSet<(String, usize)> = HashSet::new();
+    for (key, _) in &report.deleted {
+        for (i, until) in locked_until(key) {
+            skip.insert((key.clone(), i));
+            report.locked.push((t.replicated.replicas[i].provider.clone(), key.clone(), until));
+        }
+    }
     if dry_run {
         return Ok(report);
     }
@@ -267,15 +315,27 @@ pub async fn run(config: &ControllerConfig, t: &Tenant, dry_run: bool, now: Date
             }
         }
     }
-    delete(t, config.prune.concurrency, &report.deleted, &mut report.failed).await;
-    // a list is done once each of its packs is gone (or kept); a failure keeps it for the next prune
-    let failed_keys: HashSet<&str> = report.failed.iter().map(|f| f.1.as_str()).collect();
+    delete(t, config.prune.concurrency, &report.deleted, &skip, &mut report.failed).await;
+    // a list is done once each of its packs is gone (or kept); a failure or a lock keeps it for the next prune
+    let failed_keys: HashSet<&str> = report.failed.iter().map(|f| f.1.as_str()).chain(skip.iter().map(|s| s.0.as_str())).collect();
     let done: Vec<(String, u64)> =
         lists_done.into_iter().filter(|k| lists[k].packs.iter().all(|p| !failed_keys.contains(p.key.as_str()))).map(|k| (k, 0)).collect();
     let mut failed = Vec::new();
-    delete(t, config.prune.concurrency, &done, &mut failed).await;
+    delete(t, config.prune.concurrency, &done, &HashSet::new(), &mut failed).await;
     report.failed.extend(failed);
     Ok(report)
+}
+
+/// For each provider whose bucket locks objects for `periods[i]` after their
+/// last modification `modified[i]`, when the lock ends, if it has not yet.
+fn lock_ends(periods: &[Option<chrono::Duration>], modified: &[Option<DateTime<Utc>>], now: DateTime<Utc>) -> Vec<(usize, DateTime<Utc>)> {
+    periods
+        .iter()
+        .zip(modified)
+        .enumerate()
+        .filter_map(|(i, (period, at))| Some((i, at.as_ref()?.checked_add_signed(*period.as_ref()?)?)))
+        .filter(|(_, until)| *until > now)
+        .collect()
 }
 
 /// Of the current cut and base backup `b`, the one that starts earlier.
@@ -289,13 +349,21 @@ fn older_cut<'a>(cut: Option<&'a Manifest>, b: &'a Manifest) -> Option<&'a Manif
 
 /// Deletes `keys` on every provider, in order of kind: manifests before
 /// indexes and packs (a crash leaves no manifest pointing at nothing).
-async fn delete(t: &Tenant, concurrency: usize, keys: &[(String, u64)], failed: &mut Vec<(String, String, String)>) {
+async fn delete(
+    t: &Tenant,
+    concurrency: usize,
+    keys: &[(String, u64)],
+    skip: &HashSet<(String, usize)>,
+    failed: &mut Vec<(String, String, String)>,
+) {
     let rank = |k: &str| if layout::manifest_name(k).is_some() { 0 } else { 1 };
     for pass in 0..2 {
         let mut work = Vec::new();
         for (k, _) in keys.iter().filter(|(k, _)| rank(k) == pass) {
-            for r in &t.replicated.replicas {
-                work.push((k.clone(), r.clone()));
+            for (i, r) in t.replicated.replicas.iter().enumerate() {
+                if !skip.contains(&(k.clone(), i)) {
+                    work.push((k.clone(), r.clone()));
+                }
             }
         }
         let results: Vec<(String, String, bascule_core::Result<()>)> = futures::stream::iter(work)
@@ -359,8 +427,56 @@ pub fn print(t: &Tenant, r: &PruneReport) {
         Some(from) => println!("wal: {n_wal} files {verb} ({}); kept {from} onwards", mib(b_wal)),
         None => println!("wal: nothing to prune (no base backup defines where PITR starts)"),
     }
+    for (p, what) in &r.protections {
+        println!("provider {p}: {what}");
+    }
+    if !r.locked.is_empty() {
+        let last = r.locked.iter().map(|l| l.2).max().expect("one");
+        println!(
+            "object lock: {} object(s) cannot be deleted yet (the last until {}); a later prune deletes them",
+            r.locked.len(),
+            last.to_rfc3339()
+        );
+        for (p, k, until) in r.locked.iter().take(20) {
+            println!("  LOCKED on {p}: {k} until {}", until.to_rfc3339());
+        }
+    }
     println!("freed: {} ({} bytes, both providers)", mib(r.freed()), r.freed());
     for (p, k, why) in &r.failed {
         println!("FAILED on {p}: {k}: {why}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn object_lock_keeps_an_object_until_its_retention_ends() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).unwrap();
+        let days = |d| Some(chrono::Duration::days(d));
+        let written = |d| Some(now - chrono::Duration::days(d));
+        // provider 0 locks 30 days, provider 1 does not lock
+        let periods = [days(30), None];
+        assert_eq!(lock_ends(&periods, &[written(10), written(10)], now), vec![(0, now + chrono::Duration::days(20))]);
+        assert!(lock_ends(&periods, &[written(31), written(31)], now).is_empty(), "the lock has ended");
+        assert!(lock_ends(&periods, &[None, written(1)], now).is_empty(), "not on the locking provider");
+        assert_eq!(lock_ends(&[days(1), days(365)], &[written(2), written(2)], now).len(), 1);
+    }
+
+    #[test]
+    fn wal_keeps_history_later_timelines_the_cut_and_the_ranges() {
+        let seg = 16 << 20;
+        let w = |n: &str| WalName::parse(n).unwrap();
+        let cut = (2, 0x10);
+        let ranges = [(1u32, 0x4u64, 0x5u64)];
+        assert!(wal_keeps(&w("00000001.history"), seg, cut, &ranges));
+        assert!(wal_keeps(&w("000000030000000000000001"), seg, cut, &ranges), "a later timeline");
+        assert!(wal_keeps(&w("000000020000000000000010"), seg, cut, &ranges), "the cut's own segment");
+        assert!(!wal_keeps(&w("00000002000000000000000F"), seg, cut, &ranges), "before the cut");
+        assert!(wal_keeps(&w("000000010000000000000005"), seg, cut, &ranges), "an older kept base backup's range");
+        assert!(!wal_keeps(&w("000000010000000000000006"), seg, cut, &ranges));
+        assert!(!wal_keeps(&w("000000010000000000000003.00000028.backup"), seg, cut, &ranges));
     }
 }

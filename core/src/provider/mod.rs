@@ -3,6 +3,7 @@
 //!
 //! A [`Replica`] is one provider scoped to one tenant's prefix; [`Replicated`]
 //! writes to all of them and reads from whichever holds a good copy.
+mod protection;
 mod replicated;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, PutPayload};
 use serde::Deserialize;
 
+pub use protection::{ObjectLock, Protection};
 pub use replicated::{check_ciphertext, PerProvider, Replicated};
 
 use crate::config::SecretRef;
@@ -81,6 +83,8 @@ pub struct Provider {
     pub name: String,
     store: Arc<dyn ObjectStore>,
     root: StorePath,
+    /// Bucket-level requests (S3 only).
+    bucket: Option<Arc<protection::BucketApi>>,
 }
 
 impl std::fmt::Debug for Provider {
@@ -102,7 +106,7 @@ impl Provider {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
             let store =
                 object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(|e| bad(e.to_string()))?.with_automatic_cleanup(true);
-            return Ok(Provider { name: cfg.name.clone(), store: Arc::new(store), root: StorePath::default() });
+            return Ok(Provider { name: cfg.name.clone(), store: Arc::new(store), root: StorePath::default(), bucket: None });
         }
         let rest = cfg.url.strip_prefix("s3://").ok_or_else(|| bad(format!("url {:?} must start with s3:// or file://", cfg.url)))?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -118,6 +122,16 @@ impl Provider {
         let field = |f: &str| format!("providers.{}.{f}", cfg.name);
         let key_id = cfg.access_key_id.as_ref().ok_or_else(|| bad("access_key_id is required for s3".into()))?;
         let secret = cfg.secret_access_key.as_ref().ok_or_else(|| bad("secret_access_key is required for s3".into()))?;
+        let credential = object_store::aws::AwsCredential {
+            key_id: key_id.resolve(config_file, &field("access_key_id"))?,
+            secret_key: secret.resolve(config_file, &field("secret_access_key"))?,
+            token: None,
+        };
+        let region = cfg.region.clone().unwrap_or_else(|| "us-east-1".into());
+        let options = object_store::ClientOptions::new()
+            .with_allow_http(cfg.allow_http)
+            .with_timeout(cfg.timeout)
+            .with_connect_timeout(Duration::from_secs(5));
         let retry = object_store::RetryConfig {
             backoff: object_store::BackoffConfig {
                 init_backoff: Duration::from_millis(100),
@@ -129,28 +143,35 @@ impl Provider {
         };
         let mut b = object_store::aws::AmazonS3Builder::new()
             .with_bucket_name(bucket)
-            .with_region(cfg.region.clone().unwrap_or_else(|| "us-east-1".into()))
-            .with_access_key_id(key_id.resolve(config_file, &field("access_key_id"))?)
-            .with_secret_access_key(secret.resolve(config_file, &field("secret_access_key"))?)
+            .with_region(&region)
+            .with_access_key_id(&credential.key_id)
+            .with_secret_access_key(&credential.secret_key)
             .with_virtual_hosted_style_request(!cfg.path_style)
             .with_retry(retry)
             // one ClientOptions for all client settings: it replaces any set before
-            .with_client_options(
-                object_store::ClientOptions::new()
-                    .with_allow_http(cfg.allow_http)
-                    .with_timeout(cfg.timeout)
-                    .with_connect_timeout(Duration::from_secs(5)),
-            );
+            .with_client_options(options.clone());
         if let Some(ep) = endpoint {
             b = b.with_endpoint(ep);
         }
         let store = b.build().map_err(|e| bad(e.to_string()))?;
-        Ok(Provider { name: cfg.name.clone(), store: Arc::new(store), root: StorePath::from(prefix) })
+        let base = match (endpoint, cfg.path_style) {
+            (Some(ep), true) => format!("{}/{bucket}", ep.trim_end_matches('/')),
+            (Some(ep), false) => match ep.split_once("://") {
+                Some((scheme, host)) => format!("{scheme}://{bucket}.{}", host.trim_end_matches('/')),
+                None => return Err(bad(format!("endpoint {ep} has no scheme (https://…)"))),
+            },
+            (None, true) => format!("https://s3.{region}.amazonaws.com/{bucket}"),
+            (None, false) => format!("https://{bucket}.s3.{region}.amazonaws.com"),
+        };
+        let client = object_store::client::HttpConnector::connect(&object_store::client::ReqwestConnector::default(), &options)
+            .map_err(|e| bad(e.to_string()))?;
+        let bucket = protection::BucketApi { client, credential, region, base };
+        Ok(Provider { name: cfg.name.clone(), store: Arc::new(store), root: StorePath::from(prefix), bucket: Some(Arc::new(bucket)) })
     }
 
     /// The same provider, scoped to `<prefix>/<tenant>/`.
     pub fn tenant(&self, tenant: &str) -> Replica {
-        Replica { provider: self.name.clone(), store: self.store.clone(), base: self.root.child(tenant) }
+        Replica { provider: self.name.clone(), store: self.store.clone(), base: self.root.child(tenant), bucket: self.bucket.clone() }
     }
 }
 
@@ -160,6 +181,7 @@ pub struct Replica {
     pub provider: String,
     store: Arc<dyn ObjectStore>,
     base: StorePath,
+    bucket: Option<Arc<protection::BucketApi>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -244,6 +266,14 @@ impl Replica {
                 Some((rel, (m.size, m.last_modified)))
             })
             .collect())
+    }
+
+    /// Whether the bucket has versioning and object lock (a local directory has neither).
+    pub async fn protection(&self) -> Result<Protection> {
+        match &self.bucket {
+            Some(b) => b.protection().await,
+            None => Ok(Protection::local()),
+        }
     }
 
     /// Is the provider answering? (a listing of the tenant's snapshots)
