@@ -514,8 +514,8 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
             let r = verify::run(&mut t, read_data, cfg.restore.concurrency).await?;
             for replica in &t.replicated.replicas {
                 match replica.protection().await {
-                    Ok(p) => println!("provider {}: {p}", replica.provider),
-                    Err(e) => println!("provider {}: versioning and object lock unknown ({e})", replica.provider),
+                    Ok(p) => println!("bucket of {}: {p}", replica.provider),
+                    Err(e) => println!("bucket of {}: versioning and object lock unknown ({e})", replica.provider),
                 }
             }
             for p in &r.problems {

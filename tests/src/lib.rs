@@ -90,3 +90,18 @@ pub fn write(path: &Path, text: &str) {
 pub fn is_root() -> bool {
     String::from_utf8_lossy(&Command::new("id").arg("-u").output().expect("id -u").stdout).trim() == "0"
 }
+
+/// Replaces the first `from` in a file by `to` (it must be there).
+pub fn edit(path: &Path, from: &str, to: &str) {
+    let s = std::fs::read_to_string(path).unwrap();
+    assert!(s.contains(from), "{from} not in {}", path.display());
+    std::fs::write(path, s.replacen(from, to, 1)).unwrap();
+}
+
+/// Flips one bit in the middle of a stored object (same length, bad content).
+pub fn flip(rt: &tokio::runtime::Runtime, r: &bascule_core::provider::Replica, key: &str) {
+    let mut b = rt.block_on(r.get(key)).unwrap().unwrap().to_vec();
+    let i = b.len() / 2;
+    b[i] ^= 0x01;
+    rt.block_on(r.put(key, b.into())).unwrap();
+}

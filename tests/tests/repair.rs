@@ -3,17 +3,10 @@
 //! without the customer's identity anywhere on the machine, and refuses to
 //! spread a copy that fails its check.
 use bascule_core::provider::Replica;
-use bascule_tests::{run, text, Scenario};
+use bascule_tests::{flip, run, text, Scenario};
 
 fn keys(rt: &tokio::runtime::Runtime, r: &Replica, prefix: &str, f: impl Fn(&str) -> bool) -> Vec<String> {
     rt.block_on(r.list(prefix)).unwrap().into_keys().filter(|k| f(k)).collect()
-}
-
-fn flip(rt: &tokio::runtime::Runtime, r: &Replica, key: &str) {
-    let mut b = rt.block_on(r.get(key)).unwrap().unwrap().to_vec();
-    let i = b.len() / 2;
-    b[i] ^= 0x01;
-    rt.block_on(r.put(key, b.into())).unwrap();
 }
 
 fn repair(s: &Scenario, dry_run: bool) -> (bool, String) {

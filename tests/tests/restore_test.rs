@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bascule_tests::http::{get, metric};
-use bascule_tests::{bin, free_port, run, text, wait_until, KillOnDrop, Scenario};
+use bascule_tests::{bin, flip, free_port, run, text, wait_until, KillOnDrop, Scenario};
 
 fn restore_test(s: &Scenario) -> (bool, String) {
     let o = run(s.agent(&["restore-test", "--job", "nightly"]).arg("--identity").arg(s.path("customer.key")));
@@ -16,13 +16,6 @@ fn restore_test(s: &Scenario) -> (bool, String) {
 
 fn scratch_databases(s: &Scenario) -> String {
     s.pg.psql("postgres", "SELECT string_agg(datname, ',') FROM pg_database WHERE datname LIKE 'bascule_restore_test_%'").trim().to_string()
-}
-
-fn flip(rt: &tokio::runtime::Runtime, r: &bascule_core::provider::Replica, key: &str) {
-    let mut b = rt.block_on(r.get(key)).unwrap().unwrap().to_vec();
-    let i = b.len() / 2;
-    b[i] ^= 0x01;
-    rt.block_on(r.put(key, b.into())).unwrap();
 }
 
 #[test]

@@ -6,16 +6,10 @@ use std::io::Write;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use bascule_tests::{run, text, wait_until, Scenario};
+use bascule_tests::{edit, run, text, wait_until, Scenario};
 
 fn append(path: &std::path::Path, yaml: &str) {
     std::fs::OpenOptions::new().append(true).open(path).unwrap().write_all(yaml.as_bytes()).unwrap();
-}
-
-fn edit(path: &std::path::Path, from: &str, to: &str) {
-    let s = std::fs::read_to_string(path).unwrap();
-    assert!(s.contains(from), "{from} not in {}", path.display());
-    std::fs::write(path, s.replacen(from, to, 1)).unwrap();
 }
 
 /// Names of the manifests a provider holds, and the bytes it stores in all.

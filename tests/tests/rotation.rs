@@ -4,13 +4,7 @@
 //! signs after its revocation is refused.
 use std::process::Command;
 
-use bascule_tests::{bin, ok, run, text, Scenario};
-
-fn edit(path: &std::path::Path, from: &str, to: &str) {
-    let s = std::fs::read_to_string(path).unwrap();
-    assert!(s.contains(from), "{from} not in {}", path.display());
-    std::fs::write(path, s.replace(from, to)).unwrap();
-}
+use bascule_tests::{bin, edit, ok, run, text, Scenario};
 
 #[test]
 fn rotated_recipients_and_a_revoked_agent_key() {

@@ -22,7 +22,7 @@ fn export_verify_restore_is_identical() {
     // what each bucket protects, asked of Garage itself (signed bucket requests)
     // (Garage: no versioning, and no object lock API)
     for p in ["provider-a", "provider-b"] {
-        let line = format!("provider {p}: versioning never enabled; object lock unknown (HTTP 501 NotImplemented)");
+        let line = format!("bucket of {p}: versioning never enabled; object lock unknown (HTTP 501 NotImplemented)");
         assert!(text(&v).contains(&line), "{}", text(&v));
     }
 

@@ -428,7 +428,7 @@ pub fn print(t: &Tenant, r: &PruneReport) {
         None => println!("wal: nothing to prune (no base backup defines where PITR starts)"),
     }
     for (p, what) in &r.protections {
-        println!("provider {p}: {what}");
+        println!("bucket of {p}: {what}");
     }
     if !r.locked.is_empty() {
         let last = r.locked.iter().map(|l| l.2).max().expect("one");
