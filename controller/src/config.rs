@@ -273,6 +273,12 @@ impl ControllerConfig {
                 return Err(bad("serve.verify_sample.slices must be at least 1".into()));
             }
         }
+        if let Some(c) = &cfg.prune.cron {
+            c.parse::<bascule_core::schedule::Schedule>().map_err(|e| bad(format!("prune.cron: {e}")))?;
+        }
+        if cfg.prune.concurrency == 0 || cfg.prune.concurrency > 256 {
+            return Err(bad("prune.concurrency must be between 1 and 256".into()));
+        }
         for d in &cfg.serve.schedule {
             if d.mode != "drill" && d.mode != "failover" {
                 return Err(bad(format!("serve.schedule {}: mode must be drill or failover", d.runbook.display())));

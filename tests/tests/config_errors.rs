@@ -85,3 +85,25 @@ fn shipped_configs_parse() {
     let controller = bascule_controller::config::ControllerConfig::load(&root.join("configs/controller.yaml")).unwrap();
     assert_eq!(controller.providers.len(), 2);
 }
+
+#[test]
+fn bad_retention_is_named() {
+    // an unknown retention field, in the agent's job: line and field
+    let yaml = agent_yaml(GOOD_RECIPIENT, "30 1 * * *", "")
+        .replace("    schedule: \"30 1 * * *\"\n", "    schedule: \"30 1 * * *\"\n    retention: { daily: 7, yearly: 3 }\n");
+    let t = snapshot_error(&yaml);
+    assert!(t.contains("agent.yaml:11:") && t.contains("jobs[0].retention") && t.contains("unknown field `yearly`"), "{t}");
+    // a window that is not a duration
+    let yaml = agent_yaml(GOOD_RECIPIENT, "30 1 * * *", "")
+        .replace("    schedule: \"30 1 * * *\"\n", "    schedule: \"30 1 * * *\"\n    retention: { pitr_window: a week }\n");
+    let t = snapshot_error(&yaml);
+    assert!(t.contains("jobs[0].retention.pitr_window"), "{t}");
+    // the controller's prune schedule is checked when the config is loaded
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let good = std::fs::read_to_string(root.join("configs/controller.yaml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("controller.yaml");
+    write(&path, &good.replace("cron: \"0 5 * * *\"", "cron: \"at dawn\""));
+    let e = bascule_controller::config::ControllerConfig::load(&path).unwrap_err().to_string();
+    assert!(e.contains("prune.cron") && e.contains(&path.display().to_string()), "{e}");
+}
