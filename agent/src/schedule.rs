@@ -49,6 +49,7 @@ pub async fn run_job(
         chunks = report.chunk_count,
         new_bytes = report.new_bytes,
         stored_bytes = report.stored_bytes,
+        index_bytes = report.index_bytes,
         seconds = report.elapsed.as_secs_f64(),
         "Export finished"
     );

@@ -91,6 +91,8 @@ pub struct SnapshotReport {
     pub chunk_count: u64,
     pub new_bytes: u64,
     pub stored_bytes: u64,
+    /// Ciphertext bytes of the sealed index (sent whole every run).
+    pub index_bytes: u64,
     pub elapsed: std::time::Duration,
     /// Provider name → `Ok` or why it does not hold this snapshot.
     pub providers: Vec<(String, Result<(), String>)>,
@@ -713,6 +715,7 @@ pub async fn run(
         chunk_count: manifest.chunk_count,
         new_bytes,
         stored_bytes: manifest.stored_bytes,
+        index_bytes: manifest.index.len,
         elapsed: t0.elapsed(),
         providers,
     };

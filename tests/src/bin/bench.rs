@@ -128,6 +128,7 @@ fn main() {
     let o = run(Command::new(&agent).args(["snapshot", "--job", "nightly", "--config"]).arg(&cfg).env("RUST_LOG", "info"));
     assert!(o.status.success(), "second night: {}", text(&o));
     let second_new = field(&text(&o), "new_bytes");
+    let second_index = field(&text(&o), "index_bytes");
     let dump2 = s.path("dump2.pgc");
     pg_dump_to(&dump2);
 
@@ -161,6 +162,7 @@ fn main() {
     let o = run(Command::new(&agent).args(["snapshot", "--job", "nightly", "--config"]).arg(&cfg).env("RUST_LOG", "info"));
     assert!(o.status.success(), "third night: {}", text(&o));
     let third_new = field(&text(&o), "new_bytes");
+    let third_index = field(&text(&o), "index_bytes");
     let dump3 = s.path("dump3.pgc");
     pg_dump_to(&dump3);
     let before = du(&repo);
@@ -207,16 +209,18 @@ fn main() {
         first_new as f64 / restic_first.max(1) as f64
     );
     println!(
-        "| second night after 10,000 pgbench transactions + town-hall activity | {:.2} MiB ({:.1} % of the first night) | {:.2} MiB added by restic | {:.2}× | ≤ 0.75× |",
+        "| second night after 10,000 pgbench transactions + town-hall activity | {:.2} MiB ({:.1} % of the first night; sealed index {:.2} MiB) | {:.2} MiB added by restic | {:.2}× | ≤ 0.75× |",
         mib(second_new),
         second_new as f64 * 100.0 / first_new as f64,
+        mib(second_index),
         mib(restic_added),
         second_new as f64 / restic_added.max(1) as f64
     );
     println!(
-        "| third night after town-hall activity only | {:.2} MiB ({:.1} % of the first night) | {:.2} MiB added by restic | {:.2}× | ≤ 0.75× |",
+        "| third night after town-hall activity only | {:.2} MiB ({:.1} % of the first night; sealed index {:.2} MiB) | {:.2} MiB added by restic | {:.2}× | ≤ 0.75× |",
         mib(third_new),
         third_new as f64 * 100.0 / first_new as f64,
+        mib(third_index),
         mib(restic_added3),
         third_new as f64 / restic_added3.max(1) as f64
     );
