@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use bascule_core::keys::Identities;
+use bascule_core::layout;
 use bascule_core::manifest::{Manifest, SnapshotKind};
 use bascule_core::restore::{self, RestoreTestResult, RestoreTestSummary};
 use bascule_core::signed::{self, Kind};
-use bascule_core::{layout, Error};
 use bytes::Bytes;
 
 use crate::source::{PgDumpSource, SourceConfig};
@@ -67,7 +67,7 @@ async fn find_export(agent: &Agent, job: &str, wanted: Option<&str>) -> anyhow::
             Err(e) => tracing::warn!(provider = %r.provider, error = %e, "Cannot list snapshots"),
         }
     }
-    let trusted = [agent.key.verify_key()];
+    let trusted = [bascule_core::keys::TrustedKey::from(agent.key.verify_key())];
     let mut refused = Vec::new();
     for name in names.iter().rev() {
         if let Some(w) = wanted {
@@ -76,16 +76,7 @@ async fn find_export(agent: &Agent, job: &str, wanted: Option<&str>) -> anyhow::
             }
         }
         let key = layout::manifest(name);
-        let opened = agent
-            .replicated
-            .get_checked(&key, 0, |_, b| {
-                let (m, _): (Manifest, _) = signed::open(Kind::Manifest, &b, &trusted, &key)?;
-                if m.tenant != agent.config.tenant || &m.name != name {
-                    return Err(Error::Body { key: key.clone(), reason: format!("manifest is for {}/{}", m.tenant, m.name) });
-                }
-                Ok(m)
-            })
-            .await;
+        let opened = agent.replicated.get_checked(&key, 0, |_, b| Manifest::open(&b, &trusted, &agent.config.tenant, name)).await;
         match opened {
             Ok((m, _)) if m.job == job && m.kind == SnapshotKind::PgDump => return Ok(m),
             Ok((m, _)) if wanted.is_some() => {

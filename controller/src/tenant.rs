@@ -157,12 +157,7 @@ impl Tenant {
     /// Checks a manifest's envelope, that its key was valid when the
     /// snapshot started, and that it is snapshot `name` of this tenant.
     pub fn open_manifest(&self, name: &str, bytes: &[u8]) -> bascule_core::Result<Manifest> {
-        let key = layout::manifest(name);
-        let (m, _): (Manifest, _) = signed::open_valid(Kind::Manifest, bytes, &self.keys, &key, |m: &Manifest| m.started_at)?;
-        if m.tenant != self.name || m.name != name {
-            return Err(Error::Body { key, reason: format!("manifest is for {}/{}", m.tenant, m.name) });
-        }
-        Ok(m)
+        Manifest::open(bytes, &self.keys, &self.name, name)
     }
 
     /// Checks a WAL record's envelope and that it is the one `name` should hold.

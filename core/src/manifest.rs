@@ -82,6 +82,18 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Checks a manifest's signature, that its key was valid when the
+    /// snapshot started, and that it is snapshot `name` of `tenant`.
+    pub fn open(bytes: &[u8], keys: &[crate::keys::TrustedKey], tenant: &str, name: &str) -> crate::Result<Manifest> {
+        let key = crate::layout::manifest(name);
+        let (m, _): (Manifest, _) =
+            crate::signed::open_valid(crate::signed::Kind::Manifest, bytes, keys, &key, |m: &Manifest| m.started_at)?;
+        if m.tenant != tenant || m.name != name {
+            return Err(crate::Error::Body { key, reason: format!("manifest is for {}/{}", m.tenant, m.name) });
+        }
+        Ok(m)
+    }
+
     /// Every object the snapshot needs, the index first.
     pub fn all_objects(&self) -> impl Iterator<Item = &ObjectRef> {
         std::iter::once(&self.index).chain(self.objects.iter())

@@ -137,17 +137,8 @@ pub async fn run(config: &ControllerConfig, t: &Tenant, dry_run: bool, now: Date
         };
         lock_periods.push(period.map(|p| chrono::Duration::from_std(p).unwrap_or(chrono::Duration::MAX)));
     }
-    let snap_lists = list_all(t, layout::SNAPSHOTS).await?;
-    let wal_lists = list_all(t, WAL).await?;
-    let pack_lists = list_all(t, layout::PACKS).await?;
-    let locked_until = |key: &str| -> Vec<(usize, DateTime<Utc>)> {
-        let modified: Vec<Option<DateTime<Utc>>> = (0..lock_periods.len())
-            .map(|i| snap_lists[i].get(key).or_else(|| pack_lists[i].get(key)).or_else(|| wal_lists[i].get(key)).map(|(_, at)| *at))
-            .collect();
-        lock_ends(&lock_periods, &modified, now)
-    };
-
     // 1. Every manifest, verified.
+    let snap_lists = list_all(t, layout::SNAPSHOTS).await?;
     let snaps = union(&snap_lists);
     let mut manifests: Vec<Manifest> = Vec::new();
     for key in snaps.keys() {
@@ -158,6 +149,17 @@ pub async fn run(config: &ControllerConfig, t: &Tenant, dry_run: bool, now: Date
             manifests.push(m);
         }
     }
+
+    // the rest of what the providers hold (the WAL only when a base backup may cut it)
+    let pack_lists = list_all(t, layout::PACKS).await?;
+    let wal_lists =
+        if manifests.iter().any(|m| m.wal.is_some()) { list_all(t, WAL).await? } else { vec![Listing::new(); t.replicated.replicas.len()] };
+    let locked_until = |key: &str| -> Vec<(usize, DateTime<Utc>)> {
+        let modified: Vec<Option<DateTime<Utc>>> = (0..lock_periods.len())
+            .map(|i| snap_lists[i].get(key).or_else(|| pack_lists[i].get(key)).or_else(|| wal_lists[i].get(key)).map(|(_, at)| *at))
+            .collect();
+        lock_ends(&lock_periods, &modified, now)
+    };
 
     // 2. Retention per job.
     let mut jobs: BTreeMap<String, Vec<&Manifest>> = BTreeMap::new();
@@ -255,7 +257,6 @@ pub async fn run(config: &ControllerConfig, t: &Tenant, dry_run: bool, now: Date
     // 4. Packs: delete those condemned long enough, condemn the unreferenced.
     let referenced: HashSet<&str> = remaining.iter().flat_map(|m| m.objects.iter().map(|o| o.key.as_str())).collect();
     let packs = union(&pack_lists);
-    list_all(t, layout::PRUNE).await?;
     let lists = retention::read_condemned(&t.replicated.replicas).await.context("reading the condemned lists")?;
     let mut pending: HashSet<&str> = HashSet::new();
     let mut lists_done = Vec::new();
