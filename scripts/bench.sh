@@ -3,6 +3,7 @@
 # the same database in the same run, as ratios (the machine may be noisy).
 #   ./scripts/bench.sh [PGBENCH_SCALE]        nightly exports: throughput, restore, memory, bytes sent
 #   ./scripts/bench.sh wal [PGBENCH_SCALE]    continuous archiving: TPS, archive lag, base backup, PITR
+# BASCULE_BENCH_KEEP=DIR keeps the three nights' dumps in DIR.
 # Default scale 50. Installs what it compares against when missing (rclone,
 # restic, GNU time, pgbackrest, age, zstd from Debian's packages), plus what
 # the tests need (see test.sh). Run as root for `wal` (PostgreSQL and

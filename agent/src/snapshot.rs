@@ -2,11 +2,13 @@
 //! providers; then the sealed index, the signed manifest and HEAD, on each
 //! provider that holds every pack.
 //!
-//! Stages: the chunker runs on a blocking thread and feeds a bounded channel;
-//! up to `upload.concurrency` chunks are sealed at once on the blocking pool;
-//! new blobs are appended, in stream order, to a pack that is uploaded once
-//! full while the next one fills. Memory is bounded by the channel, the
-//! chunks in flight and a few packs, whatever the size of the database.
+//! Stages: the chunker runs on a blocking thread and feeds a bounded channel
+//! with batches of chunks; batches are hashed in parallel on the blocking
+//! pool; new chunks are gathered into segments, up to `upload.concurrency`
+//! sealed at once; sealed segments are appended, in stream order, to a pack
+//! that is uploaded once full while the next one fills. Memory is bounded by
+//! the channel, the batches and segments in flight and a few packs, whatever
+//! the size of the database.
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,8 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use bascule_core::chunker::Batch;
 use bascule_core::head::Head;
-use bascule_core::manifest::{Index, IndexEntry, Manifest, ObjectRef, FORMAT};
+use bascule_core::manifest::{Extent, Index, Manifest, ObjectRef, Segment, FORMAT};
 use bascule_core::provider::check_ciphertext;
 use bascule_core::retention::{read_condemned, Condemned};
 use bascule_core::signed::{self, Kind};
@@ -31,44 +34,42 @@ use crate::config::JobConfig;
 use crate::progress::Progress;
 use crate::Agent;
 
-/// A chunk and its two hashes: the keyed id (dedup) and the plain BLAKE3
-/// (checked at restore by whoever holds the customer's identity).
-struct RawChunk {
-    id: String,
-    plain_hash: String,
-    data: Vec<u8>,
-}
-
-/// A blob stored by an earlier snapshot or an earlier (killed) run.
-#[derive(Clone)]
-struct KnownBlob {
+/// A segment stored by an earlier snapshot or an earlier (killed) run.
+struct KnownSegment {
     pack: Arc<ObjectRef>,
     at: u64,
     len: u32,
+    hash: String,
+}
+
+/// A chunk stored by an earlier snapshot or run: its segment, and where it
+/// starts in the segment's plaintext.
+#[derive(Clone)]
+struct KnownBlob {
+    segment: Arc<KnownSegment>,
     offset: u32,
 }
 
-/// What stage two decided for one chunk of the stream.
-enum Placed {
-    /// Already stored (or earlier in this stream): reference it.
-    Known { id: String, len: u32, plain_hash: String },
-    /// New: goes into the current segment.
-    New { id: String, data: Vec<u8>, plain_hash: String },
-}
-
-/// The chunks of a pack: (chunk id, segment offset, segment length, offset in the segment).
-type Members = Vec<(String, u64, u32, u32)>;
-
-/// Where a chunk of this run lies (`object` is its pack's position).
+/// Where a chunk of this run lies: a position in the run's segment table
+/// (`u32::MAX` until its segment is sealed) and its offset in the segment's
+/// plaintext.
 struct BlobRef {
     id: String,
-    object: u32,
-    at: u64,
-    len: u32,
+    segment: u32,
     offset: u32,
 }
 
-/// One line of the agent's local chunk tables: a pack and the chunks in it.
+/// A segment of a pack, and the chunks in it: (chunk id, offset in the plaintext).
+#[derive(Serialize, Deserialize)]
+struct JournalSegment {
+    at: u64,
+    len: u32,
+    hash: String,
+    chunks: Vec<(String, u32)>,
+}
+
+/// One line of the agent's local chunk tables: a pack, its segments and the
+/// chunks in them.
 /// `<job>.<recipients>.chunks` holds those of the last committed snapshot
 /// (what the next run can reuse); `<job>.<recipients>.packs.journal` those of
 /// packs uploaded since, not committed yet (so that a killed run's packs are
@@ -80,7 +81,7 @@ struct BlobRef {
 #[derive(Serialize, Deserialize)]
 struct JournalEntry {
     pack: ObjectRef,
-    blobs: Members,
+    segments: Vec<JournalSegment>,
 }
 
 /// What one run did, per provider.
@@ -181,34 +182,34 @@ impl Run {
         self.listings.iter().zip(self.up_mask()).map(|(l, u)| u && l.get(&pack.key) == Some(&pack.len)).collect()
     }
 
-    /// Decides one chunk: known on every usable provider, known but missing
-    /// on one (copy its pack across, ciphertext only), or new (seal it).
-    async fn place(&self, raw: RawChunk) -> anyhow::Result<Placed> {
-        let len = raw.data.len() as u32;
-        if let Some(k) = self.known.get(&raw.id) {
-            let has = self.holders(&k.pack);
+    /// Decides one chunk: known (`true`: on every usable provider, or on one,
+    /// its pack then copied across, ciphertext only) or new (`false`: seal it).
+    async fn place(&self, id: &str) -> anyhow::Result<bool> {
+        if let Some(k) = self.known.get(id) {
+            let pack = &k.segment.pack;
+            let has = self.holders(pack);
             if has.iter().any(|h| *h) {
                 let lacking: Vec<bool> = self.up_mask().iter().zip(&has).map(|(u, h)| *u && !h).collect();
-                if lacking.iter().any(|l| *l) && self.copying.lock().expect("lock").insert(k.pack.key.clone()) {
+                if lacking.iter().any(|l| *l) && self.copying.lock().expect("lock").insert(pack.key.clone()) {
                     let from = &self.agent.replicated.replicas[has.iter().position(|h| *h).expect("a holder")];
-                    let bytes = from.get(&k.pack.key).await?.with_context(|| format!("{} vanished from {}", k.pack.key, from.provider))?;
-                    check_ciphertext(&k.pack, &from.provider, &bytes)?;
-                    self.put(&k.pack.key, bytes, &lacking).await?;
+                    let bytes = from.get(&pack.key).await?.with_context(|| format!("{} vanished from {}", pack.key, from.provider))?;
+                    check_ciphertext(pack, &from.provider, &bytes)?;
+                    self.put(&pack.key, bytes, &lacking).await?;
                 }
-                return Ok(Placed::Known { id: raw.id, len, plain_hash: raw.plain_hash });
+                return Ok(true);
             }
         }
-        Ok(Placed::New { id: raw.id, data: raw.data, plain_hash: raw.plain_hash })
+        Ok(false)
     }
 
     /// Uploads a full pack and records it in the journal.
-    async fn upload_pack(self: Arc<Self>, pack: ObjectRef, bytes: Bytes, blobs: Members) -> anyhow::Result<()> {
+    async fn upload_pack(self: Arc<Self>, pack: ObjectRef, bytes: Bytes, segments: Vec<JournalSegment>) -> anyhow::Result<()> {
         self.put(&pack.key, bytes, &self.up_mask()).await?;
         if !self.any_up() {
             bail!("every provider failed: {}", self.down_reasons());
         }
         self.new_bytes.fetch_add(pack.len, Ordering::Relaxed);
-        let line = serde_json::to_string(&JournalEntry { pack, blobs })? + "\n";
+        let line = serde_json::to_string(&JournalEntry { pack, segments })? + "\n";
         let journal = self.journal.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&journal)?;
@@ -227,24 +228,31 @@ impl Run {
 /// reading one chunk of it decrypts little more.
 pub const SEGMENT_SIZE: usize = 256 << 10;
 
-/// A segment being sealed on the blocking pool.
-type Sealing = tokio::task::JoinHandle<bascule_core::Result<Vec<u8>>>;
+/// Bytes the chunker hands on at once (hashed together on the blocking pool).
+const BATCH_SIZE: usize = 1 << 20;
 
-/// What the snapshot references so far, the segment being filled, the
-/// segments being sealed, and the pack being filled.
+/// A segment being sealed on the blocking pool: its ciphertext and the
+/// ciphertext's hash.
+type Sealing = tokio::task::JoinHandle<bascule_core::Result<(Vec<u8>, String)>>;
+
+/// What the snapshot references so far (packs, segments, chunks), the
+/// segment being filled, the segments being sealed, and the pack being filled.
 struct Packer {
     run: Arc<Run>,
     pack_size: usize,
     objects: Vec<ObjectRef>,
     object_pos: HashMap<String, u32>,
+    segments: Vec<Segment>,
+    /// Segment hash → position in `segments`.
+    segment_pos: HashMap<String, u32>,
     blobs: Vec<BlobRef>,
     blob_pos: HashMap<String, u32>,
     /// Current segment: plaintext and the blob positions of its chunks.
-    segment: (Vec<u8>, Vec<u32>),
+    filling: (Vec<u8>, Vec<u32>),
     /// Segments being sealed, in stream order.
     sealing: std::collections::VecDeque<(Vec<u32>, Sealing)>,
-    /// Current pack: its slot in `objects`, bytes, and chunks.
-    pack: Option<(u32, Vec<u8>, Members)>,
+    /// Current pack: its slot in `objects`, bytes, and segments.
+    pack: Option<(u32, Vec<u8>, Vec<JournalSegment>)>,
     uploads: JoinSet<anyhow::Result<()>>,
 }
 
@@ -256,6 +264,13 @@ impl Packer {
         let p = self.objects.len() as u32;
         self.objects.push(o.clone());
         self.object_pos.insert(o.key.clone(), p);
+        p
+    }
+
+    fn add_segment(&mut self, s: Segment) -> u32 {
+        let p = self.segments.len() as u32;
+        self.segment_pos.insert(s.hash.clone(), p);
+        self.segments.push(s);
         p
     }
 
@@ -272,20 +287,26 @@ impl Packer {
             return *p;
         }
         let k = self.run.known.get(&id).expect("a known blob").clone();
-        let object = self.object(&k.pack);
-        self.add_blob(BlobRef { id, object, at: k.at, len: k.len, offset: k.offset })
+        let segment = match self.segment_pos.get(&k.segment.hash) {
+            Some(s) => *s,
+            None => {
+                let pack = self.object(&k.segment.pack);
+                self.add_segment(Segment { pack, at: k.segment.at, len: k.segment.len, hash: k.segment.hash.clone() })
+            }
+        };
+        self.add_blob(BlobRef { id, segment, offset: k.offset })
     }
 
     /// Adds a new chunk to the current segment; seals the segment once full.
-    async fn add_new(&mut self, id: String, data: Vec<u8>) -> anyhow::Result<u32> {
+    async fn add_new(&mut self, id: String, data: &[u8]) -> anyhow::Result<u32> {
         if let Some(p) = self.blob_pos.get(&id) {
             return Ok(*p); // twice in one stream
         }
-        let offset = self.segment.0.len() as u32;
-        let pos = self.add_blob(BlobRef { id, object: u32::MAX, at: 0, len: 0, offset }); // placed when sealed
-        self.segment.0.extend_from_slice(&data);
-        self.segment.1.push(pos);
-        if self.segment.0.len() >= SEGMENT_SIZE {
+        let offset = self.filling.0.len() as u32;
+        let pos = self.add_blob(BlobRef { id, segment: u32::MAX, offset }); // placed when sealed
+        self.filling.0.extend_from_slice(data);
+        self.filling.1.push(pos);
+        if self.filling.0.len() >= SEGMENT_SIZE {
             self.seal_segment().await?;
         }
         Ok(pos)
@@ -294,10 +315,16 @@ impl Packer {
     /// Starts sealing the current segment; keeps at most `concurrency`
     /// segments in the sealer, placing finished ones in stream order.
     async fn seal_segment(&mut self) -> anyhow::Result<()> {
-        let (data, members) = std::mem::take(&mut self.segment);
+        let (data, members) = std::mem::take(&mut self.filling);
         if !members.is_empty() {
             let recipients = self.run.agent.config.recipients.clone();
-            self.sealing.push_back((members, tokio::task::spawn_blocking(move || seal::seal(&data, &recipients))));
+            let sealing = tokio::task::spawn_blocking(move || {
+                seal::seal(&data, &recipients).map(|c| {
+                    let h = hash_hex(&c);
+                    (c, h)
+                })
+            });
+            self.sealing.push_back((members, sealing));
         }
         while self.sealing.len() > self.run.agent.config.upload.concurrency {
             self.place_sealed().await?;
@@ -308,21 +335,24 @@ impl Packer {
     /// Appends the oldest sealed segment to the pack; uploads the pack once full.
     async fn place_sealed(&mut self) -> anyhow::Result<()> {
         let Some((members, handle)) = self.sealing.pop_front() else { return Ok(()) };
-        let sealed = handle.await??;
+        let (sealed, hash) = handle.await??;
         if self.pack.is_none() {
             let slot = self.objects.len() as u32;
             self.objects.push(ObjectRef { key: String::new(), len: 0, hash: String::new() }); // named when full
             self.pack = Some((slot, Vec::new(), Vec::new()));
         }
-        let (slot, bytes, pack_members) = self.pack.as_mut().expect("a pack");
-        let at = bytes.len() as u64;
+        let (slot, at) = self.pack.as_ref().map(|(slot, bytes, _)| (*slot, bytes.len() as u64)).expect("a pack");
         let len = sealed.len() as u32;
-        bytes.extend_from_slice(&sealed);
+        let segment = self.add_segment(Segment { pack: slot, at, len, hash: hash.clone() });
+        let mut chunks = Vec::with_capacity(members.len());
         for pos in members {
             let b = &mut self.blobs[pos as usize];
-            (b.object, b.at, b.len) = (*slot, at, len);
-            pack_members.push((b.id.clone(), at, len, b.offset));
+            b.segment = segment;
+            chunks.push((b.id.clone(), b.offset));
         }
+        let (_, bytes, segments) = self.pack.as_mut().expect("a pack");
+        bytes.extend_from_slice(&sealed);
+        segments.push(JournalSegment { at, len, hash, chunks });
         if bytes.len() >= self.pack_size {
             self.upload_pack().await?;
         }
@@ -332,7 +362,7 @@ impl Packer {
     /// Names the current pack by its hash and uploads it in the background
     /// (at most two packs in flight).
     async fn upload_pack(&mut self) -> anyhow::Result<()> {
-        let Some((slot, bytes, members)) = self.pack.take() else { return Ok(()) };
+        let Some((slot, bytes, segments)) = self.pack.take() else { return Ok(()) };
         let hash = hash_hex(&bytes);
         let obj = ObjectRef { key: layout::pack(&hash), len: bytes.len() as u64, hash };
         self.objects[slot as usize] = obj.clone();
@@ -342,7 +372,7 @@ impl Packer {
                 return Err(e);
             }
         }
-        self.uploads.spawn(self.run.clone().upload_pack(obj, Bytes::from(bytes), members));
+        self.uploads.spawn(self.run.clone().upload_pack(obj, Bytes::from(bytes), segments));
         Ok(())
     }
 
@@ -357,6 +387,21 @@ impl Packer {
             r??;
         }
         Ok(())
+    }
+
+    /// The stream, in order, as extents of the segment table.
+    fn extents(&self, entries: &[(u32, u32)]) -> Vec<Extent> {
+        let mut extents: Vec<Extent> = Vec::new();
+        let mut next = (u32::MAX, 0u32); // where the last extent ends
+        for &(blob, len) in entries {
+            let b = &self.blobs[blob as usize];
+            match extents.last_mut() {
+                Some(e) if next == (b.segment, b.offset) => e.lens.push(len),
+                _ => extents.push(Extent { segment: b.segment, offset: b.offset, lens: vec![len] }),
+            }
+            next = (b.segment, b.offset + len);
+        }
+        extents
     }
 }
 
@@ -395,11 +440,15 @@ fn known_blobs(files: &[&std::path::Path]) -> anyhow::Result<HashMap<String, Kno
     for file in files {
         match std::fs::read_to_string(file) {
             Ok(text) => {
-                // a line cut by a crash is ignored: its pack is simply not reused
+                // a line cut by a crash (or written by an older format) is
+                // ignored: its pack is simply not reused
                 for entry in text.lines().filter_map(|l| serde_json::from_str::<JournalEntry>(l).ok()) {
                     let pack = Arc::new(entry.pack);
-                    for (id, at, len, offset) in entry.blobs {
-                        known.entry(id).or_insert(KnownBlob { pack: pack.clone(), at, len, offset });
+                    for s in entry.segments {
+                        let segment = Arc::new(KnownSegment { pack: pack.clone(), at: s.at, len: s.len, hash: s.hash });
+                        for (id, offset) in s.chunks {
+                            known.entry(id).or_insert(KnownBlob { segment: segment.clone(), offset });
+                        }
                     }
                 }
             }
@@ -411,14 +460,19 @@ fn known_blobs(files: &[&std::path::Path]) -> anyhow::Result<HashMap<String, Kno
 }
 
 /// The chunk table of a committed snapshot, one line per pack.
-fn chunk_table(objects: &[ObjectRef], blobs: &[BlobRef]) -> anyhow::Result<Vec<u8>> {
-    let mut per_pack: BTreeMap<u32, Members> = BTreeMap::new();
+fn chunk_table(objects: &[ObjectRef], segments: &[Segment], blobs: &[BlobRef]) -> anyhow::Result<Vec<u8>> {
+    let mut per_segment: BTreeMap<u32, Vec<(String, u32)>> = BTreeMap::new();
     for b in blobs {
-        per_pack.entry(b.object).or_default().push((b.id.clone(), b.at, b.len, b.offset));
+        per_segment.entry(b.segment).or_default().push((b.id.clone(), b.offset));
+    }
+    let mut per_pack: BTreeMap<u32, Vec<JournalSegment>> = BTreeMap::new();
+    for (s, chunks) in per_segment {
+        let seg = &segments[s as usize];
+        per_pack.entry(seg.pack).or_default().push(JournalSegment { at: seg.at, len: seg.len, hash: seg.hash.clone(), chunks });
     }
     let mut out = Vec::new();
-    for (object, blobs) in per_pack {
-        serde_json::to_writer(&mut out, &JournalEntry { pack: objects[object as usize].clone(), blobs })?;
+    for (object, segments) in per_pack {
+        serde_json::to_writer(&mut out, &JournalEntry { pack: objects[object as usize].clone(), segments })?;
         out.push(b'\n');
     }
     Ok(out)
@@ -526,36 +580,46 @@ pub async fn run(
     };
 
     // Stage one: the chunker thread, bounded channel towards stage two.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(4);
     let params = agent.config.chunking;
     let mut stdout = running.take_stdout();
     let chunker = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        for c in params.chunks(stdout.take().expect("stdout")) {
-            if tx.blocking_send(c?).is_err() {
+        for b in params.batches(stdout.take().expect("stdout"), BATCH_SIZE) {
+            if tx.blocking_send(b?).is_err() {
                 break;
             }
         }
         Ok(())
     });
 
-    // Stage two: known or new (copying a known pack a provider lacks), in
+    // Stage two: each batch's chunks hashed on the blocking pool, then each
+    // chunk known or new (copying a known pack a provider lacks); batches in
     // parallel, results in stream order. A chunk repeated in the stream is
     // recognised by stage three.
-    let chunks = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let batches = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     // boxed so that dropping it (on failure) drops the receiver and stops the chunker
     let mut placed = Box::pin(
-        chunks
-            .map(|data| {
+        batches
+            .map(|batch| {
                 let run = run.clone();
                 let key = agent.key.clone();
                 async move {
-                    // hashing runs here, in parallel, rather than in the chunker thread
-                    let raw = tokio::task::spawn_blocking(move || {
-                        let h = blake3::hash(&data);
-                        RawChunk { id: key.chunk_id(&h), plain_hash: h.to_hex().to_string(), data }
+                    let (batch, hashed) = tokio::task::spawn_blocking(move || {
+                        let hashed: Vec<(String, blake3::Hash)> = batch
+                            .chunks()
+                            .map(|c| {
+                                let h = blake3::hash(c);
+                                (key.chunk_id(&h), h)
+                            })
+                            .collect();
+                        (batch, hashed)
                     })
                     .await?;
-                    run.place(raw).await
+                    let mut known = Vec::with_capacity(hashed.len());
+                    for (id, _) in &hashed {
+                        known.push(run.place(id).await?);
+                    }
+                    Ok::<_, anyhow::Error>((batch, hashed, known))
                 }
             })
             .buffered(agent.config.upload.concurrency),
@@ -568,34 +632,39 @@ pub async fn run(
         pack_size: agent.config.upload.pack_size.0 as usize,
         objects: Vec::new(),
         object_pos: HashMap::new(),
+        segments: Vec::new(),
+        segment_pos: HashMap::new(),
         blobs: Vec::new(),
         blob_pos: HashMap::new(),
-        segment: Default::default(),
+        filling: Default::default(),
         sealing: Default::default(),
         pack: None,
         uploads: JoinSet::new(),
     };
-    let mut entries = Vec::new();
+    // (blob position, length) of each chunk, in stream order
+    let mut entries: Vec<(u32, u32)> = Vec::new();
+    let mut chain = blake3::Hasher::new();
     let mut source_bytes = 0u64;
     let mut failure: Option<anyhow::Error> = None;
-    while let Some(p) = placed.next().await {
-        let step = match p {
-            Ok(Placed::Known { id, len, plain_hash }) => Ok((packer.known(id), len, plain_hash)),
-            Ok(Placed::New { id, data, plain_hash }) => {
-                let len = data.len() as u32;
-                packer.add_new(id, data).await.map(|pos| (pos, len, plain_hash))
-            }
-            Err(e) => Err(e),
-        };
-        match step {
-            Ok((blob, len, hash)) => {
-                entries.push((blob, len, hash));
-                source_bytes += len as u64;
-            }
+    'stream: while let Some(p) = placed.next().await {
+        let (batch, hashed, known) = match p {
+            Ok(p) => p,
             Err(e) => {
                 failure = Some(e);
                 break;
             }
+        };
+        for ((chunk, (id, hash)), known) in batch.chunks().zip(hashed).zip(known) {
+            let blob = if known { Ok(packer.known(id)) } else { packer.add_new(id, chunk).await };
+            match blob {
+                Ok(blob) => entries.push((blob, chunk.len() as u32)),
+                Err(e) => {
+                    failure = Some(e);
+                    break 'stream;
+                }
+            }
+            chain.update(hash.as_bytes());
+            source_bytes += chunk.len() as u64;
         }
         progress.update(source_bytes, run.new_bytes.load(Ordering::Relaxed));
     }
@@ -622,15 +691,14 @@ pub async fn run(
 
     // Index (sealed) → manifest (signed) → HEAD (signed), on every provider still up.
     let name = layout::new_snapshot_name(started_at);
-    let chunks: Vec<IndexEntry> = entries
-        .into_iter()
-        .map(|(blob, len, hash)| {
-            let b = &packer.blobs[blob as usize];
-            IndexEntry { pack: b.object, at: b.at, seg: b.len, offset: b.offset, len, hash }
-        })
-        .collect();
-    let stream_hash = bascule_core::manifest::chain_hash(chunks.iter().map(|c| c.hash.as_str()));
-    let index = Index { format: FORMAT, chunks, stream_hash, row_counts: facts.row_counts, source: facts.source };
+    let index = Index {
+        format: FORMAT,
+        segments: packer.segments.clone(),
+        extents: packer.extents(&entries),
+        stream_hash: chain.finalize().to_hex().to_string(),
+        row_counts: facts.row_counts,
+        source: facts.source,
+    };
     let index_json = serde_json::to_vec(&index)?;
     let recipients = agent.config.recipients.clone();
     let sealed_index = tokio::task::spawn_blocking(move || seal::seal(&index_json, &recipients)).await??;
@@ -648,7 +716,7 @@ pub async fn run(
         started_at,
         finished_at: started_at + chrono::Duration::from_std(t0.elapsed()).unwrap_or_default(),
         source_bytes,
-        chunk_count: index.chunks.len() as u64,
+        chunk_count: entries.len() as u64,
         new_bytes,
         stored_bytes: packer.objects.iter().map(|o| o.len).sum::<u64>() + index_ref.len,
         recipients: agent.config.recipients.iter().map(|r| r.to_string()).collect(),
@@ -688,7 +756,7 @@ pub async fn run(
     }
     // committed: the chunk table of this snapshot is what the next run reuses;
     // the journal's packs are either in it or no longer needed
-    bascule_core::config::write_atomic(&table, &chunk_table(&packer.objects, &packer.blobs)?)?;
+    bascule_core::config::write_atomic(&table, &chunk_table(&packer.objects, &packer.segments, &packer.blobs)?)?;
     match std::fs::remove_file(&journal) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -12,12 +12,14 @@ fn main() {
     };
     let (old, new) = (std::fs::read(old).expect("read OLD"), std::fs::read(new).expect("read NEW"));
     println!("{:>8} {:>8} {:>8} {:>10} {:>12} {:>8}", "min", "avg", "max", "chunks", "new bytes", "new %");
-    for avg in [8u32, 16, 32, 64, 128, 256, 1024] {
+    for avg in [4u32, 8, 16, 32, 64, 256, 1024] {
         let p = ChunkerParams { min_size: avg * 1024 / 4, avg_size: avg * 1024, max_size: avg * 1024 * 4 };
-        let seen: HashSet<blake3::Hash> = p.chunks(&old[..]).map(|c| blake3::hash(&c.unwrap())).collect();
+        let chunks = |data: &[u8]| -> Vec<Vec<u8>> {
+            p.batches(data, 1 << 20).flat_map(|b| b.unwrap().chunks().map(<[u8]>::to_vec).collect::<Vec<_>>()).collect()
+        };
+        let seen: HashSet<blake3::Hash> = chunks(&old).iter().map(|c| blake3::hash(c)).collect();
         let (mut n, mut fresh) = (0, 0u64);
-        for c in p.chunks(&new[..]) {
-            let c = c.unwrap();
+        for c in chunks(&new) {
             n += 1;
             if !seen.contains(&blake3::hash(&c)) {
                 fresh += c.len() as u64;

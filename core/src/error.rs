@@ -35,7 +35,7 @@ pub enum Error {
     Open { key: String, reason: String },
     #[error("{key}: plaintext hash mismatch (expected {expected}, got {actual})")]
     PlaintextHash { key: String, expected: String, actual: String },
-    #[error("{key}: ciphertext hash mismatch on provider {provider} (expected {expected}, got {actual})")]
+    #[error("{key}: ciphertext hash mismatch on provider {provider} (expected {expected}, got {actual}): the copy is damaged or forged")]
     CiphertextHash { key: String, provider: String, expected: String, actual: String },
     #[error("{key}: bad signed envelope: {reason}")]
     Envelope { key: String, reason: String },

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunker::ChunkerParams;
 
-pub const FORMAT: u32 = 1;
+/// 2: the index lists segments and extents (format 1 listed every chunk with its hash).
+pub const FORMAT: u32 = 2;
 
 /// What produced the snapshot's byte stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,34 +101,49 @@ impl Manifest {
     }
 }
 
-/// One chunk in stream order. Consecutive new chunks are sealed together as
-/// one *segment*, a standalone `age(zstd(…))` file at bytes `at..at+seg` of
-/// pack `pack`; the chunk is bytes `offset..offset+len` of its plaintext.
+/// A sealed segment: consecutive new chunks of one export sealed together as
+/// a standalone `age(zstd(…))` file, at bytes `at..at+len` of pack `pack`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct IndexEntry {
+pub struct Segment {
     /// Position of the pack in [`Manifest::objects`].
     pub pack: u32,
     /// Byte offset of the segment in the pack.
     pub at: u64,
     /// Ciphertext length of the segment.
-    pub seg: u32,
-    /// Byte offset of the chunk in the segment's plaintext.
-    pub offset: u32,
-    /// Plaintext length of the chunk.
     pub len: u32,
-    /// BLAKE3 of the chunk's plaintext.
+    /// BLAKE3 of the segment's ciphertext, checked before it is decrypted.
     pub hash: String,
 }
 
+/// Consecutive chunks of the stream that lie end to end in one segment's
+/// plaintext, the first at byte `offset`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Extent {
+    /// Position of the segment in [`Index::segments`].
+    pub segment: u32,
+    pub offset: u32,
+    /// Plaintext length of each chunk.
+    pub lens: Vec<u32>,
+}
+
 /// The sealed part: only the customer's identity reads it.
+///
+/// Its size grows with the segments a snapshot uses and one small number per
+/// chunk (no per-chunk hash): the integrity of each byte comes from the
+/// segment's ciphertext hash (authenticated by the signed manifest, which
+/// holds this index's hash) and, end to end, from the stream hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Index {
     pub format: u32,
-    pub chunks: Vec<IndexEntry>,
-    /// BLAKE3 of the chunks' plaintext hashes (32 bytes each) in stream
-    /// order: see [`chain_hash`].
+    pub segments: Vec<Segment>,
+    /// The stream, in order.
+    pub extents: Vec<Extent>,
+    /// BLAKE3 of the chunks' plaintext BLAKE3 hashes (32 bytes each), in
+    /// stream order: the whole stream's fingerprint, computed by the agent
+    /// without a second pass over its bytes and checked at every restore.
     pub stream_hash: String,
     /// Rows per table (`schema.table`), counted in the snapshot the dump used.
     pub row_counts: BTreeMap<String, u64>,
@@ -135,26 +151,47 @@ pub struct Index {
     pub source: BTreeMap<String, String>,
 }
 
-/// Chains chunk hashes (hex) in stream order into one: the whole stream's
-/// fingerprint, computed without a second pass over its bytes.
-pub fn chain_hash<'a>(hashes: impl IntoIterator<Item = &'a str>) -> String {
-    let mut h = blake3::Hasher::new();
-    for x in hashes {
-        let mut b = [0u8; 32];
-        // a malformed hash chains as zeros; it fails its own check anyway
-        let _ = hex::decode_to_slice(x, &mut b);
-        h.update(&b);
-    }
-    h.finalize().to_hex().to_string()
+/// Where one chunk of the stream lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkAt {
+    pub segment: u32,
+    /// Byte offset of the chunk in the segment's plaintext.
+    pub offset: u32,
+    pub len: u32,
 }
 
 impl Index {
-    /// Checks that every entry points inside the manifest's packs.
+    /// Every chunk of the stream, in order.
+    pub fn chunks(&self) -> impl Iterator<Item = ChunkAt> + '_ {
+        self.extents.iter().flat_map(|e| {
+            e.lens.iter().scan(e.offset, move |offset, &len| {
+                let c = ChunkAt { segment: e.segment, offset: *offset, len };
+                *offset = offset.saturating_add(len);
+                Some(c)
+            })
+        })
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.extents.iter().map(|e| e.lens.len()).sum()
+    }
+
+    /// Checks that every segment lies inside the manifest's packs and every
+    /// chunk inside the plaintext a segment can have.
     pub fn check_refs(&self, m: &Manifest) -> Result<(), String> {
-        for (i, e) in self.chunks.iter().enumerate() {
-            let o = m.objects.get(e.pack as usize).ok_or_else(|| format!("index entry {i} points past the manifest's packs"))?;
-            if e.at + e.seg as u64 > o.len || e.offset as u64 + e.len as u64 > m.segment_size + 2 * m.chunker.max_size as u64 {
-                return Err(format!("index entry {i} lies outside {}", o.key));
+        for (i, s) in self.segments.iter().enumerate() {
+            let o = m.objects.get(s.pack as usize).ok_or_else(|| format!("segment {i} points past the manifest's packs"))?;
+            if s.at + s.len as u64 > o.len {
+                return Err(format!("segment {i} lies outside {}", o.key));
+            }
+        }
+        let plain_max = m.segment_size + 2 * m.chunker.max_size as u64;
+        for (i, e) in self.extents.iter().enumerate() {
+            if e.segment as usize >= self.segments.len() {
+                return Err(format!("extent {i} points past the index's segments"));
+            }
+            if e.offset as u64 + e.lens.iter().map(|l| *l as u64).sum::<u64>() > plain_max {
+                return Err(format!("extent {i} lies outside any segment"));
             }
         }
         Ok(())
@@ -190,9 +227,10 @@ mod tests {
             wal: None,
             retention: None,
         };
-        let index = |pack, at, seg, offset| Index {
+        let index = |pack, at, len, offset| Index {
             format: FORMAT,
-            chunks: vec![IndexEntry { pack, at, seg, offset, len: 10, hash: String::new() }],
+            segments: vec![Segment { pack, at, len, hash: String::new() }],
+            extents: vec![Extent { segment: 0, offset, lens: vec![10, 20] }],
             stream_hash: String::new(),
             row_counts: BTreeMap::new(),
             source: BTreeMap::new(),
@@ -201,5 +239,23 @@ mod tests {
         assert!(index(1, 0, 10, 0).check_refs(&m).is_err(), "no such pack");
         assert!(index(0, 990, 20, 0).check_refs(&m).is_err(), "past the pack's end");
         assert!(index(0, 0, 10, u32::MAX - 5).check_refs(&m).is_err(), "past any segment");
+        let mut i = index(0, 0, 1000, 0);
+        i.extents[0].segment = 1;
+        assert!(i.check_refs(&m).is_err(), "no such segment");
+    }
+
+    #[test]
+    fn extents_list_the_chunks_in_order() {
+        let i = Index {
+            format: FORMAT,
+            segments: vec![],
+            extents: vec![Extent { segment: 3, offset: 100, lens: vec![10, 20] }, Extent { segment: 1, offset: 0, lens: vec![5] }],
+            stream_hash: String::new(),
+            row_counts: BTreeMap::new(),
+            source: BTreeMap::new(),
+        };
+        let at = |segment, offset, len| ChunkAt { segment, offset, len };
+        assert_eq!(i.chunks().collect::<Vec<_>>(), vec![at(3, 100, 10), at(3, 110, 20), at(1, 0, 5)]);
+        assert_eq!(i.chunk_count(), 3);
     }
 }

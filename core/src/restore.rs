@@ -1,7 +1,7 @@
 //! Reading a snapshot back with the customer's identity: fetch the packs
-//! from whichever provider holds good copies, check every byte (age's AEAD,
-//! then each chunk's plaintext hash from the authenticated index, then the
-//! whole stream's hash), and feed the plaintext to `pg_restore` or any sink.
+//! from whichever provider holds good copies, check every byte (each
+//! segment's ciphertext hash from the authenticated index before age opens
+//! it, then the whole stream's hash), and feed the plaintext to `pg_restore` or any sink.
 //! Used by the controller's `restore` and the agent's on-site `restore-test`.
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,6 +21,14 @@ use crate::{hash_hex, seal, Error};
 /// Opens the sealed index with the customer's identity.
 pub async fn open_index(replicated: &Replicated, m: &Manifest, ids: &Identities) -> anyhow::Result<Index> {
     let o = m.index.clone();
+    if m.format != crate::manifest::FORMAT {
+        bail!(
+            "snapshot {} is in format {}; this bascule reads format {} (use the bascule release that wrote it)",
+            m.name,
+            m.format,
+            crate::manifest::FORMAT
+        );
+    }
     let (ciphertext, _) = replicated.get_checked(&o.key, 0, |p, b| check_ciphertext(&o, p, &b).map(|_| b)).await?;
     let plain = seal::open(&ciphertext, ids, 1 << 30, &o.key, &m.recipients)?;
     let index: Index = serde_json::from_slice(&plain).map_err(|e| Error::Body { key: o.key.clone(), reason: e.to_string() })?;
@@ -39,11 +47,12 @@ const READ_GAP_MAX: u64 = 64 << 10;
 /// A sealed segment inside a read, and the chunks wanted from it.
 #[derive(Debug, PartialEq)]
 struct SegmentRead {
-    /// Offset of the segment in the read, and its ciphertext length.
+    /// Position in [`Index::segments`].
+    segment: u32,
+    /// Offset of the segment in the read.
     at: u64,
-    len: u32,
-    /// (index entry, offset of the chunk in the segment's plaintext)
-    parts: Vec<(usize, u32)>,
+    /// (offset in the segment's plaintext, length) of each chunk wanted, in stream order.
+    parts: Vec<(u32, u32)>,
 }
 
 /// One ranged read of a pack: consecutive segments, in stream order.
@@ -56,65 +65,86 @@ struct Read {
     segments: Vec<SegmentRead>,
 }
 
+impl Read {
+    fn chunks(&self) -> usize {
+        self.segments.iter().map(|s| s.parts.len()).sum()
+    }
+}
+
 /// Groups the stream's chunks into ranged reads: chunks of one segment share
 /// one decryption, and segments lying close together in one pack share one
 /// request, so a first snapshot restores with about one request per pack.
 fn plan_reads(index: &Index) -> Vec<Read> {
     let mut reads: Vec<Read> = Vec::new();
-    for (pos, b) in index.chunks.iter().enumerate() {
-        let (e, end) = (b, b.at + b.seg as u64);
-        if let Some(r) = reads.last_mut().filter(|r| r.object == b.pack && r.plain + e.len as u64 <= READ_PLAIN_MAX) {
+    for c in index.chunks() {
+        let s = &index.segments[c.segment as usize];
+        let end = s.at + s.len as u64;
+        if let Some(r) = reads.last_mut().filter(|r| r.object == s.pack && r.plain + c.len as u64 <= READ_PLAIN_MAX) {
             let last = r.segments.last_mut().expect("a read has a segment");
-            if r.start + last.at == b.at {
-                last.parts.push((pos, b.offset));
-                r.plain += e.len as u64;
+            if last.segment == c.segment {
+                last.parts.push((c.offset, c.len));
+                r.plain += c.len as u64;
                 continue;
             }
-            if b.at >= r.end && b.at - r.end <= READ_GAP_MAX && r.segments.len() < READ_SEGMENTS_MAX {
-                r.segments.push(SegmentRead { at: b.at - r.start, len: b.seg, parts: vec![(pos, b.offset)] });
+            if s.at >= r.end && s.at - r.end <= READ_GAP_MAX && r.segments.len() < READ_SEGMENTS_MAX {
+                r.segments.push(SegmentRead { segment: c.segment, at: s.at - r.start, parts: vec![(c.offset, c.len)] });
                 r.end = end;
-                r.plain += e.len as u64;
+                r.plain += c.len as u64;
                 continue;
             }
         }
         reads.push(Read {
-            object: b.pack,
-            start: b.at,
+            object: s.pack,
+            start: s.at,
             end,
-            plain: e.len as u64,
-            segments: vec![SegmentRead { at: 0, len: b.seg, parts: vec![(pos, b.offset)] }],
+            plain: c.len as u64,
+            segments: vec![SegmentRead { segment: c.segment, at: 0, parts: vec![(c.offset, c.len)] }],
         });
     }
     reads
 }
 
-/// Decrypts the segments of one read, checks every wanted chunk against the
-/// plaintext hash of the authenticated index, and returns them end to end.
-fn open_read(read: &Read, bytes: &[u8], key: &str, m: &Manifest, index: &Index, ids: &Identities) -> crate::Result<Vec<u8>> {
+/// Checks each segment of one read against the ciphertext hash of the
+/// authenticated index before decrypting it; returns the wanted chunks end to
+/// end and the plaintext hash of each (for the stream hash).
+fn open_read(
+    read: &Read,
+    bytes: &[u8],
+    key: &str,
+    provider: &str,
+    m: &Manifest,
+    index: &Index,
+    ids: &Identities,
+) -> crate::Result<(Vec<u8>, Vec<blake3::Hash>)> {
     let max = (m.segment_size + m.chunker.max_size as u64) as usize;
     let mut out = Vec::with_capacity(read.plain as usize);
-    for seg in &read.segments {
-        let sealed = bytes
-            .get(seg.at as usize..(seg.at + seg.len as u64) as usize)
-            .ok_or_else(|| Error::Open { key: key.into(), reason: "short read".into() })?;
-        let plain = seal::open(sealed, ids, max, key, &m.recipients)?;
-        for (pos, offset) in &seg.parts {
-            let entry = &index.chunks[*pos];
-            let chunk = plain.get(*offset as usize..*offset as usize + entry.len as usize).unwrap_or_default();
-            let h = hash_hex(chunk);
-            if chunk.len() != entry.len as usize || h != entry.hash {
-                return Err(Error::PlaintextHash { key: key.into(), expected: entry.hash.clone(), actual: h });
-            }
+    let mut hashes = Vec::with_capacity(read.chunks());
+    for sr in &read.segments {
+        let seg = &index.segments[sr.segment as usize];
+        let what = format!("{key} (segment at byte {})", seg.at);
+        let sealed = bytes.get(sr.at as usize..(sr.at + seg.len as u64) as usize).unwrap_or_default();
+        let actual = hash_hex(sealed);
+        if sealed.len() != seg.len as usize || actual != seg.hash {
+            return Err(Error::CiphertextHash { key: what, provider: provider.into(), expected: seg.hash.clone(), actual });
+        }
+        let plain = seal::open(sealed, ids, max, &what, &m.recipients)?;
+        for &(offset, len) in &sr.parts {
+            let chunk = plain
+                .get(offset as usize..offset as usize + len as usize)
+                .ok_or_else(|| Error::Open { key: what.clone(), reason: "the index points past the segment's plaintext".into() })?;
+            hashes.push(blake3::hash(chunk));
             out.extend_from_slice(chunk);
         }
     }
-    Ok(out)
+    Ok((out, hashes))
 }
 
 /// Fetches, checks and opens the snapshot's chunks in order, calling `sink`
-/// with verified plaintext (consecutive chunks together). Every chunk is checked (age's AEAD on its
-/// segment, then its plaintext hash from the authenticated index) before
-/// `sink` sees a byte; a read that fails a check is served by the other provider.
+/// with verified plaintext (consecutive chunks together). Every segment's
+/// ciphertext is checked against the authenticated index before it is
+/// decrypted (a read that fails a check is served by the other provider);
+/// at the end, the chunks' plaintext hashes must chain to the stream hash the
+/// agent recorded.
 pub async fn stream_chunks(
     replicated: &Replicated,
     m: Arc<Manifest>,
@@ -125,12 +155,8 @@ pub async fn stream_chunks(
 ) -> anyhow::Result<BTreeMap<String, u64>> {
     let mut served: BTreeMap<String, u64> = BTreeMap::new();
     let reads = plan_reads(&index);
-    // the positions each read emits, in order: together they must be every
-    // chunk of the index exactly once, in stream order
-    let emitted: Vec<Vec<usize>> = reads.iter().map(|r| r.segments.iter().flat_map(|s| s.parts.iter().map(|p| p.0)).collect()).collect();
-    let mut emitted = emitted.into_iter();
-    let mut next_pos = 0usize;
-    let mut chained: Vec<&str> = Vec::with_capacity(index.chunks.len());
+    let mut chain = blake3::Hasher::new();
+    let mut emitted = 0usize;
     let mut fetched = futures::stream::iter(reads.into_iter().enumerate())
         .map(|(i, read)| {
             let (ids, m, index, replicated) = (ids.clone(), m.clone(), index.clone(), replicated.clone());
@@ -139,30 +165,27 @@ pub async fn stream_chunks(
             tokio::spawn(async move {
                 // spread reads over both providers; fall back on any failure.
                 // Decryption is CPU work: let this worker block while others go on.
-                let (plain, provider) = replicated
-                    .get_range_checked(&key, Some(read.start..read.end), i, |_, bytes| {
-                        tokio::task::block_in_place(|| open_read(&read, &bytes, &key, &m, &index, &ids))
+                let (opened, provider) = replicated
+                    .get_range_checked(&key, Some(read.start..read.end), i, |p, bytes| {
+                        tokio::task::block_in_place(|| open_read(&read, &bytes, &key, p, &m, &index, &ids))
                     })
                     .await?;
-                Ok::<_, anyhow::Error>((plain, provider, read.end - read.start))
+                Ok::<_, anyhow::Error>((opened, provider, read.end - read.start))
             })
         })
         .buffered(concurrency);
     while let Some(item) = fetched.next().await {
-        let (plain, provider, clen) = item??;
+        let ((plain, hashes), provider, clen) = item??;
         *served.entry(provider.clone()).or_default() += clen;
-        for pos in emitted.next().unwrap_or_default() {
-            if pos != next_pos {
-                bail!("internal error: chunk {pos} emitted where chunk {next_pos} belongs");
-            }
-            chained.push(&index.chunks[pos].hash);
-            next_pos += 1;
+        for h in &hashes {
+            chain.update(h.as_bytes());
         }
+        emitted += hashes.len();
         sink(plain).await?;
     }
-    let h = crate::manifest::chain_hash(chained);
-    if next_pos != index.chunks.len() || h != index.stream_hash {
-        bail!("reassembled stream hash {h} differs from the index's {}", index.stream_hash);
+    let h = chain.finalize().to_hex().to_string();
+    if emitted != index.chunk_count() || h != index.stream_hash {
+        bail!("reassembled stream hash {h} differs from the index's {}: the restored data is not what was exported", index.stream_hash);
     }
     Ok(served)
 }
@@ -315,16 +338,23 @@ pub fn restore_test_key(at: chrono::DateTime<chrono::Utc>, job: &str) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::IndexEntry;
+    use crate::manifest::{Extent, Segment};
 
-    /// entries: (pack, segment at, segment len, offset in segment, chunk len)
+    /// chunks: (pack, segment at, segment len, offset in segment, chunk len)
     fn index(entries: &[(u32, u64, u32, u32, u32)]) -> Index {
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut extents = Vec::new();
+        for &(pack, at, len, offset, chunk) in entries {
+            let pos = segments.iter().position(|s| s.pack == pack && s.at == at).unwrap_or_else(|| {
+                segments.push(Segment { pack, at, len, hash: String::new() });
+                segments.len() - 1
+            });
+            extents.push(Extent { segment: pos as u32, offset, lens: vec![chunk] });
+        }
         Index {
-            format: 1,
-            chunks: entries
-                .iter()
-                .map(|&(pack, at, seg, offset, len)| IndexEntry { pack, at, seg, offset, len, hash: String::new() })
-                .collect(),
+            format: crate::manifest::FORMAT,
+            segments,
+            extents,
             stream_hash: String::new(),
             row_counts: Default::default(),
             source: Default::default(),
@@ -339,10 +369,11 @@ mod tests {
             plan_reads(&index(&[(0, 0, 100, 0, 10), (0, 0, 100, 10, 10), (0, 100, 50, 0, 10), (1, 0, 70, 0, 10), (0, 0, 100, 0, 10)]));
         assert_eq!(reads.len(), 3);
         assert_eq!((reads[0].object, reads[0].start, reads[0].end), (0, 0, 150));
-        assert_eq!(reads[0].segments[0].parts, vec![(0, 0), (1, 10)]);
-        assert_eq!((reads[0].segments[1].at, reads[0].segments[1].len), (100, 50));
+        assert_eq!(reads[0].segments[0].parts, vec![(0, 10), (10, 10)]);
+        assert_eq!((reads[0].segments[1].segment, reads[0].segments[1].at), (1, 100));
         assert_eq!((reads[1].object, reads[1].start, reads[1].end), (1, 0, 70));
-        assert_eq!(reads[2].segments[0].parts, vec![(4, 0)]);
+        assert_eq!(reads[2].segments[0].parts, vec![(0, 10)]);
+        assert_eq!(reads.iter().map(Read::chunks).sum::<usize>(), 5);
     }
 
     #[test]
@@ -351,6 +382,6 @@ mod tests {
         let entries: Vec<_> = (0..n).map(|i| (0, i as u64 * 10, 10, 0, 1 << 20)).collect();
         let reads = plan_reads(&index(&entries));
         assert!(reads.iter().all(|r| r.plain <= READ_PLAIN_MAX && r.segments.len() <= READ_SEGMENTS_MAX));
-        assert_eq!(reads.iter().flat_map(|r| &r.segments).map(|s| s.parts.len()).sum::<usize>(), n as usize);
+        assert_eq!(reads.iter().map(Read::chunks).sum::<usize>(), n as usize);
     }
 }

@@ -66,7 +66,8 @@ fn stock_tools_rebuild_the_export_without_bascule() {
 N={name}
 sed '1,/^$/d' snapshots/$N.manifest > manifest.json
 age -d -i {key} < snapshots/$N.index | zstd -d > index.json
-jq -r --slurpfile m manifest.json '.chunks[] | "\($m[0].objects[.pack].key) \(.at) \(.seg) \(.offset) \(.len)"' index.json |
+jq -r --slurpfile m manifest.json '.segments as $s | .extents[] | $s[.segment] as $g |
+  "\($m[0].objects[$g.pack].key) \($g.at) \($g.len) \(.offset) \(.lens | add)"' index.json |
   while read -r pack at seg off n; do
     tail -c +$((at + 1)) "$pack" | head -c "$seg" | age -d -i {key} | zstd -d | tail -c +$((off + 1)) | head -c "$n"
   done > dump.pgc

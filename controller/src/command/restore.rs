@@ -71,7 +71,7 @@ pub async fn run(tenant: &mut Tenant, req: RestoreRequest) -> anyhow::Result<Res
     let ids = Arc::new(req.identities);
     let index = Arc::new(open_index(tenant, &m, &ids).await?);
     let m = Arc::new(m);
-    tracing::info!(snapshot = %name, bytes = m.source_bytes, chunks = index.chunks.len(), "Restoring");
+    tracing::info!(snapshot = %name, bytes = m.source_bytes, chunks = index.chunk_count(), "Restoring");
 
     let t0 = Instant::now();
     let prog = req.pg_restore.clone().unwrap_or_else(|| PathBuf::from("pg_restore"));
@@ -92,7 +92,7 @@ pub async fn run(tenant: &mut Tenant, req: RestoreRequest) -> anyhow::Result<Res
         snapshot: name,
         recovery_point: m.started_at,
         bytes: m.source_bytes,
-        chunks: index.chunks.len(),
+        chunks: index.chunk_count(),
         served,
         fetch_and_restore,
         check: t1.elapsed(),

@@ -169,6 +169,12 @@ fn main() {
     restic(&["backup", "--stdin", "--stdin-filename", "dump.pgc"], Some(&dump3));
     let restic_added3 = du(&repo) - before;
 
+    if let Ok(dir) = std::env::var("BASCULE_BENCH_KEEP") {
+        // the three nights' dumps, to study chunking offline
+        for d in [&dump1, &dump2, &dump3] {
+            std::fs::copy(d, Path::new(&dir).join(d.file_name().unwrap())).unwrap();
+        }
+    }
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let rate = |d: Duration| mib(dump_bytes) / d.as_secs_f64();
     println!();
