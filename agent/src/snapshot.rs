@@ -224,9 +224,9 @@ impl Run {
 
 /// Plaintext of consecutive new chunks sealed together: large enough for
 /// zstd to compress well and for age's per-file header (≈ 200 bytes, one
-/// X25519 agreement to open) to cost little; small enough that a restore
-/// reading one chunk of it decrypts little more.
-pub const SEGMENT_SIZE: usize = 256 << 10;
+/// X25519 agreement to seal and to open) to cost little; small enough that a
+/// restore needing one chunk of an old segment reads and decrypts little more.
+pub const SEGMENT_SIZE: usize = 1 << 20;
 
 /// Bytes the chunker hands on at once (hashed together on the blocking pool).
 const BATCH_SIZE: usize = 1 << 20;

@@ -65,7 +65,9 @@ enum Command {
     },
     /// Restore a pg_dump snapshot into an existing PostgreSQL database and
     /// compare every table's row count with the export's; or, with `--pitr`,
-    /// a whole cluster from a base backup and the WAL archive, to a point in time.
+    /// a whole cluster from a base backup and the WAL archive, to a point in
+    /// time; or, with `--output`, write any snapshot's verified byte stream
+    /// to a file.
     Restore {
         /// The controller's configuration file (see configs/controller.yaml).
         #[arg(long, short)]
@@ -82,8 +84,15 @@ enum Command {
         snapshot: String,
         /// Target database, e.g. `postgres://user@host:5432/db` (it must exist;
         /// the password comes from PGPASSWORD or ~/.pgpass, never the command line).
-        #[arg(long, required_unless_present = "pitr")]
+        #[arg(long, required_unless_present_any = ["pitr", "output"])]
         target: Option<String>,
+        /// Write the snapshot's byte stream (a `pg_dump -Fc` file, or what a
+        /// `command` source printed) to this new file instead, mode 0600. It
+        /// is written to FILE.partial and renamed only once the whole stream
+        /// has matched the hash recorded at export. The data is then in clear
+        /// on this machine: remove the file when done.
+        #[arg(long, conflicts_with_all = ["target", "pitr"])]
+        output: Option<PathBuf>,
         /// Point-in-time restore of the whole cluster: the newest base backup
         /// before the target, then WAL replayed up to it (the end of the
         /// archive unless --at or --lsn), then promotion.
@@ -640,6 +649,23 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
                 r.total.as_secs_f64(),
                 RTO_TARGET.as_secs() / 3600,
                 if r.total < RTO_TARGET { "within target" } else { "MISSED" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore { config, tenant, identity, snapshot, output: Some(output), .. } => {
+            let cfg = ControllerConfig::load(&config)?;
+            let identities = Identities::load(&identity).context("--identity")?;
+            let mut t = Tenant::open(&cfg, &config, &tenant)?;
+            let t0 = std::time::Instant::now();
+            let r = restore::extract(&mut t, &snapshot, identities, cfg.restore.concurrency, &output).await?;
+            println!(
+                "wrote snapshot {} ({} bytes, {} chunks, stream hash verified) to {} in {:.1}s; served: {}",
+                r.snapshot,
+                r.bytes,
+                r.chunks,
+                output.display(),
+                t0.elapsed().as_secs_f64(),
+                r.served.iter().map(|(p, n)| format!("{p} {n} B")).collect::<Vec<_>>().join(", ")
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -18,7 +18,7 @@ pub struct ChunkerParams {
 
 impl Default for ChunkerParams {
     fn default() -> Self {
-        ChunkerParams { min_size: 2 * 1024, avg_size: 8 * 1024, max_size: 32 * 1024 }
+        ChunkerParams { min_size: 4 * 1024, avg_size: 8 * 1024, max_size: 32 * 1024 }
     }
 }
 

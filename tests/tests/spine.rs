@@ -162,6 +162,80 @@ fn killed_export_is_resumed_and_restores_identically() {
 }
 
 #[test]
+fn a_damaged_chunk_table_cannot_pass_for_the_data() {
+    // The agent trusts its local chunk table to say where yesterday's chunks
+    // lie. Damage it (every chunk said to start at byte 0 of its segment):
+    // the next export references wrong bytes without knowing it, and the
+    // restore must refuse it rather than load them.
+    let s = Scenario::start(20_000);
+    let first = s.snapshot();
+    assert!(first.status.success(), "{}", text(&first));
+    let table = std::fs::read_dir(s.path("agent-state"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "chunks"))
+        .expect("the agent's chunk table");
+    let mut moved = 0;
+    let damaged: Vec<String> = std::fs::read_to_string(&table)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut line: serde_json::Value = serde_json::from_str(l).unwrap();
+            for seg in line["segments"].as_array_mut().unwrap() {
+                for chunk in seg["chunks"].as_array_mut().unwrap() {
+                    if chunk[1] != 0 {
+                        chunk[1] = 0.into();
+                        moved += 1;
+                    }
+                }
+            }
+            line.to_string()
+        })
+        .collect();
+    assert!(moved > 0, "the table lists chunks past the start of a segment");
+    std::fs::write(&table, damaged.join("\n") + "\n").unwrap();
+
+    let second = s.snapshot();
+    assert!(second.status.success(), "{}", text(&second));
+    assert!(Scenario::new_bytes(&second) * 10 < Scenario::new_bytes(&first), "the second export reused the (damaged) table");
+
+    // written to a file: refused at the end of the stream, nothing left behind
+    let out = s.path("latest.pgc");
+    let r = run(s.controller(&["restore", "--snapshot", "latest"]).arg("--output").arg(&out).arg("--identity").arg(s.path("customer.key")));
+    assert!(!r.status.success(), "wrong bytes were written out");
+    assert!(text(&r).contains("stream hash") && text(&r).contains("not what was exported"), "{}", text(&r));
+    assert!(!out.exists() && !s.path("latest.pgc.partial").exists(), "a file of wrong bytes was left behind");
+    // into PostgreSQL: pg_restore may choke on the wrong bytes first; either
+    // way the restore fails and commits nothing
+    let r = s.restore("latest", "from_damaged", &s.path("customer.key"));
+    assert!(!r.status.success(), "a restore of wrong bytes succeeded");
+    assert_eq!(
+        s.pg.psql("from_damaged", "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"),
+        "0",
+        "pg_restore committed part of a stream that failed its check"
+    );
+
+    // the first export, made before the damage, still restores exactly, and
+    // --output writes it as a pg_dump file pg_restore reads
+    let name = Scenario::snapshot_name(&first);
+    let r = s.restore(&name, "from_first", &s.path("customer.key"));
+    assert!(r.status.success(), "{}", text(&r));
+    assert_eq!(s.pg.data_fingerprint("mairie"), s.pg.data_fingerprint("from_first"));
+    let out = s.path("first.pgc");
+    let r = run(s.controller(&["restore", "--snapshot", &name]).arg("--output").arg(&out).arg("--identity").arg(s.path("customer.key")));
+    assert!(r.status.success() && text(&r).contains("stream hash verified"), "{}", text(&r));
+    let source_bytes: u64 = Scenario::log_field(&first, "source_bytes").parse().unwrap();
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), source_bytes);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600, "a plaintext dump readable by others");
+    let listed = run(std::process::Command::new(s.pg.tool("pg_restore")).arg("-l").arg(&out));
+    assert!(listed.status.success() && text(&listed).contains("TABLE DATA public citoyens"), "{}", text(&listed));
+    // and never over an existing file
+    let r = run(s.controller(&["restore", "--snapshot", &name]).arg("--output").arg(&out).arg("--identity").arg(s.path("customer.key")));
+    assert!(!r.status.success() && text(&r).contains("refusing to overwrite"), "{}", text(&r));
+}
+
+#[test]
 fn flipped_byte_on_one_provider_is_detected_and_bypassed() {
     let s = Scenario::start(10_000);
     assert!(s.snapshot().status.success());
