@@ -234,6 +234,7 @@ const BATCH_SIZE: usize = 1 << 20;
 /// A segment being sealed on the blocking pool: its ciphertext and the
 /// ciphertext's hash.
 type Sealing = tokio::task::JoinHandle<bascule_core::Result<(Vec<u8>, String)>>;
+type SealOutcome = Result<bascule_core::Result<(Vec<u8>, String)>, tokio::task::JoinError>;
 
 /// What the snapshot references so far (packs, segments, chunks), the
 /// segment being filled, the segments being sealed, and the pack being filled.
@@ -312,8 +313,8 @@ impl Packer {
         Ok(pos)
     }
 
-    /// Starts sealing the current segment; keeps at most `concurrency`
-    /// segments in the sealer, placing finished ones in stream order.
+    /// Starts sealing the current segment; places the finished ones in
+    /// stream order and keeps at most `concurrency` in the sealer.
     async fn seal_segment(&mut self) -> anyhow::Result<()> {
         let (data, members) = std::mem::take(&mut self.filling);
         if !members.is_empty() {
@@ -326,16 +327,39 @@ impl Packer {
             });
             self.sealing.push_back((members, sealing));
         }
-        while self.sealing.len() > self.run.agent.config.upload.concurrency {
+        // finished segments go to their pack at once (a source that pauses
+        // leaves nothing sealed waiting); at most `concurrency` in the sealer
+        while self.sealing.front().is_some_and(|(_, h)| h.is_finished()) || self.sealing.len() > self.run.agent.config.upload.concurrency {
             self.place_sealed().await?;
         }
         Ok(())
     }
 
-    /// Appends the oldest sealed segment to the pack; uploads the pack once full.
+    /// Waits for the oldest segment in the sealer to be sealed, without
+    /// taking it: dropping this future loses nothing. Never ends when the
+    /// sealer is empty.
+    async fn oldest_sealed(&mut self) -> SealOutcome {
+        std::future::poll_fn(|cx| match self.sealing.front_mut() {
+            Some((_, handle)) => std::future::Future::poll(std::pin::Pin::new(handle), cx),
+            None => std::task::Poll::Pending,
+        })
+        .await
+    }
+
+    /// Waits for the oldest segment in the sealer and places it.
     async fn place_sealed(&mut self) -> anyhow::Result<()> {
-        let Some((members, handle)) = self.sealing.pop_front() else { return Ok(()) };
-        let (sealed, hash) = handle.await??;
+        if self.sealing.is_empty() {
+            return Ok(());
+        }
+        let outcome = self.oldest_sealed().await;
+        self.place_oldest(outcome).await
+    }
+
+    /// Appends the oldest segment, sealed (`outcome`), to the pack; uploads
+    /// the pack once full.
+    async fn place_oldest(&mut self, outcome: SealOutcome) -> anyhow::Result<()> {
+        let (members, _) = self.sealing.pop_front().expect("a segment in the sealer");
+        let (sealed, hash) = outcome??;
         if self.pack.is_none() {
             let slot = self.objects.len() as u32;
             self.objects.push(ObjectRef { key: String::new(), len: 0, hash: String::new() }); // named when full
@@ -646,10 +670,23 @@ pub async fn run(
     let mut chain = blake3::Hasher::new();
     let mut source_bytes = 0u64;
     let mut failure: Option<anyhow::Error> = None;
-    'stream: while let Some(p) = placed.next().await {
+    'stream: loop {
+        // a segment sealed while the source pauses goes to its pack at once
+        let p = tokio::select! {
+            biased;
+            outcome = packer.oldest_sealed() => {
+                if let Err(e) = packer.place_oldest(outcome).await {
+                    failure = Some(e);
+                    break;
+                }
+                continue;
+            }
+            p = placed.next() => p,
+        };
         let (batch, hashed, known) = match p {
-            Ok(p) => p,
-            Err(e) => {
+            None => break,
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
                 failure = Some(e);
                 break;
             }
