@@ -7,6 +7,9 @@ pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// The row-count key of the number of large objects.
+pub const LARGE_OBJECTS: &str = "pg_catalog.pg_largeobject_metadata";
+
 /// Rows of every user table (`schema.table`) and the number of large objects,
 /// as seen by the transaction `client` is in.
 pub async fn count_rows(client: &tokio_postgres::Client) -> Result<BTreeMap<String, u64>, tokio_postgres::Error> {
@@ -26,7 +29,7 @@ pub async fn count_rows(client: &tokio_postgres::Client) -> Result<BTreeMap<Stri
         counts.insert(format!("{schema}.{table}"), n as u64);
     }
     let lo: i64 = client.query_one("SELECT count(*) FROM pg_largeobject_metadata", &[]).await?.get(0);
-    counts.insert("pg_catalog.pg_largeobject_metadata".into(), lo as u64);
+    counts.insert(LARGE_OBJECTS.into(), lo as u64);
     Ok(counts)
 }
 

@@ -3,6 +3,7 @@
 //! A source runs as a child process whose standard output is read by the
 //! chunker; nothing of the stream is staged on disk.
 mod command;
+mod dump_scan;
 mod pg_basebackup;
 mod pg_dump;
 
@@ -49,6 +50,25 @@ pub struct Running {
     /// Facts the source finds in its own stream (a base backup's WAL range).
     facts_from_stream: Option<Box<dyn FnOnce() -> anyhow::Result<SourceFacts> + Send>>,
     what: String,
+}
+
+/// Something that follows a source's stream as the chunker reads it.
+trait Scan: Send {
+    fn feed(&mut self, bytes: &[u8]);
+}
+
+/// Passes the stream through, showing every byte to a [`Scan`].
+struct Scanned<R, S> {
+    inner: R,
+    scan: Arc<Mutex<S>>,
+}
+
+impl<R: Read, S: Scan> Read for Scanned<R, S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.scan.lock().expect("lock").feed(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// Kills the source's process (on cancellation); reading then hits EOF.

@@ -4,7 +4,6 @@
 //! server must archive through bascule. The manifest records the WAL range
 //! the backup needs, read from the stream as it passes: the start LSN and
 //! timeline from `backup_label`, the end LSN from `backup_manifest`.
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -13,7 +12,7 @@ use bascule_core::config::SecretRef;
 use bascule_core::wal::{Lsn, WalRange};
 use serde::Deserialize;
 
-use super::{Running, SourceFacts};
+use super::{Running, Scan, Scanned, SourceFacts};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,20 +45,6 @@ impl PgBasebackupSource {
     }
 }
 
-/// Passes the stream through, showing every byte to a [`TarScan`].
-struct Scanned<R> {
-    inner: R,
-    scan: Arc<Mutex<TarScan>>,
-}
-
-impl<R: Read> Read for Scanned<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.scan.lock().expect("lock").feed(&buf[..n]);
-        Ok(n)
-    }
-}
-
 /// Follows a tar stream's headers and keeps the two small members it needs:
 /// `backup_label` whole, and the end of `backup_manifest` (its WAL ranges).
 #[derive(Default)]
@@ -80,7 +65,7 @@ fn octal(field: &[u8]) -> u64 {
     field.iter().take_while(|b| **b != 0 && **b != b' ').fold(0, |n, b| if b.is_ascii_digit() { n * 8 + (b - b'0') as u64 } else { n })
 }
 
-impl TarScan {
+impl Scan for TarScan {
     fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() && !self.end {
             if self.skip > 0 {
@@ -123,7 +108,9 @@ impl TarScan {
             };
         }
     }
+}
 
+impl TarScan {
     fn facts(&self) -> anyhow::Result<SourceFacts> {
         let label = String::from_utf8_lossy(&self.label);
         let field = |name: &str| label.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);

@@ -2,18 +2,22 @@
 //!
 //! The dump is uncompressed on purpose: zstd runs per chunk after
 //! content-defined chunking, which only finds yesterday's bytes in an
-//! uncompressed stream. Row counts are taken in the very snapshot the dump
-//! reads (`pg_export_snapshot()` + `pg_dump --snapshot`), so they match the
-//! dump exactly even while the application writes.
+//! uncompressed stream. Row counts are read in the stream itself as it
+//! passes (each table's `COPY` lines, see `dump_scan`): exactly what the dump
+//! holds, without a second scan of the database. A stream the scanner cannot
+//! read is counted with SQL instead, in the very snapshot the dump reads
+//! (`pg_export_snapshot()` + `pg_dump --snapshot`), kept open until the end.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use bascule_core::config::SecretRef;
 use serde::Deserialize;
 
-use super::{Running, SourceFacts};
+use super::dump_scan::DumpScan;
+use super::{Running, Scanned, SourceFacts};
 use bascule_core::postgres::count_rows;
 
 #[derive(Debug, Deserialize)]
@@ -25,7 +29,7 @@ pub struct PgDumpSource {
     pub password: Option<SecretRef>,
     /// Path of `pg_dump` when not on PATH (e.g. `/usr/lib/postgresql/15/bin/pg_dump`).
     pub pg_dump: Option<PathBuf>,
-    /// Count the rows of every table (in the dump's snapshot) for restore checks.
+    /// Count the rows of every table (in the dump's stream) for restore checks.
     #[serde(default = "yes")]
     pub count_rows: bool,
 }
@@ -68,14 +72,31 @@ impl PgDumpSource {
         }
         let mut running = Running::spawn(cmd, format!("{}", prog.display()))?;
 
-        // Count in the exported snapshot while pg_dump runs; keep the
-        // exporting transaction open until the dump has finished.
+        // Rows are counted in the stream as it passes (see `dump_scan`); if
+        // it cannot be read, with SQL in the exported snapshot, which stays
+        // open until the dump has finished.
+        let scan = Arc::new(Mutex::new(DumpScan::default()));
+        if self.count_rows {
+            let stdout = running.stdout.take().expect("fresh source");
+            running.reader = Some(Box::new(Scanned { inner: stdout, scan: scan.clone() }));
+        }
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let count = self.count_rows;
         running.dump_done = Some(done_tx);
         running.facts = Some(tokio::spawn(async move {
-            let row_counts = if count { count_rows(&client).await? } else { BTreeMap::new() };
             let _ = done_rx.await;
+            let row_counts = if !count {
+                BTreeMap::new()
+            } else {
+                let from_stream = scan.lock().expect("lock").counts();
+                match from_stream {
+                    Ok(counts) => counts,
+                    Err(why) => {
+                        tracing::warn!(reason = %why, "Cannot count rows in the dump's stream; counting with SQL in its snapshot");
+                        count_rows(&client).await?
+                    }
+                }
+            };
             client.batch_execute("ROLLBACK").await?;
             let mut source = BTreeMap::new();
             source.insert("server_version".into(), version);
