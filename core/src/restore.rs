@@ -248,7 +248,11 @@ pub async fn pg_restore(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {}; is the PostgreSQL client installed?", prog.display()))?;
-    let stdin = Arc::new(tokio::sync::Mutex::new(child.stdin.take().expect("piped stdin")));
+    let stdin = child.stdin.take().expect("piped stdin");
+    // a 1 MiB pipe instead of 64 KiB: far fewer wake-ups between this
+    // process and pg_restore (the kernel may refuse; the default then stays)
+    let _ = rustix::pipe::fcntl_setpipe_size(&stdin, 1 << 20);
+    let stdin = Arc::new(tokio::sync::Mutex::new(stdin));
     let mut stderr = child.stderr.take().expect("piped stderr");
     let stderr_task = tokio::spawn(async move {
         let mut s = String::new();

@@ -20,9 +20,9 @@ fn main() {
     let agent = bin("bascule-agent");
     let cfg = s.path("agent.yaml");
 
-    // a small database first, for peak RSS at two sizes
+    // a database a fifth of the size first, for peak RSS at two sizes
     s.pg.createdb("petite");
-    ok(Command::new(s.pg.tool("pgbench")).args(["-i", "-q", "-s", "2", "-d", &s.pg.dsn("petite")]));
+    ok(Command::new(s.pg.tool("pgbench")).args(["-i", "-q", "-s", &(scale / 5).max(1).to_string(), "-d", &s.pg.dsn("petite")]));
     let small_cfg = s.path("small.yaml");
     let yaml = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(
