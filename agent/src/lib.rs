@@ -2,6 +2,7 @@
 //! to the customer's public key and sends it to two providers.
 #![forbid(unsafe_code)]
 
+pub mod chunk_id;
 pub mod config;
 pub mod head;
 pub mod heartbeat;

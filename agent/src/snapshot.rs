@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::chunk_id::{ChunkId, IdMap};
 use crate::config::JobConfig;
 use crate::progress::Progress;
 use crate::Agent;
@@ -42,19 +43,26 @@ struct KnownSegment {
     hash: String,
 }
 
-/// A chunk stored by an earlier snapshot or run: its segment, and where it
-/// starts in the segment's plaintext.
-#[derive(Clone)]
+/// A chunk stored by an earlier snapshot or run: its segment (a position in
+/// [`Known::segments`]), and where it starts in the segment's plaintext.
+#[derive(Clone, Copy)]
 struct KnownBlob {
-    segment: Arc<KnownSegment>,
+    segment: u32,
     offset: u32,
+}
+
+/// The chunks this agent already stored, 24 bytes each in memory.
+#[derive(Default)]
+struct Known {
+    segments: Vec<KnownSegment>,
+    blobs: IdMap<KnownBlob>,
 }
 
 /// Where a chunk of this run lies: a position in the run's segment table
 /// (`u32::MAX` until its segment is sealed) and its offset in the segment's
 /// plaintext.
 struct BlobRef {
-    id: String,
+    id: ChunkId,
     segment: u32,
     offset: u32,
 }
@@ -65,7 +73,7 @@ struct JournalSegment {
     at: u64,
     len: u32,
     hash: String,
-    chunks: Vec<(String, u32)>,
+    chunks: Vec<(ChunkId, u32)>,
 }
 
 /// One line of the agent's local chunk tables: a pack, its segments and the
@@ -114,7 +122,7 @@ struct Run {
     why_down: Mutex<Vec<Option<String>>>,
     /// Packs each provider held when the run started (key → length).
     listings: Vec<BTreeMap<String, u64>>,
-    known: HashMap<String, KnownBlob>,
+    known: Known,
     /// Packs being copied to a provider that lacks them.
     copying: Mutex<HashSet<String>>,
     new_bytes: AtomicU64,
@@ -184,9 +192,9 @@ impl Run {
 
     /// Decides one chunk: known (`true`: on every usable provider, or on one,
     /// its pack then copied across, ciphertext only) or new (`false`: seal it).
-    async fn place(&self, id: &str) -> anyhow::Result<bool> {
-        if let Some(k) = self.known.get(id) {
-            let pack = &k.segment.pack;
+    async fn place(&self, id: &ChunkId) -> anyhow::Result<bool> {
+        if let Some(k) = self.known.blobs.get(id) {
+            let pack = &self.known.segments[k.segment as usize].pack;
             let has = self.holders(pack);
             if has.iter().any(|h| *h) {
                 let lacking: Vec<bool> = self.up_mask().iter().zip(&has).map(|(u, h)| *u && !h).collect();
@@ -247,7 +255,7 @@ struct Packer {
     /// Segment hash → position in `segments`.
     segment_pos: HashMap<String, u32>,
     blobs: Vec<BlobRef>,
-    blob_pos: HashMap<String, u32>,
+    blob_pos: IdMap<u32>,
     /// Current segment: plaintext and the blob positions of its chunks.
     filling: (Vec<u8>, Vec<u32>),
     /// Segments being sealed, in stream order.
@@ -277,29 +285,31 @@ impl Packer {
 
     fn add_blob(&mut self, b: BlobRef) -> u32 {
         let p = self.blobs.len() as u32;
-        self.blob_pos.insert(b.id.clone(), p);
+        self.blob_pos.insert(b.id, p);
         self.blobs.push(b);
         p
     }
 
     /// The blob position of a chunk already stored.
-    fn known(&mut self, id: String) -> u32 {
+    fn known(&mut self, id: ChunkId) -> u32 {
         if let Some(p) = self.blob_pos.get(&id) {
             return *p;
         }
-        let k = self.run.known.get(&id).expect("a known blob").clone();
-        let segment = match self.segment_pos.get(&k.segment.hash) {
+        let run = self.run.clone();
+        let k = *run.known.blobs.get(&id).expect("a known blob");
+        let ks = &run.known.segments[k.segment as usize];
+        let segment = match self.segment_pos.get(&ks.hash) {
             Some(s) => *s,
             None => {
-                let pack = self.object(&k.segment.pack);
-                self.add_segment(Segment { pack, at: k.segment.at, len: k.segment.len, hash: k.segment.hash.clone() })
+                let pack = self.object(&ks.pack);
+                self.add_segment(Segment { pack, at: ks.at, len: ks.len, hash: ks.hash.clone() })
             }
         };
         self.add_blob(BlobRef { id, segment, offset: k.offset })
     }
 
     /// Adds a new chunk to the current segment; seals the segment once full.
-    async fn add_new(&mut self, id: String, data: &[u8]) -> anyhow::Result<u32> {
+    async fn add_new(&mut self, id: ChunkId, data: &[u8]) -> anyhow::Result<u32> {
         if let Some(p) = self.blob_pos.get(&id) {
             return Ok(*p); // twice in one stream
         }
@@ -372,7 +382,7 @@ impl Packer {
         for pos in members {
             let b = &mut self.blobs[pos as usize];
             b.segment = segment;
-            chunks.push((b.id.clone(), b.offset));
+            chunks.push((b.id, b.offset));
         }
         let (_, bytes, segments) = self.pack.as_mut().expect("a pack");
         bytes.extend_from_slice(&sealed);
@@ -458,48 +468,58 @@ fn recipients_tag(recipients: &[bascule_core::keys::Recipient]) -> String {
 }
 
 /// Chunks this agent already stored: those of the last committed snapshot
-/// and those of packs uploaded by a run that did not commit.
-fn known_blobs(files: &[&std::path::Path]) -> anyhow::Result<HashMap<String, KnownBlob>> {
-    let mut known = HashMap::new();
+/// and those of packs uploaded by a run that did not commit. Read line by
+/// line: a line cut by a crash (or written by an older format) is ignored,
+/// its pack is simply not reused.
+fn known_blobs(files: &[&std::path::Path]) -> anyhow::Result<Known> {
+    use std::io::BufRead;
+    let mut known = Known::default();
     for file in files {
-        match std::fs::read_to_string(file) {
-            Ok(text) => {
-                // a line cut by a crash (or written by an older format) is
-                // ignored: its pack is simply not reused
-                for entry in text.lines().filter_map(|l| serde_json::from_str::<JournalEntry>(l).ok()) {
-                    let pack = Arc::new(entry.pack);
-                    for s in entry.segments {
-                        let segment = Arc::new(KnownSegment { pack: pack.clone(), at: s.at, len: s.len, hash: s.hash });
-                        for (id, offset) in s.chunks {
-                            known.entry(id).or_insert(KnownBlob { segment: segment.clone(), offset });
-                        }
-                    }
+        let f = match std::fs::File::open(file) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| file.display().to_string()),
+        };
+        for line in std::io::BufReader::new(f).lines() {
+            let line = line.with_context(|| file.display().to_string())?;
+            let Ok(entry) = serde_json::from_str::<JournalEntry>(&line) else { continue };
+            let pack = Arc::new(entry.pack);
+            for s in entry.segments {
+                let segment = known.segments.len() as u32;
+                known.segments.push(KnownSegment { pack: pack.clone(), at: s.at, len: s.len, hash: s.hash });
+                for (id, offset) in s.chunks {
+                    known.blobs.entry(id).or_insert(KnownBlob { segment, offset });
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| file.display().to_string()),
         }
     }
     Ok(known)
 }
 
-/// The chunk table of a committed snapshot, one line per pack.
-fn chunk_table(objects: &[ObjectRef], segments: &[Segment], blobs: &[BlobRef]) -> anyhow::Result<Vec<u8>> {
-    let mut per_segment: BTreeMap<u32, Vec<(String, u32)>> = BTreeMap::new();
-    for b in blobs {
-        per_segment.entry(b.segment).or_default().push((b.id.clone(), b.offset));
+/// Writes the chunk table of a committed snapshot, one line per pack, to `out`.
+fn write_chunk_table(out: &mut dyn Write, objects: &[ObjectRef], segments: &[Segment], blobs: &[BlobRef]) -> std::io::Result<()> {
+    // blob positions by segment, segments by pack
+    let mut order: Vec<u32> = (0..blobs.len() as u32).collect();
+    order.sort_by_key(|b| (segments[blobs[*b as usize].segment as usize].pack, blobs[*b as usize].segment));
+    let mut at = 0;
+    while at < order.len() {
+        let pack = segments[blobs[order[at] as usize].segment as usize].pack;
+        let mut entry = JournalEntry { pack: objects[pack as usize].clone(), segments: Vec::new() };
+        while at < order.len() && segments[blobs[order[at] as usize].segment as usize].pack == pack {
+            let s = blobs[order[at] as usize].segment;
+            let seg = &segments[s as usize];
+            let mut chunks = Vec::new();
+            while at < order.len() && blobs[order[at] as usize].segment == s {
+                let b = &blobs[order[at] as usize];
+                chunks.push((b.id, b.offset));
+                at += 1;
+            }
+            entry.segments.push(JournalSegment { at: seg.at, len: seg.len, hash: seg.hash.clone(), chunks });
+        }
+        serde_json::to_writer(&mut *out, &entry)?;
+        out.write_all(b"\n")?;
     }
-    let mut per_pack: BTreeMap<u32, Vec<JournalSegment>> = BTreeMap::new();
-    for (s, chunks) in per_segment {
-        let seg = &segments[s as usize];
-        per_pack.entry(seg.pack).or_default().push(JournalSegment { at: seg.at, len: seg.len, hash: seg.hash.clone(), chunks });
-    }
-    let mut out = Vec::new();
-    for (object, segments) in per_pack {
-        serde_json::to_writer(&mut out, &JournalEntry { pack: objects[object as usize].clone(), segments })?;
-        out.push(b'\n');
-    }
-    Ok(out)
+    Ok(())
 }
 
 /// Packs of condemned lists, read from the providers in `up`.
@@ -574,7 +594,7 @@ pub async fn run(
         Ok(lists) => lists.values().flat_map(|l| l.packs.iter().map(|p| p.key.clone())).collect(),
         Err(e) => {
             tracing::warn!(error = %e, "Cannot read the prune's condemned lists: this run reuses no earlier pack");
-            known.clear();
+            known = Known::default();
             HashSet::new()
         }
     };
@@ -629,11 +649,11 @@ pub async fn run(
                 let key = agent.key.clone();
                 async move {
                     let (batch, hashed) = tokio::task::spawn_blocking(move || {
-                        let hashed: Vec<(String, blake3::Hash)> = batch
+                        let hashed: Vec<(ChunkId, blake3::Hash)> = batch
                             .chunks()
                             .map(|c| {
                                 let h = blake3::hash(c);
-                                (key.chunk_id(&h), h)
+                                (ChunkId(key.chunk_id(&h)), h)
                             })
                             .collect();
                         (batch, hashed)
@@ -659,7 +679,7 @@ pub async fn run(
         segments: Vec::new(),
         segment_pos: HashMap::new(),
         blobs: Vec::new(),
-        blob_pos: HashMap::new(),
+        blob_pos: IdMap::default(),
         filling: Default::default(),
         sealing: Default::default(),
         pack: None,
@@ -793,7 +813,7 @@ pub async fn run(
     }
     // committed: the chunk table of this snapshot is what the next run reuses;
     // the journal's packs are either in it or no longer needed
-    bascule_core::config::write_atomic(&table, &chunk_table(&packer.objects, &packer.segments, &packer.blobs)?)?;
+    bascule_core::config::write_atomic_with(&table, |out| write_chunk_table(out, &packer.objects, &packer.segments, &packer.blobs))?;
     match std::fs::remove_file(&journal) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
