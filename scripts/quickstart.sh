@@ -30,10 +30,17 @@ if [ -z "$PGBIN" ] || [ ! -x "$PGBIN/initdb" ]; then
   fi
 fi
 
-echo "==> building bascule (release)"
-cargo build --release --quiet --bin bascule-agent --bin bascule-controller
-AGENT=$ROOT/target/release/bascule-agent
-CONTROLLER=$ROOT/target/release/bascule-controller
+# BASCULE_BIN_DIR: binaries already built (the test suite runs this script
+# with its own); otherwise a release build
+if [ -n "${BASCULE_BIN_DIR:-}" ]; then
+  BIN=$BASCULE_BIN_DIR
+else
+  echo "==> building bascule (release)"
+  cargo build --release --quiet --bin bascule-agent --bin bascule-controller
+  BIN=$ROOT/target/release
+fi
+AGENT=$BIN/bascule-agent
+CONTROLLER=$BIN/bascule-controller
 
 WORK=$(mktemp -d /tmp/bascule-quickstart.XXXXXX)
 chmod 755 "$WORK"
@@ -140,12 +147,13 @@ if command -v age >/dev/null && command -v zstd >/dev/null; then
 import json, sys
 tenant, manifest, index, out = sys.argv[1:]
 m = json.loads(open(manifest, "rb").read().split(b"\n\n", 1)[1])   # the body after the signed header
-c = json.load(open(index))["chunks"][0]; pack = m["objects"][c["pack"]]["key"]
+ix = json.load(open(index)); s = ix["segments"][ix["extents"][0]["segment"]]
+pack = m["objects"][s["pack"]]["key"]
 with open(f"{tenant}/{pack}", "rb") as f:
-    f.seek(c["at"]); open(out, "wb").write(f.read(c["seg"]))
-print(pack, c["at"], c["seg"])' "$T" "${MANS[0]}" "$WORK/index.json" "$WORK/segment.age")
+    f.seek(s["at"]); open(out, "wb").write(f.read(s["len"]))
+print(pack, s["at"], s["len"])' "$T" "${MANS[0]}" "$WORK/index.json" "$WORK/segment.age")
   age -d -i "$WORK/customer.key" < "$WORK/segment.age" | zstd -d -q > "$WORK/segment.bin"
-  echo "    age -d -i customer.key < snapshots/….index | zstd -d   -> the chunk table (index.json)"
+  echo "    age -d -i customer.key < snapshots/….index | zstd -d   -> the index: segments, extents (index.json)"
   echo "    tail -c +$((AT + 1)) $PACK | head -c $SEG | age -d -i customer.key | zstd -d"
   echo "    -> $(stat -c %s "$WORK/segment.bin") bytes of pg_dump stream, starting with: $(head -c 5 "$WORK/segment.bin")"
 else
