@@ -112,7 +112,7 @@ echo "==> a day of activity at the town hall"
   -c "UPDATE citoyens SET commune = 'Voiron' WHERE id > 49500"
 
 echo "==> the drill (runbooks/quickstart.yaml): next night's export, keyless verify, restore, checks"
-export PATH="$ROOT/target/release:$PATH"
+export PATH="$BIN:$PATH"
 set +e
 "$CONTROLLER" drill run --config "$WORK/controller.yaml" runbooks/quickstart.yaml \
   --var agent_config="$WORK/agent.yaml" --var controller_config="$WORK/controller.yaml" \
