@@ -46,7 +46,7 @@ enum State {
     Piece {
         left: u64,
         table: Option<u32>,
-        block: bool,
+        blob: bool,
     },
     Failed(String),
 }
@@ -66,6 +66,7 @@ pub struct DumpScan {
     /// The last bytes of the current table's data.
     tail: Vec<u8>,
     large_objects: u64,
+    head_max: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -117,14 +118,19 @@ impl Cur<'_> {
 
 /// An archive integer: a sign byte, then the magnitude little-endian.
 fn decode_int(b: &[u8]) -> Option<i64> {
-    let mut v: i64 = 0;
+    let mut v: u64 = 0;
     for (i, x) in b[1..].iter().enumerate() {
         if *x != 0 {
-            v = v.checked_add(i64::from(*x).checked_shl(8 * i as u32).filter(|_| i < 8)?)?;
+            v |= u64::from(*x).checked_shl(8 * i as u32).filter(|_| i < 8)?;
         }
     }
+    let v = i64::try_from(v).ok()?;
     Some(if b[0] != 0 { -v } else { v })
 }
+
+/// The most the header and table of contents may take: a stream that
+/// claims more is not read (its rows are counted with SQL).
+const HEAD_MAX: usize = 256 << 20;
 
 impl Default for DumpScan {
     fn default() -> Self {
@@ -138,6 +144,7 @@ impl Default for DumpScan {
             rows: Vec::new(),
             tail: Vec::new(),
             large_objects: 0,
+            head_max: HEAD_MAX,
         }
     }
 }
@@ -148,6 +155,10 @@ impl super::Scan for DumpScan {
             match self.state {
                 State::Failed(_) => return,
                 State::Head => {
+                    if self.head.len() + bytes.len() > self.head_max {
+                        self.state = State::Failed(format!("a table of contents over {} bytes", self.head_max));
+                        return;
+                    }
                     self.head.extend_from_slice(bytes);
                     let mut head = std::mem::take(&mut self.head);
                     match self.parse_head(&head) {
@@ -166,7 +177,7 @@ impl super::Scan for DumpScan {
                     }
                     return;
                 }
-                State::Piece { left, table, block: blob } => {
+                State::Piece { left, table, blob } => {
                     let n = left.min(bytes.len() as u64) as usize;
                     if let Some(t) = table {
                         self.rows[t as usize] += count_lines(&bytes[..n]);
@@ -177,7 +188,7 @@ impl super::Scan for DumpScan {
                     self.state = if left == n as u64 {
                         State::PieceLen { table, blob }
                     } else {
-                        State::Piece { left: left - n as u64, table, block: blob }
+                        State::Piece { left: left - n as u64, table, blob }
                     };
                 }
                 State::BlockKind => {
@@ -224,7 +235,7 @@ impl DumpScan {
                 State::BlockKind
             }
             State::PieceLen { blob: true, .. } if v == 0 => State::Oid,
-            State::PieceLen { table, blob } if v > 0 => State::Piece { left: v as u64, table, block: blob },
+            State::PieceLen { table, blob } if v > 0 => State::Piece { left: v as u64, table, blob },
             _ => State::Failed(format!("a data piece of length {v}")),
         }
     }
@@ -496,6 +507,14 @@ mod tests {
         let a = archive(15);
         assert!(scan(&a[..a.len() - 3], 7).unwrap_err().contains("inside a data block"));
         assert!(scan(&a[..40], 7).unwrap_err().contains("table of contents"));
+        // a table of contents that never ends is not kept whole in memory
+        let mut w = Writer::default();
+        w.header(15, false).int(1).int(1).int(1).str(Some("1259")).int(1 << 30);
+        let mut s = DumpScan { head_max: 4096, ..DumpScan::default() };
+        w.0.extend(vec![b'x'; 8192]);
+        w.0.chunks(100).for_each(|c| s.feed(c));
+        assert!(s.counts().unwrap_err().contains("over 4096 bytes"));
+        assert!(s.head.len() <= 4096);
         let mut odd = a.clone();
         let at = odd.iter().rposition(|b| *b == BLK_BLOBS).unwrap();
         odd[at] = 9;
