@@ -323,8 +323,9 @@ impl Packer {
         Ok(pos)
     }
 
-    /// Starts sealing the current segment; places the finished ones in
-    /// stream order and keeps at most `concurrency` in the sealer.
+    /// Starts sealing the current segment; keeps at most `concurrency`
+    /// segments in the sealer, placing finished ones in stream order (the
+    /// export loop also places each one as soon as it is sealed).
     async fn seal_segment(&mut self) -> anyhow::Result<()> {
         let (data, members) = std::mem::take(&mut self.filling);
         if !members.is_empty() {
@@ -337,9 +338,7 @@ impl Packer {
             });
             self.sealing.push_back((members, sealing));
         }
-        // finished segments go to their pack at once (a source that pauses
-        // leaves nothing sealed waiting); at most `concurrency` in the sealer
-        while self.sealing.front().is_some_and(|(_, h)| h.is_finished()) || self.sealing.len() > self.run.agent.config.upload.concurrency {
+        while self.sealing.len() > self.run.agent.config.upload.concurrency {
             self.place_sealed().await?;
         }
         Ok(())
@@ -498,24 +497,21 @@ fn known_blobs(files: &[&std::path::Path]) -> anyhow::Result<Known> {
 
 /// Writes the chunk table of a committed snapshot, one line per pack, to `out`.
 fn write_chunk_table(out: &mut dyn Write, objects: &[ObjectRef], segments: &[Segment], blobs: &[BlobRef]) -> std::io::Result<()> {
-    // blob positions by segment, segments by pack
-    let mut order: Vec<u32> = (0..blobs.len() as u32).collect();
-    order.sort_by_key(|b| (segments[blobs[*b as usize].segment as usize].pack, blobs[*b as usize].segment));
-    let mut at = 0;
-    while at < order.len() {
-        let pack = segments[blobs[order[at] as usize].segment as usize].pack;
-        let mut entry = JournalEntry { pack: objects[pack as usize].clone(), segments: Vec::new() };
-        while at < order.len() && segments[blobs[order[at] as usize].segment as usize].pack == pack {
-            let s = blobs[order[at] as usize].segment;
-            let seg = &segments[s as usize];
-            let mut chunks = Vec::new();
-            while at < order.len() && blobs[order[at] as usize].segment == s {
-                let b = &blobs[order[at] as usize];
-                chunks.push((b.id, b.offset));
-                at += 1;
-            }
-            entry.segments.push(JournalSegment { at: seg.at, len: seg.len, hash: seg.hash.clone(), chunks });
-        }
+    let pack_of = |b: &BlobRef| segments[b.segment as usize].pack;
+    let mut sorted: Vec<&BlobRef> = blobs.iter().collect();
+    sorted.sort_by_key(|b| (pack_of(b), b.segment));
+    for in_pack in sorted.chunk_by(|a, b| pack_of(a) == pack_of(b)) {
+        let entry = JournalEntry {
+            pack: objects[pack_of(in_pack[0]) as usize].clone(),
+            segments: in_pack
+                .chunk_by(|a, b| a.segment == b.segment)
+                .map(|in_segment| {
+                    let seg = &segments[in_segment[0].segment as usize];
+                    let chunks = in_segment.iter().map(|b| (b.id, b.offset)).collect();
+                    JournalSegment { at: seg.at, len: seg.len, hash: seg.hash.clone(), chunks }
+                })
+                .collect(),
+        };
         serde_json::to_writer(&mut *out, &entry)?;
         out.write_all(b"\n")?;
     }
