@@ -201,7 +201,7 @@ impl AgentConfig {
         if cfg.recipients.is_empty() {
             return Err(bad("recipients: at least one age recipient (age1…) is required".into()));
         }
-        bascule_core::provider::check_pair(&cfg.providers).map_err(bad)?;
+        bascule_core::provider::check_pair(&cfg.providers).map_err(|e| bad(e.to_string()))?;
         if !(64 << 10..=256 << 20).contains(&cfg.upload.pack_size.0) {
             return Err(bad("upload.pack_size must be between 64KiB and 256MiB".into()));
         }
@@ -209,7 +209,7 @@ impl AgentConfig {
             return Err(bad("upload.concurrency must be between 1 and 256".into()));
         }
         cfg.chunking.validate().map_err(|m| bad(format!("chunking: {m}")))?;
-        bascule_core::config::check_name("tenant", &cfg.tenant).map_err(bad)?;
+        bascule_core::config::check_name("tenant", &cfg.tenant).map_err(|e| bad(e.to_string()))?;
         if let Some(w) = &cfg.wal {
             if w.concurrency == 0 || w.concurrency > 64 {
                 return Err(bad("wal.concurrency must be between 1 and 64".into()));

@@ -1,15 +1,18 @@
-//! Writing `HEAD`: one writer at a time (a lock file, so that a one-shot
-//! `snapshot` and the daemon's WAL shipping never interleave), a sequence that
-//! only grows, the newest snapshot, and each provider's own newest WAL file.
+//! `HEAD`, read and written: one writer at a time (a lock file, so that a
+//! one-shot `snapshot` and the daemon's WAL shipping never interleave), a
+//! sequence that only grows, the newest snapshot, and each provider's own
+//! newest WAL file.
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use bascule_core::head::Head;
+use bascule_core::keys::TrustedKey;
+use bascule_core::layout;
 use bascule_core::manifest::FORMAT;
-use bascule_core::provider::PerProvider;
-use bascule_core::signed::{self, Kind};
-use bascule_core::{layout, Error};
+use bascule_core::provider::Writer;
+use bascule_core::restore_test::RestoreTestSummary;
+use bascule_core::signed::Signed;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +26,7 @@ struct HeadState {
     /// Per provider: the newest WAL file it holds.
     latest_wal: BTreeMap<String, String>,
     #[serde(default)]
-    restore_test: Option<bascule_core::restore::RestoreTestSummary>,
+    restore_test: Option<RestoreTestSummary>,
 }
 
 /// What changed since the last HEAD.
@@ -34,7 +37,7 @@ pub struct HeadUpdate<'a> {
     pub snapshot: Option<&'a str>,
     /// (provider index, newest WAL file now on it)
     pub wal: Option<(usize, &'a str)>,
-    pub restore_test: Option<bascule_core::restore::RestoreTestSummary>,
+    pub restore_test: Option<RestoreTestSummary>,
 }
 
 impl Agent {
@@ -42,9 +45,30 @@ impl Agent {
         self.config.state_dir.join("head.json")
     }
 
-    /// Records the update and writes a new HEAD to the providers in `which`;
-    /// one result per provider written.
-    pub async fn commit_head(&self, which: &[bool], update: HeadUpdate<'_>) -> anyhow::Result<PerProvider<()>> {
+    /// Reads and verifies HEAD on each provider in `up`; returns the highest sequence.
+    pub async fn read_heads(&self, up: &[bool]) -> u64 {
+        let trusted = [TrustedKey::from(self.key.verify_key())];
+        let mut best = 0;
+        for (r, u) in self.replicated.replicas.iter().zip(up) {
+            if !*u {
+                continue;
+            }
+            match r.get(layout::HEAD).await {
+                Ok(Some(b)) => match Head::open(&b, &trusted, &self.config.tenant, layout::HEAD) {
+                    Ok(h) => best = best.max(h.sequence),
+                    Err(e) => tracing::warn!(provider = %r.provider, error = %e, "Ignoring a HEAD that does not verify"),
+                },
+                Ok(None) => {}
+                Err(e) => tracing::warn!(provider = %r.provider, error = %e, "Cannot read HEAD"),
+            }
+        }
+        best
+    }
+
+    /// Records the update and writes a new HEAD to every provider still up
+    /// in `writer` (a failure takes that provider out); an error when none
+    /// took it.
+    pub async fn commit_head(&self, writer: &Writer, update: HeadUpdate<'_>) -> anyhow::Result<()> {
         let _in_process = self.head_lock.lock().await;
         let lock_path = self.config.state_dir.join("head.lock");
         let lock = std::fs::OpenOptions::new()
@@ -78,7 +102,9 @@ impl Agent {
         // the sequence is durable before any provider shows it
         bascule_core::config::write_atomic(&path, &serde_json::to_vec_pretty(&state)?)?;
 
-        let puts = replicas.iter().zip(which).filter(|(_, w)| **w).map(|(r, _)| {
+        // each provider's HEAD names the newest WAL file that provider holds
+        let up = writer.up();
+        let puts = replicas.iter().enumerate().filter(|(i, _)| up[*i]).map(|(i, r)| {
             let head = Head {
                 format: FORMAT,
                 tenant: self.config.tenant.clone(),
@@ -88,10 +114,14 @@ impl Agent {
                 agent_time: chrono::Utc::now(),
                 restore_test: state.restore_test.clone(),
             };
-            let bytes = Bytes::from(signed::sign(Kind::Head, &head, &self.key));
-            async move { (r.provider.clone(), r.put(layout::HEAD, bytes).await) }
+            let mut only = vec![false; replicas.len()];
+            only[i] = true;
+            async move { writer.put_to(layout::HEAD, Bytes::from(head.sign(&self.key)), &only, false).await }
         });
-        let results: Vec<(String, Result<(), Error>)> = futures::future::join_all(puts).await;
-        Ok(results)
+        let written = futures::future::join_all(puts).await;
+        if !written.iter().any(|w| w.is_ok()) {
+            anyhow::bail!("no provider took the new HEAD: {}", writer.down_reasons());
+        }
+        Ok(())
     }
 }

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chunk_id;
+pub mod cli;
 pub mod config;
 pub mod head;
 pub mod heartbeat;
@@ -12,7 +13,6 @@ pub mod restore_test;
 pub mod schedule;
 pub mod snapshot;
 pub mod source;
-pub mod throttle;
 pub mod wal;
 
 use std::collections::BTreeMap;
@@ -20,19 +20,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use bascule_core::keys::AgentKey;
-use bascule_core::provider::{Provider, Replicated};
+use bascule_core::keys::{AgentKey, TrustedKey};
+use bascule_core::provider::{Provider, Replicated, Throttle};
 
 use config::AgentConfig;
-use throttle::Throttle;
 
 /// Everything a run needs, built once from the config.
 pub struct Agent {
     pub config: AgentConfig,
     pub config_file: PathBuf,
     pub key: Arc<AgentKey>,
+    /// Both providers, every upload under the bandwidth cap (`upload.max_bandwidth`).
     pub replicated: Replicated,
-    pub throttle: Throttle,
     /// One HEAD writer at a time in this process (see [`head`]).
     head_lock: tokio::sync::Mutex<()>,
 }
@@ -42,17 +41,17 @@ impl Agent {
         let config = AgentConfig::load(config_file)?;
         let key = AgentKey::load(&config.key_file)
             .with_context(|| format!("key_file in {}; create one with `bascule-agent keygen --out FILE`", config_file.display()))?;
+        // one cap for both providers together
+        let throttle = Arc::new(Throttle::new(config.upload.max_bandwidth.map(|b| b.0)));
         let mut replicas = Vec::new();
         for p in &config.providers {
-            replicas.push(Provider::build(p, config_file)?.tenant(&config.tenant));
+            replicas.push(Provider::build(p, config_file)?.throttled(throttle.clone()).tenant(&config.tenant));
         }
         std::fs::create_dir_all(&config.state_dir).with_context(|| format!("state_dir {}", config.state_dir.display()))?;
-        let throttle = Throttle::new(config.upload.max_bandwidth.map(|b| b.0));
         Ok(Arc::new(Agent {
             config_file: config_file.into(),
             key: Arc::new(key),
             replicated: Replicated::new(replicas),
-            throttle,
             config,
             head_lock: Default::default(),
         }))
@@ -86,7 +85,8 @@ impl Agent {
     /// Copies to each provider what the other holds and it lacks (ciphertext
     /// only), then clears the backlog if every provider is complete.
     pub async fn sync(&self) -> anyhow::Result<bascule_core::sync::SyncReport> {
-        let report = bascule_core::sync::sync(&self.replicated, &[self.key.verify_key()], false).await?;
+        let trusted = [TrustedKey::from(self.key.verify_key())];
+        let report = bascule_core::sync::sync(&self.replicated, &self.config.tenant, &trusted, false).await?;
         for (p, k, n) in &report.copied {
             tracing::info!(provider = %p, key = %k, bytes = n, "Copied to provider");
         }

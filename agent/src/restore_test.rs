@@ -13,8 +13,10 @@ use anyhow::{bail, Context};
 use bascule_core::keys::Identities;
 use bascule_core::layout;
 use bascule_core::manifest::{Manifest, SnapshotKind};
-use bascule_core::restore::{self, RestoreTestResult, RestoreTestSummary};
-use bascule_core::signed::{self, Kind};
+use bascule_core::postgres::{compare_row_counts, pg_restore, PgRestore};
+use bascule_core::restore::open_index;
+use bascule_core::restore_test::{self, RestoreTestResult, RestoreTestSummary};
+use bascule_core::signed::Signed;
 use bytes::Bytes;
 
 use crate::source::{PgDumpSource, SourceConfig};
@@ -122,7 +124,7 @@ async fn restore_into_scratch(
     let restored = async {
         let replicated = &agent.replicated;
         let ids = Arc::new(ids);
-        let index = Arc::new(restore::open_index(replicated, &m, &ids).await?);
+        let index = Arc::new(open_index(replicated, &m, &ids).await?);
         result.stream_hash = index.stream_hash.clone();
         let prog = opts
             .pg_restore
@@ -130,17 +132,17 @@ async fn restore_into_scratch(
             .or_else(|| src.pg_dump.as_ref().map(|p| p.with_file_name("pg_restore")).filter(|p| p.exists()))
             .unwrap_or_else(|| PathBuf::from("pg_restore"));
         let m = Arc::new(m.clone());
-        restore::pg_restore(
+        pg_restore(
             replicated,
             m.clone(),
             index.clone(),
             ids,
             agent.config.upload.concurrency,
-            restore::PgRestore { prog: &prog, target: &conninfo(&pg, &scratch, None), password: password.as_deref() },
+            PgRestore { prog: &prog, target: &conninfo(&pg, &scratch, None), password: password.as_deref() },
         )
         .await?;
         result.bytes = m.source_bytes;
-        let counts = restore::compare_row_counts(&index, &conninfo(&pg, &scratch, password.as_deref())).await?;
+        let counts = compare_row_counts(&index, &conninfo(&pg, &scratch, password.as_deref())).await?;
         result.tables = counts.tables;
         result.rows = counts.rows;
         result.mismatches = counts.mismatches;
@@ -211,23 +213,13 @@ pub async fn run(agent: Arc<Agent>, job_name: &str, opts: Options) -> anyhow::Re
         }
     }
 
-    let key = restore::restore_test_key(result.started_at, job_name);
-    let bytes = Bytes::from(signed::sign(Kind::RestoreTest, &result, &agent.key));
-    let all = vec![true; agent.replicated.replicas.len()];
-    let written: Vec<bool> = agent
-        .replicated
-        .put(&key, bytes, &all)
-        .await
-        .into_iter()
-        .map(|(p, r)| {
-            if let Err(e) = &r {
-                tracing::error!(provider = %p, error = %e, "Cannot store the restore test's result on this provider");
-            }
-            r.is_ok()
-        })
-        .collect();
-    if !written.iter().any(|w| *w) {
-        bail!("the restore test {} but its result could not be stored on any provider", if result.passed { "passed" } else { "failed" });
+    let key = restore_test::key(result.started_at, job_name);
+    let writer = agent.replicated.writer();
+    if let Err(e) = writer.put(&key, Bytes::from(result.sign(&agent.key))).await {
+        bail!(
+            "the restore test {} but its result could not be stored on any provider: {e}",
+            if result.passed { "passed" } else { "failed" }
+        );
     }
     let summary = RestoreTestSummary {
         key,
@@ -237,14 +229,34 @@ pub async fn run(agent: Arc<Agent>, job_name: &str, opts: Options) -> anyhow::Re
         passed: result.passed,
         last_success_at: result.passed.then_some(result.finished_at),
     };
-    let seen = crate::snapshot::read_heads(&agent, &written).await;
+    // HEAD names it on the providers that hold it
+    let seen = agent.read_heads(&writer.up()).await;
     let update = crate::head::HeadUpdate { seen_on_providers: seen, restore_test: Some(summary), ..Default::default() };
-    for (p, r) in agent.commit_head(&written, update).await? {
-        if let Err(e) = r {
-            tracing::error!(provider = %p, error = %e, "Cannot update HEAD with the restore test");
-        }
+    if let Err(e) = agent.commit_head(&writer, update).await {
+        tracing::error!(error = format!("{e:#}"), "Cannot update HEAD with the restore test");
     }
     Ok(result)
+}
+
+/// The result, for a person.
+pub fn print(r: &RestoreTestResult) {
+    let took = (r.finished_at - r.started_at).num_milliseconds() as f64 / 1000.0;
+    if r.passed {
+        println!(
+            "restore test of {} (job {}): PASS: {} tables, {} rows as at export, {} bytes, stream {}, {took:.1} s",
+            r.snapshot,
+            r.job,
+            r.tables,
+            r.rows,
+            r.bytes,
+            &r.stream_hash[..16.min(r.stream_hash.len())]
+        );
+    } else {
+        for (t, want, got) in &r.mismatches {
+            println!("  {t}: {want} rows at export, {} after restore", got.map(|g| g.to_string()).unwrap_or_else(|| "missing".into()));
+        }
+        println!("restore test of {} (job {}): FAIL: {}", r.snapshot, r.job, r.failure.as_deref().unwrap_or("unknown"));
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use bascule_core::keys::TrustedKey;
 use bascule_core::provider::ProviderConfig;
 use bascule_core::retention::Retention;
+use bascule_core::schedule::Schedule;
 use serde::Deserialize;
+
+use crate::model::Mode;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,7 +66,7 @@ pub struct ServeConfig {
 #[serde(deny_unknown_fields)]
 pub struct VerifySample {
     /// Cron expression (five fields, local time), e.g. "0 4 * * *".
-    pub cron: String,
+    pub cron: Schedule,
     /// The objects are cut in this many slices (default 100: 1 % a day, all
     /// of them every 100 days).
     #[serde(default = "default_slices")]
@@ -133,17 +136,17 @@ pub struct TokenConfig {
 #[serde(deny_unknown_fields)]
 pub struct ScheduledDrill {
     /// Cron expression (five fields, local time).
-    pub cron: String,
+    pub cron: Schedule,
     /// The runbook file.
     pub runbook: PathBuf,
     #[serde(default = "drill_mode")]
-    pub mode: String,
+    pub mode: Mode,
     #[serde(default)]
     pub vars: std::collections::BTreeMap<String, String>,
 }
 
-fn drill_mode() -> String {
-    "drill".into()
+fn drill_mode() -> Mode {
+    Mode::Drill
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,7 +172,7 @@ pub struct PruneConfig {
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub grace: std::time::Duration,
     /// Prune every tenant on this schedule in `serve` (cron, local time).
-    pub cron: Option<String>,
+    pub cron: Option<Schedule>,
     /// Deletions at once.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
@@ -252,7 +255,7 @@ impl ControllerConfig {
     pub fn load(path: &Path) -> bascule_core::Result<Self> {
         let cfg: ControllerConfig = bascule_core::config::load_yaml(path)?;
         let bad = |message: String| bascule_core::Error::ConfigValue { file: path.into(), message };
-        bascule_core::provider::check_pair(&cfg.providers).map_err(bad)?;
+        bascule_core::provider::check_pair(&cfg.providers).map_err(|e| bad(e.to_string()))?;
         if cfg.restore.concurrency == 0 || cfg.restore.concurrency > 256 {
             return Err(bad("restore.concurrency must be between 1 and 256".into()));
         }
@@ -268,25 +271,15 @@ impl ControllerConfig {
             }
         }
         if let Some(v) = &cfg.serve.verify_sample {
-            v.cron.parse::<bascule_core::schedule::Schedule>().map_err(|e| bad(format!("serve.verify_sample.cron: {e}")))?;
             if v.slices == 0 {
                 return Err(bad("serve.verify_sample.slices must be at least 1".into()));
             }
         }
-        if let Some(c) = &cfg.prune.cron {
-            c.parse::<bascule_core::schedule::Schedule>().map_err(|e| bad(format!("prune.cron: {e}")))?;
-        }
         if cfg.prune.concurrency == 0 || cfg.prune.concurrency > 256 {
             return Err(bad("prune.concurrency must be between 1 and 256".into()));
         }
-        for d in &cfg.serve.schedule {
-            if d.mode != "drill" && d.mode != "failover" {
-                return Err(bad(format!("serve.schedule {}: mode must be drill or failover", d.runbook.display())));
-            }
-            d.cron.parse::<bascule_core::schedule::Schedule>().map_err(|e| bad(format!("serve.schedule {}: {e}", d.runbook.display())))?;
-        }
         for t in &cfg.tenants {
-            bascule_core::config::check_name("tenant", &t.name).map_err(bad)?;
+            bascule_core::config::check_name("tenant", &t.name).map_err(|e| bad(e.to_string()))?;
             if t.name == "reports" {
                 return Err(bad("tenant \"reports\": the name is taken by the controller's signed reports".into()));
             }

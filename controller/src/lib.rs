@@ -1,23 +1,23 @@
 //! bascule-controller: at the vendor, checks tenants' encrypted backups on
 //! both providers without any key, and restores them with the key a
 //! customer hands over.
+//!
+//! * [`cli`] parses the command line; [`command`] has one file per command;
+//! * [`context`] holds the configuration, the providers and the rollback
+//!   guards, once; [`tenant`] is one tenant on them;
+//! * [`runbook`] reads and validates runbooks, one file per step kind;
+//!   [`drill`] runs them and reports; [`state`] keeps drills and the audit log;
+//! * [`serve`] is the service: monitor, scheduled work, API, metrics.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod command;
 pub mod config;
+pub mod context;
 pub mod drill;
+pub mod model;
+pub mod os_user;
 pub mod runbook;
 pub mod serve;
+pub mod state;
 pub mod tenant;
-
-/// Whether this process runs as root.
-pub fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
-}
-
-/// The account a restored PostgreSQL runs as: `postgres` when run as root
-/// (the server refuses root), else the current one.
-pub fn os_user_for_postgres() -> Option<String> {
-    is_root().then(|| "postgres".to_string())
-}

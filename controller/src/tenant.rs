@@ -1,39 +1,26 @@
 //! One tenant as the controller sees it: both providers, the trusted agent
-//! keys, and the rollback guard.
+//! keys, and the rollback guards (shared through [`crate::context`]). Every
+//! HEAD the controller reads is opened and checked here, once.
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use bascule_core::head::{Head, RollbackGuard};
-use bascule_core::keys::{TrustedKey, VerifyKey};
+use bascule_core::keys::TrustedKey;
 use bascule_core::manifest::Manifest;
-use bascule_core::provider::{Provider, Replicated};
-use bascule_core::signed::{self, Kind};
+use bascule_core::provider::{Fetched, Replicated};
+use bascule_core::signed::Signed;
 use bascule_core::wal::{WalName, WalRecord, WAL};
 use bascule_core::{layout, Error};
-
-use crate::config::ControllerConfig;
 
 pub struct Tenant {
     pub name: String,
     pub replicated: Replicated,
-    /// Every registered key (a signature must verify with one of them)…
-    pub trusted: Vec<VerifyKey>,
-    /// …and each key's validity (the time an object carries must fall in it).
+    /// The registered agent keys, with when each is valid.
     pub keys: Vec<TrustedKey>,
     /// One per provider: a provider that once showed sequence N and now shows
     /// less is rolling back; one that never reached N is only behind.
-    pub guards: Vec<RollbackGuard>,
-}
-
-/// Checks a HEAD's envelope, that its key was valid at its agent time, and
-/// that it is `tenant`'s.
-pub fn open_head(tenant: &str, keys: &[TrustedKey], bytes: &[u8]) -> bascule_core::Result<Head> {
-    let (h, _): (Head, _) = signed::open_valid(Kind::Head, bytes, keys, layout::HEAD, |h: &Head| h.agent_time)?;
-    if h.tenant != tenant {
-        return Err(Error::Body { key: layout::HEAD.into(), reason: format!("HEAD is for tenant {:?}", h.tenant) });
-    }
-    Ok(h)
+    pub guards: Vec<Arc<RollbackGuard>>,
 }
 
 /// What a provider's HEAD said.
@@ -43,62 +30,74 @@ pub enum HeadState {
     Refused(Error),
 }
 
+/// A HEAD read again only if it changed (the monitor's conditional read).
+pub enum HeadRead {
+    NotModified,
+    Read {
+        state: HeadState,
+        etag: Option<String>,
+    },
+    /// The provider did not answer.
+    Unreachable(Error),
+}
+
+/// Listings of each provider: (provider, objects and sizes, or why not).
+pub type Listings = Vec<(String, bascule_core::Result<BTreeMap<String, u64>>)>;
+
 impl Tenant {
-    pub fn open(config: &ControllerConfig, config_file: &Path, name: &str) -> anyhow::Result<Tenant> {
-        let t = config.tenants.iter().find(|t| t.name == name).with_context(|| {
-            let names: Vec<_> = config.tenants.iter().map(|t| t.name.as_str()).collect();
-            format!("no tenant {name:?} in {}; known: {}", config_file.display(), names.join(", "))
-        })?;
-        std::fs::create_dir_all(&config.state_dir).with_context(|| format!("state_dir {}", config.state_dir.display()))?;
-        let mut replicas = Vec::new();
-        let mut guards = Vec::new();
-        for p in &config.providers {
-            replicas.push(Provider::build(p, config_file)?.tenant(name));
-            guards.push(RollbackGuard::load(&config.state_dir, &format!("{name}@{}", p.name))?);
+    /// Checks a HEAD's envelope, that its key was valid at its agent time, and
+    /// that it is this tenant's.
+    pub fn open_head(&self, bytes: &[u8]) -> bascule_core::Result<Head> {
+        Head::open(bytes, &self.keys, &self.name, layout::HEAD)
+    }
+
+    /// [`Tenant::open_head`], then the rollback guard of provider `i`:
+    /// refused when below the mark, else the mark is raised to it.
+    pub fn accept_head(&self, i: usize, bytes: &[u8]) -> bascule_core::Result<Head> {
+        let h = self.open_head(bytes)?;
+        let guard = &self.guards[i];
+        guard.check(&self.replicated.replicas[i].provider, &h)?;
+        guard.observe(h.sequence)?;
+        Ok(h)
+    }
+
+    /// Provider `i`'s HEAD unless it still has the entity tag `etag`.
+    pub async fn read_head(&self, i: usize, etag: Option<&str>) -> HeadRead {
+        match self.replicated.replicas[i].get_if_changed(layout::HEAD, etag).await {
+            Ok(Fetched::NotModified) => HeadRead::NotModified,
+            Ok(Fetched::Absent) => HeadRead::Read { state: HeadState::Absent, etag: None },
+            Ok(Fetched::Changed { bytes, etag }) => match self.accept_head(i, &bytes) {
+                Ok(h) => HeadRead::Read { state: HeadState::Valid(h), etag },
+                Err(e) => HeadRead::Read { state: HeadState::Refused(e), etag: None },
+            },
+            Err(e) => HeadRead::Unreachable(e),
         }
-        Ok(Tenant {
-            name: name.into(),
-            replicated: Replicated::new(replicas),
-            trusted: t.verify_keys.iter().map(|k| k.key).collect(),
-            keys: t.verify_keys.clone(),
-            guards,
-        })
     }
 
     /// Reads every provider's HEAD, refuses bad signatures and rollbacks, and
     /// raises each provider's guard to the sequence it showed.
-    pub async fn heads(&mut self) -> anyhow::Result<Vec<(String, HeadState)>> {
+    pub async fn heads(&self) -> Vec<(String, HeadState)> {
         let mut out = Vec::new();
-        for (r, guard) in self.replicated.replicas.iter().zip(self.guards.iter_mut()) {
-            let state = match r.get(layout::HEAD).await {
-                Ok(None) => HeadState::Absent,
-                Err(e) => HeadState::Refused(e),
-                Ok(Some(b)) => match open_head(&self.name, &self.keys, &b) {
-                    Err(e) => HeadState::Refused(e),
-                    Ok(h) => match guard.check(&r.provider, &h) {
-                        Ok(()) => {
-                            guard.observe(h.sequence)?;
-                            HeadState::Valid(h)
-                        }
-                        Err(e) => HeadState::Refused(e),
-                    },
-                },
+        for (i, r) in self.replicated.replicas.iter().enumerate() {
+            let state = match self.read_head(i, None).await {
+                HeadRead::Read { state, .. } => state,
+                HeadRead::Unreachable(e) => HeadState::Refused(e),
+                HeadRead::NotModified => HeadState::Absent,
             };
             out.push((r.provider.clone(), state));
         }
-        Ok(out)
+        out
     }
 
     /// Fetches a manifest from whichever provider holds a copy whose signature
     /// verifies, and checks it belongs to this tenant.
     pub async fn manifest(&self, name: &str) -> bascule_core::Result<(Manifest, String)> {
         let key = layout::manifest(name);
-        let ((m, _), provider) = self.replicated.get_checked(&key, 0, |_, b| self.open_manifest(name, &b).map(|m| (m, ()))).await?;
-        Ok((m, provider))
+        self.replicated.get_checked(&key, 0, |_, b| self.open_manifest(name, &b)).await
     }
 
     /// Every object under `snapshots/` and `packs/` on each provider.
-    pub async fn listings(&self) -> Vec<(String, bascule_core::Result<BTreeMap<String, u64>>)> {
+    pub async fn listings(&self) -> Listings {
         let mut out = Vec::new();
         for r in &self.replicated.replicas {
             let l = async {
@@ -113,7 +112,7 @@ impl Tenant {
     }
 
     /// Names of all snapshots any provider lists, oldest first.
-    pub fn snapshot_names(listings: &[(String, bascule_core::Result<BTreeMap<String, u64>>)]) -> Vec<String> {
+    pub fn snapshot_names(listings: &Listings) -> Vec<String> {
         let mut names: Vec<String> = listings
             .iter()
             .filter_map(|(_, l)| l.as_ref().ok())
@@ -126,9 +125,9 @@ impl Tenant {
 
     /// The snapshot a user means: `latest` (the newest HEAD's), a full name,
     /// or the short id.
-    pub async fn resolve(&mut self, wanted: &str) -> anyhow::Result<String> {
+    pub async fn resolve(&self, wanted: &str) -> anyhow::Result<String> {
         if wanted == "latest" {
-            let heads = self.heads().await?;
+            let heads = self.heads().await;
             let best = heads
                 .iter()
                 .filter_map(|(_, s)| if let HeadState::Valid(h) = s { Some(h) } else { None })
@@ -146,7 +145,7 @@ impl Tenant {
     }
 
     /// Every object under `wal/` on each provider.
-    pub async fn wal_listings(&self) -> Vec<(String, bascule_core::Result<BTreeMap<String, u64>>)> {
+    pub async fn wal_listings(&self) -> Listings {
         let mut out = Vec::new();
         for r in &self.replicated.replicas {
             out.push((r.provider.clone(), r.list(WAL).await));
@@ -162,10 +161,7 @@ impl Tenant {
 
     /// Checks a WAL record's envelope and that it is the one `name` should hold.
     pub fn open_wal_record(&self, name: &WalName, bytes: &[u8]) -> bascule_core::Result<WalRecord> {
-        let key = name.record_key();
-        let (r, _): (WalRecord, _) = signed::open_valid(Kind::Wal, bytes, &self.keys, &key, |r: &WalRecord| r.archived_at)?;
-        r.check_for(&self.name, name).map_err(|reason| Error::Body { key, reason })?;
-        Ok(r)
+        WalRecord::open(bytes, &self.keys, &self.name, name)
     }
 
     /// A WAL file's record from whichever provider holds a copy that verifies.

@@ -39,8 +39,21 @@ impl Batch {
     }
 }
 
+/// Chunk sizes FastCDC cannot work with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "chunk sizes must satisfy {} <= min < avg < max <= {} (got {min}/{avg}/{max})",
+    fastcdc::v2020::MINIMUM_MIN,
+    fastcdc::v2020::MAXIMUM_MAX
+)]
+pub struct BadChunkSizes {
+    pub min: u32,
+    pub avg: u32,
+    pub max: u32,
+}
+
 impl ChunkerParams {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), BadChunkSizes> {
         use fastcdc::v2020::{AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN};
         let ok = (MINIMUM_MIN..=MINIMUM_MAX).contains(&self.min_size)
             && (AVERAGE_MIN..=AVERAGE_MAX).contains(&self.avg_size)
@@ -50,10 +63,7 @@ impl ChunkerParams {
         if ok {
             Ok(())
         } else {
-            Err(format!(
-                "chunk sizes must satisfy {MINIMUM_MIN} <= min < avg < max <= {MAXIMUM_MAX} (got {}/{}/{})",
-                self.min_size, self.avg_size, self.max_size
-            ))
+            Err(BadChunkSizes { min: self.min_size, avg: self.avg_size, max: self.max_size })
         }
     }
 

@@ -218,9 +218,18 @@ pub fn write_new_secret(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(path, e))
 }
 
+/// A tenant, provider, job or token name that would not fit in an object
+/// key or a metric label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {name:?}: use 1 to 64 characters among a-z, 0-9, '.', '_' and '-'")]
+pub struct BadName {
+    pub what: &'static str,
+    pub name: String,
+}
+
 /// Tenant, provider and job names end up in object keys and metric labels:
 /// keep them to `[a-z0-9._-]`.
-pub fn check_name(what: &str, name: &str) -> std::result::Result<(), String> {
+pub fn check_name(what: &'static str, name: &str) -> std::result::Result<(), BadName> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
@@ -228,7 +237,7 @@ pub fn check_name(what: &str, name: &str) -> std::result::Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{what} {name:?}: use 1 to 64 characters among a-z, 0-9, '.', '_' and '-'"))
+        Err(BadName { what, name: name.into() })
     }
 }
 

@@ -42,7 +42,7 @@ pub enum Error {
     #[error("{key}: signature does not verify with any registered agent key; refusing the object")]
     BadSignature { key: String },
     #[error("{key}: signed by a key not valid then: {reason}; refusing the object")]
-    KeyNotValid { key: String, reason: String },
+    KeyNotValid { key: String, reason: crate::keys::NotValid },
     #[error("{key}: malformed body: {reason}")]
     Body { key: String, reason: String },
     #[error("provider {provider}: HEAD sequence {found} is below {seen}, already seen: the provider serves an older state (rollback); refusing it")]
@@ -54,6 +54,8 @@ pub enum Error {
         #[source]
         source: object_store::Error,
     },
+    #[error("{key}: no provider took it ({reasons})")]
+    Unwritten { key: String, reasons: String },
     #[error("{key}: not found on any provider")]
     Missing { key: String },
     #[error("{key}: no provider holds a good copy: {reasons}")]

@@ -1,9 +1,11 @@
 //! `HEAD`: the signed pointer to a tenant's newest state on one provider, and
 //! the guard that refuses a provider serving an older one.
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use crate::signed::{Kind, Signed};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,47 +23,93 @@ pub struct Head {
     /// The newest on-site restore test (its signed result is under
     /// `reports/restore-tests/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restore_test: Option<crate::restore::RestoreTestSummary>,
+    pub restore_test: Option<crate::restore_test::RestoreTestSummary>,
 }
 
-/// Remembers, in a small file per tenant, the highest HEAD sequence ever seen,
-/// so that a provider replaying an old (validly signed) HEAD is refused.
+impl Signed for Head {
+    const KIND: Kind = Kind::Head;
+
+    fn signed_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.agent_time
+    }
+
+    fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    fn stored_at(&self) -> Option<String> {
+        Some(crate::layout::HEAD.to_string())
+    }
+}
+
+/// Remembers, in a small file per tenant and provider, the highest HEAD
+/// sequence ever seen, so that a provider replaying an old (validly signed)
+/// HEAD is refused.
+///
+/// The mark only rises, whoever holds it: every check reads the stored mark,
+/// and raising it re-reads the stored mark under a lock and writes only a
+/// higher one, so two holders (two processes, or two tasks of one) can never
+/// lower what the other raised.
+#[derive(Debug)]
 pub struct RollbackGuard {
     path: PathBuf,
-    seen: u64,
+    lock: PathBuf,
+    /// The highest mark this holder read or wrote.
+    seen: AtomicU64,
 }
 
 impl RollbackGuard {
-    pub fn load(state_dir: &Path, tenant: &str) -> Result<Self> {
-        let path = state_dir.join(format!("{tenant}.head-seen"));
-        let seen = match std::fs::read_to_string(&path) {
+    /// The guard of `name` (`<tenant>@<provider>`) under `state_dir`.
+    pub fn load(state_dir: &Path, name: &str) -> Result<Self> {
+        let g = RollbackGuard {
+            path: state_dir.join(format!("{name}.head-seen")),
+            lock: state_dir.join(format!(".{name}.head-seen.lock")),
+            seen: AtomicU64::new(0),
+        };
+        g.stored()?;
+        Ok(g)
+    }
+
+    /// The stored mark (and this holder's, if higher).
+    fn stored(&self) -> Result<u64> {
+        let stored = match std::fs::read_to_string(&self.path) {
             Ok(s) => s.trim().parse().map_err(|_| Error::ConfigValue {
-                file: path.clone(),
+                file: self.path.clone(),
                 message: "not a sequence number; delete it only if you trust both providers' current HEAD".into(),
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(Error::io(&path, e)),
+            Err(e) => return Err(Error::io(&self.path, e)),
         };
-        Ok(RollbackGuard { path, seen })
+        Ok(self.seen.fetch_max(stored, Ordering::SeqCst).max(stored))
     }
 
-    pub fn seen(&self) -> u64 {
-        self.seen
+    /// The highest sequence seen, by this holder or any other.
+    pub fn seen(&self) -> Result<u64> {
+        self.stored()
     }
 
     /// Refuses a HEAD below the highest seen; never lowers the mark.
     pub fn check(&self, provider: &str, head: &Head) -> Result<()> {
-        if head.sequence < self.seen {
-            return Err(Error::Rollback { provider: provider.into(), found: head.sequence, seen: self.seen });
+        let seen = self.stored()?;
+        if head.sequence < seen {
+            return Err(Error::Rollback { provider: provider.into(), found: head.sequence, seen });
         }
         Ok(())
     }
 
-    /// Raises the mark (durably) after a HEAD was accepted.
-    pub fn observe(&mut self, sequence: u64) -> Result<()> {
-        if sequence > self.seen {
+    /// Raises the mark (durably) after a HEAD was accepted; a mark another
+    /// holder raised higher meanwhile stays as it is.
+    pub fn observe(&self, sequence: u64) -> Result<()> {
+        if sequence <= self.seen.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let lock =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&self.lock).map_err(|e| Error::io(&self.lock, e))?;
+        lock.lock().map_err(|e| Error::io(&self.lock, e))?;
+        // under the lock: the stored mark is re-read, and only a higher one written
+        if sequence > self.stored()? {
             crate::config::write_atomic(&self.path, format!("{sequence}\n").as_bytes())?;
-            self.seen = sequence;
+            self.seen.fetch_max(sequence, Ordering::SeqCst);
         }
         Ok(())
     }
@@ -86,11 +134,41 @@ mod tests {
     #[test]
     fn refuses_lower_sequence_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
-        let mut g = RollbackGuard::load(dir.path(), "t").unwrap();
+        let g = RollbackGuard::load(dir.path(), "t").unwrap();
         g.check("a", &head(3)).unwrap();
         g.observe(3).unwrap();
         let g = RollbackGuard::load(dir.path(), "t").unwrap();
         assert!(g.check("a", &head(3)).is_ok());
         assert!(matches!(g.check("b", &head(2)), Err(Error::Rollback { found: 2, seen: 3, .. })));
+    }
+
+    #[test]
+    fn two_holders_never_lower_each_others_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = RollbackGuard::load(dir.path(), "t@p").unwrap();
+        let b = RollbackGuard::load(dir.path(), "t@p").unwrap();
+        // b read the mark (0) before a raised it
+        a.observe(10).unwrap();
+        b.observe(4).unwrap();
+        assert_eq!(RollbackGuard::load(dir.path(), "t@p").unwrap().seen().unwrap(), 10, "b's lower mark is not written over a's");
+        assert!(matches!(b.check("p", &head(7)), Err(Error::Rollback { found: 7, seen: 10, .. })), "b sees what a raised");
+        // many holders raising at once, from threads: the highest stays
+        let guards: Vec<_> = (0..8).map(|_| std::sync::Arc::new(RollbackGuard::load(dir.path(), "t@p").unwrap())).collect();
+        let threads: Vec<_> = guards
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let g = g.clone();
+                std::thread::spawn(move || {
+                    for n in 0..50u64 {
+                        g.observe(10 + n * 8 + i as u64).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(a.seen().unwrap(), 10 + 49 * 8 + 7);
     }
 }

@@ -139,17 +139,26 @@ pub struct TrustedKey {
     pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// Why a trusted key may not have signed an object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotValid {
+    #[error("{key} is valid from {from}, the object says {at}")]
+    NotYet { key: String, from: chrono::DateTime<chrono::Utc>, at: chrono::DateTime<chrono::Utc> },
+    #[error("{key} was revoked at {revoked}, the object says {at}")]
+    Revoked { key: String, revoked: chrono::DateTime<chrono::Utc>, at: chrono::DateTime<chrono::Utc> },
+}
+
 impl TrustedKey {
     /// Whether an object that carries time `at` may be signed by this key.
-    pub fn allows(&self, at: chrono::DateTime<chrono::Utc>) -> std::result::Result<(), String> {
+    pub fn allows(&self, at: chrono::DateTime<chrono::Utc>) -> std::result::Result<(), NotValid> {
         if let Some(from) = self.valid_from {
             if at < from {
-                return Err(format!("{} is valid from {from}, the object says {at}", self.key));
+                return Err(NotValid::NotYet { key: self.key.to_string(), from, at });
             }
         }
         if let Some(revoked) = self.revoked_at {
             if at >= revoked {
-                return Err(format!("{} was revoked at {revoked}, the object says {at}", self.key));
+                return Err(NotValid::Revoked { key: self.key.to_string(), revoked, at });
             }
         }
         Ok(())

@@ -3,12 +3,18 @@
 //!
 //! * [`chunker`] cuts a byte stream into content-defined chunks with keyed ids;
 //! * [`seal`] turns a chunk into `age(zstd(chunk))` and back;
-//! * [`signed`] is the ed25519 envelope around manifests and `HEAD`;
-//! * [`manifest`] and [`head`] are the signed objects themselves;
-//! * [`wal`] names WAL files and signs the record of each archived one;
+//! * [`signed`] is the ed25519 envelope, and the [`signed::Signed`] trait
+//!   through which every signed object is opened;
+//! * [`object`] is the reference (key, length, hash) every signed object uses
+//!   to point at what it needs;
+//! * [`manifest`], [`head`], [`wal`] (records), [`restore_test`] are the
+//!   signed objects themselves;
 //! * [`layout`] names every object under a tenant's prefix;
 //! * [`retention`] decides which snapshots stay and condemns packs in two steps;
-//! * [`provider`] reaches S3 or a local directory, and writes to / reads from both.
+//! * [`provider`] reaches S3 or a local directory, and writes to / reads from both;
+//! * [`restore`] reads a snapshot back, every byte checked; [`postgres`] feeds
+//!   it to `pg_restore` and checks row counts;
+//! * [`sync`] copies to each provider what the other holds (ciphertext only).
 #![forbid(unsafe_code)]
 
 pub mod chunker;
@@ -18,9 +24,11 @@ pub mod head;
 pub mod keys;
 pub mod layout;
 pub mod manifest;
+pub mod object;
 pub mod postgres;
 pub mod provider;
 pub mod restore;
+pub mod restore_test;
 pub mod retention;
 pub mod schedule;
 pub mod seal;

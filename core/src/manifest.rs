@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::chunker::ChunkerParams;
+use crate::object::ObjectRef;
+use crate::signed::{Kind, Signed};
 
 /// 2: the index lists segments and extents (format 1 listed every chunk with its hash).
 pub const FORMAT: u32 = 2;
@@ -30,15 +32,6 @@ impl std::fmt::Display for SnapshotKind {
             SnapshotKind::Basebackup => "basebackup",
         })
     }
-}
-
-/// One stored object: where, how long, and the BLAKE3 hash of its ciphertext.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ObjectRef {
-    pub key: String,
-    pub len: u64,
-    pub hash: String,
 }
 
 /// The signed, plaintext part.
@@ -82,17 +75,28 @@ pub struct Manifest {
     pub retention: Option<crate::retention::Retention>,
 }
 
+impl Signed for Manifest {
+    const KIND: Kind = Kind::Manifest;
+
+    /// The key that signed must have been valid when the snapshot started.
+    fn signed_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.started_at
+    }
+
+    fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    fn stored_at(&self) -> Option<String> {
+        Some(crate::layout::manifest(&self.name))
+    }
+}
+
 impl Manifest {
     /// Checks a manifest's signature, that its key was valid when the
     /// snapshot started, and that it is snapshot `name` of `tenant`.
     pub fn open(bytes: &[u8], keys: &[crate::keys::TrustedKey], tenant: &str, name: &str) -> crate::Result<Manifest> {
-        let key = crate::layout::manifest(name);
-        let (m, _): (Manifest, _) =
-            crate::signed::open_valid(crate::signed::Kind::Manifest, bytes, keys, &key, |m: &Manifest| m.started_at)?;
-        if m.tenant != tenant || m.name != name {
-            return Err(crate::Error::Body { key, reason: format!("manifest is for {}/{}", m.tenant, m.name) });
-        }
-        Ok(m)
+        <Manifest as Signed>::open(bytes, keys, tenant, &crate::layout::manifest(name))
     }
 
     /// Every object the snapshot needs, the index first.
@@ -177,21 +181,22 @@ impl Index {
     }
 
     /// Checks that every segment lies inside the manifest's packs and every
-    /// chunk inside the plaintext a segment can have.
-    pub fn check_refs(&self, m: &Manifest) -> Result<(), String> {
+    /// chunk inside the plaintext a segment can have; `key` is the index's.
+    pub fn check_refs(&self, m: &Manifest, key: &str) -> crate::Result<()> {
+        let bad = |reason: String| crate::Error::Body { key: key.into(), reason };
         for (i, s) in self.segments.iter().enumerate() {
-            let o = m.objects.get(s.pack as usize).ok_or_else(|| format!("segment {i} points past the manifest's packs"))?;
-            if s.at + s.len as u64 > o.len {
-                return Err(format!("segment {i} lies outside {}", o.key));
+            let o = m.objects.get(s.pack as usize).ok_or_else(|| bad(format!("segment {i} points past the manifest's packs")))?;
+            if s.at.saturating_add(s.len as u64) > o.len {
+                return Err(bad(format!("segment {i} lies outside {}", o.key)));
             }
         }
-        let plain_max = m.segment_size + 2 * m.chunker.max_size as u64;
+        let plain_max = m.segment_size.saturating_add(2 * m.chunker.max_size as u64);
         for (i, e) in self.extents.iter().enumerate() {
             if e.segment as usize >= self.segments.len() {
-                return Err(format!("extent {i} points past the index's segments"));
+                return Err(bad(format!("extent {i} points past the index's segments")));
             }
-            if e.offset as u64 + e.lens.iter().map(|l| *l as u64).sum::<u64>() > plain_max {
-                return Err(format!("extent {i} lies outside any segment"));
+            if (e.offset as u64).saturating_add(e.lens.iter().map(|l| *l as u64).sum::<u64>()) > plain_max {
+                return Err(bad(format!("extent {i} lies outside any segment")));
             }
         }
         Ok(())
@@ -235,13 +240,13 @@ mod tests {
             row_counts: BTreeMap::new(),
             source: BTreeMap::new(),
         };
-        assert!(index(0, 0, 1000, 0).check_refs(&m).is_ok());
-        assert!(index(1, 0, 10, 0).check_refs(&m).is_err(), "no such pack");
-        assert!(index(0, 990, 20, 0).check_refs(&m).is_err(), "past the pack's end");
-        assert!(index(0, 0, 10, u32::MAX - 5).check_refs(&m).is_err(), "past any segment");
+        assert!(index(0, 0, 1000, 0).check_refs(&m, "i").is_ok());
+        assert!(index(1, 0, 10, 0).check_refs(&m, "i").is_err(), "no such pack");
+        assert!(index(0, 990, 20, 0).check_refs(&m, "i").is_err(), "past the pack's end");
+        assert!(index(0, 0, 10, u32::MAX - 5).check_refs(&m, "i").is_err(), "past any segment");
         let mut i = index(0, 0, 1000, 0);
         i.extents[0].segment = 1;
-        assert!(i.check_refs(&m).is_err(), "no such segment");
+        assert!(i.check_refs(&m, "i").is_err(), "no such segment");
     }
 
     #[test]

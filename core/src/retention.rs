@@ -24,7 +24,7 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::ObjectRef;
+use crate::object::ObjectRef;
 
 /// How many snapshots of each job to keep, and the WAL to keep.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

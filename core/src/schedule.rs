@@ -11,9 +11,20 @@ pub struct Schedule {
     pub cron: cron::Schedule,
 }
 
+/// Not a cron expression bascule reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadSchedule {
+    #[error("bad cron expression {0:?}: expected 5 fields (minute hour day month weekday), e.g. \"30 1 * * *\"")]
+    Fields(String),
+    #[error("bad cron expression {expr:?}: {reason}")]
+    Cron { expr: String, reason: String },
+    #[error("bad weekday field {0:?}: use 0-7 (0 or 7 = Sunday), names like MON, ranges and lists")]
+    Weekday(String),
+}
+
 impl FromStr for Schedule {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadSchedule;
+    fn from_str(s: &str) -> Result<Self, BadSchedule> {
         let fields = s.split_whitespace().count();
         let full = match fields {
             5..=7 => {
@@ -24,9 +35,9 @@ impl FromStr for Schedule {
                 f[5] = standard_weekdays(&f[5])?;
                 f.join(" ")
             }
-            _ => return Err(format!("bad cron expression {s:?}: expected 5 fields (minute hour day month weekday), e.g. \"30 1 * * *\"")),
+            _ => return Err(BadSchedule::Fields(s.to_string())),
         };
-        let cron = cron::Schedule::from_str(&full).map_err(|e| format!("bad cron expression {s:?}: {e}"))?;
+        let cron = cron::Schedule::from_str(&full).map_err(|e| BadSchedule::Cron { expr: s.to_string(), reason: e.to_string() })?;
         Ok(Schedule { text: s.to_string(), cron })
     }
 }
@@ -34,9 +45,9 @@ impl FromStr for Schedule {
 /// Standard cron numbers weekdays 0-7 from Sunday (0 and 7); the `cron`
 /// crate numbers them 1-7 from Sunday. Translates a five-field expression's
 /// weekday field, so that `1-5` means Monday to Friday as everywhere else.
-fn standard_weekdays(field: &str) -> Result<String, String> {
-    let bad = || format!("bad weekday field {field:?}: use 0-7 (0 or 7 = Sunday), names like MON, ranges and lists");
-    let day = |d: &str| -> Result<String, String> {
+fn standard_weekdays(field: &str) -> Result<String, BadSchedule> {
+    let bad = || BadSchedule::Weekday(field.to_string());
+    let day = |d: &str| -> Result<String, BadSchedule> {
         match d.parse::<u32>() {
             Ok(n @ 0..=6) => Ok((n + 1).to_string()),
             Ok(7) => Ok("1".into()),

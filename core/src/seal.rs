@@ -61,28 +61,37 @@ pub fn open(ciphertext: &[u8], identities: &Identities, max_len: usize, key: &st
     })?;
     let mut compressed = Vec::new();
     reader.take(max_len as u64 + 1024).read_to_end(&mut compressed).map_err(|e| Error::Open { key: key.into(), reason: e.to_string() })?;
-    decompress(&compressed, max_len).map_err(|reason| Error::Open { key: key.into(), reason })
+    decompress(&compressed, max_len).map_err(|e| Error::Open { key: key.into(), reason: e.to_string() })
+}
+
+/// Why a zstd frame was refused.
+#[derive(Debug, thiserror::Error)]
+enum Decompress {
+    #[error("plaintext longer than {0} bytes")]
+    TooLong(usize),
+    #[error("zstd: {0}")]
+    Zstd(std::io::Error),
 }
 
 /// A zstd frame's plaintext, at most `max_len` bytes. A frame that states
 /// its size (bascule's do) is decompressed in one shot straight into a
 /// buffer of that size, 4× faster on 1 MiB segments than streaming, which
 /// copies every byte once more through its window; any other is streamed.
-fn decompress(compressed: &[u8], max_len: usize) -> std::result::Result<Vec<u8>, String> {
-    let too_long = || format!("plaintext longer than {max_len} bytes");
+fn decompress(compressed: &[u8], max_len: usize) -> std::result::Result<Vec<u8>, Decompress> {
+    let too_long = || Decompress::TooLong(max_len);
     let out = match zstd::zstd_safe::get_frame_content_size(compressed) {
         Ok(Some(n)) if n > max_len as u64 => return Err(too_long()),
         Ok(Some(n)) => {
             let mut out = Vec::with_capacity(n as usize);
             with_context(&DECOMPRESSOR, zstd::bulk::Decompressor::new, |d| d.decompress_to_buffer(compressed, &mut out))
-                .map_err(|e| format!("zstd: {e}"))?;
+                .map_err(Decompress::Zstd)?;
             out
         }
         _ => {
             let mut out = Vec::new();
             zstd::stream::read::Decoder::new(compressed)
                 .and_then(|d| d.take(max_len as u64 + 1).read_to_end(&mut out))
-                .map_err(|e| format!("zstd: {e}"))?;
+                .map_err(Decompress::Zstd)?;
             out
         }
     };
@@ -128,10 +137,10 @@ mod tests {
         z.finish().unwrap();
         assert_eq!(zstd::zstd_safe::get_frame_content_size(&frame).unwrap(), None, "a streamed frame states no size");
         assert_eq!(decompress(&frame, 5000).unwrap().len(), 5000);
-        assert!(decompress(&frame, 4999).unwrap_err().contains("longer than 4999 bytes"));
+        assert!(decompress(&frame, 4999).unwrap_err().to_string().contains("longer than 4999 bytes"));
         let sized = zstd::bulk::compress(&[7u8; 5000], 1).unwrap();
         assert_eq!(zstd::zstd_safe::get_frame_content_size(&sized).unwrap(), Some(5000), "a one-shot frame states its size");
-        assert!(decompress(&sized[..sized.len() - 2], 5000).unwrap_err().contains("zstd"));
+        assert!(decompress(&sized[..sized.len() - 2], 5000).unwrap_err().to_string().contains("zstd"));
     }
 
     #[test]

@@ -11,9 +11,15 @@
 //! signature over a HEAD cannot be replayed as a manifest. The body is
 //! readable with `sed '1,/^$/d' FILE | jq`, and is only parsed once the
 //! signature verified.
+//!
+//! Every signed object of the format implements [`Signed`], and is opened
+//! through [`Signed::open`] only: signature by a trusted key, that key valid
+//! at the time the object carries, the object bound to its tenant and to the
+//! key it is stored under (a validly signed object moved to another name is
+//! refused).
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::keys::{AgentKey, VerifyKey};
+use crate::keys::{AgentKey, TrustedKey, VerifyKey};
 use crate::{Error, Result};
 
 const MAGIC: &str = "bascule-signed v1";
@@ -47,34 +53,58 @@ fn message(kind: Kind, body: &[u8]) -> Vec<u8> {
     m
 }
 
-/// Serialises `body` and signs it.
-pub fn sign<T: Serialize>(kind: Kind, body: &T, key: &AgentKey) -> Vec<u8> {
-    let body = serde_json::to_vec(body).expect("bodies serialise");
+/// An object of the format that travels in the signed envelope.
+pub trait Signed: Serialize + DeserializeOwned {
+    /// Which kind of object: part of what is signed.
+    const KIND: Kind;
+
+    /// The time the object carries; the key that signed it must have been valid then.
+    fn signed_at(&self) -> chrono::DateTime<chrono::Utc>;
+
+    /// The tenant the object belongs to.
+    fn tenant(&self) -> &str;
+
+    /// The key the object must be stored under, as its own body says
+    /// (`None`: the body contradicts itself).
+    fn stored_at(&self) -> Option<String>;
+
+    /// The envelope: the body signed with `key`.
+    fn sign(&self, key: &AgentKey) -> Vec<u8> {
+        sign(Self::KIND, self, key)
+    }
+
+    /// Opens an object read under `key`: a signature by one of `keys`, that
+    /// key valid at the object's time, the object `tenant`'s and bound to `key`.
+    fn open(bytes: &[u8], keys: &[TrustedKey], tenant: &str, key: &str) -> Result<Self> {
+        let verify: Vec<VerifyKey> = keys.iter().map(|t| t.key).collect();
+        let (v, by) = open::<Self>(Self::KIND, bytes, &verify, key)?;
+        for t in keys.iter().filter(|t| t.key == by) {
+            t.allows(v.signed_at()).map_err(|reason| Error::KeyNotValid { key: key.into(), reason })?;
+        }
+        if v.tenant() != tenant {
+            return Err(Error::Body { key: key.into(), reason: format!("the object is for tenant {:?}", v.tenant()) });
+        }
+        match v.stored_at() {
+            Some(k) if k == key => Ok(v),
+            Some(other) => Err(Error::Body { key: key.into(), reason: format!("the object is signed for {other}") }),
+            None => Err(Error::Body { key: key.into(), reason: "the object contradicts itself".into() }),
+        }
+    }
+}
+
+/// Serialises `body` and signs it (objects of the format sign with [`Signed::sign`]).
+pub fn sign<T: Serialize + ?Sized>(kind: Kind, body: &T, key: &AgentKey) -> Vec<u8> {
+    // serde_json fails only on maps with non-string keys, which no body has
+    let body = serde_json::to_vec(body).unwrap_or_default();
     let sig = key.sign(&message(kind, &body));
     let mut out = format!("{MAGIC} {}\nkey {}\nsig {}\n\n", kind.as_str(), key.verify_key(), hex::encode(sig)).into_bytes();
     out.extend_from_slice(&body);
     out
 }
 
-/// [`open`], then checks that the key that signed was valid at the time the
-/// object carries (`at`): not before its `valid_from`, not after its revocation.
-pub fn open_valid<T: DeserializeOwned>(
-    kind: Kind,
-    bytes: &[u8],
-    trusted: &[crate::keys::TrustedKey],
-    name: &str,
-    at: impl Fn(&T) -> chrono::DateTime<chrono::Utc>,
-) -> Result<(T, VerifyKey)> {
-    let keys: Vec<VerifyKey> = trusted.iter().map(|t| t.key).collect();
-    let (v, by) = open::<T>(kind, bytes, &keys, name)?;
-    for t in trusted.iter().filter(|t| t.key == by) {
-        t.allows(at(&v)).map_err(|reason| Error::KeyNotValid { key: name.into(), reason })?;
-    }
-    Ok((v, by))
-}
-
 /// Verifies the envelope against the trusted keys, then parses the body.
 /// Returns the body and the key that signed it. `name` is used in errors.
+/// Objects of the format are opened with [`Signed::open`], which checks more.
 pub fn open<T: DeserializeOwned>(kind: Kind, bytes: &[u8], trusted: &[VerifyKey], name: &str) -> Result<(T, VerifyKey)> {
     let bad = |reason: &str| Error::Envelope { key: name.into(), reason: reason.into() };
     let split = bytes.windows(2).position(|w| w == b"\n\n").ok_or_else(|| bad("no blank line after the header"))?;

@@ -5,11 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::head::Head;
-use crate::keys::VerifyKey;
+use crate::keys::TrustedKey;
 use crate::layout;
 use crate::manifest::Manifest;
-use crate::provider::{check_ciphertext, Replicated};
-use crate::signed::{self, Kind};
+use crate::provider::Replicated;
+use crate::signed::Signed;
 use crate::{Error, Result};
 
 #[derive(Debug, Default)]
@@ -28,7 +28,7 @@ impl SyncReport {
 
 /// Makes every provider hold every manifest any provider holds (with all its
 /// objects), and the newest HEAD. With `dry_run`, only reports what it would copy.
-pub async fn sync(rep: &Replicated, trusted: &[VerifyKey], dry_run: bool) -> Result<SyncReport> {
+pub async fn sync(rep: &Replicated, tenant: &str, trusted: &[TrustedKey], dry_run: bool) -> Result<SyncReport> {
     let mut report = SyncReport::default();
     let n = rep.replicas.len();
     // what each provider holds (None: provider unreachable)
@@ -52,7 +52,7 @@ pub async fn sync(rep: &Replicated, trusted: &[VerifyKey], dry_run: bool) -> Res
 
     for mkey in &manifests {
         let ((bytes, manifest), _) =
-            rep.get_checked(mkey, 0, |_, b| signed::open::<Manifest>(Kind::Manifest, &b, trusted, mkey).map(|(m, _)| (b, m))).await?;
+            rep.get_checked(mkey, 0, |_, b| <Manifest as Signed>::open(&b, trusted, tenant, mkey).map(|m| (b, m))).await?;
         for (i, r) in rep.replicas.iter().enumerate() {
             let Some(held) = holds[i].as_mut() else { continue };
             if report.failed.contains_key(&r.provider) {
@@ -66,7 +66,7 @@ pub async fn sync(rep: &Replicated, trusted: &[VerifyKey], dry_run: bool) -> Res
             for o in objects.drain(..) {
                 if !dry_run {
                     let start = (i + 1) % n; // prefer another provider as the source
-                    let (good, _) = rep.get_checked(&o.key, start, |p, b| check_ciphertext(&o, p, &b).map(|_| b)).await?;
+                    let (good, _) = rep.get_checked(&o.key, start, |p, b| o.check(p, &b).map(|_| b)).await?;
                     if let Err(e) = r.put(&o.key, good).await {
                         report.failed.insert(r.provider.clone(), e.to_string());
                         break;
@@ -96,7 +96,7 @@ pub async fn sync(rep: &Replicated, trusted: &[VerifyKey], dry_run: bool) -> Res
             continue;
         }
         let h = match r.get(layout::HEAD).await {
-            Ok(Some(b)) => signed::open::<Head>(Kind::Head, &b, trusted, layout::HEAD).ok().map(|(h, _)| (h.sequence, b)),
+            Ok(Some(b)) => Head::open(&b, trusted, tenant, layout::HEAD).ok().map(|h| (h.sequence, b)),
             _ => None,
         };
         heads.push(h);

@@ -7,7 +7,8 @@
 //! there.
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::ObjectRef;
+use crate::object::ObjectRef;
+use crate::signed::{Kind, Signed};
 
 pub const WAL: &str = "wal/";
 const RECORD_SUFFIX: &str = ".rec";
@@ -45,6 +46,10 @@ fn hex32(s: &str) -> Option<u32> {
 impl WalName {
     /// Parses a name PostgreSQL archives; `None` for anything else.
     pub fn parse(name: &str) -> Option<WalName> {
+        // every name PostgreSQL archives is ASCII (and slicing below is by byte)
+        if !name.is_ascii() {
+            return None;
+        }
         let seg_name = |s: &str| -> Option<(u32, u32, u32)> {
             if s.len() != 24 {
                 return None;
@@ -117,18 +122,38 @@ pub struct WalRecord {
     pub host: String,
 }
 
-impl WalRecord {
-    /// Checks that a (signature-verified) record is the one `key` should hold.
-    pub fn check_for(&self, tenant: &str, name: &WalName) -> Result<(), String> {
-        if self.tenant != tenant || self.name != name.name || self.timeline != name.timeline || self.kind != name.kind {
-            return Err(format!("record is for {}/{} (timeline {}), not {tenant}/{}", self.tenant, self.name, self.timeline, name.name));
-        }
-        if self.object.key != name.object_key() {
-            return Err(format!("record points at {}", self.object.key));
-        }
-        Ok(())
+impl Signed for WalRecord {
+    const KIND: Kind = Kind::Wal;
+
+    /// The key that signed must have been valid when the file was archived.
+    fn signed_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.archived_at
+    }
+
+    fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// `wal/<timeline>/<name>.rec`, when the record's name, kind, timeline
+    /// and sealed file agree.
+    fn stored_at(&self) -> Option<String> {
+        let name = WalName::parse(&self.name)?;
+        let agrees = name.timeline == self.timeline && name.kind == self.kind && self.object.key == name.object_key();
+        agrees.then(|| name.record_key())
     }
 }
+
+impl WalRecord {
+    /// Opens the record of WAL file `name` of `tenant`.
+    pub fn open(bytes: &[u8], keys: &[crate::keys::TrustedKey], tenant: &str, name: &WalName) -> crate::Result<WalRecord> {
+        <WalRecord as Signed>::open(bytes, keys, tenant, &name.record_key())
+    }
+}
+
+/// Not a log sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad LSN {0:?}: expected e.g. 0/3000060")]
+pub struct BadLsn(pub String);
 
 /// A log sequence number, `X/Y` in PostgreSQL's notation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -136,9 +161,9 @@ impl WalRecord {
 pub struct Lsn(pub u64);
 
 impl std::str::FromStr for Lsn {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("bad LSN {s:?}: expected e.g. 0/3000060");
+    type Err = BadLsn;
+    fn from_str(s: &str) -> Result<Self, BadLsn> {
+        let bad = || BadLsn(s.to_string());
         let (hi, lo) = s.trim().split_once('/').ok_or_else(bad)?;
         let hi = u32::from_str_radix(hi, 16).map_err(|_| bad())?;
         let lo = u32::from_str_radix(lo, 16).map_err(|_| bad())?;
@@ -153,8 +178,8 @@ impl std::fmt::Display for Lsn {
 }
 
 impl TryFrom<String> for Lsn {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = BadLsn;
+    fn try_from(s: String) -> Result<Self, BadLsn> {
         s.parse()
     }
 }
@@ -188,7 +213,16 @@ mod tests {
         assert_eq!(WalName::parse("00000002.history").unwrap().kind, WalFileKind::History);
         assert_eq!(WalName::parse("000000010000000000000003.partial").unwrap().kind, WalFileKind::Partial);
         assert_eq!(WalName::parse("000000010000000000000003.00000028.backup").unwrap().kind, WalFileKind::Backup);
-        for bad in ["", "00000001", "0000000100000000000000", "000000010000000000000003.tmp", "../00000002.history", "0000000g.history"] {
+        for bad in [
+            "",
+            "00000001",
+            "0000000100000000000000",
+            "000000010000000000000003.tmp",
+            "../00000002.history",
+            "0000000g.history",
+            "0000000é000000000000000",
+            "00000001000000000000000é",
+        ] {
             assert!(WalName::parse(bad).is_none(), "{bad}");
         }
         assert!(record_name("wal/00000002/000000010000000000000001.rec").is_none(), "timeline folder must match");

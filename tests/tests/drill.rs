@@ -79,7 +79,7 @@ on_failure:
     let a = audit();
     assert!(a.status.success(), "{}", text(&a));
     let db = d.path().join("state/drills.sqlite");
-    let store = bascule_controller::drill::store::Store::open(&db).unwrap();
+    let store = bascule_controller::state::Store::open(&db).unwrap();
     store.connection().execute_batch("DROP TRIGGER audit_no_update; UPDATE audit SET detail = 'check passed' WHERE seq = 3;").unwrap();
     drop(store);
     let a = audit();
@@ -167,7 +167,7 @@ stages:
     // the audit log tells the story, and its chain holds
     let a = ctl(&["audit", "--verify"]);
     assert!(a.status.success(), "{}", text(&a));
-    let store = bascule_controller::drill::store::Store::open(&d.path().join("state/drills.sqlite")).unwrap();
+    let store = bascule_controller::state::Store::open(&d.path().join("state/drills.sqlite")).unwrap();
     let events: Vec<String> = store
         .connection()
         .prepare("SELECT event || ' ' || detail FROM audit ORDER BY seq")

@@ -133,7 +133,7 @@ fn the_api_checks_tokens_roles_and_bodies_and_audits_every_call() {
     // every call is in the audit log, refusals included, and the chain holds
     let a = run(Command::new(bin("bascule-controller")).args(["drill", "audit", "--verify", "--config"]).arg(&cfg));
     assert!(a.status.success(), "{}", text(&a));
-    let store = bascule_controller::drill::store::Store::open(&d.path().join("state/drills.sqlite")).unwrap();
+    let store = bascule_controller::state::Store::open(&d.path().join("state/drills.sqlite")).unwrap();
     let rows: Vec<String> = store
         .connection()
         .prepare("SELECT actor || ' ' || detail FROM audit WHERE event = 'api' ORDER BY seq")

@@ -4,10 +4,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use bascule_core::manifest::{ObjectRef, FORMAT};
-use bascule_core::signed::{self, Kind};
+use bascule_core::manifest::FORMAT;
+use bascule_core::object::ObjectRef;
+use bascule_core::seal;
+use bascule_core::signed::Signed;
 use bascule_core::wal::{WalName, WalRecord};
-use bascule_core::{hash_hex, seal};
 use bytes::Bytes;
 use futures::StreamExt;
 use notify::Watcher;
@@ -125,7 +126,7 @@ fn prepare(agent: &Agent, spool: &Spool, name: &WalName, sequence: u64) -> anyho
     let data = std::fs::read(&raw).with_context(|| raw.display().to_string())?;
     let archived_at: chrono::DateTime<chrono::Utc> = std::fs::metadata(&raw)?.modified().unwrap_or_else(|_| SystemTime::now()).into();
     let sealed = seal::seal(&data, &agent.config.recipients)?;
-    let object = ObjectRef { key: name.object_key(), len: sealed.len() as u64, hash: hash_hex(&sealed) };
+    let object = ObjectRef::of(name.object_key(), &sealed);
     let record = WalRecord {
         format: FORMAT,
         tenant: agent.config.tenant.clone(),
@@ -133,14 +134,14 @@ fn prepare(agent: &Agent, spool: &Spool, name: &WalName, sequence: u64) -> anyho
         kind: name.kind,
         timeline: name.timeline,
         size: data.len() as u64,
-        plain_hash: hash_hex(&data),
+        plain_hash: bascule_core::hash_hex(&data),
         object,
         recipients: agent.config.recipients.iter().map(|r| r.to_string()).collect(),
         sequence,
         archived_at,
         host: crate::hostname(),
     };
-    let record = signed::sign(Kind::Wal, &record, &agent.key);
+    let record = record.sign(&agent.key);
     Ok(Some(Prepared { name: name.name.clone(), sealed, record, archived_at, plain_len: data.len(), prepare: t0.elapsed() }))
 }
 
@@ -234,12 +235,11 @@ async fn upload_loop(agent: Arc<Agent>, spool: Spool, i: usize, sealed: Arc<Noti
         let mut newest: Option<WalRecord> = None;
         let mut uploads = futures::stream::iter(todo)
             .map(|name| {
-                let (replica, spool, agent) = (replica.clone(), spool.clone(), agent.clone());
+                let (replica, spool) = (replica.clone(), spool.clone());
                 async move {
                     let object = Bytes::from(tokio::fs::read(spool.sealed(&name.name)).await?);
                     let rec_bytes = Bytes::from(tokio::fs::read(spool.record(&name.name)).await?);
                     let record = record_body(&rec_bytes).context("unreadable record in the spool")?;
-                    agent.throttle.acquire((object.len() + rec_bytes.len()) as u64).await;
                     let n = (object.len() + rec_bytes.len()) as u64;
                     // the file first, its record after: the record says "archived"
                     let t0 = std::time::Instant::now();
@@ -279,17 +279,9 @@ async fn upload_loop(agent: Arc<Agent>, spool: Spool, i: usize, sealed: Arc<Noti
         drop(uploads);
         if let Some(r) = &newest {
             metrics::WAL_LAST_DURABLE.with_label_values(&[&provider]).set(r.archived_at.timestamp_millis() as f64 / 1000.0);
-            let mut which = vec![false; all.len()];
-            which[i] = true;
-            match agent.commit_head(&which, HeadUpdate { wal: Some((i, &r.name)), ..Default::default() }).await {
-                Ok(results) => {
-                    for (_, res) in results {
-                        if let Err(e) = res {
-                            tracing::warn!(provider = %provider, error = %e, "Cannot update HEAD after archiving WAL");
-                        }
-                    }
-                }
-                Err(e) => tracing::error!(error = format!("{e:#}"), "Cannot update HEAD"),
+            let writer = agent.replicated.writer_to(i);
+            if let Err(e) = agent.commit_head(&writer, HeadUpdate { wal: Some((i, &r.name)), ..Default::default() }).await {
+                tracing::warn!(provider = %provider, error = format!("{e:#}"), "Cannot update HEAD after archiving WAL");
             }
         }
         if failed {

@@ -8,15 +8,52 @@
 //! reported, never "repaired" from a bad one. Writes keep the commit order:
 //! packs and WAL files, then manifests and WAL records, then HEAD.
 use std::collections::BTreeMap;
+use std::process::ExitCode;
 
-use bascule_core::manifest::{Manifest, ObjectRef};
-use bascule_core::provider::check_ciphertext;
+use bascule_core::manifest::Manifest;
+use bascule_core::object::ObjectRef;
 use bascule_core::wal::{record_name, WalRecord, WAL};
 use bascule_core::{layout, Error};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::tenant::{open_head, Tenant};
+use crate::command::TenantArg;
+use crate::tenant::Tenant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    tenant: TenantArg,
+    /// Say what would be copied; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+pub async fn main(a: Args) -> anyhow::Result<ExitCode> {
+    let (c, t) = a.tenant.open()?;
+    let dry_run = a.dry_run;
+    let r = run(&t, dry_run, c.config.restore.concurrency).await?;
+    for (p, k, n, what) in &r.copied {
+        println!("{} {p} {k} ({n} B): {what}", if dry_run { "WOULD COPY to" } else { "COPIED to" });
+    }
+    for (k, why) in &r.unrepairable {
+        println!("UNREPAIRABLE {k}: no good copy ({why})");
+    }
+    for (p, why) in &r.failed {
+        println!("FAILED {p}: {why}");
+    }
+    println!(
+        "tenant {}: {} object(s) checked on {} providers; {} copied{}; {} unrepairable: {}",
+        t.name,
+        r.checked,
+        t.replicated.replicas.len(),
+        r.copied.len(),
+        if dry_run { " (dry run: nothing written)" } else { "" },
+        r.unrepairable.len(),
+        if r.whole() { "both providers whole" } else { "NOT WHOLE" }
+    );
+    Ok(if r.whole() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
 
 /// One copy of one object on one provider.
 #[derive(Debug, Clone)]
@@ -174,7 +211,7 @@ pub async fn run(t: &Tenant, dry_run: bool, concurrency: usize) -> anyhow::Resul
     let checks: Vec<_> = objects
         .into_values()
         .map(|o| async move {
-            let check = |b: &Bytes| check_ciphertext(&o, "", b).map_err(|e| e.to_string());
+            let check = |b: &Bytes| o.check("", b).map_err(|e| e.to_string());
             let found = copies(t, listings_ref, &o.key, Some(o.len), &check).await;
             (o.key, found)
         })
@@ -189,7 +226,7 @@ pub async fn run(t: &Tenant, dry_run: bool, concurrency: usize) -> anyhow::Resul
     }
 
     // HEAD: a provider whose HEAD is missing or refused gets the newest valid one
-    let check = |b: &Bytes| open_head(&t.name, &t.keys, b).map(|_| ()).map_err(|e| e.to_string());
+    let check = |b: &Bytes| t.open_head(b).map(|_| ()).map_err(|e| e.to_string());
     let mut heads = Vec::new();
     for (i, r) in t.replicated.replicas.iter().enumerate() {
         heads.push(match (&listings[i], r.get(layout::HEAD).await) {
@@ -204,7 +241,7 @@ pub async fn run(t: &Tenant, dry_run: bool, concurrency: usize) -> anyhow::Resul
     // the newest valid HEAD is the one copied; an older valid one is left alone
     // (each provider's HEAD names its own newest WAL file)
     let seq = |c: &Copy| match c {
-        Copy::Good(b) => open_head(&t.name, &t.keys, b).map(|h| h.sequence).unwrap_or(0),
+        Copy::Good(b) => t.open_head(b).map(|h| h.sequence).unwrap_or(0),
         _ => 0,
     };
     match heads.iter().filter(|c| matches!(c, Copy::Good(_))).max_by_key(|c| seq(c)).cloned() {

@@ -1,9 +1,21 @@
 //! `restore-tests`: the on-site restore tests a tenant's agent ran, from
 //! their signed results on the providers (no key needed; no data in them).
-use bascule_core::layout;
-use bascule_core::restore::RestoreTestResult;
+use std::process::ExitCode;
 
+use bascule_core::layout;
+use bascule_core::restore_test::RestoreTestResult;
+use bascule_core::signed::Signed;
+
+use crate::command::TenantArg;
 use crate::tenant::Tenant;
+
+pub async fn main(a: TenantArg) -> anyhow::Result<ExitCode> {
+    let (_, t) = a.open()?;
+    let results = list(&t).await?;
+    print(&results);
+    let newest_ok = results.iter().rev().find_map(|r| r.as_ref().ok()).is_none_or(|r| r.passed);
+    Ok(if newest_ok && results.iter().all(|r| r.is_ok()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
 
 /// Every result any provider holds, oldest first; one that does not verify
 /// on any provider is returned as an error line.
@@ -19,7 +31,7 @@ pub async fn list(t: &Tenant) -> anyhow::Result<Vec<Result<RestoreTestResult, St
     anyhow::ensure!(listed > 0, "tenant {}: no provider could be listed", t.name);
     let mut out = Vec::new();
     for key in keys {
-        let got = t.replicated.get_checked(&key, 0, |_, b| RestoreTestResult::open(&b, &t.keys, &key, &t.name)).await;
+        let got = t.replicated.get_checked(&key, 0, |_, b| RestoreTestResult::open(&b, &t.keys, &t.name, &key)).await;
         out.push(got.map(|(r, _)| r).map_err(|e| format!("{key}: {e}")));
     }
     Ok(out)

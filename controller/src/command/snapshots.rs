@@ -1,8 +1,17 @@
 //! `snapshots`: what a tenant has, and where.
+use std::process::ExitCode;
+
+use crate::command::TenantArg;
 use crate::tenant::Tenant;
 
-pub async fn run(tenant: &mut Tenant) -> anyhow::Result<String> {
-    tenant.heads().await?;
+pub async fn main(a: TenantArg) -> anyhow::Result<ExitCode> {
+    let (_, t) = a.open()?;
+    print!("{}", run(&t).await?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run(tenant: &Tenant) -> anyhow::Result<String> {
+    tenant.heads().await;
     let listings = tenant.listings().await;
     let mut out = String::new();
     let providers: Vec<_> = listings.iter().map(|(p, _)| p.clone()).collect();

@@ -1,24 +1,56 @@
 //! `verify`: without any key, proves each snapshot is signed, complete and
 //! present on both providers; with `read_data`, re-hashes every ciphertext.
-use bascule_core::manifest::ObjectRef;
-use bascule_core::provider::check_ciphertext;
+use std::process::ExitCode;
+
+use bascule_core::object::ObjectRef;
 use bascule_core::{layout, manifest::Manifest};
 use futures::StreamExt;
 
+pub use super::check::{Problem, ReadData};
+use crate::command::TenantArg;
 use crate::tenant::{HeadState, Tenant};
 
-/// One thing wrong, precisely.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Problem {
-    pub provider: String,
-    pub key: String,
-    pub what: String,
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    tenant: TenantArg,
+    /// Also download every object and check its ciphertext hash.
+    #[arg(long)]
+    read_data: bool,
+    /// Read back only slice N of M (objects chosen by the hash of their
+    /// key), e.g. `3/100`: what the scheduled verify of `serve` does daily.
+    #[arg(long, value_name = "N/M", conflicts_with = "read_data")]
+    sample: Option<String>,
 }
 
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "provider {}: {}: {}", self.provider, self.key, self.what)
+pub async fn main(a: Args) -> anyhow::Result<ExitCode> {
+    let read_data = match (a.read_data, a.sample) {
+        (true, _) => ReadData::All,
+        (false, Some(s)) => ReadData::parse_sample(&s)?,
+        (false, None) => ReadData::None,
+    };
+    let (c, t) = a.tenant.open()?;
+    let r = run(&t, read_data, c.config.restore.concurrency).await?;
+    for replica in &t.replicated.replicas {
+        match replica.protection().await {
+            Ok(p) => println!("bucket of {}: {p}", replica.provider),
+            Err(e) => println!("bucket of {}: versioning and object lock unknown ({e})", replica.provider),
+        }
     }
+    for p in &r.problems {
+        println!("PROBLEM {p}");
+    }
+    println!(
+        "tenant {}: {} snapshot(s), {} object(s), {} WAL file(s) checked on {} providers{}: {}",
+        t.name,
+        r.snapshots,
+        r.objects_checked,
+        r.wal_files,
+        t.replicated.replicas.len(),
+        if read_data.any() { format!(", {} bytes read and hashed", r.bytes_read) } else { String::new() },
+        if r.problems.is_empty() { "OK".to_string() } else { format!("{} problem(s)", r.problems.len()) }
+    );
+    Ok(if r.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 #[derive(Debug, Default)]
@@ -31,47 +63,10 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
 }
 
-/// Which objects' ciphertext is read back and hashed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadData {
-    None,
-    All,
-    /// Slice `slice` of `slices`: the objects whose key hashes to it. A
-    /// scheduled verify reads one slice a day, a different one each day, so
-    /// that `slices` days cover everything.
-    Sample {
-        slice: u64,
-        slices: u64,
-    },
-}
-
-impl ReadData {
-    pub fn reads(self, key: &str) -> bool {
-        match self {
-            ReadData::None => false,
-            ReadData::All => true,
-            ReadData::Sample { slice, slices } => {
-                let h = blake3::hash(key.as_bytes());
-                u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes")) % slices.max(1) == slice % slices.max(1)
-            }
-        }
-    }
-
-    pub fn any(self) -> bool {
-        self != ReadData::None
-    }
-
-    /// Today's slice of `slices` (days since the epoch, modulo).
-    pub fn today(slices: u64) -> ReadData {
-        let day = chrono::Utc::now().timestamp().max(0) as u64 / 86_400;
-        ReadData::Sample { slice: day % slices.max(1), slices: slices.max(1) }
-    }
-}
-
-pub async fn run(tenant: &mut Tenant, read_data: ReadData, concurrency: usize) -> anyhow::Result<VerifyReport> {
+pub async fn run(tenant: &Tenant, read_data: ReadData, concurrency: usize) -> anyhow::Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let mut problems = Vec::new();
-    let heads = tenant.heads().await?;
+    let heads = tenant.heads().await;
     let mut valid = Vec::new();
     for (p, h) in &heads {
         match h {
@@ -157,7 +152,7 @@ pub async fn run(tenant: &mut Tenant, read_data: ReadData, concurrency: usize) -
                 let r = &tenant.replicated.replicas[i];
                 async move {
                     let res = match r.get(&o.key).await {
-                        Ok(Some(b)) => check_ciphertext(&o, &r.provider, &b).map(|_| b.len() as u64).map_err(|e| e.to_string()),
+                        Ok(Some(b)) => o.check(&r.provider, &b).map(|_| b.len() as u64).map_err(|e| e.to_string()),
                         Ok(None) => Err("missing".into()),
                         Err(e) => Err(e.to_string()),
                     };
@@ -183,26 +178,5 @@ pub async fn run(tenant: &mut Tenant, read_data: ReadData, concurrency: usize) -
 }
 
 fn report_push(problems: &mut Vec<Problem>, provider: &str, key: &str, what: String) {
-    problems.push(Problem { provider: provider.into(), key: key.into(), what });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ReadData;
-
-    #[test]
-    fn daily_slices_partition_the_objects() {
-        let keys: Vec<String> = (0..5000).map(|i| format!("packs/{i:02x}/{i:064x}")).collect();
-        let slices = 100;
-        let mut per_slice = vec![0usize; slices as usize];
-        for k in &keys {
-            let hits: Vec<u64> = (0..slices).filter(|&s| ReadData::Sample { slice: s, slices }.reads(k)).collect();
-            assert_eq!(hits.len(), 1, "{k} is in exactly one slice");
-            per_slice[hits[0] as usize] += 1;
-        }
-        // about 50 each: none empty, none a crowd
-        assert!(per_slice.iter().all(|&n| (15..=100).contains(&n)), "{per_slice:?}");
-        assert!(keys.iter().all(|k| ReadData::All.reads(k) && !ReadData::None.reads(k)));
-        assert!(matches!(ReadData::today(100), ReadData::Sample { slice, slices: 100 } if slice < 100));
-    }
+    super::check::push(problems, provider, key, what);
 }

@@ -3,12 +3,21 @@
 //! segment sequence, timelines without their history file.
 use std::collections::BTreeMap;
 
-use bascule_core::provider::check_ciphertext;
+use std::process::ExitCode;
+
 use bascule_core::wal::{record_name, WalFileKind, WalName, WalRecord};
 use futures::StreamExt;
 
-use super::verify::Problem;
+use super::check::{Problem, ReadData};
+use crate::command::TenantArg;
 use crate::tenant::Tenant;
+
+pub async fn main(a: TenantArg) -> anyhow::Result<ExitCode> {
+    let (c, t) = a.open()?;
+    let s = scan(&t, ReadData::None, c.config.restore.concurrency).await;
+    print!("{}", render(&t.name, &s));
+    Ok(if s.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
 
 /// Segments of one timeline.
 #[derive(Debug, Default, Clone)]
@@ -32,10 +41,10 @@ pub struct WalScan {
 }
 
 fn problem(problems: &mut Vec<Problem>, provider: &str, key: &str, what: String) {
-    problems.push(Problem { provider: provider.into(), key: key.into(), what });
+    super::check::push(problems, provider, key, what);
 }
 
-pub async fn scan(tenant: &Tenant, read_data: super::verify::ReadData, concurrency: usize) -> WalScan {
+pub async fn scan(tenant: &Tenant, read_data: ReadData, concurrency: usize) -> WalScan {
     let mut out = WalScan::default();
     let listings = tenant.wal_listings().await;
     let mut names: BTreeMap<String, WalName> = BTreeMap::new();
@@ -72,7 +81,7 @@ pub async fn scan(tenant: &Tenant, read_data: super::verify::ReadData, concurren
                     let mut read = 0;
                     if read_data.reads(&rec.object.key) {
                         let b = r.get(&rec.object.key).await.map_err(|e| e.to_string())?.ok_or("file vanished")?;
-                        check_ciphertext(&rec.object, &r.provider, &b).map_err(|e| e.to_string())?;
+                        rec.object.check(&r.provider, &b).map_err(|e| e.to_string())?;
                         read = b.len() as u64;
                     }
                     Ok((rec, read))

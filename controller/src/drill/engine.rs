@@ -4,103 +4,58 @@
 //! attempt and every step's end are written to the store (and its audit log)
 //! as they happen, so that a drill whose controller died is resumed from the
 //! step after the last one that ended (`drill resume`) or rolled back
-//! (`drill abort`).
+//! (`drill abort`). A cancelled drill stops its running steps and stays
+//! unfinished, for `drill resume`.
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
 
-use super::step;
-use super::store::{Measures, StepRecord, Store};
-use crate::config::ControllerConfig;
-use crate::runbook::{substitute, Loaded, Mode, RtoMarker, Step};
+use crate::model::{DrillStatus, Measures, Mode, Outcome};
+use crate::runbook::step::{DrillContext, StepContext, StepError};
+use crate::runbook::{Loaded, RtoMarker, Step};
+use crate::state::StepRecord;
 
 /// Longest output kept per attempt (the end of it).
 const OUTPUT_MAX: usize = 4096;
 /// A step without a timeout of its own (approvals wait for their answer).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
 
-pub const PASSED: &str = "passed";
-pub const FAILED: &str = "failed";
-pub const TOLERATED: &str = "failed (not critical)";
-pub const SKIPPED: &str = "skipped";
-
-/// One drill being run: the runbook, where its state goes, and what its
-/// steps need.
+/// One drill being run: its steps' context and the mode it runs in.
 pub struct Drill {
-    pub loaded: Arc<Loaded>,
+    pub ctx: DrillContext,
     pub mode: Mode,
-    pub id: i64,
-    pub store: Arc<Mutex<Store>>,
-    /// Who runs it (`user@host`), for the audit log.
-    pub actor: String,
-    /// The controller's configuration and its file, for steps that reach
-    /// the providers.
-    pub controller: Option<(Arc<ControllerConfig>, PathBuf)>,
-    /// Approvals may be answered at this terminal.
-    pub interactive: bool,
-    vars: Mutex<BTreeMap<String, String>>,
     running: Mutex<BTreeSet<String>>,
 }
 
+/// The drill was cancelled: it stays unfinished, `drill resume` continues it.
+#[derive(Debug, thiserror::Error)]
+#[error("drill {0} was stopped before it ended; `bascule-controller drill resume {0}` continues it")]
+pub struct Interrupted(pub i64);
+
 impl Drill {
-    /// `overrides` are `--var` values, or those stored for a resumed drill.
-    pub fn new(
-        loaded: Arc<Loaded>,
-        mode: Mode,
-        id: i64,
-        store: Arc<Mutex<Store>>,
-        actor: String,
-        controller: Option<(Arc<ControllerConfig>, PathBuf)>,
-    ) -> anyhow::Result<Drill> {
-        let mut vars = loaded.runbook.variables.clone();
-        vars.extend(store.lock().expect("lock").variables(id)?);
-        Ok(Drill {
-            loaded,
-            mode,
-            id,
-            store,
-            actor,
-            controller,
-            interactive: false,
-            vars: Mutex::new(vars),
-            running: Mutex::new(BTreeSet::new()),
-        })
+    pub fn new(ctx: DrillContext, mode: Mode) -> Drill {
+        Drill { ctx, mode, running: Mutex::new(BTreeSet::new()) }
     }
 
-    /// Variables and secrets substituted into `s`.
-    pub fn sub(&self, s: &str) -> String {
-        let l = &self.loaded;
-        let secret = |name: &str| l.runbook.secrets.get(name).and_then(|s| s.resolve(&l.file, name).ok()).unwrap_or_default();
-        substitute(s, &self.vars.lock().expect("lock"), &secret)
-    }
-
-    pub fn controller(&self) -> Result<(&ControllerConfig, &std::path::Path), String> {
-        self.controller
-            .as_ref()
-            .map(|(c, f)| (c.as_ref(), f.as_path()))
-            .ok_or_else(|| "this step needs the controller's configuration (--config)".to_string())
-    }
-
-    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.store.lock().expect("lock")
-    }
-
-    pub fn answer(&self, step: &str, approved: bool) {
-        if let Err(e) = self.store().answer(self.id, step, approved, &self.actor) {
-            tracing::error!(error = format!("{e:#}"), "Cannot record the answer");
-        }
-    }
-
-    pub fn approval(&self, step: &str) -> Result<Option<(bool, String)>, String> {
-        self.store().approval(self.id, step).map_err(|e| format!("{e:#}"))
+    pub fn loaded(&self) -> &Loaded {
+        &self.ctx.loaded
     }
 
     /// Steps running now, for the progress line.
     pub fn running(&self) -> Vec<String> {
-        self.running.lock().expect("lock").iter().cloned().collect()
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
+
+    fn set_running(&self, id: &str, on: bool) {
+        let mut r = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if on {
+            r.insert(id.to_string());
+        } else {
+            r.remove(id);
+        }
     }
 }
 
@@ -117,53 +72,86 @@ fn tail(s: &str) -> String {
     format!("…{}", &s[start..])
 }
 
+/// One attempt within what is left of the step's time.
+async fn attempt(
+    step: &Step,
+    d: &Drill,
+    left: Duration,
+    timeout: Duration,
+    cancel: &CancellationToken,
+) -> Result<StepRecordPart, StepError> {
+    let ctx = StepContext { drill: &d.ctx, step };
+    let run = step.kind.run(&ctx, cancel.child_token());
+    let result = tokio::select! {
+        r = tokio::time::timeout(left, run) => r,
+        _ = cancel.cancelled() => return Err(StepError::Cancelled),
+    };
+    let done = match result {
+        Ok(r) => r?,
+        Err(_) => return Err(StepError::Failed(format!("timed out after {}", humantime_serde::re::humantime::format_duration(timeout)))),
+    };
+    if let Some((name, value)) = &done.save {
+        d.ctx.set_var(name, value).map_err(|e| StepError::Failed(format!("{e:#}")))?;
+    }
+    Ok(StepRecordPart { output: tail(&done.output), recovery_point: done.recovery_point })
+}
+
+/// What a passed attempt leaves in the step's record.
+struct StepRecordPart {
+    output: String,
+    recovery_point: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// Runs `step` with its retries and timeout; records every attempt, and the
-/// step's end.
-async fn run_step(step: &Step, stage: &str, d: &Drill) -> anyhow::Result<StepRecord> {
-    d.running.lock().expect("lock").insert(step.id.clone());
+/// step's end. A cancellation leaves the step unfinished ([`Interrupted`]).
+async fn run_step(step: &Step, stage: &str, d: &Drill, cancel: &CancellationToken) -> anyhow::Result<StepRecord> {
+    d.set_running(&step.id, true);
     let started = chrono::Utc::now();
     let t0 = Instant::now();
     // an approval waits for its answer, and its own timeout says what then
-    let timeout = match (&step.approval, step.timeout) {
-        (Some(_), _) => Duration::MAX,
-        (None, t) => t.unwrap_or(DEFAULT_TIMEOUT),
+    let timeout = match (&step.kind, step.timeout) {
+        (crate::runbook::StepKind::Approval(_), _) => Duration::MAX,
+        (_, t) => t.unwrap_or(DEFAULT_TIMEOUT),
     };
     let mut backoff = step.backoff;
     // a resumed step counts its attempts on from those of the dead controller
-    let before = d.store().attempt_count(d.id, &step.id)?;
+    let before = d.ctx.store().attempt_count(d.ctx.id, &step.id)?;
     let mut n = 0;
     let mut recovery_point = None;
     let (outcome, output) = loop {
         n += 1;
         let at = chrono::Utc::now();
-        let left = timeout.saturating_sub(t0.elapsed());
-        let result = match tokio::time::timeout(left, step::attempt(step, d)).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("timed out after {}", humantime_serde::re::humantime::format_duration(timeout))),
-        };
+        let result = attempt(step, d, timeout.saturating_sub(t0.elapsed()), timeout, cancel).await;
         let (ok, out) = match result {
-            Ok(done) => {
-                recovery_point = done.recovery_point;
-                if let Some((name, value)) = &done.save {
-                    d.vars.lock().expect("lock").insert(name.clone(), value.clone());
-                    d.store().set_variable(d.id, name, value)?;
-                }
-                (true, tail(&done.output))
+            Ok(part) => {
+                recovery_point = part.recovery_point;
+                (true, part.output)
             }
-            Err(e) => (false, tail(&e)),
+            Err(StepError::Cancelled) => {
+                d.ctx.store().record_attempt(d.ctx.id, &step.id, before + n, at, false, "cancelled")?;
+                d.set_running(&step.id, false);
+                return Err(Interrupted(d.ctx.id).into());
+            }
+            Err(StepError::Failed(e)) => (false, tail(&e)),
         };
-        d.store().record_attempt(d.id, &step.id, before + n, at, ok, &out)?;
+        d.ctx.store().record_attempt(d.ctx.id, &step.id, before + n, at, ok, &out)?;
         if ok {
-            break (PASSED, out);
+            break (Outcome::Passed, out);
         }
         if n > step.retries || t0.elapsed() + backoff >= timeout {
-            break (if step.critical { FAILED } else { TOLERATED }, out);
+            break (if step.critical { Outcome::Failed } else { Outcome::Tolerated }, out);
         }
         tracing::warn!(step = %step.id, attempt = n, error = %out, retry_in = ?backoff, "Step failed; retrying");
-        tokio::time::sleep(backoff).await;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = cancel.cancelled() => {
+                d.set_running(&step.id, false);
+                return Err(Interrupted(d.ctx.id).into());
+            }
+        }
         backoff *= 2;
     };
-    d.running.lock().expect("lock").remove(&step.id);
+    d.set_running(&step.id, false);
     let r = StepRecord {
         id: step.id.clone(),
         stage: stage.into(),
@@ -171,11 +159,11 @@ async fn run_step(step: &Step, stage: &str, d: &Drill) -> anyhow::Result<StepRec
         started,
         finished: chrono::Utc::now(),
         attempts: n,
-        outcome: outcome.into(),
+        outcome,
         output,
         recovery_point,
     };
-    d.store().finish_step(d.id, &d.actor, &r)?;
+    d.ctx.store().finish_step(d.ctx.id, &d.ctx.actor, &r)?;
     tracing::info!(step = %r.id, outcome = %r.outcome, attempts = r.attempts, seconds = r.elapsed().as_secs_f64(), "Step finished");
     Ok(r)
 }
@@ -189,7 +177,7 @@ fn skipped(s: &Step, stage: &str) -> StepRecord {
         started: now,
         finished: now,
         attempts: 0,
-        outcome: SKIPPED.into(),
+        outcome: Outcome::Skipped,
         output: String::new(),
         recovery_point: None,
     }
@@ -198,54 +186,54 @@ fn skipped(s: &Step, stage: &str) -> StepRecord {
 /// How a drill ended.
 #[derive(Debug)]
 pub struct Ending {
-    /// `passed`, `failed` or `aborted`.
-    pub status: &'static str,
+    pub status: DrillStatus,
     pub measures: Measures,
 }
 
 /// Runs the drill's steps that have not ended yet (all of them for a new
 /// drill), then the rollback if a critical step failed. `abort`: run only
 /// the rollback.
-pub async fn run(d: &Drill, abort: bool) -> anyhow::Result<Ending> {
-    let done: BTreeMap<String, StepRecord> = d.store().steps(d.id)?.into_iter().map(|r| (r.id.clone(), r)).collect();
-    let mut failed = abort || done.values().any(|r| r.outcome == FAILED && r.stage != "on_failure");
+pub async fn run(d: &Drill, abort: bool, cancel: &CancellationToken) -> anyhow::Result<Ending> {
+    let (id, loaded) = (d.ctx.id, d.loaded());
+    let done: BTreeMap<String, StepRecord> = d.ctx.store().steps(id)?.into_iter().map(|r| (r.id.clone(), r)).collect();
+    let mut failed = abort || done.values().any(|r| r.outcome == Outcome::Failed && r.stage != "on_failure");
     if !abort {
-        for stage in &d.loaded.runbook.stages {
-            let parallel = stage.parallel.unwrap_or(d.loaded.runbook.parallel);
+        for stage in &loaded.runbook.stages {
+            let parallel = stage.parallel.unwrap_or(loaded.runbook.parallel);
             let todo: Vec<&Step> = stage.steps.iter().filter(|s| s.modes.contains(&d.mode) && !done.contains_key(&s.id)).collect();
             if todo.is_empty() {
                 continue;
             }
             if failed {
                 for s in todo {
-                    d.store().finish_step(d.id, &d.actor, &skipped(s, &stage.name))?;
+                    d.ctx.store().finish_step(id, &d.ctx.actor, &skipped(s, &stage.name))?;
                 }
                 continue;
             }
             tracing::info!(stage = %stage.name, steps = todo.len(), "Stage");
-            let steps: Vec<_> = todo.into_iter().map(|s| run_step(s, &stage.name, d)).collect();
+            let steps: Vec<_> = todo.into_iter().map(|s| run_step(s, &stage.name, d, cancel)).collect();
             let results: Vec<anyhow::Result<StepRecord>> = futures::stream::iter(steps).buffer_unordered(parallel).collect().await;
             for r in results {
-                failed |= r?.outcome == FAILED;
+                failed |= r?.outcome == Outcome::Failed;
             }
         }
     }
     if failed {
-        d.store().set_status(d.id, &d.actor, "rolling-back")?;
-        for s in d.loaded.runbook.on_failure.iter().filter(|s| s.modes.contains(&d.mode) && !done.contains_key(&s.id)) {
-            run_step(s, "on_failure", d).await?;
+        d.ctx.store().set_status(id, &d.ctx.actor, DrillStatus::RollingBack)?;
+        for s in loaded.runbook.on_failure.iter().filter(|s| s.modes.contains(&d.mode) && !done.contains_key(&s.id)) {
+            run_step(s, "on_failure", d, cancel).await?;
         }
     }
-    let steps = d.store().steps(d.id)?;
-    let measures = measure(&d.loaded, &steps);
+    let steps = d.ctx.store().steps(id)?;
+    let measures = measure(loaded, &steps);
     let status = if abort {
-        "aborted"
+        DrillStatus::Aborted
     } else if failed {
-        FAILED
+        DrillStatus::Failed
     } else {
-        PASSED
+        DrillStatus::Passed
     };
-    d.store().finish_drill(d.id, &d.actor, status, &measures)?;
+    d.ctx.store().finish_drill(id, &d.ctx.actor, status, &measures)?;
     Ok(Ending { status, measures })
 }
 
@@ -257,7 +245,7 @@ pub async fn run(d: &Drill, abort: bool) -> anyhow::Result<Ending> {
 /// last transaction a point-in-time restore replayed.
 pub fn measure(l: &Loaded, steps: &[StepRecord]) -> Measures {
     let marked = |m: RtoMarker| l.steps().into_iter().find(|(_, s)| s.rto == Some(m)).map(|(_, s)| s.id.clone());
-    let ran: Vec<&StepRecord> = steps.iter().filter(|s| s.outcome != SKIPPED && s.stage != "on_failure").collect();
+    let ran: Vec<&StepRecord> = steps.iter().filter(|s| s.outcome != Outcome::Skipped && s.stage != "on_failure").collect();
     let by_id = |id: Option<String>| id.and_then(|id| ran.iter().find(|s| s.id == id).copied());
     // a start step of the other mode only (stopping a primary that a real
     // failover finds already gone): the clock starts with the first step
@@ -271,11 +259,11 @@ pub fn measure(l: &Loaded, steps: &[StepRecord]) -> Measures {
         m.cut = Some(s.started);
     }
     if let (Some(s), Some(e)) = (start, end) {
-        if e.outcome == PASSED {
+        if e.outcome == Outcome::Passed {
             m.rto = (e.finished - s.started).to_std().ok();
         }
     }
-    let passed = || ran.iter().filter(|s| s.outcome == PASSED);
+    let passed = || ran.iter().filter(|s| s.outcome == Outcome::Passed);
     m.recovery_point = passed()
         .filter(|s| s.kind == "verify")
         .filter_map(|s| s.recovery_point)
@@ -287,41 +275,61 @@ pub fn measure(l: &Loaded, steps: &[StepRecord]) -> Measures {
     m
 }
 
-/// Prints the elapsed time against the RTO target while the drill runs: a
-/// line kept up to date on a terminal, a log line every 30 s otherwise.
-pub fn show_progress(d: Arc<Drill>) -> tokio::task::JoinHandle<()> {
-    use std::io::{IsTerminal, Write};
-    let target = d.loaded.runbook.targets.rto;
-    tokio::spawn(async move {
-        let t0 = Instant::now();
-        let tty = std::io::stderr().is_terminal();
-        let mut last_log = Instant::now();
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let e = t0.elapsed();
-            let line = format!(
-                "drill {} {}: {} elapsed of the {} RTO target ({:.1} %); running: {}",
-                d.id,
-                d.loaded.runbook.name,
-                hms(e),
-                hms(target),
-                100.0 * e.as_secs_f64() / target.as_secs_f64(),
-                d.running().join(", ")
-            );
-            if tty {
-                let mut err = std::io::stderr().lock();
-                let _ = write!(err, "\r\x1b[2K{line}");
-                let _ = err.flush();
-            } else if last_log.elapsed() >= Duration::from_secs(30) {
-                tracing::info!("{line}");
-                last_log = Instant::now();
-            }
-        }
-    })
-}
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
 
-/// `1:02:03`.
-pub fn hms(d: Duration) -> String {
-    let s = d.as_secs();
-    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    use super::*;
+    use crate::state::{NewDrill, Store};
+
+    const RUNBOOK: &str = "name: t
+stages:
+  - name: wait
+    steps:
+      - id: first
+        sleep: { duration: 10ms }
+      - id: long
+        sleep: { duration: 1h }
+";
+
+    fn drill(dir: &std::path::Path) -> Drill {
+        let loaded = Arc::new(crate::runbook::parse(RUNBOOK, std::path::Path::new("rb.yaml")).unwrap());
+        let mut store = Store::open(&dir.join("drills.sqlite")).unwrap();
+        let id = store
+            .create_drill(&NewDrill {
+                runbook: "t",
+                runbook_file: std::path::Path::new("rb.yaml"),
+                runbook_hash: &loaded.hash,
+                mode: Mode::Drill,
+                started_by: "test",
+                host: "here",
+                rto_target: Duration::from_secs(60),
+                rpo_target: None,
+            })
+            .unwrap();
+        let ctx = DrillContext::new(id, loaded, "test".into(), None, Arc::new(Mutex::new(store)), Vec::new());
+        Drill::new(ctx, Mode::Drill)
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_drill_stops_its_running_step_and_stays_unfinished() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = drill(dir.path());
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            c.cancel();
+        });
+        let t0 = Instant::now();
+        let err = run(&d, false, &cancel).await.unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(5), "the hour-long step was stopped: {:?}", t0.elapsed());
+        assert!(err.downcast_ref::<Interrupted>().is_some(), "{err:#}");
+        let store = d.ctx.store();
+        let row = store.drill(d.ctx.id).unwrap();
+        assert!(!row.finished(), "a cancelled drill is left for `drill resume`");
+        let steps = store.steps(d.ctx.id).unwrap();
+        assert_eq!(steps.iter().map(|s| (s.id.as_str(), s.outcome)).collect::<Vec<_>>(), [("first", Outcome::Passed)]);
+        assert_eq!(store.attempts(d.ctx.id, "long").unwrap(), [(1, "failed".to_string())], "the stopped attempt is recorded");
+    }
 }

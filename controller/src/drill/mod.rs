@@ -1,20 +1,25 @@
-//! Drills: running runbooks, their state, audit and reports.
+//! Drills: starting one (the same way from the command line, the API and
+//! the schedule), running it ([`engine`]), showing its progress, and its
+//! report ([`report`]), kept locally and stored, signed, on both providers.
 pub mod engine;
+pub mod progress;
 pub mod report;
-pub mod step;
-pub mod store;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context;
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::ControllerConfig;
-use crate::runbook::{Loaded, Mode};
+use crate::context::Controller;
+use crate::model::Mode;
+use crate::runbook::step::DrillContext;
+use crate::runbook::Loaded;
+use crate::state::{NewDrill, Store};
 
 /// Held while a drill runs, so that no second controller resumes it.
-pub fn lock(cfg: &ControllerConfig, id: i64) -> anyhow::Result<std::fs::File> {
-    let path = cfg.state_dir.join(format!("drill-{id}.lock"));
+pub fn lock(c: &Controller, id: i64) -> anyhow::Result<std::fs::File> {
+    let path = c.config.state_dir.join(format!("drill-{id}.lock"));
     let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| path.display().to_string())?;
     match f.try_lock() {
         Ok(()) => Ok(f),
@@ -24,50 +29,112 @@ pub fn lock(cfg: &ControllerConfig, id: i64) -> anyhow::Result<std::fs::File> {
 }
 
 /// Whether a controller process holds the drill's lock.
-pub fn is_running(cfg: &ControllerConfig, id: i64) -> bool {
-    lock(cfg, id).is_err()
+pub fn is_running(c: &Controller, id: i64) -> bool {
+    lock(c, id).is_err()
 }
 
-/// Runs (or continues, or aborts) drill `id` while showing its progress,
-/// then builds its report, keeps it in `state_dir/reports/` and stores it,
-/// signed, on both providers. `lock` is held until the end.
-#[allow(clippy::too_many_arguments)]
-pub async fn run_and_report(
-    cfg: Arc<ControllerConfig>,
-    config: PathBuf,
+/// A drill recorded in the store and locked by this process, ready to run.
+pub struct Started {
+    pub id: i64,
+    controller: Arc<Controller>,
     loaded: Arc<Loaded>,
     mode: Mode,
-    id: i64,
-    store: store::Store,
+    store: Store,
     actor: String,
+    /// Run only the rollback (`drill abort`).
     abort: bool,
-    interactive: bool,
     _lock: std::fs::File,
-) -> anyhow::Result<report::Report> {
-    use std::io::IsTerminal;
-    let key = cfg.report_key()?;
-    let reports_dir = cfg.state_dir.join("reports");
-    let store = Arc::new(Mutex::new(store));
-    let mut drill = engine::Drill::new(loaded, mode, id, store.clone(), actor, Some((cfg, config.clone())))?;
-    drill.interactive = interactive;
-    let drill = Arc::new(drill);
-    let progress = engine::show_progress(drill.clone());
-    let ending = engine::run(&drill, abort).await;
-    progress.abort();
-    if interactive && std::io::stderr().is_terminal() {
-        eprint!("\r\x1b[2K");
+}
+
+/// Records a new drill of `loaded` with its variables (each one the
+/// runbook declares) and locks it: the one way a drill starts, from the
+/// command line, the API or the schedule.
+pub fn start(c: &Arc<Controller>, loaded: Arc<Loaded>, mode: Mode, vars: &[(String, String)], actor: &str) -> anyhow::Result<Started> {
+    for (k, _) in vars {
+        loaded.check_var(k).map_err(|known| anyhow::anyhow!("{k}: the runbook has no such variable (it has: {known})"))?;
     }
-    ending?;
-    let r = report::build(&store.lock().expect("lock"), id)?;
-    std::fs::create_dir_all(&reports_dir).with_context(|| reports_dir.display().to_string())?;
-    let local = reports_dir.join(format!("drill-{id}.json"));
-    std::fs::write(&local, serde_json::to_vec_pretty(&r)?).with_context(|| local.display().to_string())?;
-    let (cfg, _) = drill.controller.as_ref().expect("set above");
-    for (provider, res) in report::publish(&r, cfg, &config, &key).await {
-        match res {
-            Ok(k) => tracing::info!(drill = id, provider = %provider, key = %k, "Signed report stored"),
-            Err(e) => tracing::warn!(drill = id, provider = %provider, error = %e, "The signed report could not be stored"),
+    // the report key exists before anything runs
+    c.report_key()?;
+    let mut store = c.store()?;
+    let host = crate::os_user::hostname();
+    let t = &loaded.runbook.targets;
+    let id = store.create_drill(&NewDrill {
+        runbook: &loaded.runbook.name,
+        runbook_file: &loaded.file,
+        runbook_hash: &loaded.hash,
+        mode,
+        started_by: actor,
+        host: &host,
+        rto_target: t.rto,
+        rpo_target: t.rpo,
+    })?;
+    for (k, v) in vars {
+        store.set_variable(id, k, v)?;
+    }
+    let lock = lock(c, id)?;
+    Ok(Started { id, controller: c.clone(), loaded, mode, store, actor: actor.into(), abort: false, _lock: lock })
+}
+
+/// An unfinished drill, to continue (`drill resume`) or roll back (`drill
+/// abort`), with the very runbook it started with.
+pub fn resume(c: &Arc<Controller>, id: i64, abort: bool, actor: &str) -> anyhow::Result<Started> {
+    let mut store = c.store()?;
+    let d = store.drill(id)?;
+    if d.finished() {
+        anyhow::bail!("drill {id} is over ({}); see `drill report {id}`", d.status);
+    }
+    let lock = lock(c, id)?;
+    let file = PathBuf::from(&d.runbook_file);
+    let loaded = Arc::new(crate::runbook::load(&file)?);
+    if loaded.hash != d.runbook_hash {
+        anyhow::bail!(
+            "{} changed since drill {id} started (sha {} then, {} now): resume needs the runbook it started with",
+            file.display(),
+            &d.runbook_hash[..16.min(d.runbook_hash.len())],
+            &loaded.hash[..16]
+        );
+    }
+    store.audit(Some(id), actor, if abort { "drill-abort" } else { "drill-resume" }, &format!("was {}", d.status))?;
+    let done = store.steps(id)?.len();
+    eprintln!("drill {id}: {} {} ({} step(s) had ended)", if abort { "aborting" } else { "resuming" }, d.runbook, done);
+    Ok(Started { id, controller: c.clone(), loaded, mode: d.mode, store, actor: actor.into(), abort, _lock: lock })
+}
+
+impl Started {
+    pub fn runbook(&self) -> &Loaded {
+        &self.loaded
+    }
+
+    /// Runs (or continues, or aborts) the drill while showing its progress,
+    /// then builds its report, keeps it in `state_dir/reports/` and stores
+    /// it, signed, on both providers. The lock is held until the end.
+    pub async fn run(self, interactive: bool, cancel: CancellationToken) -> anyhow::Result<report::Report> {
+        use std::io::IsTerminal;
+        let c = self.controller.clone();
+        let key = c.report_key()?;
+        let reports_dir = c.config.state_dir.join("reports");
+        let overrides = self.store.variables(self.id)?;
+        let store = Arc::new(Mutex::new(self.store));
+        let mut ctx = DrillContext::new(self.id, self.loaded, self.actor, Some(c.clone()), store.clone(), overrides);
+        ctx.interactive = interactive;
+        let drill = Arc::new(engine::Drill::new(ctx, self.mode));
+        let shown = progress::show(drill.clone());
+        let ending = engine::run(&drill, self.abort, &cancel).await;
+        shown.abort();
+        if interactive && std::io::stderr().is_terminal() {
+            eprint!("\r\x1b[2K");
         }
+        ending?;
+        let r = report::build(&store.lock().unwrap_or_else(|e| e.into_inner()), self.id)?;
+        std::fs::create_dir_all(&reports_dir).with_context(|| reports_dir.display().to_string())?;
+        let local = reports_dir.join(format!("drill-{}.json", self.id));
+        std::fs::write(&local, serde_json::to_vec_pretty(&r)?).with_context(|| local.display().to_string())?;
+        for (provider, res) in report::publish(&r, &c, &key).await {
+            match res {
+                Ok(k) => tracing::info!(drill = self.id, provider = %provider, key = %k, "Signed report stored"),
+                Err(e) => tracing::warn!(drill = self.id, provider = %provider, error = %e, "The signed report could not be stored"),
+            }
+        }
+        Ok(r)
     }
-    Ok(r)
 }

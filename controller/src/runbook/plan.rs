@@ -5,72 +5,10 @@ use humantime_serde::re::humantime::format_duration;
 
 use super::{substitute, Loaded, Mode, RtoMarker, Step};
 
+/// What a step will do, its variables filled in (secrets by name only).
 fn describe(s: &Step, l: &Loaded) -> String {
     let sub = |t: &str| substitute(t, &l.runbook.variables, &|name| format!("<secret {name}>"));
-    let http = |h: &super::HttpStep| {
-        format!(
-            "{} {} → {}{}",
-            h.method,
-            sub(&h.url),
-            h.status,
-            h.body_contains.as_ref().map(|b| format!(" containing {b:?}")).unwrap_or_default()
-        )
-    };
-    let sql = |q: &super::SqlStep| {
-        format!(
-            "{:?} on {}{}{}",
-            sub(&q.query),
-            sub(&q.dsn),
-            q.expect.as_ref().map(|e| format!(" → {e:?}")).unwrap_or_default(),
-            q.save_as.as_ref().map(|v| format!(" → ${{{v}}}")).unwrap_or_default()
-        )
-    };
-    if let Some(c) = &s.shell {
-        return format!("sh -c {:?}", sub(&c.command));
-    }
-    if let Some(h) = &s.http {
-        return http(h);
-    }
-    if let Some(q) = &s.sql {
-        return sql(q);
-    }
-    if let Some(w) = &s.wait_replicated {
-        let wal = match (w.wal.is_empty(), sub(&w.wal)) {
-            (true, _) => String::new(),
-            (false, v) if v.is_empty() => format!(", through the WAL file {} (set while the drill runs)", w.wal),
-            (false, v) => format!(", through WAL {v}"),
-        };
-        return format!("tenant {} on both providers, lag ≤ {}{wal}", sub(&w.tenant), format_duration(w.max_lag));
-    }
-    if let Some(r) = &s.restore {
-        return match (&r.target, &r.pgdata) {
-            (Some(t), _) => format!("tenant {} snapshot {} into {}", sub(&r.tenant), r.snapshot.as_deref().unwrap_or("latest"), sub(t)),
-            (_, Some(d)) => format!(
-                "tenant {} point in time {} into {}",
-                sub(&r.tenant),
-                r.at.as_deref().unwrap_or("latest"),
-                sub(&d.to_string_lossy())
-            ),
-            _ => String::new(),
-        };
-    }
-    if let Some(v) = &s.verify {
-        let mut parts = Vec::new();
-        if let Some(r) = &v.row_counts {
-            parts.push(format!("row counts of {} = snapshot {} of {}", sub(&r.dsn), r.snapshot, sub(&r.tenant)));
-        }
-        parts.extend(v.sql.as_ref().map(sql));
-        parts.extend(v.http.as_ref().map(http));
-        parts.extend(v.heartbeat.as_ref().map(|h| format!("recovery point from the newest heartbeat of {}", sub(&h.dsn))));
-        return parts.join("; ");
-    }
-    if let Some(a) = &s.approval {
-        return format!("ask {:?}", sub(&a.prompt));
-    }
-    if let Some(z) = &s.sleep {
-        return format_duration(z.duration).to_string();
-    }
-    String::new()
+    s.kind.describe(&sub)
 }
 
 /// The plan as text: stages, steps (those of `mode` only), their limits and markers.

@@ -7,7 +7,6 @@
 //! | `GET /v1/tenants`, `GET /v1/drills`, `GET /v1/drills/{id}` | viewer |
 //! | `POST /v1/drills`, `POST /v1/drills/{id}/approve` | operator |
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::extract::rejection::JsonRejection;
@@ -21,16 +20,21 @@ use serde_json::json;
 
 use super::metrics as m;
 use super::monitor::TenantView;
+use super::Tasks;
 use crate::config::{ControllerConfig, Role};
-use crate::drill::{self, report, store::Store};
+use crate::context::Controller;
+use crate::drill::report;
+use crate::model::Mode;
 use crate::runbook;
+use crate::state::Store;
 
 #[derive(Clone)]
 pub struct Api {
-    pub cfg: Arc<ControllerConfig>,
-    pub config_file: PathBuf,
+    pub controller: Arc<Controller>,
     pub store: Arc<Mutex<Store>>,
     pub view: Arc<RwLock<Vec<TenantView>>>,
+    /// Drills the API starts run in the service's tasks.
+    pub tasks: Tasks,
 }
 
 /// An error answer: a status and a message, as JSON.
@@ -74,14 +78,18 @@ impl Api {
             status.as_u16(),
             if detail.is_empty() { String::new() } else { format!(": {detail}") }
         );
-        if let Err(e) = self.store.lock().expect("lock").audit(None, &format!("api:{who}"), "api", &line) {
+        if let Err(e) = self.store().audit(None, &format!("api:{who}"), "api", &line) {
             tracing::error!(error = format!("{e:#}"), "Cannot write the audit log");
         }
     }
 
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Checks the caller has `role`; audits refusals.
     fn allow(&self, headers: &HeaderMap, role: Role, method: &Method, uri: &Uri) -> Result<String, ApiError> {
-        match authenticate(&self.cfg, headers) {
+        match authenticate(&self.controller.config, headers) {
             Ok((who, have)) if have >= role => Ok(who),
             Ok((who, _)) => {
                 let e = ApiError(StatusCode::FORBIDDEN, format!("{who}: this needs the {role:?} role").to_lowercase());
@@ -118,13 +126,13 @@ async fn count_requests(req: axum::extract::Request, next: axum::middleware::Nex
 async fn tenants(State(api): State<Api>, method: Method, uri: Uri, headers: HeaderMap) -> Result<Response, ApiError> {
     let who = api.allow(&headers, Role::Viewer, &method, &uri)?;
     api.audit(&who, &method, &uri, StatusCode::OK, "");
-    let view = api.view.read().expect("lock").clone();
+    let view = api.view.read().unwrap_or_else(|e| e.into_inner()).clone();
     Ok(Json(view).into_response())
 }
 
 async fn list_drills(State(api): State<Api>, method: Method, uri: Uri, headers: HeaderMap) -> Result<Response, ApiError> {
     let who = api.allow(&headers, Role::Viewer, &method, &uri)?;
-    let drills = api.store.lock().expect("lock").drills().map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    let drills = api.store().drills().map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
     let out: Vec<_> = drills
         .iter()
         .map(|d| {
@@ -147,7 +155,7 @@ async fn get_drill(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let who = api.allow(&headers, Role::Viewer, &method, &uri)?;
-    let r = report::build(&api.store.lock().expect("lock"), id).map_err(|e| ApiError(StatusCode::NOT_FOUND, format!("{e:#}")))?;
+    let r = report::build(&api.store(), id).map_err(|e| ApiError(StatusCode::NOT_FOUND, format!("{e:#}")))?;
     api.audit(&who, &method, &uri, StatusCode::OK, "");
     Ok(Json(r).into_response())
 }
@@ -158,13 +166,13 @@ pub struct StartDrill {
     /// A runbook of `serve.runbooks_dir`, by file name without `.yaml`.
     pub runbook: String,
     #[serde(default = "drill_mode")]
-    pub mode: String,
+    pub mode: Mode,
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
 }
 
-fn drill_mode() -> String {
-    "drill".into()
+fn drill_mode() -> Mode {
+    Mode::Drill
 }
 
 async fn start_drill(
@@ -195,53 +203,26 @@ async fn start_drill(
 
 /// Validates the request, records the drill and starts it in the background.
 async fn start(api: &Api, req: &StartDrill, actor: &str) -> Result<i64, ApiError> {
-    let dir = api.cfg.serve.runbooks_dir.as_ref().ok_or_else(|| bad("serve.runbooks_dir is not set: the API can start no runbook"))?;
+    let cfg = &api.controller.config;
+    let dir = cfg.serve.runbooks_dir.as_ref().ok_or_else(|| bad("serve.runbooks_dir is not set: the API can start no runbook"))?;
     if req.runbook.is_empty() || !req.runbook.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err(bad(format!("runbook {:?}: a file name of {} without .yaml (letters, digits, - and _)", req.runbook, dir.display())));
     }
-    let mode = match req.mode.as_str() {
-        "drill" => runbook::Mode::Drill,
-        "failover" => runbook::Mode::Failover,
-        other => return Err(bad(format!("mode {other:?}: drill or failover"))),
-    };
     let file = dir.join(format!("{}.yaml", req.runbook));
     if !file.is_file() {
         return Err(bad(format!("no runbook {:?} in {}", req.runbook, dir.display())));
     }
     let loaded = runbook::load(&file).map_err(|e| bad(e.to_string()))?;
     for k in req.vars.keys() {
-        if !loaded.runbook.variables.contains_key(k) {
+        if loaded.check_var(k).is_err() {
             return Err(bad(format!("vars.{k}: the runbook has no such variable")));
         }
     }
-    launch(api.cfg.clone(), api.config_file.clone(), loaded, mode, &req.mode, &req.vars, actor)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))
-}
-
-/// Records a new drill and runs it in the background; returns its id.
-pub fn launch(
-    cfg: Arc<ControllerConfig>,
-    config_file: PathBuf,
-    loaded: runbook::Loaded,
-    mode: runbook::Mode,
-    mode_name: &str,
-    vars: &BTreeMap<String, String>,
-    actor: &str,
-) -> anyhow::Result<i64> {
-    let mut store = Store::open(&cfg.drill_store())?;
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
-    let id = store.create_drill(&loaded, mode_name, actor, &host)?;
-    for (k, v) in vars {
-        store.set_variable(id, k, v)?;
-    }
-    let lock = drill::lock(&cfg, id)?;
-    let actor = actor.to_string();
-    tokio::spawn(async move {
-        match drill::run_and_report(cfg, config_file, Arc::new(loaded), mode, id, store, actor, false, false, lock).await {
-            Ok(r) => tracing::info!(drill = id, verdict = %r.verdict, "Drill finished"),
-            Err(e) => tracing::error!(drill = id, error = format!("{e:#}"), "Drill stopped"),
-        }
-    });
+    let vars: Vec<(String, String)> = req.vars.clone().into_iter().collect();
+    let started = crate::drill::start(&api.controller, Arc::new(loaded), req.mode, &vars, actor)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    let id = started.id;
+    super::schedule::spawn_drill(&api.tasks, started);
     Ok(id)
 }
 
@@ -264,13 +245,13 @@ async fn approve(
     let who = api.allow(&headers, Role::Operator, &method, &uri)?;
     let result = (|| {
         let Json(req) = body.map_err(|e| bad(e.body_text()))?;
-        let mut store = api.store.lock().expect("lock");
+        let mut store = api.store();
         let d = store.drill(id).map_err(|e| ApiError(StatusCode::NOT_FOUND, format!("{e:#}")))?;
         if d.finished() {
             return Err(ApiError(StatusCode::CONFLICT, format!("drill {id} is over ({})", d.status)));
         }
         let l = runbook::load(std::path::Path::new(&d.runbook_file)).map_err(|e| bad(e.to_string()))?;
-        if !l.steps().iter().any(|(_, s)| s.id == req.step && s.approval.is_some()) {
+        if !l.has_approval(&req.step) {
             return Err(bad(format!("drill {id} has no approval step {:?}", req.step)));
         }
         let fresh = store

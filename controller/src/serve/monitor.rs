@@ -5,22 +5,18 @@
 //! find objects held by one provider only and the newest snapshot of each
 //! kind. Results go to the metrics and to `GET /v1/tenants`.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use bascule_core::head::{Head, RollbackGuard};
-use bascule_core::keys::TrustedKey;
-use bascule_core::manifest::Manifest;
-use bascule_core::provider::{Fetched, Provider};
-use bascule_core::signed::{self, Kind};
+use bascule_core::head::Head;
+use bascule_core::provider::Provider;
 use bascule_core::{layout, Error};
 use futures::StreamExt;
 use serde::Serialize;
 
 use super::metrics::{self as m, ts};
-use crate::config::ControllerConfig;
-use crate::tenant::open_head;
+use crate::context::Controller;
+use crate::tenant::{HeadRead, HeadState, Tenant};
 
 /// What the API shows of one tenant on one provider.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -34,7 +30,7 @@ pub struct ProviderView {
     pub agent_time: Option<chrono::DateTime<chrono::Utc>>,
     pub objects_missing: Option<usize>,
     /// The newest on-site restore test the agent's HEAD names.
-    pub restore_test: Option<bascule_core::restore::RestoreTestSummary>,
+    pub restore_test: Option<bascule_core::restore_test::RestoreTestSummary>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -46,13 +42,13 @@ pub struct TenantView {
 struct PerProvider {
     etag: Option<String>,
     head: Option<Head>,
-    guard: RollbackGuard,
     view: ProviderView,
 }
 
 struct Watched {
     name: String,
-    keys: Vec<TrustedKey>,
+    /// The tenant on the controller's shared providers and rollback guards.
+    tenant: Tenant,
     per: Vec<PerProvider>,
     /// Snapshot name → (kind, start time), from verified manifests.
     snapshots: HashMap<String, (String, chrono::DateTime<chrono::Utc>)>,
@@ -80,23 +76,21 @@ pub struct Cycle {
 }
 
 impl Monitor {
-    pub fn new(cfg: &ControllerConfig, config_file: &Path) -> anyhow::Result<Monitor> {
-        let providers: Vec<Provider> = cfg.providers.iter().map(|p| Provider::build(p, config_file)).collect::<Result<_, _>>()?;
-        std::fs::create_dir_all(&cfg.state_dir)?;
+    pub fn new(c: &Controller) -> anyhow::Result<Monitor> {
+        let providers: Vec<Provider> = c.providers().to_vec();
         let mut tenants = Vec::new();
-        for t in &cfg.tenants {
-            let mut per = Vec::new();
-            for p in &providers {
-                per.push(PerProvider {
+        for t in &c.config.tenants {
+            let per = providers
+                .iter()
+                .map(|p| PerProvider {
                     etag: None,
                     head: None,
-                    guard: RollbackGuard::load(&cfg.state_dir, &format!("{}@{}", t.name, p.name))?,
                     view: ProviderView { provider: p.name.clone(), status: "not read yet".into(), ..Default::default() },
-                });
-            }
+                })
+                .collect();
             tenants.push(Watched {
                 name: t.name.clone(),
-                keys: t.verify_keys.clone(),
+                tenant: c.tenant(&t.name)?,
                 per,
                 snapshots: HashMap::new(),
                 changed: false,
@@ -107,8 +101,8 @@ impl Monitor {
         Ok(Monitor {
             providers,
             tenants,
-            concurrency: cfg.serve.concurrency,
-            deep_interval: cfg.serve.deep_interval,
+            concurrency: c.config.serve.concurrency,
+            deep_interval: c.config.serve.deep_interval,
             view: Default::default(),
         })
     }
@@ -163,68 +157,45 @@ type TenantCheck = (usize, Vec<(bool, bool)>, bool);
 async fn check_tenant(t: &mut Watched, providers: &[Provider], deep_interval: Duration) -> TenantCheck {
     let mut refused = 0;
     let mut per_result = Vec::new();
-    let now = chrono::Utc::now();
-    for (p, st) in providers.iter().zip(t.per.iter_mut()) {
-        let replica = p.tenant(&t.name);
+    for (i, p) in providers.iter().enumerate() {
+        let st = &mut t.per[i];
         let mut changed = false;
-        let ok = match replica.get_if_changed(layout::HEAD, st.etag.as_deref()).await {
-            Ok(Fetched::NotModified) => true,
-            Ok(Fetched::Absent) => {
+        let ok = match t.tenant.read_head(i, st.etag.as_deref()).await {
+            HeadRead::NotModified => true,
+            HeadRead::Read { state: HeadState::Absent, .. } => {
                 st.head = None;
                 st.etag = None;
                 st.view.status = "absent".into();
                 true
             }
-            Ok(Fetched::Changed { bytes, etag }) => {
-                match open_head(&t.name, &t.keys, &bytes).and_then(|h| st.guard.check(&p.name, &h).map(|_| h)) {
-                    Ok(h) => {
-                        if let Err(e) = st.guard.observe(h.sequence) {
-                            tracing::error!(tenant = %t.name, error = %e, "Cannot record the HEAD sequence seen");
-                        }
-                        changed = st.head.as_ref().map(|o| o.sequence) != Some(h.sequence);
-                        st.head = Some(h);
-                        st.etag = etag;
-                        st.view.status = "ok".into();
-                    }
-                    Err(e) => {
-                        let reason = match &e {
-                            Error::Rollback { .. } => "rollback",
-                            Error::BadSignature { .. } => "bad_signature",
-                            _ => "bad_head",
-                        };
-                        m::INTEGRITY_FAILURES.with_label_values(&[&t.name, &p.name, reason]).inc();
-                        tracing::error!(tenant = %t.name, provider = %p.name, error = %e, "HEAD refused");
-                        st.view.status = format!("refused: {e}");
-                        // keep the last good state; read it again next time
-                        st.etag = None;
-                        refused += 1;
-                    }
-                }
+            HeadRead::Read { state: HeadState::Valid(h), etag } => {
+                changed = st.head.as_ref().map(|o| o.sequence) != Some(h.sequence);
+                st.head = Some(h);
+                st.etag = etag;
+                st.view.status = "ok".into();
                 true
             }
-            Err(e) => {
+            HeadRead::Read { state: HeadState::Refused(e), .. } => {
+                let reason = match &e {
+                    Error::Rollback { .. } => "rollback",
+                    Error::BadSignature { .. } => "bad_signature",
+                    _ => "bad_head",
+                };
+                m::INTEGRITY_FAILURES.with_label_values(&[&t.name, &p.name, reason]).inc();
+                tracing::error!(tenant = %t.name, provider = %p.name, error = %e, "HEAD refused");
+                st.view.status = format!("refused: {e}");
+                // keep the last good state; read it again next time
+                st.etag = None;
+                refused += 1;
+                true
+            }
+            HeadRead::Unreachable(e) => {
                 st.view.status = format!("unreachable: {e}");
                 false
             }
         };
         if let Some(h) = &st.head {
-            st.view.sequence = Some(h.sequence);
-            st.view.latest_snapshot = h.latest_snapshot.clone();
-            st.view.latest_wal = h.latest_wal.clone();
-            st.view.agent_time = Some(h.agent_time);
-            st.view.restore_test = h.restore_test.clone();
-            if let Some(rt) = &h.restore_test {
-                m::RESTORE_TEST_PASSED.with_label_values(&[&t.name]).set(rt.passed as i64);
-                if let Some(at) = rt.last_success_at {
-                    let g = m::RESTORE_TEST_LAST_SUCCESS.with_label_values(&[&t.name]);
-                    g.set(g.get().max(ts(at)));
-                }
-            }
-            if h.latest_wal.is_some() {
-                m::LAST_WAL.with_label_values(&[&t.name, &p.name]).set(ts(h.agent_time));
-                let lag = (now - h.agent_time).num_milliseconds().max(0) as f64 / 1000.0;
-                m::REPLICATION_LAG.with_label_values(&[&t.name, &p.name]).set(lag);
-            }
+            show_head(&t.name, &p.name, h, &mut st.view);
         }
         t.changed |= changed;
         per_result.push((ok, changed));
@@ -238,12 +209,33 @@ async fn check_tenant(t: &mut Watched, providers: &[Provider], deep_interval: Du
     (refused, per_result, deep)
 }
 
+/// What a valid HEAD says, into the view and the metrics.
+fn show_head(tenant: &str, provider: &str, h: &Head, view: &mut ProviderView) {
+    view.sequence = Some(h.sequence);
+    view.latest_snapshot = h.latest_snapshot.clone();
+    view.latest_wal = h.latest_wal.clone();
+    view.agent_time = Some(h.agent_time);
+    view.restore_test = h.restore_test.clone();
+    if let Some(rt) = &h.restore_test {
+        m::RESTORE_TEST_PASSED.with_label_values(&[tenant]).set(rt.passed as i64);
+        if let Some(at) = rt.last_success_at {
+            let g = m::RESTORE_TEST_LAST_SUCCESS.with_label_values(&[tenant]);
+            g.set(g.get().max(ts(at)));
+        }
+    }
+    if h.latest_wal.is_some() {
+        m::LAST_WAL.with_label_values(&[tenant, provider]).set(ts(h.agent_time));
+        let lag = (chrono::Utc::now() - h.agent_time).num_milliseconds().max(0) as f64 / 1000.0;
+        m::REPLICATION_LAG.with_label_values(&[tenant, provider]).set(lag);
+    }
+}
+
 /// Lists the tenant on both providers: objects one lacks, and the newest
 /// snapshot of each kind on each (kinds from the signed manifests).
 async fn compare_listings(t: &mut Watched, providers: &[Provider]) {
     let mut sets: Vec<Option<BTreeSet<String>>> = Vec::new();
-    for p in providers {
-        match p.tenant(&t.name).list("").await {
+    for (p, r) in providers.iter().zip(&t.tenant.replicated.replicas) {
+        match r.list("").await {
             Ok(l) => sets.push(Some(l.into_keys().filter(|k| k != layout::HEAD && !k.contains(".tmp")).collect())),
             Err(e) => {
                 tracing::warn!(tenant = %t.name, provider = %p.name, error = %e, "Cannot list");
@@ -268,13 +260,13 @@ async fn compare_listings(t: &mut Watched, providers: &[Provider]) {
             if !sets[i].as_ref().is_some_and(|s| s.contains(key.as_str())) {
                 continue;
             }
-            let Ok(Some(b)) = p.tenant(&t.name).get(key).await else { continue };
-            match signed::open_valid::<Manifest>(Kind::Manifest, &b, &t.keys, key, |m| m.started_at) {
-                Ok((man, _)) if man.tenant == t.name => {
+            let Ok(Some(b)) = t.tenant.replicated.replicas[i].get(key).await else { continue };
+            match t.tenant.open_manifest(name, &b) {
+                Ok(man) => {
                     t.snapshots.insert(name.to_string(), (man.kind.to_string(), man.started_at));
                     break;
                 }
-                Ok(_) | Err(_) => {
+                Err(_) => {
                     m::INTEGRITY_FAILURES.with_label_values(&[&t.name, &p.name, "bad_manifest"]).inc();
                 }
             }

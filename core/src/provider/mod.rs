@@ -5,6 +5,7 @@
 //! writes to all of them and reads from whichever holds a good copy.
 mod protection;
 mod replicated;
+mod throttle;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,7 +19,8 @@ use object_store::{ObjectStore, PutPayload};
 use serde::Deserialize;
 
 pub use protection::{ObjectLock, Protection};
-pub use replicated::{check_ciphertext, PerProvider, Replicated};
+pub use replicated::{PerProvider, Replicated, Writer};
+pub use throttle::{Throttle, ThrottledStore};
 
 use crate::config::SecretRef;
 use crate::{Error, Result};
@@ -62,17 +64,25 @@ fn default_timeout() -> Duration {
     Duration::from_secs(60)
 }
 
+/// Why a config's providers are not a pair.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PairError {
+    #[error("providers: exactly two providers are required, {0} given")]
+    Count(usize),
+    #[error(transparent)]
+    Name(#[from] crate::config::BadName),
+    #[error("providers: the two providers need different names")]
+    SameName,
+}
+
 /// The providers of a config: exactly two, with different names (every
 /// object goes to both, in two places).
-pub fn check_pair(providers: &[ProviderConfig]) -> std::result::Result<(), String> {
-    if providers.len() != 2 {
-        return Err(format!("providers: exactly two providers are required, {} given", providers.len()));
-    }
-    for p in providers {
-        crate::config::check_name("provider", &p.name)?;
-    }
-    if providers[0].name == providers[1].name {
-        return Err("providers: the two providers need different names".into());
+pub fn check_pair(providers: &[ProviderConfig]) -> std::result::Result<(), PairError> {
+    let [a, b] = providers else { return Err(PairError::Count(providers.len())) };
+    crate::config::check_name("provider", &a.name)?;
+    crate::config::check_name("provider", &b.name)?;
+    if a.name == b.name {
+        return Err(PairError::SameName);
     }
     Ok(())
 }
@@ -169,6 +179,13 @@ impl Provider {
         Ok(Provider { name: cfg.name.clone(), store: Arc::new(store), root: StorePath::from(prefix), bucket: Some(Arc::new(bucket)) })
     }
 
+    /// The same provider with every upload counted against `throttle` (a
+    /// bandwidth cap that every provider built with it shares).
+    pub fn throttled(mut self, throttle: Arc<Throttle>) -> Provider {
+        self.store = Arc::new(ThrottledStore::new(self.store, throttle));
+        self
+    }
+
     /// The same provider, scoped to `<prefix>/<tenant>/`.
     pub fn tenant(&self, tenant: &str) -> Replica {
         Replica { provider: self.name.clone(), store: self.store.clone(), base: self.root.child(tenant), bucket: self.bucket.clone() }
@@ -202,6 +219,27 @@ impl Replica {
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
         self.store.put(&self.path(key), PutPayload::from(bytes)).await.map_err(|e| self.err(key, e))?;
         Ok(())
+    }
+
+    /// Creates `key` unless it exists (`PutMode::Create`, where the provider
+    /// supports it): for objects whose name is their content. A copy already
+    /// there is read back and kept if it holds these very bytes, else
+    /// replaced (a damaged or planted copy); a provider without conditional
+    /// writes gets a plain write.
+    pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<()> {
+        let opts = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
+        match self.store.put_opts(&self.path(key), PutPayload::from(bytes.clone()), opts).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::NotImplemented) => self.put(key, bytes).await,
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                if self.get(key).await?.is_some_and(|have| have == bytes) {
+                    return Ok(());
+                }
+                tracing::warn!(provider = %self.provider, key, "An object with this name but other content was there; replacing it");
+                self.put(key, bytes).await
+            }
+            Err(e) => Err(self.err(key, e)),
+        }
     }
 
     /// `None` when the object does not exist.
@@ -294,9 +332,9 @@ mod tests {
     #[test]
     fn exactly_two_differently_named_providers() {
         assert!(check_pair(&providers(&["a", "b"])).is_ok());
-        assert!(check_pair(&providers(&["a"])).unwrap_err().contains("exactly two"));
-        assert!(check_pair(&providers(&["a", "b", "c"])).unwrap_err().contains("exactly two"));
-        assert!(check_pair(&providers(&["a", "a"])).unwrap_err().contains("different names"));
-        assert!(check_pair(&providers(&["a", "B/c"])).unwrap_err().contains("provider \"B/c\""));
+        assert!(check_pair(&providers(&["a"])).unwrap_err().to_string().contains("exactly two"));
+        assert!(check_pair(&providers(&["a", "b", "c"])).unwrap_err().to_string().contains("exactly two"));
+        assert!(check_pair(&providers(&["a", "a"])).unwrap_err().to_string().contains("different names"));
+        assert!(check_pair(&providers(&["a", "B/c"])).unwrap_err().to_string().contains("provider \"B/c\""));
     }
 }

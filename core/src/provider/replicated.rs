@@ -1,4 +1,15 @@
 //! Writing to every provider, reading from whichever holds a good copy.
+//!
+//! The policy of a write to both providers lives here, once, for exports,
+//! HEAD writes, WAL records, reports and restore-test results alike: a
+//! [`Writer`] sends each object to every provider still up in its session;
+//! a provider whose write fails is taken out of the session (said once, with
+//! why) and the session goes on with the other; a write that no provider
+//! took is an error. What each provider missed is in [`Writer::outcome`],
+//! for the caller's backlog.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
 use bytes::Bytes;
 use futures::future::join_all;
 
@@ -18,13 +29,26 @@ impl Replicated {
         Replicated { replicas }
     }
 
-    /// Sends the same bytes to the providers selected by `which`, concurrently.
-    pub async fn put(&self, key: &str, bytes: Bytes, which: &[bool]) -> PerProvider<()> {
-        let futs = self.replicas.iter().zip(which).filter(|(_, w)| **w).map(|(r, _)| {
-            let bytes = bytes.clone();
-            async move { (r.provider.clone(), r.put(key, bytes).await) }
-        });
-        join_all(futs).await
+    /// A write session over every provider.
+    pub fn writer(&self) -> Writer {
+        self.writer_without(vec![None; self.replicas.len()])
+    }
+
+    /// A write session over the providers whose entry in `down` is `None`
+    /// (the others are out from the start, for the reason given).
+    pub fn writer_without(&self, down: Vec<Option<String>>) -> Writer {
+        Writer {
+            replicas: self.replicas.clone(),
+            up: down.iter().map(|d| AtomicBool::new(d.is_none())).collect(),
+            why_down: Mutex::new(down),
+        }
+    }
+
+    /// A write session over provider `i` only (each provider's WAL shipping
+    /// goes at its own pace).
+    pub fn writer_to(&self, i: usize) -> Writer {
+        let down = (0..self.replicas.len()).map(|j| (j != i).then(|| "not part of this write".to_string())).collect();
+        self.writer_without(down)
     }
 
     /// Reads `key` from the first provider (starting at `start`, so that
@@ -72,11 +96,91 @@ impl Replicated {
     }
 }
 
-/// Checks a ciphertext against the length and hash a signed manifest recorded.
-pub fn check_ciphertext(obj: &crate::manifest::ObjectRef, provider: &str, bytes: &Bytes) -> Result<()> {
-    let actual = crate::hash_hex(bytes);
-    if bytes.len() as u64 != obj.len || actual != obj.hash {
-        return Err(Error::CiphertextHash { key: obj.key.clone(), provider: provider.into(), expected: obj.hash.clone(), actual });
+/// A write session over the providers: see the module's documentation.
+#[derive(Debug)]
+pub struct Writer {
+    replicas: Vec<Replica>,
+    up: Vec<AtomicBool>,
+    why_down: Mutex<Vec<Option<String>>>,
+}
+
+impl Writer {
+    /// Which providers are still up, in the order of the replicas.
+    pub fn up(&self) -> Vec<bool> {
+        self.up.iter().map(|u| u.load(Ordering::SeqCst)).collect()
     }
-    Ok(())
+
+    pub fn any_up(&self) -> bool {
+        self.up.iter().any(|u| u.load(Ordering::SeqCst))
+    }
+
+    pub fn replicas(&self) -> &[Replica] {
+        &self.replicas
+    }
+
+    /// Takes provider `i` out of the session (said once, with why).
+    pub fn take_down(&self, i: usize, why: String) {
+        if self.up.get(i).is_some_and(|u| u.swap(false, Ordering::SeqCst)) {
+            tracing::error!(provider = %self.replicas[i].provider, error = %why, "Provider failed; continuing on the other one (degraded)");
+            if let Some(w) = self.why_down.lock().unwrap_or_else(|e| e.into_inner()).get_mut(i) {
+                *w = Some(why);
+            }
+        }
+    }
+
+    /// Why each provider that is down went down: `a: …; b: …`.
+    pub fn down_reasons(&self) -> String {
+        let why = self.why_down.lock().unwrap_or_else(|e| e.into_inner());
+        self.replicas
+            .iter()
+            .zip(why.iter())
+            .filter_map(|(r, w)| w.as_ref().map(|w| format!("{}: {w}", r.provider)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Per provider: `None` when it took every write of the session, else why not.
+    pub fn outcome(&self) -> Vec<(String, Option<String>)> {
+        let why = self.why_down.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.replicas.iter().zip(why).map(|(r, w)| (r.provider.clone(), w)).collect()
+    }
+
+    /// Whether every provider took every write.
+    pub fn complete(&self) -> bool {
+        self.up.iter().all(|u| u.load(Ordering::SeqCst))
+    }
+
+    /// Writes `bytes` to every provider still up, concurrently; a failure
+    /// takes that provider out. An error when no provider holds it.
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
+        self.put_to(key, bytes, &self.up(), false).await
+    }
+
+    /// [`Writer::put`] for an object whose name is its content (a pack): it
+    /// is created only where absent, and a copy already there is kept once
+    /// it is checked to be the same bytes.
+    pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<()> {
+        self.put_to(key, bytes, &self.up(), true).await
+    }
+
+    /// Writes to the providers in `which` that are still up.
+    pub async fn put_to(&self, key: &str, bytes: Bytes, which: &[bool], create: bool) -> Result<()> {
+        let up = self.up();
+        let targets: Vec<usize> = (0..self.replicas.len()).filter(|&i| which.get(i) == Some(&true) && up[i]).collect();
+        let puts = targets.iter().map(|&i| {
+            let (r, bytes) = (&self.replicas[i], bytes.clone());
+            async move { (i, if create { r.put_new(key, bytes).await } else { r.put(key, bytes).await }) }
+        });
+        let mut written = 0;
+        for (i, result) in join_all(puts).await {
+            match result {
+                Ok(()) => written += 1,
+                Err(e) => self.take_down(i, e.to_string()),
+            }
+        }
+        if written == 0 {
+            return Err(Error::Unwritten { key: key.into(), reasons: self.down_reasons() });
+        }
+        Ok(())
+    }
 }

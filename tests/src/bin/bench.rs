@@ -13,13 +13,45 @@ use std::time::Duration;
 use bascule_tests::bench::{du, field, fresh_tenant_config, median, scripted_upload, timed, timed_rss, REPS};
 use bascule_tests::{bin, ok, run, text, Scenario};
 
+/// What one run measured.
+#[derive(Default)]
+struct Figures {
+    scale: u32,
+    dump_bytes: u64,
+    small_bytes: u64,
+    rss_big: u64,
+    rss_small: u64,
+    t_export: Duration,
+    t_base_export: Duration,
+    t_restore: Duration,
+    t_check: Duration,
+    t_base_restore: Duration,
+    first_new: u64,
+    restic_first: u64,
+    second_new: u64,
+    second_index: u64,
+    restic_added: u64,
+    third_new: u64,
+    third_index: u64,
+    restic_added3: u64,
+}
+
 fn main() {
     let scale: u32 = std::env::args().nth(1).map(|a| a.parse().expect("scale")).unwrap_or(50);
     let s = Scenario::start(100_000);
+    let mut f = Figures { scale, ..Default::default() };
+    export(&s, &mut f);
+    restore(&s, &mut f);
+    nights(&s, &mut f);
+    print_table(&f);
+}
+
+/// Peak RSS at a fifth of the size, then the export against the scripted pipeline.
+fn export(s: &Scenario, f: &mut Figures) {
+    let scale = f.scale;
     let dsn = s.pg.dsn("mairie");
     let agent = bin("bascule-agent");
     let cfg = s.path("agent.yaml");
-
     // a database a fifth of the size first, for peak RSS at two sizes
     s.pg.createdb("petite");
     ok(Command::new(s.pg.tool("pgbench")).args(["-i", "-q", "-s", &(scale / 5).max(1).to_string(), "-d", &s.pg.dsn("petite")]));
@@ -36,7 +68,7 @@ fn main() {
         "export, small database",
         &[agent.as_os_str(), "snapshot".as_ref(), "--job".as_ref(), "nightly".as_ref(), "--config".as_ref(), small_cfg.as_os_str()],
     );
-    let small_bytes = field(&out, "source_bytes");
+    (f.rss_small, f.small_bytes) = (rss_small, field(&out, "source_bytes"));
 
     eprintln!("bench: loading pgbench scale {scale} next to the town-hall tables");
     ok(Command::new(s.pg.tool("pgbench")).args(["-i", "-q", "-s", &scale.to_string(), "-d", &dsn]));
@@ -48,7 +80,7 @@ fn main() {
     let mut t_bases = Vec::new();
     let (mut rss_big, mut dump_bytes, mut first_new) = (0, 0, 0);
     for i in 0..REPS {
-        let cfg_i = if i == 0 { cfg.clone() } else { fresh_tenant_config(&s, &format!("rep-{i}")) };
+        let cfg_i = if i == 0 { cfg.clone() } else { fresh_tenant_config(s, &format!("rep-{i}")) };
         let (t, rss, out) = timed_rss(
             "bascule export",
             &[agent.as_os_str(), "snapshot".as_ref(), "--job".as_ref(), "nightly".as_ref(), "--config".as_ref(), cfg_i.as_os_str()],
@@ -58,11 +90,15 @@ fn main() {
         }
         t_exports.push(t);
         let source = format!("{} -Fc -Z0 -d '{dsn}'", s.pg.tool("pg_dump").display());
-        t_bases.push(scripted_upload(&s, "pg_dump | zstd | age | rclone rcat ×2", &source, &format!("dump{i}.age")));
+        t_bases.push(scripted_upload(s, "pg_dump | zstd | age | rclone rcat ×2", &source, &format!("dump{i}.age")));
     }
-    let (t_export, t_base_export) = (median(t_exports), median(t_bases));
+    (f.t_export, f.t_base_export) = (median(t_exports), median(t_bases));
+    (f.rss_big, f.dump_bytes, f.first_new) = (rss_big, dump_bytes, first_new);
+}
 
-    // restore: bascule vs the same pipeline from a local file, interleaved
+/// The restore against `age -d | zstd -d | pg_restore` from a local file, interleaved.
+fn restore(s: &Scenario, f: &mut Figures) {
+    let dsn = s.pg.dsn("mairie");
     let local = s.path("dump.age");
     ok(Command::new("bash").arg("-c").arg(format!(
         "set -o pipefail; {} -Fc -Z0 -d '{dsn}' | zstd -3 -T2 -q | age -r {} > {}",
@@ -105,8 +141,14 @@ fn main() {
         );
         s.pg.psql("postgres", &format!("DROP DATABASE {db}"));
     }
-    let (t_restore, t_check, t_base_restore) = (median(t_restores), median(t_checks), median(t_base_restores));
+    (f.t_restore, f.t_check, f.t_base_restore) = (median(t_restores), median(t_checks), median(t_base_restores));
+}
 
+/// Two more nights, and what restic adds for the same dumps.
+fn nights(s: &Scenario, f: &mut Figures) {
+    let dsn = s.pg.dsn("mairie");
+    let agent = bin("bascule-agent");
+    let cfg = s.path("agent.yaml");
     // second night: a day of activity, then bascule and restic on the same two states
     let pg_dump_to = |file: &Path| {
         ok(Command::new("bash").arg("-c").arg(format!(
@@ -127,8 +169,7 @@ fn main() {
     );
     let o = run(Command::new(&agent).args(["snapshot", "--job", "nightly", "--config"]).arg(&cfg).env("RUST_LOG", "info"));
     assert!(o.status.success(), "second night: {}", text(&o));
-    let second_new = field(&text(&o), "new_bytes");
-    let second_index = field(&text(&o), "index_bytes");
+    (f.second_new, f.second_index) = (field(&text(&o), "new_bytes"), field(&text(&o), "index_bytes"));
     let dump2 = s.path("dump2.pgc");
     pg_dump_to(&dump2);
 
@@ -146,9 +187,9 @@ fn main() {
     let empty = du(&repo);
     restic(&["backup", "--stdin", "--stdin-filename", "dump.pgc"], Some(&dump1));
     let before = du(&repo);
-    let restic_first = before - empty;
+    f.restic_first = before - empty;
     restic(&["backup", "--stdin", "--stdin-filename", "dump.pgc"], Some(&dump2));
-    let restic_added = du(&repo) - before;
+    f.restic_added = du(&repo) - before;
 
     // a second day of town-hall activity only (appends, updates of recent rows)
     eprintln!("bench: a day of town-hall activity only");
@@ -161,13 +202,12 @@ fn main() {
     );
     let o = run(Command::new(&agent).args(["snapshot", "--job", "nightly", "--config"]).arg(&cfg).env("RUST_LOG", "info"));
     assert!(o.status.success(), "third night: {}", text(&o));
-    let third_new = field(&text(&o), "new_bytes");
-    let third_index = field(&text(&o), "index_bytes");
+    (f.third_new, f.third_index) = (field(&text(&o), "new_bytes"), field(&text(&o), "index_bytes"));
     let dump3 = s.path("dump3.pgc");
     pg_dump_to(&dump3);
     let before = du(&repo);
     restic(&["backup", "--stdin", "--stdin-filename", "dump.pgc"], Some(&dump3));
-    let restic_added3 = du(&repo) - before;
+    f.restic_added3 = du(&repo) - before;
 
     if let Ok(dir) = std::env::var("BASCULE_BENCH_KEEP") {
         // the three nights' dumps, to study chunking offline
@@ -175,6 +215,29 @@ fn main() {
             std::fs::copy(d, Path::new(&dir).join(d.file_name().unwrap())).unwrap();
         }
     }
+}
+
+fn print_table(f: &Figures) {
+    let Figures {
+        scale,
+        dump_bytes,
+        small_bytes,
+        rss_big,
+        rss_small,
+        t_export,
+        t_base_export,
+        t_restore,
+        t_check,
+        t_base_restore,
+        first_new,
+        restic_first,
+        second_new,
+        second_index,
+        restic_added,
+        third_new,
+        third_index,
+        restic_added3,
+    } = *f;
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let rate = |d: Duration| mib(dump_bytes) / d.as_secs_f64();
     println!();

@@ -84,6 +84,43 @@ fn log_values(log: &str, what: &str, key: &str) -> Vec<i64> {
         .collect()
 }
 
+/// What one run measured.
+#[derive(Default)]
+struct Figures {
+    tps_true: f64,
+    tps_bascule: f64,
+    tps_pgbr: f64,
+    lag: Vec<i64>,
+    sealed: Vec<i64>,
+    prepare_ms: Vec<i64>,
+    write_ms: Vec<i64>,
+    object_ms: Vec<i64>,
+    record_ms: Vec<i64>,
+    base_bytes: u64,
+    t_base: Duration,
+    t_base_pipe: Duration,
+    wal_bytes: u64,
+    t_pitr: Duration,
+    t_pitr_pgbr: Duration,
+    pushes: Vec<i64>,
+}
+
+/// pgBackRest beside bascule on the same cluster.
+struct Both<'a> {
+    s: &'a Scenario,
+    conf: std::path::PathBuf,
+    bascule_cmd: String,
+    pgbr_cmd: String,
+}
+
+impl Both<'_> {
+    fn pgbr(&self, args: &[&str]) -> Command {
+        let mut c = as_postgres("pgbackrest");
+        c.arg(format!("--config={}", self.conf.display())).arg("--stanza=bench").args(args);
+        c
+    }
+}
+
 fn main() {
     let scale: u32 = std::env::args().nth(1).map(|a| a.parse().expect("scale")).unwrap_or(50);
     // a server that syncs like a production one: with fsync off, gigabytes of
@@ -93,9 +130,19 @@ fn main() {
     eprintln!("bench: pgbench scale {scale}");
     s.pgbench_init(scale);
     s.pg.psql("bench", "VACUUM ANALYZE");
+    let both = pgbackrest(&s);
+    let _daemon = s.daemon();
+    let mut f = Figures::default();
+    tps_and_lag(&both, &mut f);
+    base_backups(&both, &mut f);
+    pitr(&both, &mut f);
+    pushes(&s, &mut f);
+    print_table(scale, &f);
+}
 
-    // pgBackRest: two local repositories (it speaks S3 over TLS only, and the
-    // providers here are plain-http loopback Garage), encrypted, zstd, async push
+/// pgBackRest: two local repositories (it speaks S3 over TLS only, and the
+/// providers here are plain-http loopback Garage), encrypted, zstd, async push.
+fn pgbackrest(s: &Scenario) -> Both<'_> {
     let d = s.dir.path();
     let conf = d.join("pgbackrest.conf");
     std::fs::write(
@@ -115,26 +162,25 @@ fn main() {
     if bascule_tests::is_root() {
         ok(Command::new("chown").args(["-R", "postgres"]).arg(d));
     }
-    let pgbr = |args: &[&str]| {
-        let mut c = as_postgres("pgbackrest");
-        c.arg(format!("--config={}", conf.display())).arg("--stanza=bench").args(args);
-        c
-    };
-    ok(&mut pgbr(&["stanza-create"]));
-
     let agent = bin("bascule-agent");
     let bascule_cmd = format!("{} wal-push --config {} %p", agent.display(), s.path("agent.yaml").display());
     let pgbr_cmd = format!("pgbackrest --config={} --stanza=bench archive-push %p", conf.display());
-    let _daemon = s.daemon();
+    let both = Both { s, conf, bascule_cmd, pgbr_cmd };
+    ok(&mut both.pgbr(&["stanza-create"]));
+    both
+}
 
-    // 1. TPS, modes interleaved
+/// TPS, modes interleaved; the archive lag of bascule's runs.
+fn tps_and_lag(both: &Both, f: &mut Figures) {
+    let s = both.s;
+    let (bascule_cmd, pgbr_cmd) = (&both.bascule_cmd, &both.pgbr_cmd);
     let tps_start = chrono::Utc::now();
     let mut t: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for _ in 0..REPS {
         for (mode, cmd) in [("/bin/true", "/bin/true"), ("bascule", bascule_cmd.as_str()), ("pgBackRest async", pgbr_cmd.as_str())] {
-            set_archive_command(&s, cmd);
+            set_archive_command(s, cmd);
             eprintln!("bench: pgbench {}s, archive_command = {mode}", tps_seconds());
-            t.entry(mode).or_default().push(tps(&s));
+            t.entry(mode).or_default().push(tps(s));
         }
     }
     let med = |v: &Vec<f64>| {
@@ -142,8 +188,8 @@ fn main() {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
     };
-    let (tps_true, tps_bascule, tps_pgbr) = (med(&t["/bin/true"]), med(&t["bascule"]), med(&t["pgBackRest async"]));
-    set_archive_command(&s, &bascule_cmd);
+    (f.tps_true, f.tps_bascule, f.tps_pgbr) = (med(&t["/bin/true"]), med(&t["bascule"]), med(&t["pgBackRest async"]));
+    set_archive_command(s, bascule_cmd);
     let last = s.switch_wal();
     s.wait_on_both(&last, Duration::from_secs(300));
     let log = s.daemon_log();
@@ -152,19 +198,24 @@ fn main() {
     if std::fs::write(&kept, &log).is_ok() {
         eprintln!("bench: the daemon's log is in {}", kept.display());
     }
-    let lag = lags(&log, tps_start);
-    assert!(!lag.is_empty(), "no archive lag in the daemon's log");
-    let sealed = log_values(&log, "WAL file sealed", "since_push_ms");
-    let prepare_ms = log_values(&log, "WAL file sealed", "prepare_ms");
-    let write_ms = log_values(&log, "WAL file sealed", "write_ms");
-    let object_ms = log_values(&log, "WAL file uploaded", "object_ms");
-    let record_ms = log_values(&log, "WAL file uploaded", "record_ms");
+    f.lag = lags(&log, tps_start);
+    assert!(!f.lag.is_empty(), "no archive lag in the daemon's log");
+    f.sealed = log_values(&log, "WAL file sealed", "since_push_ms");
+    f.prepare_ms = log_values(&log, "WAL file sealed", "prepare_ms");
+    f.write_ms = log_values(&log, "WAL file sealed", "write_ms");
+    f.object_ms = log_values(&log, "WAL file uploaded", "object_ms");
+    f.record_ms = log_values(&log, "WAL file uploaded", "record_ms");
+}
 
-    // 2. base backup throughput, interleaved; later repetitions to a fresh tenant
+/// Base backup throughput, interleaved; later repetitions to a fresh tenant.
+fn base_backups(both: &Both, f: &mut Figures) {
+    let s = both.s;
+    let agent = bin("bascule-agent");
+
     let (mut t_bascule, mut t_pipe) = (Vec::new(), Vec::new());
     let mut base_bytes = 0;
     for i in 0..REPS {
-        let cfg = if i == 0 { s.path("agent.yaml") } else { fresh_tenant_config(&s, &format!("base-rep-{i}")) };
+        let cfg = if i == 0 { s.path("agent.yaml") } else { fresh_tenant_config(s, &format!("base-rep-{i}")) };
         let (d, out) = timed(
             "bascule base backup",
             as_postgres(agent.to_str().unwrap()).args(["snapshot", "--job", "base", "--config"]).arg(&cfg).env("RUST_LOG", "info"),
@@ -172,17 +223,23 @@ fn main() {
         base_bytes = bascule_tests::bench::field(&out, "source_bytes");
         t_bascule.push(d);
         let source = format!("{} -Ft -D - -X none --checkpoint=fast -d '{}'", s.pg.tool("pg_basebackup").display(), s.pg.dsn("postgres"));
-        t_pipe.push(scripted_upload(&s, "pg_basebackup | zstd | age | rclone rcat ×2", &source, &format!("base{i}.age")));
+        t_pipe.push(scripted_upload(s, "pg_basebackup | zstd | age | rclone rcat ×2", &source, &format!("base{i}.age")));
     }
-    let (t_base, t_base_pipe) = (median(t_bascule), median(t_pipe));
+    (f.t_base, f.t_base_pipe, f.base_bytes) = (median(t_bascule), median(t_pipe), base_bytes);
+}
 
-    // 3. PITR: both tools back up now, archive the same WAL, restore to its end
-    set_archive_command(&s, &format!("{bascule_cmd} && {pgbr_cmd}"));
-    ok(&mut pgbr(&["backup", "--type=full", "--repo=1"]));
+/// PITR: both tools back up now, archive the same WAL, restore to its end.
+fn pitr(both: &Both, f: &mut Figures) {
+    let s = both.s;
+    let d = s.dir.path();
+    let (bascule_cmd, pgbr_cmd) = (&both.bascule_cmd, &both.pgbr_cmd);
+
+    set_archive_command(s, &format!("{bascule_cmd} && {pgbr_cmd}"));
+    ok(&mut both.pgbr(&["backup", "--type=full", "--repo=1"]));
     let b = run(s.agent(&["snapshot", "--job", "base"]).env("RUST_LOG", "info"));
     assert!(b.status.success(), "{}", text(&b));
     eprintln!("bench: pgbench {}s of WAL to replay", tps_seconds());
-    tps(&s);
+    tps(s);
     let last = s.switch_wal();
     s.wait_on_both(&last, Duration::from_secs(300));
     let repo_has = |name: &str| {
@@ -190,7 +247,7 @@ fn main() {
         std::fs::read_dir(dir).map(|r| r.flatten().any(|e| e.file_name().to_string_lossy().starts_with(name))).unwrap_or(false)
     };
     wait_until("pgBackRest to archive the last segment", Duration::from_secs(300), || repo_has(&last));
-    let wal_bytes = (s.wal_on(&s.a).len() as u64) << 24;
+    f.wal_bytes = (s.wal_on(&s.a).len() as u64) << 24;
 
     let port = bascule_tests::free_port();
     let (t_pitr, out) = timed(
@@ -208,7 +265,7 @@ fn main() {
         ok(Command::new("chown").arg("postgres").arg(&target));
     }
     let t0 = Instant::now();
-    ok(&mut pgbr(&["--repo=1", &format!("--pg1-path={}", target.display()), "restore"]));
+    ok(&mut both.pgbr(&["--repo=1", &format!("--pg1-path={}", target.display()), "restore"]));
     std::fs::OpenOptions::new()
         .append(true)
         .open(target.join("postgresql.auto.conf"))
@@ -240,10 +297,13 @@ fn main() {
         .stdout
         .starts_with(b"f")
     });
-    let t_pitr_pgbr = t0.elapsed();
+    (f.t_pitr, f.t_pitr_pgbr) = (t_pitr, t0.elapsed());
     ok(&mut s.pg.cmd("pg_ctl", &["-D", target.to_str().unwrap(), "-m", "fast", "-w", "stop"]));
+}
 
-    // 4. wal-push alone: what archive_command costs PostgreSQL per 16 MiB segment
+/// `wal-push` alone: what archive_command costs PostgreSQL per 16 MiB segment.
+fn pushes(s: &Scenario, f: &mut Figures) {
+    let agent = bin("bascule-agent");
     let push_cfg = s.path("push-bench.yaml");
     std::fs::write(
         &push_cfg,
@@ -256,7 +316,7 @@ fn main() {
     std::fs::create_dir_all(&src).unwrap();
     let mut segment = vec![0u8; 16 << 20];
     getrandom::getrandom(&mut segment).unwrap();
-    let mut pushes = Vec::new();
+    let pushes = &mut f.pushes;
     for i in 0..30u32 {
         let f = src.join(format!("0000001000000000{i:08X}"));
         std::fs::write(&f, &segment).unwrap();
@@ -264,7 +324,12 @@ fn main() {
         ok(Command::new(&agent).args(["wal-push", "--config"]).arg(&push_cfg).arg(&f));
         pushes.push(t0.elapsed().as_millis() as i64);
     }
+}
 
+fn print_table(scale: u32, f: &Figures) {
+    let Figures { tps_true, tps_bascule, tps_pgbr, base_bytes, t_base, t_base_pipe, wal_bytes, t_pitr, t_pitr_pgbr, .. } = *f;
+    let (lag, sealed, prepare_ms, write_ms, object_ms, record_ms, pushes) =
+        (&f.lag, &f.sealed, &f.prepare_ms, &f.write_ms, &f.object_ms, &f.record_ms, &f.pushes);
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
     let mb = |bytes: u64, d: Duration| bytes as f64 / d.as_secs_f64() / 1e6;
     println!("\n## Continuous archiving benchmark (pgbench scale {scale}, {}s runs, medians of {REPS})\n", tps_seconds());
@@ -281,21 +346,21 @@ fn main() {
     println!(
         "| archive lag, `wal-push` → durable on both providers ({} files archived during the pgbench runs) | p50 {} ms, p99 {} ms | | | p99 < 1000 ms |",
         lag.len(),
-        percentile(&lag, 0.5),
-        percentile(&lag, 0.99)
+        percentile(lag, 0.5),
+        percentile(lag, 0.99)
     );
     println!(
         "| of which: sealed after p50 {} ms (compress, encrypt, sign p50 {} ms; local durable write p50 {} ms); one provider's PUT of the file p50 {} ms, of its record p50 {} ms | | | | |",
-        percentile(&sealed, 0.5),
-        percentile(&prepare_ms, 0.5),
-        percentile(&write_ms, 0.5),
-        percentile(&object_ms, 0.5),
-        percentile(&record_ms, 0.5)
+        percentile(sealed, 0.5),
+        percentile(prepare_ms, 0.5),
+        percentile(write_ms, 0.5),
+        percentile(object_ms, 0.5),
+        percentile(record_ms, 0.5)
     );
     println!(
         "| `wal-push` of a 16 MiB segment (copy, fsync, rename; process start included) | p50 {} ms, p99 {} ms | | | milliseconds |",
-        percentile(&pushes, 0.5),
-        percentile(&pushes, 0.99)
+        percentile(pushes, 0.5),
+        percentile(pushes, 0.99)
     );
     println!(
         "| base backup ({} MB) throughput vs `pg_basebackup | zstd -T2 | age | rclone rcat` ×2 | {:.0} MB/s | {:.0} MB/s | {:.2}× | ≥ 1.0× |",

@@ -1,0 +1,239 @@
+//! Stage three of an export: new chunks gathered into segments, sealed in
+//! parallel (at most `upload.concurrency` at once), appended in stream order
+//! to a pack that uploads in the background once full (at most two packs in
+//! flight). It also keeps what the snapshot references: packs, segments and
+//! where each chunk lies.
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bascule_core::manifest::{Extent, Segment};
+use bascule_core::object::ObjectRef;
+use bascule_core::{hash_hex, layout, seal};
+use bytes::Bytes;
+use tokio::task::JoinSet;
+
+use super::known::{BlobRef, JournalSegment};
+use super::session::Session;
+use crate::chunk_id::{ChunkId, IdMap};
+
+/// Plaintext of consecutive new chunks sealed together: large enough for
+/// zstd to compress well and for age's per-file header (≈ 200 bytes, one
+/// X25519 agreement to seal and to open) to cost little; small enough that a
+/// restore needing one chunk of an old segment reads and decrypts little more.
+pub const SEGMENT_SIZE: usize = 1 << 20;
+
+/// A segment being sealed on the blocking pool: its ciphertext and the
+/// ciphertext's hash.
+type Sealing = tokio::task::JoinHandle<bascule_core::Result<(Vec<u8>, String)>>;
+type SealOutcome = Result<bascule_core::Result<(Vec<u8>, String)>, tokio::task::JoinError>;
+
+/// What the snapshot references so far (packs, segments, chunks), the
+/// segment being filled, the segments being sealed, and the pack being filled.
+pub(super) struct Packer {
+    run: Arc<Session>,
+    pub pack_size: usize,
+    pub objects: Vec<ObjectRef>,
+    object_pos: HashMap<String, u32>,
+    pub segments: Vec<Segment>,
+    /// Segment hash → position in `segments`.
+    segment_pos: HashMap<String, u32>,
+    pub blobs: Vec<BlobRef>,
+    blob_pos: IdMap<u32>,
+    /// Current segment: plaintext and the blob positions of its chunks.
+    filling: (Vec<u8>, Vec<u32>),
+    /// Segments being sealed, in stream order.
+    sealing: VecDeque<(Vec<u32>, Sealing)>,
+    /// Current pack: its slot in `objects`, bytes, and segments.
+    pack: Option<(u32, Vec<u8>, Vec<JournalSegment>)>,
+    uploads: JoinSet<anyhow::Result<()>>,
+}
+
+impl Packer {
+    pub fn new(run: Arc<Session>) -> Packer {
+        Packer {
+            pack_size: run.agent.config.upload.pack_size.0 as usize,
+            run,
+            objects: Vec::new(),
+            object_pos: HashMap::new(),
+            segments: Vec::new(),
+            segment_pos: HashMap::new(),
+            blobs: Vec::new(),
+            blob_pos: IdMap::default(),
+            filling: Default::default(),
+            sealing: Default::default(),
+            pack: None,
+            uploads: JoinSet::new(),
+        }
+    }
+
+    fn object(&mut self, o: &ObjectRef) -> u32 {
+        if let Some(p) = self.object_pos.get(&o.key) {
+            return *p;
+        }
+        let p = self.objects.len() as u32;
+        self.objects.push(o.clone());
+        self.object_pos.insert(o.key.clone(), p);
+        p
+    }
+
+    fn add_segment(&mut self, s: Segment) -> u32 {
+        let p = self.segments.len() as u32;
+        self.segment_pos.insert(s.hash.clone(), p);
+        self.segments.push(s);
+        p
+    }
+
+    fn add_blob(&mut self, b: BlobRef) -> u32 {
+        let p = self.blobs.len() as u32;
+        self.blob_pos.insert(b.id, p);
+        self.blobs.push(b);
+        p
+    }
+
+    /// The blob position of a chunk already stored.
+    pub fn known(&mut self, id: ChunkId) -> u32 {
+        if let Some(p) = self.blob_pos.get(&id) {
+            return *p;
+        }
+        let run = self.run.clone();
+        let k = *run.known.blobs.get(&id).expect("a known blob");
+        let ks = &run.known.segments[k.segment as usize];
+        let segment = match self.segment_pos.get(&ks.hash) {
+            Some(s) => *s,
+            None => {
+                let pack = self.object(&ks.pack);
+                self.add_segment(Segment { pack, at: ks.at, len: ks.len, hash: ks.hash.clone() })
+            }
+        };
+        self.add_blob(BlobRef { id, segment, offset: k.offset })
+    }
+
+    /// Adds a new chunk to the current segment; seals the segment once full.
+    pub async fn add_new(&mut self, id: ChunkId, data: &[u8]) -> anyhow::Result<u32> {
+        if let Some(p) = self.blob_pos.get(&id) {
+            return Ok(*p); // twice in one stream
+        }
+        let offset = self.filling.0.len() as u32;
+        let pos = self.add_blob(BlobRef { id, segment: u32::MAX, offset }); // placed when sealed
+        self.filling.0.extend_from_slice(data);
+        self.filling.1.push(pos);
+        if self.filling.0.len() >= SEGMENT_SIZE {
+            self.seal_segment().await?;
+        }
+        Ok(pos)
+    }
+
+    /// Starts sealing the current segment; keeps at most `concurrency`
+    /// segments in the sealer, placing finished ones in stream order (the
+    /// export loop also places each one as soon as it is sealed).
+    async fn seal_segment(&mut self) -> anyhow::Result<()> {
+        let (data, members) = std::mem::take(&mut self.filling);
+        if !members.is_empty() {
+            let recipients = self.run.agent.config.recipients.clone();
+            let sealing = tokio::task::spawn_blocking(move || {
+                seal::seal(&data, &recipients).map(|c| {
+                    let h = hash_hex(&c);
+                    (c, h)
+                })
+            });
+            self.sealing.push_back((members, sealing));
+        }
+        while self.sealing.len() > self.run.agent.config.upload.concurrency {
+            self.place_sealed().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest segment in the sealer to be sealed, without
+    /// taking it: dropping this future loses nothing. Never ends when the
+    /// sealer is empty.
+    pub async fn oldest_sealed(&mut self) -> SealOutcome {
+        std::future::poll_fn(|cx| match self.sealing.front_mut() {
+            Some((_, handle)) => std::future::Future::poll(std::pin::Pin::new(handle), cx),
+            None => std::task::Poll::Pending,
+        })
+        .await
+    }
+
+    /// Waits for the oldest segment in the sealer and places it.
+    async fn place_sealed(&mut self) -> anyhow::Result<()> {
+        if self.sealing.is_empty() {
+            return Ok(());
+        }
+        let outcome = self.oldest_sealed().await;
+        self.place_oldest(outcome).await
+    }
+
+    /// Appends the oldest segment, sealed (`outcome`), to the pack; uploads
+    /// the pack once full.
+    pub async fn place_oldest(&mut self, outcome: SealOutcome) -> anyhow::Result<()> {
+        let (members, _) = self.sealing.pop_front().expect("a segment in the sealer");
+        let (sealed, hash) = outcome??;
+        if self.pack.is_none() {
+            let slot = self.objects.len() as u32;
+            self.objects.push(ObjectRef { key: String::new(), len: 0, hash: String::new() }); // named when full
+            self.pack = Some((slot, Vec::new(), Vec::new()));
+        }
+        let (slot, at) = self.pack.as_ref().map(|(slot, bytes, _)| (*slot, bytes.len() as u64)).expect("a pack");
+        let len = sealed.len() as u32;
+        let segment = self.add_segment(Segment { pack: slot, at, len, hash: hash.clone() });
+        let mut chunks = Vec::with_capacity(members.len());
+        for pos in members {
+            let b = &mut self.blobs[pos as usize];
+            b.segment = segment;
+            chunks.push((b.id, b.offset));
+        }
+        let (_, bytes, segments) = self.pack.as_mut().expect("a pack");
+        bytes.extend_from_slice(&sealed);
+        segments.push(JournalSegment { at, len, hash, chunks });
+        if bytes.len() >= self.pack_size {
+            self.upload_pack().await?;
+        }
+        Ok(())
+    }
+
+    /// Names the current pack by its hash and uploads it in the background
+    /// (at most two packs in flight).
+    async fn upload_pack(&mut self) -> anyhow::Result<()> {
+        let Some((slot, bytes, segments)) = self.pack.take() else { return Ok(()) };
+        let hash = hash_hex(&bytes);
+        let obj = ObjectRef { key: layout::pack(&hash), len: bytes.len() as u64, hash };
+        self.objects[slot as usize] = obj.clone();
+        self.object_pos.insert(obj.key.clone(), slot);
+        while self.uploads.len() >= 2 {
+            if let Some(Err(e) | Ok(Err(e))) = self.uploads.join_next().await.map(|r| r.map_err(anyhow::Error::from)) {
+                return Err(e);
+            }
+        }
+        self.uploads.spawn(self.run.clone().upload_pack(obj, Bytes::from(bytes), segments));
+        Ok(())
+    }
+
+    /// Seals and uploads everything still pending; waits for every upload.
+    pub async fn finish(&mut self) -> anyhow::Result<()> {
+        self.seal_segment().await?;
+        while !self.sealing.is_empty() {
+            self.place_sealed().await?;
+        }
+        self.upload_pack().await?;
+        while let Some(r) = self.uploads.join_next().await {
+            r??;
+        }
+        Ok(())
+    }
+
+    /// The stream, in order, as extents of the segment table.
+    pub fn extents(&self, entries: &[(u32, u32)]) -> Vec<Extent> {
+        let mut extents: Vec<Extent> = Vec::new();
+        let mut next = (u32::MAX, 0u32); // where the last extent ends
+        for &(blob, len) in entries {
+            let b = &self.blobs[blob as usize];
+            match extents.last_mut() {
+                Some(e) if next == (b.segment, b.offset) => e.lens.push(len),
+                _ => extents.push(Extent { segment: b.segment, offset: b.offset, lens: vec![len] }),
+            }
+            next = (b.segment, b.offset + len);
+        }
+        extents
+    }
+}

@@ -1,0 +1,367 @@
+//! `restore --pitr`: a whole PostgreSQL cluster, at any point the WAL covers.
+//!
+//! 1. the newest base backup that ends before the target ([`Target`]) is
+//!    fetched, checked and unpacked into `--pgdata`;
+//! 2. PostgreSQL starts in recovery with `restore_command` calling
+//!    `bascule-controller wal-fetch` ([`wal_fetch`]), which asks this
+//!    process over a unix socket inside the data directory ([`wal_server`]):
+//!    the identity stays in this process's memory, and plaintext WAL is only
+//!    ever written into the data directory; the next segments are fetched
+//!    (either provider, verified) ahead of the server's requests;
+//! 3. the server stops at the target and promotes; the recovery point reached
+//!    (last replayed commit time and LSN) is read back from it.
+mod target;
+mod wal_fetch;
+mod wal_server;
+
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bascule_core::keys::Identities;
+use bascule_core::manifest::{Manifest, SnapshotKind};
+use bascule_core::restore::{open_index, stream_chunks, RestoreError};
+use tokio::io::AsyncWriteExt;
+
+pub use target::Target;
+pub use wal_fetch::{fetch_client, FetchArgs};
+use wal_server::WalServer;
+
+use crate::context::Controller;
+use crate::os_user::command_as;
+use crate::tenant::Tenant;
+
+/// The recovery time objective bascule is held to (DESIGN: 4 hours).
+const RTO_TARGET: Duration = Duration::from_secs(4 * 3600);
+
+/// The point-in-time options of `restore`.
+#[derive(clap::Args)]
+pub struct PitrArgs {
+    /// Point-in-time restore of the whole cluster: the newest base backup
+    /// before the target, then WAL replayed up to it (the end of the
+    /// archive unless --at or --lsn), then promotion.
+    #[arg(long, requires = "pgdata", conflicts_with_all = ["target", "snapshot"])]
+    pub pitr: bool,
+    /// PITR: stop at this time (RFC 3339, e.g. 2026-11-22T17:40:00+01:00).
+    #[arg(long, requires = "pitr", conflicts_with = "lsn")]
+    at: Option<String>,
+    /// PITR: stop at this LSN (e.g. 0/3000060).
+    #[arg(long, requires = "pitr")]
+    lsn: Option<String>,
+    /// PITR: the new data directory (must not exist or be empty).
+    #[arg(long)]
+    pgdata: Option<PathBuf>,
+    /// PITR: port of the restored server.
+    #[arg(long, default_value_t = 5432)]
+    port: u16,
+    /// PITR: the account that runs PostgreSQL (default `postgres` when
+    /// run as root, else the current one).
+    #[arg(long)]
+    os_user: Option<String>,
+    /// PITR: a superuser of the restored cluster, to read the recovery point.
+    #[arg(long, default_value = "postgres")]
+    db_user: String,
+    /// PITR: stop the server once the recovery point is read (default:
+    /// leave it running).
+    #[arg(long)]
+    stop: bool,
+}
+
+pub(super) async fn main(c: &Controller, t: Tenant, identities: Identities, a: PitrArgs) -> anyhow::Result<ExitCode> {
+    let target = match (a.at, a.lsn) {
+        (Some(at), _) => Target::parse(&at)?,
+        (_, Some(l)) => Target::Lsn(l.parse()?),
+        _ => Target::Latest,
+    };
+    let req = PitrRequest {
+        target: target.clone(),
+        pgdata: a.pgdata.context("--pitr needs --pgdata")?,
+        port: a.port,
+        identities: Arc::new(identities),
+        concurrency: c.config.restore.concurrency,
+        bindir: c.config.restore.pg_bindir()?,
+        os_user: a.os_user.or_else(crate::os_user::for_postgres),
+        db_user: a.db_user,
+        stop: a.stop,
+    };
+    let r = run(t, req).await?;
+    println!(
+        "restored base backup {} ({} bytes) and {} WAL file(s) ({} bytes), target {target}",
+        r.base_backup, r.base_backup_bytes, r.wal_files, r.wal_bytes
+    );
+    println!(
+        "recovery point: last replayed commit {}, LSN {}, now on timeline {}",
+        r.last_commit.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)).unwrap_or("none (no transaction replayed)".into()),
+        r.replay_lsn.as_deref().unwrap_or("-"),
+        r.timeline
+    );
+    println!(
+        "phases: base backup {:.1}s, WAL replay {:.1}s; total {:.1}s against the {} h target: {}",
+        r.fetch_base.as_secs_f64(),
+        r.replay.as_secs_f64(),
+        r.total.as_secs_f64(),
+        RTO_TARGET.as_secs() / 3600,
+        if r.total < RTO_TARGET { "within target" } else { "MISSED" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub struct PitrRequest {
+    pub target: Target,
+    pub pgdata: PathBuf,
+    pub port: u16,
+    /// The customer's identity, held in memory only.
+    pub identities: Arc<Identities>,
+    pub concurrency: usize,
+    /// Directory of `pg_ctl` and `postgres`.
+    pub bindir: PathBuf,
+    /// Run PostgreSQL (and unpack its files) as this account (when root).
+    pub os_user: Option<String>,
+    /// Superuser of the restored cluster, to read the recovery point.
+    pub db_user: String,
+    /// Stop the server once the recovery point is read.
+    pub stop: bool,
+}
+
+#[derive(Debug)]
+pub struct PitrReport {
+    pub base_backup: String,
+    pub base_backup_bytes: u64,
+    pub wal_files: u64,
+    pub wal_bytes: u64,
+    /// Time of the last transaction replayed (the recovery point), if any was.
+    pub last_commit: Option<chrono::DateTime<chrono::Utc>>,
+    pub replay_lsn: Option<String>,
+    pub timeline: i32,
+    pub fetch_base: Duration,
+    pub replay: Duration,
+    pub total: Duration,
+}
+
+/// Picks the newest base backup that is complete before the target.
+async fn choose_base_backup(tenant: &Tenant, target: &Target) -> anyhow::Result<Manifest> {
+    let names = Tenant::snapshot_names(&tenant.listings().await);
+    for name in names.iter().rev() {
+        // names begin with their start time: skip those that start after a time target
+        if let Target::Time(t) = target {
+            let started = name.get(..16).and_then(|p| chrono::NaiveDateTime::parse_from_str(p, "%Y%m%dT%H%M%SZ").ok());
+            if started.is_some_and(|s| s.and_utc() > *t) {
+                continue;
+            }
+        }
+        let (m, _) = tenant.manifest(name).await?;
+        let (SnapshotKind::Basebackup, Some(wal)) = (m.kind, &m.wal) else { continue };
+        let fits = match target {
+            Target::Latest => true,
+            Target::Time(t) => m.finished_at <= *t,
+            Target::Lsn(l) => wal.stop <= *l,
+        };
+        if fits {
+            return Ok(m);
+        }
+    }
+    bail!("tenant {}: no base backup complete before {target}; `bascule-controller snapshots` lists them", tenant.name)
+}
+
+/// Quotes a value for postgresql.conf.
+fn conf_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// A new (or empty) data directory, mode 0700, owned by `os_user` when one
+/// is given; returns its uid.
+fn new_pgdata(pgdata: &Path, os_user: &Option<String>) -> anyhow::Result<Option<u32>> {
+    if pgdata.exists() && std::fs::read_dir(pgdata)?.next().is_some() {
+        bail!("{} is not empty; give a new or empty directory for the restored cluster", pgdata.display());
+    }
+    std::fs::create_dir_all(pgdata)?;
+    std::fs::set_permissions(pgdata, std::fs::Permissions::from_mode(0o700))?;
+    match os_user {
+        Some(u) => {
+            let uid = crate::os_user::uid(u)?;
+            std::os::unix::fs::chown(pgdata, Some(uid), None)?;
+            Ok(Some(uid))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Step 1: streams the base backup, every byte checked, into `tar -x` in `pgdata`.
+async fn unpack_base(tenant: &Tenant, m: &Manifest, ids: &Arc<Identities>, req: &PitrRequest) -> anyhow::Result<()> {
+    let pgdata = &req.pgdata;
+    let index = Arc::new(open_index(&tenant.replicated, m, ids).await?);
+    let mut tar = command_as(&req.os_user, Path::new("tar"))
+        .arg("-x")
+        .arg("-C")
+        .arg(pgdata)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start tar")?;
+    let stdin = Arc::new(tokio::sync::Mutex::new(tar.stdin.take().context("tar's standard input")?));
+    let streamed = stream_chunks(&tenant.replicated, Arc::new(m.clone()), index, ids.clone(), req.concurrency, |plain| {
+        let stdin = stdin.clone();
+        Box::pin(async move { stdin.lock().await.write_all(&plain).await.map_err(RestoreError::sink("tar stopped reading")) })
+    })
+    .await;
+    drop(stdin);
+    let out = tar.wait_with_output().await?;
+    streamed.context("fetching the base backup")?;
+    if !out.status.success() {
+        bail!("tar failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    if !pgdata.join("backup_label").exists() {
+        bail!("snapshot {} unpacked without a backup_label: not a base backup", m.name);
+    }
+    Ok(())
+}
+
+/// Recovery settings (step 2): `restore_command` through the WAL server's
+/// socket, the target, promotion, and a cluster that archives nowhere.
+fn recovery_settings(req: &PitrRequest, socket: &Path, uid: Option<u32>) -> anyhow::Result<()> {
+    let pgdata = &req.pgdata;
+    let exe = std::env::current_exe()?;
+    let restore_command =
+        format!("{} wal-fetch --socket {} %f %p", shell_quote(&exe.to_string_lossy()), shell_quote(&socket.to_string_lossy()));
+    let mut conf = String::from("\n# bascule: point-in-time recovery settings\n");
+    let mut set = |k: &str, v: &str| conf.push_str(&format!("{k} = {}\n", conf_quote(v)));
+    set("restore_command", &restore_command);
+    match &req.target {
+        Target::Latest => {}
+        Target::Time(t) => set("recovery_target_time", &t.format("%Y-%m-%d %H:%M:%S%.6f%:z").to_string()),
+        Target::Lsn(l) => set("recovery_target_lsn", &l.to_string()),
+    }
+    set("recovery_target_action", "promote");
+    set("recovery_target_timeline", "latest");
+    // the restored cluster must not archive into the source's spool
+    set("archive_mode", "off");
+    set("port", &req.port.to_string());
+    set("listen_addresses", "localhost");
+    set("unix_socket_directories", &pgdata.to_string_lossy());
+    std::fs::OpenOptions::new().append(true).create(true).open(pgdata.join("postgresql.auto.conf"))?.write_all(conf.as_bytes())?;
+    std::fs::write(pgdata.join("recovery.signal"), b"")?;
+    if let Some(uid) = uid {
+        for f in ["postgresql.auto.conf", "recovery.signal"] {
+            std::os::unix::fs::chown(pgdata.join(f), Some(uid), None)?;
+        }
+    }
+    Ok(())
+}
+
+/// Where recovery ended: the last replayed commit, LSN and timeline.
+struct Reached {
+    last_commit: Option<chrono::DateTime<chrono::Utc>>,
+    replay_lsn: Option<String>,
+    timeline: i32,
+}
+
+/// The last lines of the recovery's server log.
+fn log_tail(log: &Path) -> String {
+    let t = std::fs::read_to_string(log).unwrap_or_default();
+    t.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
+/// Step 3: starts the server, waits for the promotion, reads where it got to.
+async fn recover(req: &PitrRequest) -> anyhow::Result<Reached> {
+    let pgdata = &req.pgdata;
+    let log = pgdata.join("bascule-recovery.log");
+    let out = command_as(&req.os_user, &req.bindir.join("pg_ctl"))
+        .arg("-D")
+        .arg(pgdata)
+        .arg("-l")
+        .arg(&log)
+        .args(["-w", "-t", "86400", "start"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("cannot run pg_ctl")?;
+    if !out.status.success() {
+        let said = String::from_utf8_lossy(&out.stderr);
+        bail!("PostgreSQL did not start ({}): {}\nserver log ({}):\n{}", out.status, said.trim(), log.display(), log_tail(&log));
+    }
+    let mut pg = tokio_postgres::Config::new();
+    pg.host_path(pgdata).port(req.port).user(&req.db_user).dbname("postgres");
+    let (client, conn) =
+        pg.connect(tokio_postgres::NoTls).await.with_context(|| format!("cannot connect to the restored cluster as {}", req.db_user))?;
+    let conn = tokio::spawn(conn);
+    loop {
+        match client.query_one("SELECT pg_is_in_recovery()", &[]).await {
+            Ok(row) if !row.get::<_, bool>(0) => break,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(e) => bail!("the server stopped during recovery ({e}); server log ({}):\n{}", log.display(), log_tail(&log)),
+        }
+    }
+    let row = client
+        .query_one(
+            "SELECT extract(epoch FROM pg_last_xact_replay_timestamp())::float8, pg_last_wal_replay_lsn()::text, \
+             (SELECT timeline_id FROM pg_control_checkpoint())",
+            &[],
+        )
+        .await?;
+    let last_commit = row.get::<_, Option<f64>>(0).and_then(|s| chrono::DateTime::from_timestamp_millis((s * 1000.0).round() as i64));
+    let reached = Reached { last_commit, replay_lsn: row.get(1), timeline: row.get(2) };
+    drop(client);
+    let _ = conn.await;
+    Ok(reached)
+}
+
+pub async fn run(tenant: Tenant, req: PitrRequest) -> anyhow::Result<PitrReport> {
+    let t0 = Instant::now();
+    let tenant = Arc::new(tenant);
+    let m = choose_base_backup(&tenant, &req.target).await?;
+    if let Some(w) = &m.wal {
+        tracing::info!(base_backup = %m.name, start = %w.start, stop = %w.stop, "Base backup chosen");
+    }
+    let uid = new_pgdata(&req.pgdata, &req.os_user)?;
+    let ids = req.identities.clone();
+    unpack_base(&tenant, &m, &ids, &req).await?;
+    let fetch_base = t0.elapsed();
+    tracing::info!(seconds = fetch_base.as_secs_f64(), "Base backup in place");
+
+    let socket = req.pgdata.join("bascule-wal.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).with_context(|| format!("cannot listen on {}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    if let Some(uid) = uid {
+        std::os::unix::fs::chown(&socket, Some(uid), None)?;
+    }
+    let server = Arc::new(WalServer::new(tenant.clone(), ids.clone()).await?);
+    let serving = tokio::spawn(server.clone().serve(listener));
+    recovery_settings(&req, &socket, uid)?;
+
+    let t1 = Instant::now();
+    let reached = recover(&req).await;
+    serving.abort();
+    let reached = reached?;
+    let replay = t1.elapsed();
+    let _ = std::fs::remove_file(&socket);
+    if req.stop {
+        let _ = command_as(&req.os_user, &req.bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(&req.pgdata)
+            .args(["-m", "fast", "-w", "stop"])
+            .output()
+            .await;
+    }
+    let (wal_files, wal_bytes) = server.served();
+    Ok(PitrReport {
+        base_backup: m.name.clone(),
+        base_backup_bytes: m.source_bytes,
+        wal_files,
+        wal_bytes,
+        last_commit: reached.last_commit,
+        replay_lsn: reached.replay_lsn,
+        timeline: reached.timeline,
+        fetch_base,
+        replay,
+        total: t0.elapsed(),
+    })
+}

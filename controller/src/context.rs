@@ -1,0 +1,89 @@
+//! The controller's one context: the loaded configuration, the providers
+//! built from it (one client each, shared), and one rollback guard per
+//! tenant and provider, shared by the commands, the monitor, drill steps and
+//! report publishing. Everything that reaches a provider starts here.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use bascule_core::head::RollbackGuard;
+use bascule_core::keys::AgentKey;
+use bascule_core::provider::{Provider, Replicated};
+
+use crate::config::ControllerConfig;
+use crate::state::Store;
+use crate::tenant::Tenant;
+
+/// The reports' own prefix on the providers (a name no tenant may take).
+pub const REPORTS: &str = "reports";
+
+pub struct Controller {
+    pub config: ControllerConfig,
+    /// The configuration file (errors and secrets name it).
+    pub file: PathBuf,
+    providers: Vec<Provider>,
+    /// `<tenant>@<provider>` → its guard.
+    guards: Mutex<HashMap<String, Arc<RollbackGuard>>>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Controller({})", self.file.display())
+    }
+}
+
+impl Controller {
+    /// Loads the configuration file and builds the providers.
+    pub fn load(file: &Path) -> anyhow::Result<Arc<Controller>> {
+        Controller::new(ControllerConfig::load(file)?, file)
+    }
+
+    pub fn new(config: ControllerConfig, file: &Path) -> anyhow::Result<Arc<Controller>> {
+        let providers = config.providers.iter().map(|p| Provider::build(p, file)).collect::<Result<Vec<_>, _>>()?;
+        std::fs::create_dir_all(&config.state_dir).with_context(|| format!("state_dir {}", config.state_dir.display()))?;
+        Ok(Arc::new(Controller { config, file: file.into(), providers, guards: Mutex::default() }))
+    }
+
+    pub fn providers(&self) -> &[Provider] {
+        &self.providers
+    }
+
+    /// The guard of `tenant` on `provider`, one per process.
+    pub fn guard(&self, tenant: &str, provider: &str) -> bascule_core::Result<Arc<RollbackGuard>> {
+        let name = format!("{tenant}@{provider}");
+        let mut guards = self.guards.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = guards.get(&name) {
+            return Ok(g.clone());
+        }
+        let g = Arc::new(RollbackGuard::load(&self.config.state_dir, &name)?);
+        guards.insert(name, g.clone());
+        Ok(g)
+    }
+
+    /// Tenant `name` of the configuration, on the shared providers.
+    pub fn tenant(&self, name: &str) -> anyhow::Result<Tenant> {
+        let t = self.config.tenants.iter().find(|t| t.name == name).with_context(|| {
+            let names: Vec<_> = self.config.tenants.iter().map(|t| t.name.as_str()).collect();
+            format!("no tenant {name:?} in {}; known: {}", self.file.display(), names.join(", "))
+        })?;
+        let replicas = self.providers.iter().map(|p| p.tenant(name)).collect();
+        let guards = self.providers.iter().map(|p| self.guard(name, &p.name)).collect::<Result<_, _>>()?;
+        Ok(Tenant { name: name.into(), replicated: Replicated::new(replicas), keys: t.verify_keys.clone(), guards })
+    }
+
+    /// Where signed reports go: `reports/` on both providers.
+    pub fn reports(&self) -> Replicated {
+        Replicated::new(self.providers.iter().map(|p| p.tenant(REPORTS)).collect())
+    }
+
+    /// The report signing key; created on first use.
+    pub fn report_key(&self) -> anyhow::Result<AgentKey> {
+        self.config.report_key()
+    }
+
+    /// The drill store.
+    pub fn store(&self) -> anyhow::Result<Store> {
+        Store::open(&self.config.drill_store())
+    }
+}

@@ -1,0 +1,135 @@
+//! Scheduled work of `serve`, each on its cron (local time), in tasks of
+//! the service's tracker: drills, the daily sampled verify, the prune.
+use std::path::Path;
+use std::sync::Arc;
+
+use bascule_core::schedule::Schedule;
+
+use super::{metrics, Tasks};
+use crate::context::Controller;
+use crate::runbook;
+
+/// Runs `work` at every tick of `sched`, until the service stops.
+fn on_schedule<F, Fut>(tasks: &Tasks, sched: Schedule, what: String, mut work: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let cancel = tasks.cancel.clone();
+    tasks.tracker.spawn(async move {
+        while let Some(next) = sched.cron.upcoming(chrono::Local).next() {
+            tracing::info!(at = %next, "Next scheduled {what}");
+            tokio::select! {
+                _ = tokio::time::sleep((next - chrono::Local::now()).to_std().unwrap_or_default()) => {}
+                _ = cancel.cancelled() => return,
+            }
+            tokio::select! {
+                _ = work() => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
+    });
+}
+
+/// Starts every scheduled task of the configuration. A scheduled runbook is
+/// validated now: a broken one stops `serve` at start, not at 3 a.m.
+pub(super) fn start(c: &Arc<Controller>, tasks: &Tasks) -> anyhow::Result<()> {
+    for entry in &c.config.serve.schedule {
+        let file = if entry.runbook.is_absolute() {
+            entry.runbook.clone()
+        } else {
+            c.file.parent().unwrap_or(Path::new(".")).join(&entry.runbook)
+        };
+        runbook::load(&file)?;
+        let (c, mode, tasks_in) = (c.clone(), entry.mode, tasks.clone());
+        let vars: Vec<(String, String)> = entry.vars.clone().into_iter().collect();
+        on_schedule(tasks, entry.cron.clone(), format!("drill {}", file.display()), move || {
+            let started = runbook::load(&file)
+                .map_err(anyhow::Error::from)
+                .and_then(|l| crate::drill::start(&c, Arc::new(l), mode, &vars, "schedule"));
+            match started {
+                Ok(s) => {
+                    let id = s.id;
+                    tracing::info!(drill = id, runbook = %file.display(), "Scheduled drill started");
+                    spawn_drill(&tasks_in, s);
+                }
+                Err(e) => tracing::error!(runbook = %file.display(), error = format!("{e:#}"), "Scheduled drill not started"),
+            }
+            async {}
+        });
+    }
+    if let Some(v) = &c.config.serve.verify_sample {
+        let (c2, slices) = (c.clone(), v.slices);
+        on_schedule(tasks, v.cron.clone(), "sampled verify".into(), move || {
+            let c = c2.clone();
+            async move { verify_sample(&c, slices).await }
+        });
+    }
+    if let Some(cron) = &c.config.prune.cron {
+        let c2 = c.clone();
+        on_schedule(tasks, cron.clone(), "prune".into(), move || {
+            let c = c2.clone();
+            async move { prune_all(&c).await }
+        });
+    }
+    Ok(())
+}
+
+/// Runs a started drill in a task of the service.
+pub(super) fn spawn_drill(tasks: &Tasks, started: crate::drill::Started) {
+    let (id, cancel) = (started.id, tasks.cancel.child_token());
+    tasks.tracker.spawn(async move {
+        match started.run(false, cancel).await {
+            Ok(r) => tracing::info!(drill = id, verdict = %r.verdict, "Drill finished"),
+            Err(e) => tracing::error!(drill = id, error = format!("{e:#}"), "Drill stopped"),
+        }
+    });
+}
+
+/// One scheduled verify of every tenant, reading back today's slice.
+pub async fn verify_sample(c: &Controller, slices: u64) {
+    use crate::command::verify;
+    let read = verify::ReadData::today(slices);
+    for t in &c.config.tenants {
+        let result = async {
+            let tenant = c.tenant(&t.name)?;
+            verify::run(&tenant, read, c.config.restore.concurrency).await
+        }
+        .await;
+        match result {
+            Ok(r) => {
+                for p in &r.problems {
+                    metrics::INTEGRITY_FAILURES.with_label_values(&[&t.name, &p.provider, "verify"]).inc();
+                    tracing::error!(tenant = %t.name, provider = %p.provider, key = %p.key, problem = %p.what, "Scheduled verify");
+                }
+                metrics::VERIFY_PROBLEMS.with_label_values(&[&t.name]).set(r.problems.len() as i64);
+                metrics::VERIFY_LAST_RUN.with_label_values(&[&t.name]).set(metrics::ts(chrono::Utc::now()));
+                tracing::info!(tenant = %t.name, objects = r.objects_checked, bytes_read = r.bytes_read, problems = r.problems.len(), ?read, "Scheduled verify done");
+            }
+            Err(e) => tracing::error!(tenant = %t.name, error = format!("{e:#}"), "Scheduled verify failed"),
+        }
+    }
+}
+
+/// One scheduled prune of every tenant.
+pub async fn prune_all(c: &Controller) {
+    for t in &c.config.tenants {
+        let result = async {
+            let tenant = c.tenant(&t.name)?;
+            crate::command::prune::run(&c.config, &tenant, false, chrono::Utc::now()).await
+        }
+        .await;
+        match result {
+            Ok(r) => {
+                for (p, k, why) in &r.failed {
+                    tracing::error!(tenant = %t.name, provider = %p, key = %k, error = %why, "Scheduled prune could not delete");
+                }
+                metrics::PRUNE_LAST_RUN.with_label_values(&[&t.name]).set(metrics::ts(chrono::Utc::now()));
+                metrics::PRUNE_FREED.with_label_values(&[&t.name]).set(r.freed() as f64);
+                let gone = r.snapshots.iter().filter(|s| s.keep.is_empty()).count();
+                tracing::info!(tenant = %t.name, snapshots_deleted = gone, condemned = r.condemned.len(), freed = r.freed(), failed = r.failed.len(), "Scheduled prune done");
+            }
+            Err(e) => tracing::error!(tenant = %t.name, error = format!("{e:#}"), "Scheduled prune failed"),
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! PostgreSQL helpers shared by the agent (export, restore test) and the
+//! controller (restore): row counts, and `pg_restore` fed from a stream.
+mod pg_restore;
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+pub use pg_restore::{pg_restore, PgRestore, PgRestoreError};
+
+use crate::manifest::Index;
+
+/// `"name"`, with embedded quotes doubled.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// The row-count key of the number of large objects.
+pub const LARGE_OBJECTS: &str = "pg_catalog.pg_largeobject_metadata";
+
+/// Why a database could not be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("not a valid PostgreSQL connection string: {0}")]
+    Dsn(#[source] tokio_postgres::Error),
+    #[error("cannot connect to the restored database: {0}")]
+    Connect(#[source] tokio_postgres::Error),
+    #[error("counting rows: {0}")]
+    Query(#[from] tokio_postgres::Error),
+}
+
+/// Rows of every user table (`schema.table`) and the number of large objects,
+/// as seen by the transaction `client` is in.
+pub async fn count_rows(client: &tokio_postgres::Client) -> Result<BTreeMap<String, u64>, tokio_postgres::Error> {
+    let tables = client
+        .query(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1, 2",
+            &[],
+        )
+        .await?;
+    let mut counts = BTreeMap::new();
+    for t in tables {
+        let (schema, table): (String, String) = (t.get(0), t.get(1));
+        let q = format!("SELECT count(*) FROM ONLY {}.{}", quote_ident(&schema), quote_ident(&table));
+        let n: i64 = client.query_one(&q, &[]).await?.get(0);
+        counts.insert(format!("{schema}.{table}"), n as u64);
+    }
+    let lo: i64 = client.query_one("SELECT count(*) FROM pg_largeobject_metadata", &[]).await?.get(0);
+    counts.insert(LARGE_OBJECTS.into(), lo as u64);
+    Ok(counts)
+}
+
+/// Every table's row count in a database against an export's index.
+pub struct RowCountCheck {
+    pub tables: usize,
+    pub rows: u64,
+    /// Tables whose row count differs: (table, at export, now).
+    pub mismatches: Vec<(String, u64, Option<u64>)>,
+}
+
+/// Counts the rows of every table of the database `dsn` and compares them
+/// with those the export recorded.
+pub async fn compare_row_counts(index: &Index, dsn: &str) -> Result<RowCountCheck, CheckError> {
+    let cfg = tokio_postgres::Config::from_str(dsn).map_err(CheckError::Dsn)?;
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(CheckError::Connect)?;
+    tokio::spawn(conn);
+    let after = count_rows(&client).await?;
+    let mut mismatches = Vec::new();
+    for (table, n) in &index.row_counts {
+        let got = after.get(table).copied();
+        if got != Some(*n) {
+            mismatches.push((table.clone(), *n, got));
+        }
+    }
+    Ok(RowCountCheck { tables: index.row_counts.len(), rows: index.row_counts.values().sum(), mismatches })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quoting() {
+        assert_eq!(super::quote_ident(r#"a"b"#), r#""a""b""#);
+    }
+}
