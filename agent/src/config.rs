@@ -16,6 +16,16 @@ pub struct AgentConfig {
     pub tenant: String,
     /// Written by `bascule-agent keygen` (mode 0600).
     pub key_file: PathBuf,
+    /// This agent's earlier verify keys, after a rotation of `key_file`, with
+    /// when each was valid (`{ key: "ed25519:…", revoked_at: … }`): what they
+    /// signed then still counts (for `sync`, restore tests, HEAD).
+    #[serde(default)]
+    pub previous_keys: Vec<bascule_core::keys::TrustedKey>,
+    /// The controller's verify key (`bascule-controller verify-key` prints
+    /// it): the prune's condemned lists it signed are honoured, any other is
+    /// ignored. Without it, every list that can be read is honoured.
+    #[serde(default)]
+    pub controller_keys: Vec<bascule_core::keys::TrustedKey>,
     /// Local state: HEAD sequence, backlog of a provider that was down.
     pub state_dir: PathBuf,
     /// The customer's age public keys. The agent never holds the private key.

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use bascule_core::head::Head;
-use bascule_core::keys::TrustedKey;
 use bascule_core::layout;
 use bascule_core::manifest::FORMAT;
 use bascule_core::provider::Writer;
@@ -47,13 +46,13 @@ impl Agent {
 
     /// Reads and verifies HEAD on each provider in `up`; returns the highest sequence.
     pub async fn read_heads(&self, up: &[bool]) -> u64 {
-        let trusted = [TrustedKey::from(self.key.verify_key())];
+        let trusted = self.trusted();
         let mut best = 0;
         for (r, u) in self.replicated.replicas.iter().zip(up) {
             if !*u {
                 continue;
             }
-            match r.get(layout::HEAD).await {
+            match r.get(layout::HEAD, Head::MAX_LEN).await {
                 Ok(Some(b)) => match Head::open(&b, &trusted, &self.config.tenant, layout::HEAD) {
                     Ok(h) => best = best.max(h.sequence),
                     Err(e) => tracing::warn!(provider = %r.provider, error = %e, "Ignoring a HEAD that does not verify"),

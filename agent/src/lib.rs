@@ -57,6 +57,22 @@ impl Agent {
         }))
     }
 
+    /// The keys whose signatures this agent trusts: its own, and its earlier
+    /// ones within their validity.
+    pub fn trusted(&self) -> Vec<TrustedKey> {
+        std::iter::once(TrustedKey::from(self.key.verify_key())).chain(self.config.previous_keys.iter().cloned()).collect()
+    }
+
+    /// Whose condemned lists to honour: the controller's, when the
+    /// configuration names its key; else every list that can be read.
+    pub fn condemned_trust(&self) -> bascule_core::condemned::Trust<'_> {
+        if self.config.controller_keys.is_empty() {
+            bascule_core::condemned::Trust::Readable
+        } else {
+            bascule_core::condemned::Trust::Signed { keys: &self.config.controller_keys, tenant: &self.config.tenant }
+        }
+    }
+
     fn backlog_path(&self) -> PathBuf {
         self.config.state_dir.join("backlog.json")
     }
@@ -85,8 +101,7 @@ impl Agent {
     /// Copies to each provider what the other holds and it lacks (ciphertext
     /// only), then clears the backlog if every provider is complete.
     pub async fn sync(&self) -> anyhow::Result<bascule_core::sync::SyncReport> {
-        let trusted = [TrustedKey::from(self.key.verify_key())];
-        let report = bascule_core::sync::sync(&self.replicated, &self.config.tenant, &trusted, false).await?;
+        let report = bascule_core::sync::sync(&self.replicated, &self.config.tenant, &self.trusted(), false).await?;
         for (p, k, n) in &report.copied {
             tracing::info!(provider = %p, key = %k, bytes = n, "Copied to provider");
         }

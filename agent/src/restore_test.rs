@@ -69,7 +69,7 @@ async fn find_export(agent: &Agent, job: &str, wanted: Option<&str>) -> anyhow::
             Err(e) => tracing::warn!(provider = %r.provider, error = %e, "Cannot list snapshots"),
         }
     }
-    let trusted = [bascule_core::keys::TrustedKey::from(agent.key.verify_key())];
+    let trusted = agent.trusted();
     let mut refused = Vec::new();
     for name in names.iter().rev() {
         if let Some(w) = wanted {
@@ -78,7 +78,8 @@ async fn find_export(agent: &Agent, job: &str, wanted: Option<&str>) -> anyhow::
             }
         }
         let key = layout::manifest(name);
-        let opened = agent.replicated.get_checked(&key, 0, |_, b| Manifest::open(&b, &trusted, &agent.config.tenant, name)).await;
+        let opened =
+            agent.replicated.get_checked(&key, Manifest::MAX_LEN, 0, |_, b| Manifest::open(&b, &trusted, &agent.config.tenant, name)).await;
         match opened {
             Ok((m, _)) if m.job == job && m.kind == SnapshotKind::PgDump => return Ok(m),
             Ok((m, _)) if wanted.is_some() => {

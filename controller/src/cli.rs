@@ -38,6 +38,11 @@ enum Command {
     /// serves /metrics and the drill API, runs scheduled drills (the
     /// configuration's `serve:` section). Stops on SIGTERM.
     Serve(ConfigArg),
+    /// Print the controller's verify key (`ed25519:…`, created with its
+    /// signing key on first use): the key that signs drill reports and the
+    /// prune's condemned lists. Give it to each agent (`controller_keys`)
+    /// and to whoever checks a report.
+    VerifyKey(ConfigArg),
     /// A new API token: prints the token (once; give it to its holder) and
     /// the line to add under `serve.tokens` (only its hash is kept).
     Token(command::token::Args),
@@ -77,6 +82,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restore(a) => command::restore::main(a).await,
         Command::Serve(a) => crate::serve::run(a.load()?).await.map(|()| ExitCode::SUCCESS),
         Command::Token(a) => command::token::main(a),
+        Command::VerifyKey(a) => {
+            println!("{}", a.load()?.report_key()?.verify_key());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Repair(a) => command::repair::main(a).await,
         Command::Prune(a) => command::prune::main(a).await,
         Command::RestoreTests(a) => command::restore_tests::main(a).await,

@@ -14,8 +14,10 @@ use crate::model::Mode;
 pub struct ControllerConfig {
     /// Local state: the highest HEAD sequence seen per tenant (rollback guard).
     pub state_dir: PathBuf,
-    /// The controller's signing key for drill reports (created, mode 0600,
-    /// on first use; default `<state_dir>/report-signing.key`).
+    /// The controller's signing key for drill reports and the prune's
+    /// condemned lists (created, mode 0600, on first use; default
+    /// `<state_dir>/report-signing.key`). `bascule-controller verify-key`
+    /// prints its verify key.
     pub report_key: Option<PathBuf>,
     /// The two providers the agents write to.
     pub providers: Vec<ProviderConfig>,
@@ -173,6 +175,11 @@ pub struct PruneConfig {
     pub grace: std::time::Duration,
     /// Prune every tenant on this schedule in `serve` (cron, local time).
     pub cron: Option<Schedule>,
+    /// How long the packs a manifest names are kept when no provider holds
+    /// a copy of it that verifies and it is not signed by the tenant's key
+    /// (damaged everywhere, or planted): time to look before they may go.
+    #[serde(default = "default_quarantine", with = "humantime_serde")]
+    pub quarantine: std::time::Duration,
     /// Deletions at once.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
@@ -180,8 +187,12 @@ pub struct PruneConfig {
 
 impl Default for PruneConfig {
     fn default() -> Self {
-        PruneConfig { grace: default_grace(), cron: None, concurrency: default_concurrency() }
+        PruneConfig { grace: default_grace(), cron: None, concurrency: default_concurrency(), quarantine: default_quarantine() }
     }
+}
+
+fn default_quarantine() -> std::time::Duration {
+    std::time::Duration::from_secs(7 * 24 * 3600)
 }
 
 fn default_grace() -> std::time::Duration {

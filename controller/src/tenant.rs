@@ -63,7 +63,7 @@ impl Tenant {
 
     /// Provider `i`'s HEAD unless it still has the entity tag `etag`.
     pub async fn read_head(&self, i: usize, etag: Option<&str>) -> HeadRead {
-        match self.replicated.replicas[i].get_if_changed(layout::HEAD, etag).await {
+        match self.replicated.replicas[i].get_if_changed(layout::HEAD, etag, Head::MAX_LEN).await {
             Ok(Fetched::NotModified) => HeadRead::NotModified,
             Ok(Fetched::Absent) => HeadRead::Read { state: HeadState::Absent, etag: None },
             Ok(Fetched::Changed { bytes, etag }) => match self.accept_head(i, &bytes) {
@@ -93,7 +93,7 @@ impl Tenant {
     /// verifies, and checks it belongs to this tenant.
     pub async fn manifest(&self, name: &str) -> bascule_core::Result<(Manifest, String)> {
         let key = layout::manifest(name);
-        self.replicated.get_checked(&key, 0, |_, b| self.open_manifest(name, &b)).await
+        self.replicated.get_checked(&key, Manifest::MAX_LEN, 0, |_, b| self.open_manifest(name, &b)).await
     }
 
     /// Every object under `snapshots/` and `packs/` on each provider.
@@ -166,6 +166,6 @@ impl Tenant {
 
     /// A WAL file's record from whichever provider holds a copy that verifies.
     pub async fn wal_record(&self, name: &WalName, start: usize) -> bascule_core::Result<(WalRecord, String)> {
-        self.replicated.get_checked(&name.record_key(), start, |_, b| self.open_wal_record(name, &b)).await
+        self.replicated.get_checked(&name.record_key(), WalRecord::MAX_LEN, start, |_, b| self.open_wal_record(name, &b)).await
     }
 }

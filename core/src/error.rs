@@ -56,6 +56,8 @@ pub enum Error {
     },
     #[error("{key}: no provider took it ({reasons})")]
     Unwritten { key: String, reasons: String },
+    #[error("provider {provider}: {key}: {size} bytes or more, above the {max} bytes such an object may have; refusing to read it")]
+    TooLarge { provider: String, key: String, size: u64, max: u64 },
     #[error("{key}: not found on any provider")]
     Missing { key: String },
     #[error("{key}: no provider holds a good copy: {reasons}")]

@@ -28,6 +28,7 @@ pub struct Head {
 
 impl Signed for Head {
     const KIND: Kind = Kind::Head;
+    const MAX_LEN: u64 = 64 << 10;
 
     fn signed_at(&self) -> chrono::DateTime<chrono::Utc> {
         self.agent_time

@@ -10,7 +10,8 @@
 //! * [`manifest`], [`head`], [`wal`] (records), [`restore_test`] are the
 //!   signed objects themselves;
 //! * [`layout`] names every object under a tenant's prefix;
-//! * [`retention`] decides which snapshots stay and condemns packs in two steps;
+//! * [`retention`] decides which snapshots stay; [`condemned`] lists the packs
+//!   a prune will delete (signed by the controller);
 //! * [`provider`] reaches S3 or a local directory, and writes to / reads from both;
 //! * [`restore`] reads a snapshot back, every byte checked; [`postgres`] feeds
 //!   it to `pg_restore` and checks row counts;
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chunker;
+pub mod condemned;
 pub mod config;
 pub mod error;
 pub mod head;

@@ -77,6 +77,8 @@ pub struct Manifest {
 
 impl Signed for Manifest {
     const KIND: Kind = Kind::Manifest;
+    /// A manifest lists its packs: 64 MiB holds about half a million.
+    const MAX_LEN: u64 = 64 << 20;
 
     /// The key that signed must have been valid when the snapshot started.
     fn signed_at(&self) -> chrono::DateTime<chrono::Utc> {

@@ -47,6 +47,7 @@ pub struct RestoreTestSummary {
 
 impl Signed for RestoreTestResult {
     const KIND: Kind = Kind::RestoreTest;
+    const MAX_LEN: u64 = 1 << 20;
 
     /// The key that signed must have been valid when the test started.
     fn signed_at(&self) -> chrono::DateTime<chrono::Utc> {

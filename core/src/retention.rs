@@ -8,7 +8,8 @@
 //! manifests and the controller's are merged field by field, keeping the
 //! larger: neither side alone can shorten what the other keeps.
 //!
-//! **Deleting packs in two steps.** A pack no kept manifest references, and
+//! **Deleting packs in two steps** (the lists are [`crate::condemned`]). A
+//! pack no kept manifest references, and
 //! older than the grace period, is first *condemned*: listed, with the time,
 //! in `prune/<time>.condemned` on both providers. An export reads these lists
 //! when it starts and never reuses a condemned pack (its chunks are sealed
@@ -23,8 +24,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
-
-use crate::object::ObjectRef;
 
 /// How many snapshots of each job to keep, and the WAL to keep.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,68 +136,6 @@ pub fn select(policy: &Retention, snaps: &[(String, DateTime<Utc>)]) -> BTreeMap
     kept
 }
 
-pub const FORMAT: u32 = 1;
-
-/// One prune's list of packs to delete once the grace period has passed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Condemned {
-    pub format: u32,
-    pub condemned_at: DateTime<Utc>,
-    /// The grace period, in seconds, from `condemned_at` to the earliest deletion.
-    pub grace_seconds: u64,
-    pub packs: Vec<ObjectRef>,
-}
-
-impl Condemned {
-    /// When a prune may delete these packs.
-    pub fn deletable_from(&self) -> DateTime<Utc> {
-        self.condemned_at + chrono::Duration::seconds(self.grace_seconds as i64)
-    }
-
-    /// Until when an export that reused one of these packs may still commit.
-    pub fn commit_deadline(&self) -> DateTime<Utc> {
-        self.condemned_at + chrono::Duration::milliseconds(self.grace_seconds as i64 * 500)
-    }
-}
-
-/// The key of a new condemned list: `prune/<time>-<random>.condemned`.
-pub fn condemned_key(at: DateTime<Utc>) -> String {
-    format!("{}{}.condemned", crate::layout::PRUNE, crate::layout::new_snapshot_name(at))
-}
-
-/// Every condemned list any of `replicas` holds (a list unreadable on one
-/// provider is taken from the other; one unreadable everywhere is an error:
-/// an export that cannot tell which packs are condemned must not reuse any).
-pub async fn read_condemned(replicas: &[crate::provider::Replica]) -> crate::Result<BTreeMap<String, Condemned>> {
-    let mut out = BTreeMap::new();
-    let mut listed = false;
-    let mut last_err = None;
-    for r in replicas {
-        let keys = match r.list(crate::layout::PRUNE).await {
-            Ok(k) => k,
-            Err(e) => {
-                last_err = Some(e);
-                continue;
-            }
-        };
-        listed = true;
-        for key in keys.keys().filter(|k| k.ends_with(".condemned")) {
-            if out.contains_key(key) {
-                continue;
-            }
-            let Some(bytes) = r.get(key).await? else { continue };
-            let list: Condemned =
-                serde_json::from_slice(&bytes).map_err(|e| crate::Error::Body { key: key.clone(), reason: e.to_string() })?;
-            out.insert(key.clone(), list);
-        }
-    }
-    match (listed, last_err) {
-        (false, Some(e)) => Err(e),
-        _ => Ok(out),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,13 +184,5 @@ mod tests {
         assert_eq!((m.daily, m.weekly, m.monthly, m.pitr_window), (14, 8, 12, Some(Duration::from_secs(86400))));
         assert_eq!(Retention::merge(None, Some(b)), Some(b));
         assert_eq!(Retention::merge(None, None), None);
-    }
-
-    #[test]
-    fn condemned_deadlines() {
-        let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-        let c = Condemned { format: FORMAT, condemned_at: at, grace_seconds: 3600, packs: vec![] };
-        assert_eq!(c.deletable_from(), at + chrono::Duration::hours(1));
-        assert_eq!(c.commit_deadline(), at + chrono::Duration::minutes(30));
     }
 }

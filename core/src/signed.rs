@@ -33,6 +33,8 @@ pub enum Kind {
     Report,
     /// An on-site restore test's result, signed by the agent.
     RestoreTest,
+    /// A prune's list of condemned packs, signed by the controller.
+    Condemned,
 }
 
 impl Kind {
@@ -43,6 +45,7 @@ impl Kind {
             Kind::Wal => "wal",
             Kind::Report => "report",
             Kind::RestoreTest => "restore-test",
+            Kind::Condemned => "condemned",
         }
     }
 }
@@ -57,6 +60,10 @@ fn message(kind: Kind, body: &[u8]) -> Vec<u8> {
 pub trait Signed: Serialize + DeserializeOwned {
     /// Which kind of object: part of what is signed.
     const KIND: Kind;
+
+    /// The most bytes such an object may have on a provider: a longer one
+    /// is refused before it is read whole.
+    const MAX_LEN: u64;
 
     /// The time the object carries; the key that signed it must have been valid then.
     fn signed_at(&self) -> chrono::DateTime<chrono::Utc>;

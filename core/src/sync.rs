@@ -51,8 +51,9 @@ pub async fn sync(rep: &Replicated, tenant: &str, trusted: &[TrustedKey], dry_ru
         holds.iter().flatten().flat_map(|h| h.keys().filter(|k| layout::manifest_name(k).is_some()).cloned()).collect();
 
     for mkey in &manifests {
-        let ((bytes, manifest), _) =
-            rep.get_checked(mkey, 0, |_, b| <Manifest as Signed>::open(&b, trusted, tenant, mkey).map(|m| (b, m))).await?;
+        let ((bytes, manifest), _) = rep
+            .get_checked(mkey, Manifest::MAX_LEN, 0, |_, b| <Manifest as Signed>::open(&b, trusted, tenant, mkey).map(|m| (b, m)))
+            .await?;
         for (i, r) in rep.replicas.iter().enumerate() {
             let Some(held) = holds[i].as_mut() else { continue };
             if report.failed.contains_key(&r.provider) {
@@ -66,7 +67,7 @@ pub async fn sync(rep: &Replicated, tenant: &str, trusted: &[TrustedKey], dry_ru
             for o in objects.drain(..) {
                 if !dry_run {
                     let start = (i + 1) % n; // prefer another provider as the source
-                    let (good, _) = rep.get_checked(&o.key, start, |p, b| o.check(p, &b).map(|_| b)).await?;
+                    let (good, _) = rep.get_ref_checked(&o, start).await?;
                     if let Err(e) = r.put(&o.key, good).await {
                         report.failed.insert(r.provider.clone(), e.to_string());
                         break;
@@ -95,7 +96,7 @@ pub async fn sync(rep: &Replicated, tenant: &str, trusted: &[TrustedKey], dry_ru
             heads.push(None);
             continue;
         }
-        let h = match r.get(layout::HEAD).await {
+        let h = match r.get(layout::HEAD, Head::MAX_LEN).await {
             Ok(Some(b)) => Head::open(&b, trusted, tenant, layout::HEAD).ok().map(|h| (h.sequence, b)),
             _ => None,
         };

@@ -124,6 +124,7 @@ pub struct WalRecord {
 
 impl Signed for WalRecord {
     const KIND: Kind = Kind::Wal;
+    const MAX_LEN: u64 = 64 << 10;
 
     /// The key that signed must have been valid when the file was archived.
     fn signed_at(&self) -> chrono::DateTime<chrono::Utc> {

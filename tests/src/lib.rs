@@ -100,7 +100,7 @@ pub fn edit(path: &Path, from: &str, to: &str) {
 
 /// Flips one bit in the middle of a stored object (same length, bad content).
 pub fn flip(rt: &tokio::runtime::Runtime, r: &bascule_core::provider::Replica, key: &str) {
-    let mut b = rt.block_on(r.get(key)).unwrap().unwrap().to_vec();
+    let mut b = rt.block_on(r.get(key, u64::MAX)).unwrap().unwrap().to_vec();
     let i = b.len() / 2;
     b[i] ^= 0x01;
     rt.block_on(r.put(key, b.into())).unwrap();

@@ -326,7 +326,7 @@ fn the_saas_failover_drill_passes_with_rpo_measured_from_heartbeats() {
         let reports = bascule_core::provider::Provider::build(&cfg[0], std::path::Path::new("test")).unwrap().tenant("reports");
         let listing = rt.block_on(reports.list("drills/saas-failover/")).unwrap();
         let k = listing.keys().next().unwrap_or_else(|| panic!("no report on {}", cfg[0].name)).clone();
-        let bytes = rt.block_on(reports.get(&k)).unwrap().unwrap();
+        let bytes = rt.block_on(reports.get(&k, u64::MAX)).unwrap().unwrap();
         let (signed, _): (serde_json::Value, _) =
             bascule_core::signed::open(bascule_core::signed::Kind::Report, &bytes, &[key.verify_key()], &k).expect("signature verifies");
         assert_eq!(signed["verdict"], "PASS");

@@ -6,7 +6,7 @@
 //! A file is a header, a line `---`, then the object's bytes:
 //! ```text
 //! # what the object is and why it must be refused
-//! kind: head | manifest | wal | restore-test | report | index
+//! kind: head | manifest | wal | restore-test | report | condemned | index
 //! tenant: mairie
 //! key: HEAD
 //! trust: valid | revoked <time>
@@ -21,6 +21,7 @@
 use std::path::{Path, PathBuf};
 
 use bascule_controller::drill::report::Report;
+use bascule_core::condemned::Condemned;
 use bascule_core::head::Head;
 use bascule_core::keys::{AgentKey, Identities, TrustedKey};
 use bascule_core::manifest::{Index, Manifest};
@@ -54,6 +55,7 @@ fn refusal(kind: &str, tenant: &str, key: &str, trust: &[TrustedKey], bytes: &[u
         "wal" => <WalRecord as Signed>::open(bytes, trust, tenant, key).map(|_| ()),
         "restore-test" => <RestoreTestResult as Signed>::open(bytes, trust, tenant, key).map(|_| ()),
         "report" => <Report as Signed>::open(bytes, trust, tenant, key).map(|_| ()),
+        "condemned" => <Condemned as Signed>::open(bytes, trust, tenant, key).map(|_| ()),
         "index" => bascule_core::seal::open(bytes, &customer(), 1 << 30, key, &[]).and_then(|plain| {
             serde_json::from_slice::<Index>(&plain)
                 .map(|_| ())
@@ -116,26 +118,14 @@ fn flip(mut b: Vec<u8>) -> Vec<u8> {
 /// (file, what it is, kind, tenant, key, expected error, trust, bytes).
 type Case<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, &'a str, &'a str, Vec<u8>);
 
-fn regenerate() {
-    let key = agent_key();
-    let stranger = AgentKey::generate();
-    let text = std::fs::read_to_string(data().join("keys/customer.key")).unwrap();
-    let customer: bascule_core::keys::Recipient = text.lines().find_map(|l| l.strip_prefix("# public key: ")).unwrap().parse().unwrap();
-    let (_, other_recipient) = Identities::generate();
+fn head_cases(m: &Made) -> Vec<Case<'static>> {
+    let (key, stranger) = (&m.key, &m.stranger);
     let h = head("mairie", "2026-06-01T01:30:00Z");
-    let signed_head = h.sign(&key);
+    let signed_head = h.sign(key);
     let manifest: Manifest = serde_json::from_str(include_str!("../data/valid/manifest.json")).unwrap();
-    let wal_name = WalName::parse("000000010000000000000003").unwrap();
-    let mut record: WalRecord = serde_json::from_str(include_str!("../data/valid/wal-record.json")).unwrap();
-    record.object.key = WalName::parse("000000010000000000000004").unwrap().object_key();
-    let restore: RestoreTestResult = serde_json::from_str(include_str!("../data/valid/restore-test.json")).unwrap();
-    let report: Report = serde_json::from_str(include_str!("../data/valid/report.json")).unwrap();
-    let seal = |plain: &[u8], to: &bascule_core::keys::Recipient| bascule_core::seal::seal(plain, std::slice::from_ref(to)).unwrap();
-    let index = seal(br#"{"format":2,"segments":"not a list"}"#, &customer);
     let mut with_field = serde_json::to_value(&h).unwrap();
     with_field["admin"] = true.into();
-    let (record_key, report_key) = (wal_name.record_key(), report.key());
-    let cases: Vec<Case> = vec![
+    vec![
         (
             "head-not-signed",
             "a HEAD's body with no envelope",
@@ -146,7 +136,7 @@ fn regenerate() {
             "valid",
             serde_json::to_vec(&h).unwrap(),
         ),
-        ("head-wrong-kind", "a validly signed manifest served as HEAD", "head", "mairie", "HEAD", "Envelope", "valid", manifest.sign(&key)),
+        ("head-wrong-kind", "a validly signed manifest served as HEAD", "head", "mairie", "HEAD", "Envelope", "valid", manifest.sign(key)),
         (
             "head-unknown-key",
             "a HEAD signed by a key nobody registered",
@@ -155,7 +145,7 @@ fn regenerate() {
             "HEAD",
             "BadSignature",
             "valid",
-            h.sign(&stranger),
+            h.sign(stranger),
         ),
         ("head-flipped-byte", "one bit of the body flipped", "head", "mairie", "HEAD", "BadSignature", "valid", flip(signed_head.clone())),
         (
@@ -186,7 +176,7 @@ fn regenerate() {
             "HEAD",
             "Body",
             "valid",
-            head("voisine", "2026-06-01T01:30:00Z").sign(&key),
+            head("voisine", "2026-06-01T01:30:00Z").sign(key),
         ),
         (
             "head-after-revocation",
@@ -206,8 +196,27 @@ fn regenerate() {
             "HEAD",
             "Body",
             "valid",
-            signed::sign(Kind::Head, &with_field, &key),
+            signed::sign(Kind::Head, &with_field, key),
         ),
+    ]
+}
+
+fn object_cases(m: &Made) -> Vec<Case<'static>> {
+    let (key, stranger) = (&m.key, &m.stranger);
+    let text = std::fs::read_to_string(data().join("keys/customer.key")).unwrap();
+    let customer: bascule_core::keys::Recipient = text.lines().find_map(|l| l.strip_prefix("# public key: ")).unwrap().parse().unwrap();
+    let (_, other_recipient) = Identities::generate();
+    let manifest: Manifest = serde_json::from_str(include_str!("../data/valid/manifest.json")).unwrap();
+    let wal_name = WalName::parse("000000010000000000000003").unwrap();
+    let mut record: WalRecord = serde_json::from_str(include_str!("../data/valid/wal-record.json")).unwrap();
+    record.object.key = WalName::parse("000000010000000000000004").unwrap().object_key();
+    let restore: RestoreTestResult = serde_json::from_str(include_str!("../data/valid/restore-test.json")).unwrap();
+    let report: Report = serde_json::from_str(include_str!("../data/valid/report.json")).unwrap();
+    let seal = |plain: &[u8], to: &bascule_core::keys::Recipient| bascule_core::seal::seal(plain, std::slice::from_ref(to)).unwrap();
+    let index = seal(br#"{"format":2,"segments":"not a list"}"#, &customer);
+    let record_key: &'static str = Box::leak(wal_name.record_key().into_boxed_str());
+    let report_key: &'static str = Box::leak(report.key().into_boxed_str());
+    vec![
         (
             "manifest-renamed",
             "a genuine manifest stored under another snapshot's name",
@@ -216,17 +225,17 @@ fn regenerate() {
             "snapshots/20260102T013000Z-00000000.manifest",
             "Body",
             "valid",
-            manifest.sign(&key),
+            manifest.sign(key),
         ),
         (
             "wal-record-elsewhere",
             "a WAL record whose sealed file is another segment's",
             "wal",
             "mairie",
-            &record_key,
+            record_key,
             "Body",
             "valid",
-            signed::sign(Kind::Wal, &record, &key),
+            signed::sign(Kind::Wal, &record, key),
         ),
         (
             "restore-test-other-tenant",
@@ -236,17 +245,17 @@ fn regenerate() {
             "reports/restore-tests/20260601T020000.000Z-nightly.json",
             "Body",
             "valid",
-            restore.sign(&key),
+            restore.sign(key),
         ),
         (
             "report-unknown-key",
             "a drill report signed by a key nobody registered",
             "report",
             "reports",
-            &report_key,
+            report_key,
             "BadSignature",
             "valid",
-            report.sign(&stranger),
+            report.sign(stranger),
         ),
         (
             "index-not-an-index",
@@ -298,7 +307,57 @@ fn regenerate() {
             "valid",
             b"garbage of the right length?".to_vec(),
         ),
-    ];
+    ]
+}
+
+fn condemned_cases(m: &Made) -> Vec<Case<'static>> {
+    let stranger = &m.stranger;
+    let manifest: Manifest = serde_json::from_str(include_str!("../data/valid/manifest.json")).unwrap();
+    let at = at("2026-06-01T04:00:00Z");
+    let list = Condemned {
+        format: bascule_core::condemned::FORMAT,
+        tenant: "mairie".into(),
+        name: "20260601T040000Z-00c0ffee".into(),
+        condemned_at: at,
+        grace_seconds: 0,
+        packs: manifest.objects.clone(),
+    };
+    let list_key: &'static str = Box::leak(bascule_core::condemned::key(&list.name).into_boxed_str());
+    vec![
+        (
+            "condemned-forged",
+            "a condemned list naming a snapshot's packs, signed by a key that is not the controller's",
+            "condemned",
+            "mairie",
+            list_key,
+            "BadSignature",
+            "valid",
+            list.sign(stranger),
+        ),
+        (
+            "condemned-unsigned",
+            "a condemned list in the unsigned format 1",
+            "condemned",
+            "mairie",
+            list_key,
+            "Envelope",
+            "valid",
+            serde_json::to_vec(&list).unwrap(),
+        ),
+    ]
+}
+
+/// What every case is made from.
+struct Made {
+    key: AgentKey,
+    stranger: AgentKey,
+}
+
+fn regenerate() {
+    let made = Made { key: agent_key(), stranger: AgentKey::generate() };
+    let mut cases = head_cases(&made);
+    cases.extend(object_cases(&made));
+    cases.extend(condemned_cases(&made));
     let dir = data().join("invalid");
     std::fs::create_dir_all(&dir).unwrap();
     for (file, what, kind, tenant, key, expect, trust, bytes) in cases {

@@ -86,10 +86,10 @@ fn repair_copies_good_ciphertext_over_missing_and_damaged_copies_without_any_key
     // an object damaged on both providers: reported, never spread
     flip(&rt, &a, &indexes[1]);
     flip(&rt, &b, &indexes[1]);
-    let before = rt.block_on(a.get(&indexes[1])).unwrap().unwrap();
+    let before = rt.block_on(a.get(&indexes[1], u64::MAX)).unwrap().unwrap();
     let (ok, out) = repair(&s, false);
     assert!(!ok && out.contains(&format!("UNREPAIRABLE {}", indexes[1])), "{out}");
     assert!(!out.contains("COPIED"), "{out}");
-    assert_eq!(rt.block_on(a.get(&indexes[1])).unwrap().unwrap(), before);
+    assert_eq!(rt.block_on(a.get(&indexes[1], u64::MAX)).unwrap().unwrap(), before);
     std::fs::rename(&key_away, s.path("customer.key")).unwrap();
 }

@@ -283,7 +283,7 @@ fn the_pitr_window_keeps_the_wal_from_its_base_backup_and_prunes_the_older() {
     assert_eq!(after_a, s.wal_on(&s.b), "both providers pruned alike");
     let manifest = |name: &str| -> bascule_core::manifest::Manifest {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let bytes = rt.block_on(s.provider(&s.a).get(&bascule_core::layout::manifest(name))).unwrap().unwrap();
+        let bytes = rt.block_on(s.provider(&s.a).get(&bascule_core::layout::manifest(name), u64::MAX)).unwrap().unwrap();
         let key: bascule_core::keys::VerifyKey = s.verify_key.parse().unwrap();
         bascule_core::signed::open(bascule_core::signed::Kind::Manifest, &bytes, &[key], "m").unwrap().0
     };

@@ -68,7 +68,7 @@ fn stock_tools_rebuild_the_export_without_bascule() {
     for (key, _) in rt.block_on(a.list("")).unwrap() {
         let p = copy.join(&key);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, rt.block_on(a.get(&key)).unwrap().unwrap()).unwrap();
+        std::fs::write(&p, rt.block_on(a.get(&key, u64::MAX)).unwrap().unwrap()).unwrap();
         if let Some(n) = bascule_core::layout::manifest_name(&key) {
             name = Some(n.to_string());
         }
@@ -262,7 +262,7 @@ fn flipped_byte_on_one_provider_is_detected_and_bypassed() {
     let a = s.provider(&s.a);
     let rt = rt();
     let (key, _) = rt.block_on(a.list("packs/")).unwrap().into_iter().next().unwrap();
-    let mut bytes = rt.block_on(a.get(&key)).unwrap().unwrap().to_vec();
+    let mut bytes = rt.block_on(a.get(&key, u64::MAX)).unwrap().unwrap().to_vec();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x20;
     rt.block_on(a.put(&key, bytes.into())).unwrap();
@@ -304,7 +304,7 @@ fn forged_objects_are_refused_before_use() {
     // a manifest signed by another key is refused too
     let other = bascule_core::keys::AgentKey::generate();
     let mkey = rt.block_on(a.list("snapshots/")).unwrap().into_keys().find(|k| k.ends_with(".manifest")).unwrap();
-    let orig = rt.block_on(a.get(&mkey)).unwrap().unwrap();
+    let orig = rt.block_on(a.get(&mkey, u64::MAX)).unwrap().unwrap();
     let body_at = orig.windows(2).position(|w| w == b"\n\n").unwrap() + 2;
     let body: serde_json::Value = serde_json::from_slice(&orig[body_at..]).unwrap();
     let resigned = bascule_core::signed::sign(bascule_core::signed::Kind::Manifest, &body, &other);
@@ -332,7 +332,7 @@ fn provider_rollback_is_refused() {
     assert!(s.snapshot().status.success());
     let rt = rt();
     let a = s.provider(&s.a);
-    let old_head = rt.block_on(a.get("HEAD")).unwrap().unwrap();
+    let old_head = rt.block_on(a.get("HEAD", u64::MAX)).unwrap().unwrap();
     assert!(run(&mut s.controller(&["verify"])).status.success());
     assert!(s.snapshot().status.success());
     assert!(run(&mut s.controller(&["verify"])).status.success());

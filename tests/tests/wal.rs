@@ -218,7 +218,7 @@ fn verify_names_a_gap_a_forged_record_and_a_copy_missing_on_one_provider() {
         }
         // a record re-signed by another key on A: refused
         let other = bascule_core::keys::AgentKey::generate();
-        let rec = a.get(&w(&names[2]).record_key()).await.unwrap().unwrap();
+        let rec = a.get(&w(&names[2]).record_key(), u64::MAX).await.unwrap().unwrap();
         let body: bascule_core::wal::WalRecord =
             serde_json::from_slice(&rec[rec.windows(2).position(|x| x == b"\n\n").unwrap() + 2..]).unwrap();
         let forged = bascule_core::signed::sign(bascule_core::signed::Kind::Wal, &body, &other);

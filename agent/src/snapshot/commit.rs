@@ -9,9 +9,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use bascule_core::condemned::{self, Condemned};
 use bascule_core::manifest::{Index, Manifest, FORMAT};
 use bascule_core::object::ObjectRef;
-use bascule_core::retention::{read_condemned, Condemned};
 use bascule_core::signed::Signed;
 use bascule_core::{layout, seal};
 use bytes::Bytes;
@@ -81,6 +81,7 @@ pub(super) async fn commit(
         .await
         .with_context(|| format!("job {}: reading the prune's condemned lists before the commit", job.name))?;
     check_condemned(&packer.objects, &lists).with_context(|| format!("job {}", job.name))?;
+    confirm_packs(session, &packer.objects).await.with_context(|| format!("job {}: nothing committed", job.name))?;
     session.put(&layout::manifest(&name), manifest_bytes, &session.writer.up(), false).await?;
 
     // once a manifest is out, HEAD follows even if a stop was asked meanwhile
@@ -107,10 +108,64 @@ pub(super) async fn commit(
     Ok(report)
 }
 
-/// Packs of condemned lists, read from the providers in `up`.
+/// The condemned lists the providers in `up` hold that this agent honours
+/// (a list that fails its check is said and left out).
 pub(super) async fn condemned_lists(agent: &Agent, up: &[bool]) -> bascule_core::Result<BTreeMap<String, Condemned>> {
     let replicas: Vec<_> = agent.replicated.replicas.iter().zip(up).filter(|(_, u)| **u).map(|(r, _)| r.clone()).collect();
-    read_condemned(&replicas).await
+    let read = condemned::read(&replicas, agent.condemned_trust()).await?;
+    for (provider, key, why) in &read.refused {
+        tracing::warn!(provider = %provider, key = %key, error = %why, "Ignoring a condemned list that does not pass its check");
+    }
+    Ok(read.lists)
+}
+
+/// Before the manifest goes out: every pack it names is on each provider it
+/// is committed to, with its length. A provider that lacks one gets it from
+/// another that holds it (ciphertext checked), or is left out of the commit.
+async fn confirm_packs(session: &Session, objects: &[ObjectRef]) -> anyhow::Result<()> {
+    let replicas = &session.agent.replicated.replicas;
+    let mut listings = Vec::new();
+    for (i, r) in replicas.iter().enumerate() {
+        listings.push(if session.writer.up()[i] {
+            match r.list(layout::PACKS).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    session.writer.take_down(i, format!("cannot list its packs before the commit: {e}"));
+                    None
+                }
+            }
+        } else {
+            None
+        });
+    }
+    let holds = |i: usize, o: &ObjectRef| listings[i].as_ref().is_some_and(|l| l.get(&o.key) == Some(&o.len));
+    for o in objects {
+        let lacking: Vec<bool> = (0..replicas.len()).map(|i| session.writer.up()[i] && !holds(i, o)).collect();
+        if !lacking.iter().any(|l| *l) {
+            continue;
+        }
+        let from = (0..replicas.len()).find(|&i| holds(i, o));
+        let copied = match from {
+            Some(f) => match replicas[f].get_ref(o).await {
+                Ok(Some(bytes)) if o.check(&replicas[f].provider, &bytes).is_ok() => session.put(&o.key, bytes, &lacking, true).await,
+                Ok(_) => Err(anyhow::anyhow!("{} is not whole on {}", o.key, replicas[f].provider)),
+                Err(e) => Err(e.into()),
+            },
+            None => Err(anyhow::anyhow!("{} is on no provider", o.key)),
+        };
+        if let Err(e) = copied {
+            for (i, l) in lacking.iter().enumerate() {
+                if *l {
+                    session.writer.take_down(i, format!("lacks pack {} the snapshot needs: {e:#}", o.key));
+                }
+            }
+        }
+        tracing::warn!(key = %o.key, "A pack the snapshot needs was missing on a provider before the commit");
+    }
+    if !session.writer.any_up() {
+        bail!("no provider holds every pack of this snapshot: {}", session.writer.down_reasons());
+    }
+    Ok(())
 }
 
 /// Refuses to commit a snapshot that references a pack a prune condemned

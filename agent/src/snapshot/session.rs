@@ -73,7 +73,7 @@ impl Session {
         let first = || self.copying.lock().unwrap_or_else(|e| e.into_inner()).insert(pack.key.clone());
         if lacking.iter().any(|l| *l) && first() {
             let from = &self.agent.replicated.replicas[from];
-            let bytes = from.get(&pack.key).await?.with_context(|| format!("{} vanished from {}", pack.key, from.provider))?;
+            let bytes = from.get_ref(pack).await?.with_context(|| format!("{} vanished from {}", pack.key, from.provider))?;
             pack.check(&from.provider, &bytes)?;
             self.put(&pack.key, bytes, &lacking, true).await?;
         }

@@ -10,8 +10,10 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
+use bascule_core::head::Head;
 use bascule_core::manifest::Manifest;
 use bascule_core::object::ObjectRef;
+use bascule_core::signed::Signed;
 use bascule_core::wal::{record_name, WalRecord, WAL};
 use bascule_core::{layout, Error};
 use bytes::Bytes;
@@ -85,29 +87,35 @@ impl RepairReport {
 /// What each provider lists (None: unreachable).
 type Listings = Vec<Option<BTreeMap<String, u64>>>;
 
+/// How long a copy must be: what a signed reference states, or at most
+/// what such an object may have.
+#[derive(Clone, Copy)]
+enum Len {
+    Exact(u64),
+    AtMost(u64),
+}
+
 /// Reads `key` on every provider and checks each copy with `check`.
-async fn copies(
-    t: &Tenant,
-    listings: &Listings,
-    key: &str,
-    len: Option<u64>,
-    check: &(dyn Fn(&Bytes) -> Result<(), String> + Sync),
-) -> Vec<Copy> {
+async fn copies(t: &Tenant, listings: &Listings, key: &str, len: Len, check: &(dyn Fn(&Bytes) -> Result<(), String> + Sync)) -> Vec<Copy> {
     let mut out = Vec::new();
     for (i, r) in t.replicated.replicas.iter().enumerate() {
         let Some(listing) = &listings[i] else {
             out.push(Copy::Unknown);
             continue;
         };
+        let max = match len {
+            Len::Exact(n) | Len::AtMost(n) => n,
+        };
         match (listing.get(key), len) {
             (None, _) => out.push(Copy::Missing),
-            (Some(have), Some(want)) if *have != want => out.push(Copy::Bad(format!("length {have}, expected {want}"))),
-            _ => match r.get(key).await {
+            (Some(have), Len::Exact(want)) if *have != want => out.push(Copy::Bad(format!("length {have}, expected {want}"))),
+            _ => match r.get(key, max).await {
                 Ok(Some(b)) => match check(&b) {
                     Ok(()) => out.push(Copy::Good(b)),
                     Err(e) => out.push(Copy::Bad(e)),
                 },
                 Ok(None) => out.push(Copy::Missing),
+                Err(e @ Error::TooLarge { .. }) => out.push(Copy::Bad(e.to_string())),
                 Err(_) => out.push(Copy::Unknown),
             },
         }
@@ -178,7 +186,7 @@ pub async fn run(t: &Tenant, dry_run: bool, concurrency: usize) -> anyhow::Resul
     for key in all_keys.iter().filter(|k| layout::manifest_name(k).is_some()) {
         let name = layout::manifest_name(key).expect("filtered").to_string();
         let check = |b: &Bytes| t.open_manifest(&name, b).map(|_| ()).map_err(|e| e.to_string());
-        let found = copies(t, &listings, key, None, &check).await;
+        let found = copies(t, &listings, key, Len::AtMost(Manifest::MAX_LEN), &check).await;
         let parsed = found.iter().find_map(|c| match c {
             Copy::Good(b) => t.open_manifest(&name, b).ok(),
             _ => None,
@@ -189,7 +197,7 @@ pub async fn run(t: &Tenant, dry_run: bool, concurrency: usize) -> anyhow::Resul
     for key in &all_keys {
         let Some(w) = record_name(key) else { continue };
         let check = |b: &Bytes| t.open_wal_record(&w, b).map(|_| ()).map_err(|e| e.to_string());
-        let found = copies(t, &listings, key, None, &check).await;
+        let found = copies(t, &listings, key, Len::AtMost(WalRecord::MAX_LEN), &check).await;
         let parsed = found.iter().find_map(|c| match c {
             Copy::Good(b) => t.open_wal_record(&w, b).ok(),
             _ => None,
@@ -212,7 +220,7 @@ pub async fn run(t: &Tenant, dry_run: bool, concurrency: usize) -> anyhow::Resul
         .into_values()
         .map(|o| async move {
             let check = |b: &Bytes| o.check("", b).map_err(|e| e.to_string());
-            let found = copies(t, listings_ref, &o.key, Some(o.len), &check).await;
+            let found = copies(t, listings_ref, &o.key, Len::Exact(o.len), &check).await;
             (o.key, found)
         })
         .collect();
@@ -229,7 +237,7 @@ pub async fn run(t: &Tenant, dry_run: bool, concurrency: usize) -> anyhow::Resul
     let check = |b: &Bytes| t.open_head(b).map(|_| ()).map_err(|e| e.to_string());
     let mut heads = Vec::new();
     for (i, r) in t.replicated.replicas.iter().enumerate() {
-        heads.push(match (&listings[i], r.get(layout::HEAD).await) {
+        heads.push(match (&listings[i], r.get(layout::HEAD, Head::MAX_LEN).await) {
             (None, _) | (_, Err(_)) => Copy::Unknown,
             (_, Ok(None)) => Copy::Missing,
             (_, Ok(Some(b))) => match check(&b) {

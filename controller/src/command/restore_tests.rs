@@ -31,7 +31,8 @@ pub async fn list(t: &Tenant) -> anyhow::Result<Vec<Result<RestoreTestResult, St
     anyhow::ensure!(listed > 0, "tenant {}: no provider could be listed", t.name);
     let mut out = Vec::new();
     for key in keys {
-        let got = t.replicated.get_checked(&key, 0, |_, b| RestoreTestResult::open(&b, &t.keys, &t.name, &key)).await;
+        let got =
+            t.replicated.get_checked(&key, RestoreTestResult::MAX_LEN, 0, |_, b| RestoreTestResult::open(&b, &t.keys, &t.name, &key)).await;
         out.push(got.map(|(r, _)| r).map_err(|e| format!("{key}: {e}")));
     }
     Ok(out)

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use bascule_core::object::ObjectRef;
+use bascule_core::signed::Signed;
 use bascule_core::{layout, manifest::Manifest};
 use futures::StreamExt;
 
@@ -113,7 +114,7 @@ pub async fn run(tenant: &Tenant, read_data: ReadData, concurrency: usize) -> an
                 report_push(&mut problems, &r.provider, &mkey, "manifest missing".into());
                 continue;
             }
-            match r.get(&mkey).await {
+            match r.get(&mkey, Manifest::MAX_LEN).await {
                 Ok(Some(b)) => match tenant.open_manifest(name, &b) {
                     Ok(m) => good = good.or(Some(m)),
                     Err(e) => report_push(&mut problems, &r.provider, &mkey, format!("refused: {e}")),
@@ -151,7 +152,7 @@ pub async fn run(tenant: &Tenant, read_data: ReadData, concurrency: usize) -> an
             .map(|(i, o)| {
                 let r = &tenant.replicated.replicas[i];
                 async move {
-                    let res = match r.get(&o.key).await {
+                    let res = match r.get_ref(&o).await {
                         Ok(Some(b)) => o.check(&r.provider, &b).map(|_| b.len() as u64).map_err(|e| e.to_string()),
                         Ok(None) => Err("missing".into()),
                         Err(e) => Err(e.to_string()),

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use std::process::ExitCode;
 
+use bascule_core::signed::Signed;
 use bascule_core::wal::{record_name, WalFileKind, WalName, WalRecord};
 use futures::StreamExt;
 
@@ -71,7 +72,7 @@ pub async fn scan(tenant: &Tenant, read_data: ReadData, concurrency: usize) -> W
                     return (w, i, Err("missing on this provider".into()));
                 }
                 let res = async {
-                    let bytes = r.get(&w.record_key()).await.map_err(|e| e.to_string())?.ok_or("record vanished")?;
+                    let bytes = r.get(&w.record_key(), WalRecord::MAX_LEN).await.map_err(|e| e.to_string())?.ok_or("record vanished")?;
                     let rec = tenant.open_wal_record(&w, &bytes).map_err(|e| format!("refused: {e}"))?;
                     match listing.get(&rec.object.key) {
                         None => return Err("record present but its file is missing".to_string()),
@@ -80,7 +81,7 @@ pub async fn scan(tenant: &Tenant, read_data: ReadData, concurrency: usize) -> W
                     }
                     let mut read = 0;
                     if read_data.reads(&rec.object.key) {
-                        let b = r.get(&rec.object.key).await.map_err(|e| e.to_string())?.ok_or("file vanished")?;
+                        let b = r.get_ref(&rec.object).await.map_err(|e| e.to_string())?.ok_or("file vanished")?;
                         rec.object.check(&r.provider, &b).map_err(|e| e.to_string())?;
                         read = b.len() as u64;
                     }

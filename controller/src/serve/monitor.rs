@@ -9,7 +9,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bascule_core::head::Head;
+use bascule_core::manifest::Manifest;
 use bascule_core::provider::Provider;
+use bascule_core::signed::Signed;
 use bascule_core::{layout, Error};
 use futures::StreamExt;
 use serde::Serialize;
@@ -260,7 +262,7 @@ async fn compare_listings(t: &mut Watched, providers: &[Provider]) {
             if !sets[i].as_ref().is_some_and(|s| s.contains(key.as_str())) {
                 continue;
             }
-            let Ok(Some(b)) = t.tenant.replicated.replicas[i].get(key).await else { continue };
+            let Ok(Some(b)) = t.tenant.replicated.replicas[i].get(key, Manifest::MAX_LEN).await else { continue };
             match t.tenant.open_manifest(name, &b) {
                 Ok(man) => {
                     t.snapshots.insert(name.to_string(), (man.kind.to_string(), man.started_at));

@@ -116,7 +116,7 @@ pub async fn prune_all(c: &Controller) {
     for t in &c.config.tenants {
         let result = async {
             let tenant = c.tenant(&t.name)?;
-            crate::command::prune::run(&c.config, &tenant, false, chrono::Utc::now()).await
+            crate::command::prune::run(c, &tenant, false, chrono::Utc::now()).await
         }
         .await;
         match result {

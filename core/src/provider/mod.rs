@@ -232,7 +232,7 @@ impl Replica {
             Ok(_) => Ok(()),
             Err(object_store::Error::NotImplemented) => self.put(key, bytes).await,
             Err(object_store::Error::AlreadyExists { .. }) => {
-                if self.get(key).await?.is_some_and(|have| have == bytes) {
+                if self.get(key, bytes.len() as u64).await.ok().flatten().is_some_and(|have| have == bytes) {
                     return Ok(());
                 }
                 tracing::warn!(provider = %self.provider, key, "An object with this name but other content was there; replacing it");
@@ -242,18 +242,45 @@ impl Replica {
         }
     }
 
-    /// `None` when the object does not exist.
-    pub async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+    /// The body of `result`, refused once it passes `max` bytes: whatever
+    /// length the provider announces or sends, no more than `max` bytes are
+    /// ever held.
+    async fn read_bounded(&self, key: &str, result: object_store::GetResult, max: u64) -> Result<Bytes> {
+        let announced = result.range.end.saturating_sub(result.range.start);
+        if announced > max {
+            return Err(Error::TooLarge { provider: self.provider.clone(), key: key.into(), size: announced, max });
+        }
+        let mut out = bytes::BytesMut::with_capacity(announced as usize);
+        let mut body = result.into_stream();
+        while let Some(chunk) = body.try_next().await.map_err(|e| self.err(key, e))? {
+            let size = out.len() as u64 + chunk.len() as u64;
+            if size > max {
+                return Err(Error::TooLarge { provider: self.provider.clone(), key: key.into(), size, max });
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.freeze())
+    }
+
+    /// The object, at most `max` bytes long (a longer one is refused, never
+    /// read whole); `None` when it does not exist.
+    pub async fn get(&self, key: &str, max: u64) -> Result<Option<Bytes>> {
         match self.store.get(&self.path(key)).await {
-            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| self.err(key, e))?)),
+            Ok(r) => Ok(Some(self.read_bounded(key, r, max).await?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.err(key, e)),
         }
     }
 
-    /// The object unless it still has the entity tag `etag` (a conditional
-    /// GET: a provider answers 304 without the body).
-    pub async fn get_if_changed(&self, key: &str, etag: Option<&str>) -> Result<Fetched> {
+    /// The object a signed reference names, read no further than the length
+    /// it states (its hash is the caller's to check).
+    pub async fn get_ref(&self, r: &crate::object::ObjectRef) -> Result<Option<Bytes>> {
+        self.get(&r.key, r.len).await
+    }
+
+    /// The object (at most `max` bytes) unless it still has the entity tag
+    /// `etag` (a conditional GET: a provider answers 304 without the body).
+    pub async fn get_if_changed(&self, key: &str, etag: Option<&str>, max: u64) -> Result<Fetched> {
         let opts = object_store::GetOptions { if_none_match: etag.map(str::to_string), ..Default::default() };
         match self.store.get_opts(&self.path(key), opts).await {
             Ok(r) => {
@@ -262,7 +289,7 @@ impl Replica {
                     // a provider that ignores If-None-Match
                     return Ok(Fetched::NotModified);
                 }
-                Ok(Fetched::Changed { bytes: r.bytes().await.map_err(|e| self.err(key, e))?, etag: tag })
+                Ok(Fetched::Changed { bytes: self.read_bounded(key, r, max).await?, etag: tag })
             }
             Err(object_store::Error::NotModified { .. }) => Ok(Fetched::NotModified),
             Err(object_store::Error::NotFound { .. }) => Ok(Fetched::Absent),
@@ -270,10 +297,12 @@ impl Replica {
         }
     }
 
-    /// Bytes `range` of an object; `None` when the object does not exist.
+    /// Bytes `range` of an object, no more; `None` when the object does not exist.
     pub async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Option<Bytes>> {
-        match self.store.get_range(&self.path(key), range).await {
-            Ok(b) => Ok(Some(b)),
+        let max = range.end.saturating_sub(range.start);
+        let opts = object_store::GetOptions { range: Some(range.into()), ..Default::default() };
+        match self.store.get_opts(&self.path(key), opts).await {
+            Ok(r) => Ok(Some(self.read_bounded(key, r, max).await?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.err(key, e)),
         }

@@ -51,29 +51,40 @@ impl Replicated {
         self.writer_without(down)
     }
 
-    /// Reads `key` from the first provider (starting at `start`, so that
-    /// parallel reads spread over both) whose copy passes `check`; falls back
-    /// to the next when a copy is missing, unreadable or fails the check.
-    /// Returns the checked value and the provider that served it.
-    pub async fn get_checked<T>(&self, key: &str, start: usize, check: impl Fn(&str, Bytes) -> Result<T>) -> Result<(T, String)> {
-        self.get_range_checked(key, None, start, check).await
+    /// Reads `key` (at most `max` bytes) from the first provider (starting
+    /// at `start`, so that parallel reads spread over both) whose copy passes
+    /// `check`; falls back to the next when a copy is missing, unreadable,
+    /// too long or fails the check. Returns the checked value and the
+    /// provider that served it.
+    pub async fn get_checked<T>(&self, key: &str, max: u64, start: usize, check: impl Fn(&str, Bytes) -> Result<T>) -> Result<(T, String)> {
+        self.read_checked(key, Read::Whole(max), start, check).await
     }
 
-    /// [`Replicated::get_checked`] for bytes `range` of the object (all of it for `None`).
+    /// The object `o` names, from the first provider whose copy has its
+    /// length and hash.
+    pub async fn get_ref_checked(&self, o: &crate::object::ObjectRef, start: usize) -> Result<(Bytes, String)> {
+        self.get_checked(&o.key, o.len, start, |p, b| o.check(p, &b).map(|()| b)).await
+    }
+
+    /// [`Replicated::get_checked`] for bytes `range` of the object.
     pub async fn get_range_checked<T>(
         &self,
         key: &str,
-        range: Option<std::ops::Range<u64>>,
+        range: std::ops::Range<u64>,
         start: usize,
         check: impl Fn(&str, Bytes) -> Result<T>,
     ) -> Result<(T, String)> {
+        self.read_checked(key, Read::Range(range), start, check).await
+    }
+
+    async fn read_checked<T>(&self, key: &str, read: Read, start: usize, check: impl Fn(&str, Bytes) -> Result<T>) -> Result<(T, String)> {
         let n = self.replicas.len();
         let mut reasons = Vec::new();
         for i in 0..n {
             let r = &self.replicas[(start + i) % n];
-            let got = match &range {
-                None => r.get(key).await,
-                Some(range) => r.get_range(key, range.clone()).await,
+            let got = match &read {
+                Read::Whole(max) => r.get(key, *max).await,
+                Read::Range(range) => r.get_range(key, range.clone()).await,
             };
             match got {
                 Ok(Some(bytes)) => match check(&r.provider, bytes) {
@@ -94,6 +105,12 @@ impl Replicated {
         }
         Err(Error::NoGoodCopy { key: key.into(), reasons: reasons.join("; ") })
     }
+}
+
+/// What a read asks for: a whole object of at most so many bytes, or a range.
+enum Read {
+    Whole(u64),
+    Range(std::ops::Range<u64>),
 }
 
 /// A write session over the providers: see the module's documentation.

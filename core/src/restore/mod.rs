@@ -49,7 +49,7 @@ pub async fn open_index(replicated: &Replicated, m: &Manifest, ids: &Identities)
     if m.format != crate::manifest::FORMAT {
         return Err(RestoreError::Format { snapshot: m.name.clone(), found: m.format, expected: crate::manifest::FORMAT });
     }
-    let (ciphertext, _) = replicated.get_checked(&o.key, 0, |p, b| o.check(p, &b).map(|_| b)).await?;
+    let (ciphertext, _) = replicated.get_ref_checked(&o, 0).await?;
     let plain = seal::open(&ciphertext, ids, 1 << 30, &o.key, &m.recipients)?;
     let index: Index = serde_json::from_slice(&plain).map_err(|e| Error::Body { key: o.key.clone(), reason: e.to_string() })?;
     index.check_refs(m, &o.key)?;
@@ -83,7 +83,7 @@ pub async fn stream_chunks(
                 // spread reads over both providers; fall back on any failure.
                 // Decryption is CPU work: let this worker block while others go on.
                 let (opened, provider) = replicated
-                    .get_range_checked(&key, Some(read.start..read.end), i, |p, bytes| {
+                    .get_range_checked(&key, read.start..read.end, i, |p, bytes| {
                         tokio::task::block_in_place(|| plan::open_read(&read, &bytes, &key, p, &m, &index, &ids))
                     })
                     .await?;

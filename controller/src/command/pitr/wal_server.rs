@@ -71,7 +71,7 @@ impl WalServer {
             let (plain, _) = this
                 .tenant
                 .replicated
-                .get_checked(&o.key, i, |p, b| {
+                .get_checked(&o.key, o.len, i, |p, b| {
                     o.check(p, &b)?;
                     let plain = tokio::task::block_in_place(|| seal::open(&b, &this.ids, rec.size as usize, &o.key, &rec.recipients))?;
                     let h = hash_hex(&plain);

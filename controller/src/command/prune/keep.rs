@@ -86,6 +86,7 @@ pub(super) fn choose<'a>(
     manifests: &'a [Manifest],
     held: &Held,
     snaps: &BTreeMap<String, (u64, DateTime<Utc>)>,
+    protected: &HashSet<String>,
     now: DateTime<Utc>,
     grace: chrono::Duration,
     report: &mut PruneReport,
@@ -113,7 +114,7 @@ pub(super) fn choose<'a>(
     // an index no manifest names (a run that failed before its commit), once old
     let named: HashSet<&str> = manifests.iter().map(|m| m.index.key.as_str()).collect();
     for (key, (bytes, at)) in snaps {
-        if key.ends_with(".index") && !named.contains(key.as_str()) && *at + grace <= now {
+        if key.ends_with(".index") && !named.contains(key.as_str()) && !protected.contains(key) && *at + grace <= now {
             report.deleted.push((key.clone(), *bytes));
         }
     }

@@ -19,6 +19,7 @@
 mod keep;
 mod packs;
 mod print;
+mod unverified;
 mod wal;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -26,15 +27,16 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use bascule_core::layout;
-use bascule_core::manifest::{Manifest, SnapshotKind};
+use bascule_core::manifest::SnapshotKind;
 use bascule_core::object::ObjectRef;
 use bascule_core::retention::{Keep, Retention};
 use chrono::{DateTime, Utc};
 
 pub use print::print;
+pub use unverified::Unverified;
 
 use crate::command::TenantArg;
-use crate::config::ControllerConfig;
+use crate::context::Controller;
 use crate::tenant::Tenant;
 
 #[derive(clap::Args)]
@@ -48,7 +50,7 @@ pub struct Args {
 
 pub async fn main(a: Args) -> anyhow::Result<ExitCode> {
     let (c, t) = a.tenant.open()?;
-    let r = run(&c.config, &t, a.dry_run, Utc::now()).await?;
+    let r = run(&c, &t, a.dry_run, Utc::now()).await?;
     print(&t, &r);
     Ok(if r.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -90,6 +92,11 @@ pub struct PruneReport {
     pub locked: Vec<(String, String, DateTime<Utc>)>,
     /// (provider, what its bucket protects), when it has object lock.
     pub protections: Vec<(String, String)>,
+    /// (provider, key, why): condemned lists ignored, for they do not carry
+    /// this controller's signature.
+    pub refused_lists: Vec<(String, String, String)>,
+    /// Manifests that verify on no provider, and what is kept for them.
+    pub unverified: Vec<Unverified>,
 }
 
 impl PruneReport {
@@ -167,29 +174,21 @@ async fn lock_periods(t: &Tenant, report: &mut PruneReport) -> Vec<Option<chrono
     out
 }
 
-/// Every manifest any provider lists, verified (one that verifies nowhere
-/// stops the prune: what it references is unknown).
-async fn manifests(t: &Tenant, snaps: &BTreeMap<String, (u64, DateTime<Utc>)>) -> anyhow::Result<Vec<Manifest>> {
-    let mut manifests = Vec::new();
-    for key in snaps.keys() {
-        if let Some(name) = layout::manifest_name(key) {
-            let (m, _) = t.manifest(name).await.with_context(|| {
-                format!("manifest {name} verifies on no provider: nothing deleted (inspect it with `verify`, mend it with `repair`)")
-            })?;
-            manifests.push(m);
-        }
-    }
-    Ok(manifests)
-}
-
-pub async fn run(config: &ControllerConfig, t: &Tenant, dry_run: bool, now: DateTime<Utc>) -> anyhow::Result<PruneReport> {
+pub async fn run(c: &Controller, t: &Tenant, dry_run: bool, now: DateTime<Utc>) -> anyhow::Result<PruneReport> {
+    let config = &c.config;
+    // condemned lists are signed with the controller's key
+    let signing = c.report_key()?;
     let grace = chrono::Duration::from_std(config.prune.grace).context("prune.grace")?;
     let mut report = PruneReport { dry_run, ..Default::default() };
     let lock_periods = lock_periods(t, &mut report).await;
-    // 1. Every manifest, verified.
+    // 1. Every manifest, verified; what one that verifies nowhere names is kept
     let snap_lists = list_all(t, layout::SNAPSHOTS).await?;
     let snaps = union(&snap_lists);
-    let manifests = manifests(t, &snaps).await?;
+    let quarantine = chrono::Duration::from_std(config.prune.quarantine).context("prune.quarantine")?;
+    let names = snaps.keys().filter_map(|k| layout::manifest_name(k).map(str::to_string));
+    let (manifests, unverified) = unverified::sort(t, &config.state_dir, quarantine, names, now).await?;
+    let protected: HashSet<String> = unverified.iter().filter(|u| u.protects(now)).flat_map(|u| u.names.iter().cloned()).collect();
+    report.unverified = unverified;
     // the rest of what the providers hold (the WAL only when a base backup may cut it)
     let pack_lists = list_all(t, layout::PACKS).await?;
     let wal_lists = if manifests.iter().any(|m| m.wal.is_some()) {
@@ -199,13 +198,13 @@ pub async fn run(config: &ControllerConfig, t: &Tenant, dry_run: bool, now: Date
     };
     let held = Held { snap_lists, pack_lists, wal_lists, lock_periods };
     // 2. Retention per job.
-    let (remaining, wal_cut) = keep::choose(config, t, &manifests, &held, &snaps, now, grace, &mut report)?;
+    let (remaining, wal_cut) = keep::choose(config, t, &manifests, &held, &snaps, &protected, now, grace, &mut report)?;
     // 3. WAL before the cut.
     if let Some(base) = wal_cut {
         wal::choose(t, base, &remaining, &held.wal_lists, &mut report).await?;
     }
     // 4. Packs: delete those condemned long enough, condemn the unreferenced.
-    let (lists, lists_done) = packs::choose(t, &remaining, &held.pack_lists, now, grace, &mut report).await?;
+    let (lists, lists_done) = packs::choose(t, &signing, &remaining, &protected, &held.pack_lists, now, grace, &mut report).await?;
     // object lock: what it keeps is left for a later prune
     let mut skip: HashSet<(String, usize)> = HashSet::new();
     for (key, _) in &report.deleted {
@@ -217,6 +216,6 @@ pub async fn run(config: &ControllerConfig, t: &Tenant, dry_run: bool, now: Date
     if dry_run {
         return Ok(report);
     }
-    packs::apply(config, t, &lists, lists_done, &skip, now, &mut report).await?;
+    packs::apply(config, &signing, t, &lists, lists_done, &skip, now, &mut report).await?;
     Ok(report)
 }

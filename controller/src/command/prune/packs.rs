@@ -6,10 +6,12 @@
 use std::collections::{BTreeMap, HashSet};
 
 use anyhow::{bail, Context};
+use bascule_core::condemned::{self, Condemned, Trust};
+use bascule_core::keys::{AgentKey, TrustedKey};
 use bascule_core::layout;
 use bascule_core::manifest::Manifest;
 use bascule_core::object::ObjectRef;
-use bascule_core::retention::{self, Condemned};
+use bascule_core::signed::Signed;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -20,17 +22,29 @@ use crate::tenant::Tenant;
 
 /// Decides what happens to every pack (into `report`); returns the
 /// condemned lists read and those whose grace period is over.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn choose(
     t: &Tenant,
+    signing: &AgentKey,
     remaining: &[&Manifest],
+    protected: &HashSet<String>,
     pack_lists: &[Listing],
     now: DateTime<Utc>,
     grace: chrono::Duration,
     report: &mut PruneReport,
 ) -> anyhow::Result<(BTreeMap<String, Condemned>, Vec<String>)> {
-    let referenced: HashSet<&str> = remaining.iter().flat_map(|m| m.objects.iter().map(|o| o.key.as_str())).collect();
+    // what the kept manifests reference, and what an unverifiable one names while it is protected
+    let referenced: HashSet<&str> =
+        remaining.iter().flat_map(|m| m.objects.iter().map(|o| o.key.as_str())).chain(protected.iter().map(String::as_str)).collect();
     let packs = union(pack_lists);
-    let lists = retention::read_condemned(&t.replicated.replicas).await.context("reading the condemned lists")?;
+    let trusted = [TrustedKey::from(signing.verify_key())];
+    let read = condemned::read(&t.replicated.replicas, Trust::Signed { keys: &trusted, tenant: &t.name })
+        .await
+        .context("reading the condemned lists")?;
+    // a list this controller did not sign is reported and ignored: a
+    // provider could plant one naming the packs of a running export
+    report.refused_lists = read.refused;
+    let lists = read.lists;
     let mut pending: HashSet<&str> = HashSet::new();
     let mut lists_done = Vec::new();
     for (key, list) in &lists {
@@ -64,8 +78,10 @@ pub(super) async fn choose(
 
 /// Writes the new condemned list (on both providers, or nothing is
 /// deleted), deletes, then removes the lists that are done.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn apply(
     config: &ControllerConfig,
+    signing: &AgentKey,
     t: &Tenant,
     lists: &BTreeMap<String, Condemned>,
     lists_done: Vec<String>,
@@ -76,15 +92,17 @@ pub(super) async fn apply(
     let condemned_at = Utc::now().max(now);
     if !report.condemned.is_empty() {
         let list = Condemned {
-            format: retention::FORMAT,
+            format: condemned::FORMAT,
+            tenant: t.name.clone(),
+            name: condemned::new_name(condemned_at),
             condemned_at,
             grace_seconds: config.prune.grace.as_secs(),
             packs: report.condemned.clone(),
         };
         report.condemned_until = Some(list.deletable_from());
-        let key = retention::condemned_key(condemned_at);
+        let key = condemned::key(&list.name);
         let writer = t.replicated.writer();
-        let _ = writer.put(&key, Bytes::from(serde_json::to_vec(&list)?)).await;
+        let _ = writer.put(&key, Bytes::from(list.sign(signing))).await;
         if !writer.complete() {
             bail!("cannot write the condemned list {key} on every provider ({}); nothing deleted", writer.down_reasons());
         }

@@ -190,6 +190,7 @@ impl Report {
 
 impl bascule_core::signed::Signed for Report {
     const KIND: bascule_core::signed::Kind = bascule_core::signed::Kind::Report;
+    const MAX_LEN: u64 = 16 << 20;
 
     fn signed_at(&self) -> chrono::DateTime<chrono::Utc> {
         self.started_at
