@@ -174,6 +174,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let agent = Agent::load(&config.config)?;
             let report = agent.sync().await?;
             let bytes: u64 = report.copied.iter().map(|c| c.2).sum();
+            for (k, why) in &report.skipped {
+                println!("SKIPPED {k}: {why}");
+            }
             println!("copied {} object(s), {bytes} bytes", report.copied.len());
             Ok(if report.complete() { ExitCode::SUCCESS } else { ExitCode::from(3) })
         }

@@ -105,6 +105,9 @@ impl Agent {
         for (p, k, n) in &report.copied {
             tracing::info!(provider = %p, key = %k, bytes = n, "Copied to provider");
         }
+        for (k, why) in &report.skipped {
+            tracing::warn!(key = %k, reason = %why, "Left out of the sync");
+        }
         if report.complete() {
             if self.backlog_path().exists() {
                 std::fs::remove_file(self.backlog_path())?;

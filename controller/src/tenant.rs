@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use anyhow::Context;
 use bascule_core::head::{Head, RollbackGuard};
 use bascule_core::keys::TrustedKey;
 use bascule_core::manifest::Manifest;
@@ -123,8 +122,9 @@ impl Tenant {
         names
     }
 
-    /// The snapshot a user means: `latest` (the newest HEAD's), a full name,
-    /// or the short id.
+    /// The snapshot a user means: `latest` (the newest HEAD's, or, when its
+    /// manifest verifies nowhere, the newest snapshot that verifies), a full
+    /// name, or the short id.
     pub async fn resolve(&self, wanted: &str) -> anyhow::Result<String> {
         if wanted == "latest" {
             let heads = self.heads().await;
@@ -133,7 +133,20 @@ impl Tenant {
                 .filter_map(|(_, s)| if let HeadState::Valid(h) = s { Some(h) } else { None })
                 .max_by_key(|h| h.sequence)
                 .and_then(|h| h.latest_snapshot.clone());
-            return best.with_context(|| format!("tenant {}: no provider has a valid HEAD naming a snapshot", self.name));
+            if let Some(name) = &best {
+                match self.manifest(name).await {
+                    Ok(_) => return Ok(name.clone()),
+                    Err(e) => {
+                        tracing::warn!(tenant = %self.name, snapshot = %name, error = %e, "The newest snapshot HEAD names verifies nowhere; taking the newest that does")
+                    }
+                }
+            }
+            for name in Self::snapshot_names(&self.listings().await).iter().rev() {
+                if self.manifest(name).await.is_ok() {
+                    return Ok(name.clone());
+                }
+            }
+            anyhow::bail!("tenant {}: no snapshot verifies on any provider", self.name);
         }
         let names = Self::snapshot_names(&self.listings().await);
         let hits: Vec<_> = names.iter().filter(|n| *n == wanted || n.ends_with(&format!("-{wanted}"))).collect();

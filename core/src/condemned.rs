@@ -10,6 +10,9 @@
 //! the controller's key (`controller_keys`), honours only those too, and
 //! otherwise honours every list it can read (a list it cannot read is
 //! skipped and reported, never the end of an export).
+// Parses what a provider (or a source) serves: total, no panic (see the
+// threat model in the README).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};

@@ -1,5 +1,8 @@
 //! `HEAD`: the signed pointer to a tenant's newest state on one provider, and
 //! the guard that refuses a provider serving an older one.
+// Parses what a provider (or a source) serves: total, no panic (see the
+// threat model in the README).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -2,6 +2,9 @@
 //!
 //! Manifests, WAL records and condemned lists all point at objects this way;
 //! a copy read from a provider is used only once it matches its reference.
+// Parses what a provider (or a source) serves: total, no panic (see the
+// threat model in the README).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};

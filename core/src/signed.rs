@@ -17,6 +17,9 @@
 //! at the time the object carries, the object bound to its tenant and to the
 //! key it is stored under (a validly signed object moved to another name is
 //! refused).
+// Parses what a provider (or a source) serves: total, no panic (see the
+// threat model in the README).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::keys::{AgentKey, TrustedKey, VerifyKey};
@@ -115,8 +118,9 @@ pub fn sign<T: Serialize + ?Sized>(kind: Kind, body: &T, key: &AgentKey) -> Vec<
 pub fn open<T: DeserializeOwned>(kind: Kind, bytes: &[u8], trusted: &[VerifyKey], name: &str) -> Result<(T, VerifyKey)> {
     let bad = |reason: &str| Error::Envelope { key: name.into(), reason: reason.into() };
     let split = bytes.windows(2).position(|w| w == b"\n\n").ok_or_else(|| bad("no blank line after the header"))?;
-    let header = std::str::from_utf8(&bytes[..split]).map_err(|_| bad("header is not UTF-8"))?;
-    let body = &bytes[split + 2..];
+    let (header, rest) = bytes.split_at(split);
+    let header = std::str::from_utf8(header).map_err(|_| bad("header is not UTF-8"))?;
+    let body = rest.get(2..).unwrap_or_default();
     let mut lines = header.lines();
     let first = lines.next().unwrap_or_default();
     if first != format!("{MAGIC} {}", kind.as_str()) {

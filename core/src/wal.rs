@@ -5,6 +5,9 @@
 //! the stock tools) and `wal/<timeline>/<name>.rec` its signed [`WalRecord`],
 //! written after it: a file counts as archived on a provider once its record is
 //! there.
+// Parses what a provider (or a source) serves: total, no panic (see the
+// threat model in the README).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 use serde::{Deserialize, Serialize};
 
 use crate::object::ObjectRef;

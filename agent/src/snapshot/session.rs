@@ -2,7 +2,7 @@
 //! providers (a provider that fails is out for the rest of the run), what
 //! each provider held when the run started, the chunks already stored, and
 //! the healing of a provider that lacks a pack the other holds.
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,8 +24,10 @@ pub(super) struct Session {
     /// Packs each provider held when the run started (key → length).
     pub listings: Vec<BTreeMap<String, u64>>,
     pub known: Known,
-    /// Packs being copied to a provider that lacks them.
-    copying: Mutex<HashSet<String>>,
+    /// Packs copied to a provider that lacks them, once each: whether the
+    /// copy read passed its check (a pack that fails is not reused; its
+    /// chunks are sealed anew).
+    copying: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<bool>>>>,
     pub new_bytes: AtomicU64,
     pub journal: PathBuf,
     pub cancel: CancellationToken,
@@ -63,21 +65,42 @@ impl Session {
     }
 
     /// Decides one chunk: known (`true`: on every usable provider, or on one,
-    /// its pack then copied across, ciphertext only) or new (`false`: seal it).
+    /// its pack then copied across, ciphertext only) or new (`false`: seal
+    /// it). Every chunk of a pack that must be copied waits for that one
+    /// copy; a pack whose copy fails its check is not reused at all.
     pub async fn place(&self, id: &ChunkId) -> anyhow::Result<bool> {
         let Some(k) = self.known.blobs.get(id) else { return Ok(false) };
-        let pack = &self.known.segments[k.segment as usize].pack;
+        let Some(pack) = self.known.segments.get(k.segment as usize).map(|s| &s.pack) else { return Ok(false) };
         let has = self.holders(pack);
         let Some(from) = has.iter().position(|h| *h) else { return Ok(false) };
         let lacking: Vec<bool> = self.writer.up().iter().zip(&has).map(|(u, h)| *u && !h).collect();
-        let first = || self.copying.lock().unwrap_or_else(|e| e.into_inner()).insert(pack.key.clone());
-        if lacking.iter().any(|l| *l) && first() {
-            let from = &self.agent.replicated.replicas[from];
-            let bytes = from.get_ref(pack).await?.with_context(|| format!("{} vanished from {}", pack.key, from.provider))?;
-            pack.check(&from.provider, &bytes)?;
-            self.put(&pack.key, bytes, &lacking, true).await?;
+        if !lacking.iter().any(|l| *l) {
+            return Ok(true);
         }
-        Ok(true)
+        let cell = self.copying.lock().unwrap_or_else(|e| e.into_inner()).entry(pack.key.clone()).or_default().clone();
+        Ok(*cell.get_or_init(|| self.copy_pack(pack, from, &lacking)).await)
+    }
+
+    /// Copies `pack` from provider `from` to those `lacking` it; whether the
+    /// copy read passed its check.
+    async fn copy_pack(&self, pack: &ObjectRef, from: usize, lacking: &[bool]) -> bool {
+        let from = &self.agent.replicated.replicas[from];
+        let copy = match from.get_ref(pack).await {
+            Ok(Some(bytes)) => pack.check(&from.provider, &bytes).map(|()| bytes).map_err(anyhow::Error::from),
+            Ok(None) => Err(anyhow::anyhow!("{} vanished from {}", pack.key, from.provider)),
+            Err(e) => Err(e.into()),
+        };
+        match copy {
+            Ok(bytes) => {
+                // a provider that does not take it is out of the run; the pack stays known
+                let _ = self.put(&pack.key, bytes, lacking, true).await;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(pack = %pack.key, error = format!("{e:#}"), "A pack to copy failed its check; its chunks are sealed anew");
+                false
+            }
+        }
     }
 
     /// Uploads a full pack (created where absent) and records it in the journal.

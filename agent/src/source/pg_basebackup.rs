@@ -4,6 +4,9 @@
 //! server must archive through bascule. The manifest records the WAL range
 //! the backup needs, read from the stream as it passes: the start LSN and
 //! timeline from `backup_label`, the end LSN from `backup_manifest`.
+// Parses what a provider (or a source) serves: total, no panic (see the
+// threat model in the README).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -38,9 +41,9 @@ impl PgBasebackupSource {
         }
         let mut running = Running::spawn(cmd, format!("{}", prog.display()))?;
         let scan = Arc::new(Mutex::new(TarScan::default()));
-        let stdout = running.stdout.take().expect("fresh source");
+        let stdout = running.stdout.take().context("the source's standard output")?;
         running.reader = Some(Box::new(Scanned { inner: stdout, scan: scan.clone() }));
-        running.facts_from_stream = Some(Box::new(move || scan.lock().expect("lock").facts()));
+        running.facts_from_stream = Some(Box::new(move || scan.lock().unwrap_or_else(|e| e.into_inner()).facts()));
         Ok(running)
     }
 }
@@ -62,33 +65,37 @@ struct TarScan {
 const KEEP_TAIL: usize = 16 << 10;
 
 fn octal(field: &[u8]) -> u64 {
-    field.iter().take_while(|b| **b != 0 && **b != b' ').fold(0, |n, b| if b.is_ascii_digit() { n * 8 + (b - b'0') as u64 } else { n })
+    field.iter().take_while(|b| **b != 0 && **b != b' ').fold(0u64, |n, b| {
+        if b.is_ascii_digit() {
+            n.saturating_mul(8).saturating_add((b - b'0') as u64)
+        } else {
+            n
+        }
+    })
 }
 
 impl Scan for TarScan {
     fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() && !self.end {
             if self.skip > 0 {
-                let n = (self.skip.min(bytes.len() as u64)) as usize;
+                let (member, rest) = bytes.split_at(self.skip.min(bytes.len() as u64) as usize);
                 if let Some((which, left)) = &mut self.keep {
-                    let k = (*left).min(n as u64) as usize;
+                    let (kept, _) = member.split_at((*left).min(member.len() as u64) as usize);
                     let buf = if *which == "backup_label" { &mut self.label } else { &mut self.manifest_tail };
-                    buf.extend_from_slice(&bytes[..k]);
-                    if buf.len() > KEEP_TAIL {
-                        buf.drain(..buf.len() - KEEP_TAIL);
-                    }
-                    *left -= k as u64;
+                    buf.extend_from_slice(kept);
+                    buf.drain(..buf.len().saturating_sub(KEEP_TAIL));
+                    *left -= kept.len() as u64;
                 }
-                self.skip -= n as u64;
-                bytes = &bytes[n..];
+                self.skip -= member.len() as u64;
+                bytes = rest;
                 if self.skip == 0 {
                     self.keep = None;
                 }
                 continue;
             }
-            let n = (512 - self.header.len()).min(bytes.len());
-            self.header.extend_from_slice(&bytes[..n]);
-            bytes = &bytes[n..];
+            let (part, rest) = bytes.split_at(512usize.saturating_sub(self.header.len()).min(bytes.len()));
+            self.header.extend_from_slice(part);
+            bytes = rest;
             if self.header.len() < 512 {
                 continue;
             }
@@ -97,10 +104,11 @@ impl Scan for TarScan {
                 self.end = true;
                 break;
             }
-            let name_end = h[..100].iter().position(|b| *b == 0).unwrap_or(100);
-            let name = String::from_utf8_lossy(&h[..name_end]);
-            let size = octal(&h[124..136]);
-            self.skip = size.div_ceil(512) * 512;
+            let field = |r: std::ops::Range<usize>| h.get(r).unwrap_or_default();
+            let name = field(0..100);
+            let name = String::from_utf8_lossy(name.split(|b| *b == 0).next().unwrap_or_default());
+            let size = octal(field(124..136));
+            self.skip = size.div_ceil(512).saturating_mul(512);
             self.keep = match name.trim_start_matches("./") {
                 "backup_label" => Some(("backup_label", size)),
                 "backup_manifest" => Some(("backup_manifest", size)),

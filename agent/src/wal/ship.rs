@@ -208,6 +208,34 @@ impl RecordSequence {
     }
 }
 
+/// Whether `replica` already archives `name` with the same content: a WAL
+/// name is written once. A record there that this agent signed for other
+/// content is an error (nothing is overwritten), whatever the spool remembers;
+/// one that does not verify (damaged, or planted) is written over.
+async fn already_archived(
+    agent: &Agent,
+    replica: &bascule_core::provider::Replica,
+    name: &WalName,
+    ours: &WalRecord,
+) -> anyhow::Result<bool> {
+    let Some(bytes) = replica.get(&name.record_key(), WalRecord::MAX_LEN).await? else { return Ok(false) };
+    match WalRecord::open(&bytes, &agent.trusted(), &agent.config.tenant, name) {
+        Ok(theirs) if theirs.plain_hash == ours.plain_hash && theirs.size == ours.size => Ok(true),
+        Ok(theirs) => anyhow::bail!(
+            "{}: provider {} already archives another file under this name (archived {} by {}); refusing to overwrite it \
+             (is another cluster archiving as this tenant?)",
+            name.name,
+            replica.provider,
+            theirs.archived_at.to_rfc3339(),
+            theirs.host
+        ),
+        Err(e) => {
+            tracing::warn!(provider = %replica.provider, wal = %name.name, error = %e, "A record that does not verify is there; writing ours over it");
+            Ok(false)
+        }
+    }
+}
+
 /// One provider: uploads, in order, every sealed file it lacks; on failure
 /// waits (growing up to [`BACKOFF_MAX`]) and starts again from the first file
 /// it lacks. The other provider's loop is never held up by this one.
@@ -236,10 +264,14 @@ async fn upload_loop(agent: Arc<Agent>, spool: Spool, i: usize, sealed: Arc<Noti
         let mut uploads = futures::stream::iter(todo)
             .map(|name| {
                 let (replica, spool) = (replica.clone(), spool.clone());
+                let agent = agent.clone();
                 async move {
                     let object = Bytes::from(tokio::fs::read(spool.sealed(&name.name)).await?);
                     let rec_bytes = Bytes::from(tokio::fs::read(spool.record(&name.name)).await?);
                     let record = record_body(&rec_bytes).context("unreadable record in the spool")?;
+                    if already_archived(&agent, &replica, &name, &record).await? {
+                        return Ok::<_, anyhow::Error>((name, record));
+                    }
                     let n = (object.len() + rec_bytes.len()) as u64;
                     // the file first, its record after: the record says "archived"
                     let t0 = std::time::Instant::now();

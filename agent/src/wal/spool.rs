@@ -177,12 +177,9 @@ impl Spool {
         if !providers.iter().all(|p| self.is_sent(p, name)) {
             return Ok(false);
         }
-        // not synced: losing this marker in a crash only means a re-push of
-        // the same file is uploaded once more, and it keeps fsyncs (which a
-        // checkpoint can stall) off the path of every archived file
-        let t = self.tmp().join(format!("{name}.durable"));
-        std::fs::write(&t, plain_hash.as_bytes()).with_context(|| t.display().to_string())?;
-        std::fs::rename(&t, self.durable(name))?;
+        // durable before the spool forgets the file (a re-push with other
+        // content is also refused by the providers' signed records)
+        write_durably(&self.tmp(), &self.durable(name), plain_hash.as_bytes()).with_context(|| self.durable(name).display().to_string())?;
         for p in [self.sealed(name), self.record(name)].into_iter().chain(providers.iter().map(|p| self.sent_dir(p).join(name))) {
             match std::fs::remove_file(&p) {
                 Ok(()) => {}

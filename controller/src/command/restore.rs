@@ -144,7 +144,7 @@ pub async fn resolve_export(tenant: &Tenant, wanted: &str) -> anyhow::Result<(St
         // HEAD names the newest snapshot of any kind: take the newest export
         let names = Tenant::snapshot_names(&tenant.listings().await);
         for n in names.iter().rev() {
-            let (c, _) = tenant.manifest(n).await?;
+            let Ok((c, _)) = tenant.manifest(n).await else { continue };
             if c.kind == SnapshotKind::PgDump {
                 (name, m) = (n.clone(), c);
                 break;

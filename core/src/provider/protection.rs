@@ -1,6 +1,9 @@
 //! What a bucket itself protects: versioning and S3 Object Lock. Read with
 //! two signed bucket requests (`GET /?versioning`, `GET /?object-lock`),
 //! which `object_store` has no call for.
+// Parses what a provider (or a source) serves: total, no panic (see the
+// threat model in the README).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 use std::time::Duration;
 
 use object_store::aws::{AwsAuthorizer, AwsCredential};

@@ -7,6 +7,9 @@
 //! why) and the session goes on with the other; a write that no provider
 //! took is an error. What each provider missed is in [`Writer::outcome`],
 //! for the caller's backlog.
+// Parses what a provider (or a source) serves: total, no panic (see the
+// threat model in the README).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -80,8 +83,7 @@ impl Replicated {
     async fn read_checked<T>(&self, key: &str, read: Read, start: usize, check: impl Fn(&str, Bytes) -> Result<T>) -> Result<(T, String)> {
         let n = self.replicas.len();
         let mut reasons = Vec::new();
-        for i in 0..n {
-            let r = &self.replicas[(start + i) % n];
+        for r in self.replicas.iter().cycle().skip(start % n.max(1)).take(n) {
             let got = match &read {
                 Read::Whole(max) => r.get(key, *max).await,
                 Read::Range(range) => r.get_range(key, range.clone()).await,
@@ -138,7 +140,8 @@ impl Writer {
     /// Takes provider `i` out of the session (said once, with why).
     pub fn take_down(&self, i: usize, why: String) {
         if self.up.get(i).is_some_and(|u| u.swap(false, Ordering::SeqCst)) {
-            tracing::error!(provider = %self.replicas[i].provider, error = %why, "Provider failed; continuing on the other one (degraded)");
+            let provider = self.replicas.get(i).map(|r| r.provider.as_str()).unwrap_or_default();
+            tracing::error!(provider = %provider, error = %why, "Provider failed; continuing on the other one (degraded)");
             if let Some(w) = self.why_down.lock().unwrap_or_else(|e| e.into_inner()).get_mut(i) {
                 *w = Some(why);
             }
@@ -183,9 +186,9 @@ impl Writer {
     /// Writes to the providers in `which` that are still up.
     pub async fn put_to(&self, key: &str, bytes: Bytes, which: &[bool], create: bool) -> Result<()> {
         let up = self.up();
-        let targets: Vec<usize> = (0..self.replicas.len()).filter(|&i| which.get(i) == Some(&true) && up[i]).collect();
-        let puts = targets.iter().map(|&i| {
-            let (r, bytes) = (&self.replicas[i], bytes.clone());
+        let targets = self.replicas.iter().enumerate().filter(|(i, _)| which.get(*i) == Some(&true) && up.get(*i) == Some(&true));
+        let puts = targets.map(|(i, r)| {
+            let bytes = bytes.clone();
             async move { (i, if create { r.put_new(key, bytes).await } else { r.put(key, bytes).await }) }
         });
         let mut written = 0;

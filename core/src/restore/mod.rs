@@ -4,6 +4,9 @@
 //! it, then the whole stream's hash), and hand the plaintext to a sink:
 //! `pg_restore` (see [`crate::postgres::pg_restore`]), `tar`, a file.
 //! Used by the controller's `restore` and the agent's on-site `restore-test`.
+// Parses what a provider (or a source) serves: total, no panic (see the
+// threat model in the README).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 mod plan;
 
 use std::collections::BTreeMap;
@@ -71,15 +74,16 @@ pub async fn stream_chunks(
     mut sink: impl FnMut(Vec<u8>) -> futures::future::BoxFuture<'static, Result<(), RestoreError>>,
 ) -> Result<BTreeMap<String, u64>, RestoreError> {
     let mut served: BTreeMap<String, u64> = BTreeMap::new();
-    let reads = plan::plan_reads(&index);
+    let reads = plan::plan_reads(&index, &m.index.key)?;
     let mut chain = blake3::Hasher::new();
     let mut emitted = 0usize;
     let mut fetched = futures::stream::iter(reads.into_iter().enumerate())
         .map(|(i, read)| {
             let (ids, m, index, replicated) = (ids.clone(), m.clone(), index.clone(), replicated.clone());
-            let key = m.objects[read.object as usize].key.clone();
+            let key = m.objects.get(read.object as usize).map(|o| o.key.clone());
             // a task of its own: reads progress while the previous one is written out
             tokio::spawn(async move {
+                let key = key.ok_or_else(|| Error::Body { key: m.index.key.clone(), reason: "a segment points past the packs".into() })?;
                 // spread reads over both providers; fall back on any failure.
                 // Decryption is CPU work: let this worker block while others go on.
                 let (opened, provider) = replicated

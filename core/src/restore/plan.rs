@@ -1,5 +1,8 @@
 //! Read planning: the stream's chunks grouped into ranged reads of the
 //! packs, and the checks each read's bytes pass before they are used.
+// Parses what a provider (or a source) serves: total, no panic (see the
+// threat model in the README).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 use crate::keys::Identities;
 use crate::manifest::{Index, Manifest};
 use crate::{hash_hex, seal, Error};
@@ -42,14 +45,16 @@ impl Read {
 /// Groups the stream's chunks into ranged reads: chunks of one segment share
 /// one decryption, and segments lying close together in one pack share one
 /// request, so a first snapshot restores with about one request per pack.
-pub(super) fn plan_reads(index: &Index) -> Vec<Read> {
+pub(super) fn plan_reads(index: &Index, key: &str) -> crate::Result<Vec<Read>> {
     let mut reads: Vec<Read> = Vec::new();
     for c in index.chunks() {
-        let s = &index.segments[c.segment as usize];
-        let end = s.at + s.len as u64;
+        let s = index
+            .segments
+            .get(c.segment as usize)
+            .ok_or_else(|| Error::Body { key: key.into(), reason: "a chunk points past the segments".into() })?;
+        let end = s.at.saturating_add(s.len as u64);
         if let Some(r) = reads.last_mut().filter(|r| r.object == s.pack && r.plain + c.len as u64 <= READ_PLAIN_MAX) {
-            let last = r.segments.last_mut().expect("a read has a segment");
-            if last.segment == c.segment {
+            if let Some(last) = r.segments.last_mut().filter(|l| l.segment == c.segment) {
                 last.parts.push((c.offset, c.len));
                 r.plain += c.len as u64;
                 continue;
@@ -69,7 +74,7 @@ pub(super) fn plan_reads(index: &Index) -> Vec<Read> {
             segments: vec![SegmentRead { segment: c.segment, at: 0, parts: vec![(c.offset, c.len)] }],
         });
     }
-    reads
+    Ok(reads)
 }
 
 /// Checks each segment of one read against the ciphertext hash of the
@@ -84,13 +89,16 @@ pub(super) fn open_read(
     index: &Index,
     ids: &Identities,
 ) -> crate::Result<(Vec<u8>, Vec<blake3::Hash>)> {
-    let max = (m.segment_size + m.chunker.max_size as u64) as usize;
+    let max = m.segment_size.saturating_add(m.chunker.max_size as u64) as usize;
     let mut out = Vec::with_capacity(read.plain as usize);
     let mut hashes = Vec::with_capacity(read.chunks());
     for sr in &read.segments {
-        let seg = &index.segments[sr.segment as usize];
+        let seg = index
+            .segments
+            .get(sr.segment as usize)
+            .ok_or_else(|| Error::Body { key: key.into(), reason: "a read points past the segments".into() })?;
         let what = format!("{key} (segment at byte {})", seg.at);
-        let sealed = bytes.get(sr.at as usize..(sr.at + seg.len as u64) as usize).unwrap_or_default();
+        let sealed = bytes.get(sr.at as usize..sr.at.saturating_add(seg.len as u64) as usize).unwrap_or_default();
         let actual = hash_hex(sealed);
         if sealed.len() != seg.len as usize || actual != seg.hash {
             return Err(Error::CiphertextHash { key: what, provider: provider.into(), expected: seg.hash.clone(), actual });
@@ -133,12 +141,16 @@ mod tests {
         }
     }
 
+    fn plan_reads_ok(index: &Index) -> Vec<Read> {
+        plan_reads(index, "i").unwrap()
+    }
+
     #[test]
     fn chunks_of_a_segment_share_a_read_and_order_is_kept() {
         // chunks 0,1 in segment A (p0 @0), chunk 2 in segment B (p0 @100, contiguous),
         // chunk 3 in p1, then chunk 0 again (a repeated chunk)
         let reads =
-            plan_reads(&index(&[(0, 0, 100, 0, 10), (0, 0, 100, 10, 10), (0, 100, 50, 0, 10), (1, 0, 70, 0, 10), (0, 0, 100, 0, 10)]));
+            plan_reads_ok(&index(&[(0, 0, 100, 0, 10), (0, 0, 100, 10, 10), (0, 100, 50, 0, 10), (1, 0, 70, 0, 10), (0, 0, 100, 0, 10)]));
         assert_eq!(reads.len(), 3);
         assert_eq!((reads[0].object, reads[0].start, reads[0].end), (0, 0, 150));
         assert_eq!(reads[0].segments[0].parts, vec![(0, 10), (10, 10)]);
@@ -152,7 +164,7 @@ mod tests {
     fn reads_are_bounded() {
         let n = 100u32;
         let entries: Vec<_> = (0..n).map(|i| (0, i as u64 * 10, 10, 0, 1 << 20)).collect();
-        let reads = plan_reads(&index(&entries));
+        let reads = plan_reads_ok(&index(&entries));
         assert!(reads.iter().all(|r| r.plain <= READ_PLAIN_MAX && r.segments.len() <= READ_SEGMENTS_MAX));
         assert_eq!(reads.iter().map(Read::chunks).sum::<usize>(), n as usize);
     }

@@ -13,6 +13,9 @@
 //! On anything else (a newer version, a compressed archive, bytes that do
 //! not parse) it stops with the reason and the caller counts with SQL
 //! instead, in the dump's own snapshot.
+// Parses what a provider (or a source) serves: total, no panic (see the
+// threat model in the README).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 use std::collections::{BTreeMap, HashMap};
 
 use bascule_core::postgres::LARGE_OBJECTS;
@@ -97,7 +100,7 @@ impl Cur<'_> {
     }
 
     fn byte(&mut self) -> Result<u8, Short> {
-        Ok(self.take(1)?[0])
+        self.take(1)?.first().copied().ok_or(Short::More(0))
     }
 
     fn int(&mut self, size: usize) -> Result<i64, Short> {
@@ -118,14 +121,15 @@ impl Cur<'_> {
 
 /// An archive integer: a sign byte, then the magnitude little-endian.
 fn decode_int(b: &[u8]) -> Option<i64> {
+    let (sign, magnitude) = b.split_first()?;
     let mut v: u64 = 0;
-    for (i, x) in b[1..].iter().enumerate() {
+    for (i, x) in magnitude.iter().enumerate() {
         if *x != 0 {
             v |= u64::from(*x).checked_shl(8 * i as u32).filter(|_| i < 8)?;
         }
     }
     let v = i64::try_from(v).ok()?;
-    Some(if b[0] != 0 { -v } else { v })
+    Some(if *sign != 0 { -v } else { v })
 }
 
 /// The most the header and table of contents may take: a stream that
@@ -178,13 +182,16 @@ impl super::Scan for DumpScan {
                     return;
                 }
                 State::Piece { left, table, blob } => {
-                    let n = left.min(bytes.len() as u64) as usize;
+                    let (piece, rest) = bytes.split_at(left.min(bytes.len() as u64) as usize);
+                    let n = piece.len();
                     if let Some(t) = table {
-                        self.rows[t as usize] += count_lines(&bytes[..n]);
-                        self.tail.extend_from_slice(&bytes[n.saturating_sub(TAIL)..n]);
+                        if let Some(rows) = self.rows.get_mut(t as usize) {
+                            *rows += count_lines(piece);
+                        }
+                        self.tail.extend_from_slice(piece.get(n.saturating_sub(TAIL)..).unwrap_or_default());
                         self.tail.drain(..self.tail.len().saturating_sub(TAIL));
                     }
-                    bytes = &bytes[n..];
+                    bytes = rest;
                     self.state = if left == n as u64 {
                         State::PieceLen { table, blob }
                     } else {
@@ -192,8 +199,8 @@ impl super::Scan for DumpScan {
                     };
                 }
                 State::BlockKind => {
-                    let kind = bytes[0];
-                    bytes = &bytes[1..];
+                    let Some((&kind, rest)) = bytes.split_first() else { return };
+                    bytes = rest;
                     self.state = match kind {
                         BLK_DATA => State::DumpId { blobs: false },
                         BLK_BLOBS => State::DumpId { blobs: true },
@@ -201,10 +208,14 @@ impl super::Scan for DumpScan {
                     };
                 }
                 State::DumpId { .. } | State::Oid | State::PieceLen { .. } => {
-                    let size = 1 + self.header.expect("parsed header").int_size;
-                    let n = (size - self.head.len()).min(bytes.len());
-                    self.head.extend_from_slice(&bytes[..n]);
-                    bytes = &bytes[n..];
+                    let Some(header) = self.header else {
+                        self.state = State::Failed("data before the table of contents".into());
+                        return;
+                    };
+                    let size = 1 + header.int_size;
+                    let (int, rest) = bytes.split_at(size.saturating_sub(self.head.len()).min(bytes.len()));
+                    self.head.extend_from_slice(int);
+                    bytes = rest;
                     if self.head.len() == size {
                         let v = decode_int(&std::mem::take(&mut self.head));
                         self.state = self.after_int(v);
@@ -228,8 +239,8 @@ impl DumpScan {
                 State::PieceLen { table: None, blob: true }
             }
             State::PieceLen { table, blob: false } if v == 0 => {
-                if let Some(t) = table {
-                    self.rows[t as usize] -= end_marker_lines(&self.tail);
+                if let Some(rows) = table.and_then(|t| self.rows.get_mut(t as usize)) {
+                    *rows = rows.saturating_sub(end_marker_lines(&self.tail));
                 }
                 self.tail.clear();
                 State::BlockKind
@@ -364,8 +375,10 @@ const TAIL: usize = 6;
 /// Lines of the end marker pg_dump writes after a table's rows (`\.`, then
 /// two empty lines), found in the last bytes of its data.
 fn end_marker_lines(tail: &[u8]) -> u64 {
-    let at_line_start =
-        |marker: &[u8]| tail.ends_with(marker) && (tail.len() == marker.len() || tail[tail.len() - marker.len() - 1] == b'\n');
+    let at_line_start = |marker: &[u8]| {
+        tail.ends_with(marker)
+            && (tail.len() == marker.len() || tail.len().checked_sub(marker.len() + 1).and_then(|i| tail.get(i)) == Some(&b'\n'))
+    };
     if at_line_start(b"\\.\n\n\n") {
         3
     } else if at_line_start(b"\\.\n") {

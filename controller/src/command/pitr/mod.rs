@@ -25,6 +25,7 @@ use anyhow::{bail, Context};
 use bascule_core::keys::Identities;
 use bascule_core::manifest::{Manifest, SnapshotKind};
 use bascule_core::restore::{open_index, stream_chunks, RestoreError};
+use bascule_core::wal::{WalFileKind, WalName};
 use tokio::io::AsyncWriteExt;
 
 pub use target::Target;
@@ -69,6 +70,10 @@ pub struct PitrArgs {
     /// leave it running).
     #[arg(long)]
     stop: bool,
+    /// PITR: when WAL files are missing on both providers, end the restore
+    /// where the WAL stops and say so, instead of failing.
+    #[arg(long, requires = "pitr")]
+    accept_gap: bool,
 }
 
 pub(super) async fn main(c: &Controller, t: Tenant, identities: Identities, a: PitrArgs) -> anyhow::Result<ExitCode> {
@@ -87,6 +92,7 @@ pub(super) async fn main(c: &Controller, t: Tenant, identities: Identities, a: P
         os_user: a.os_user.or_else(crate::os_user::for_postgres),
         db_user: a.db_user,
         stop: a.stop,
+        accept_gap: a.accept_gap,
     };
     let r = run(t, req).await?;
     println!(
@@ -107,6 +113,9 @@ pub(super) async fn main(c: &Controller, t: Tenant, identities: Identities, a: P
         RTO_TARGET.as_secs() / 3600,
         if r.total < RTO_TARGET { "within target" } else { "MISSED" }
     );
+    if let Some(gap) = &r.gap {
+        println!("GAP (accepted): {gap}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -125,6 +134,9 @@ pub struct PitrRequest {
     pub db_user: String,
     /// Stop the server once the recovery point is read.
     pub stop: bool,
+    /// Succeed even when recovery to the end of the archive stopped before
+    /// the newest WAL the signed HEADs and records name (saying so).
+    pub accept_gap: bool,
 }
 
 #[derive(Debug)]
@@ -140,6 +152,9 @@ pub struct PitrReport {
     pub fetch_base: Duration,
     pub replay: Duration,
     pub total: Duration,
+    /// Where recovery to the end of the archive stopped short (accepted with
+    /// `accept_gap`).
+    pub gap: Option<String>,
 }
 
 /// Picks the newest base backup that is complete before the target.
@@ -153,7 +168,13 @@ async fn choose_base_backup(tenant: &Tenant, target: &Target) -> anyhow::Result<
                 continue;
             }
         }
-        let (m, _) = tenant.manifest(name).await?;
+        let m = match tenant.manifest(name).await {
+            Ok((m, _)) => m,
+            Err(e) => {
+                tracing::warn!(snapshot = %name, error = %e, "A snapshot that verifies on no provider is passed over");
+                continue;
+            }
+        };
         let (SnapshotKind::Basebackup, Some(wal)) = (m.kind, &m.wal) else { continue };
         let fits = match target {
             Target::Latest => true,
@@ -340,28 +361,67 @@ pub async fn run(tenant: Tenant, req: PitrRequest) -> anyhow::Result<PitrReport>
     let t1 = Instant::now();
     let reached = recover(&req).await;
     serving.abort();
-    let reached = reached?;
+    let served = server.served();
+    let reached = reached.map_err(|e| match served.missing.first() {
+        Some(m) => e.context(format!("the WAL archive lacks {} on both providers", m.name)),
+        None => e,
+    })?;
     let replay = t1.elapsed();
     let _ = std::fs::remove_file(&socket);
-    if req.stop {
-        let _ = command_as(&req.os_user, &req.bindir.join("pg_ctl"))
-            .arg("-D")
-            .arg(&req.pgdata)
-            .args(["-m", "fast", "-w", "stop"])
-            .output()
-            .await;
+    let gap = match &req.target {
+        Target::Latest => archive_gap(&tenant, &server, &served).await,
+        _ => None,
+    };
+    if let Some(g) = gap.as_ref().filter(|_| !req.accept_gap) {
+        stop_server(&req).await;
+        bail!(
+            "{g}: the restored cluster lacks the data after it, and was stopped; mend the archive (`bascule-controller wal`, `repair`), \
+             or restore anyway with --accept-gap"
+        );
     }
-    let (wal_files, wal_bytes) = server.served();
+    if req.stop {
+        stop_server(&req).await;
+    }
     Ok(PitrReport {
         base_backup: m.name.clone(),
         base_backup_bytes: m.source_bytes,
-        wal_files,
-        wal_bytes,
+        wal_files: served.files,
+        wal_bytes: served.bytes,
         last_commit: reached.last_commit,
         replay_lsn: reached.replay_lsn,
         timeline: reached.timeline,
         fetch_base,
         replay,
         total: t0.elapsed(),
+        gap,
     })
+}
+
+async fn stop_server(req: &PitrRequest) {
+    let _ =
+        command_as(&req.os_user, &req.bindir.join("pg_ctl")).arg("-D").arg(&req.pgdata).args(["-m", "fast", "-w", "stop"]).output().await;
+}
+
+/// When recovery to the end of the archive stopped before the newest WAL
+/// segment the signed HEADs or records name: where, and the first file no
+/// provider holds.
+async fn archive_gap(tenant: &Tenant, server: &WalServer, served: &wal_server::Served) -> Option<String> {
+    let from_heads = tenant.heads().await.into_iter().filter_map(|(_, h)| match h {
+        crate::tenant::HeadState::Valid(h) => h.latest_wal.as_deref().and_then(WalName::parse),
+        _ => None,
+    });
+    let end = from_heads
+        .chain(server.newest_listed().cloned())
+        .filter(|w| w.kind == WalFileKind::Segment)
+        .max_by(|a, b| a.order_key().cmp(&b.order_key()))?;
+    let replayed = served.newest.as_ref();
+    if replayed.is_some_and(|r| r.order_key() >= end.order_key()) {
+        return None;
+    }
+    let first_missing = served.missing.iter().find(|m| m.order_key() <= end.order_key()).map(|m| m.name.as_str()).unwrap_or("unknown");
+    Some(format!(
+        "recovery ended at WAL {}, before {} that the signed HEADs and records name; the first file missing on both providers: {first_missing}",
+        replayed.map(|r| r.name.as_str()).unwrap_or("(none)"),
+        end.name
+    ))
 }

@@ -27,7 +27,19 @@ pub(super) struct WalServer {
     order: Vec<WalName>,
     position: HashMap<String, usize>,
     inflight: Mutex<HashMap<String, Fetch>>,
-    served: Mutex<(u64, u64)>,
+    served: Mutex<Served>,
+}
+
+/// What the server handed over, and what it was asked for and did not have.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Served {
+    pub files: u64,
+    pub bytes: u64,
+    /// The newest segment handed over.
+    pub newest: Option<WalName>,
+    /// Segments asked for that the archive lacks, in the order asked (the
+    /// last is normally the one after the end of the archive).
+    pub missing: Vec<WalName>,
 }
 
 impl WalServer {
@@ -53,13 +65,18 @@ impl WalServer {
         Ok(WalServer { tenant, ids, order, position, inflight: Mutex::default(), served: Mutex::default() })
     }
 
-    pub(super) fn served(&self) -> (u64, u64) {
-        *self.served.lock().expect("lock")
+    pub(super) fn served(&self) -> Served {
+        self.served.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The newest segment any provider has a record for.
+    pub(super) fn newest_listed(&self) -> Option<&WalName> {
+        self.order.iter().rev().find(|w| w.kind == WalFileKind::Segment)
     }
 
     fn fetch(self: &Arc<Self>, i: usize) -> Fetch {
         let w = self.order[i].clone();
-        let mut inflight = self.inflight.lock().expect("lock");
+        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = inflight.get(&w.name) {
             return f.clone();
         }
@@ -91,7 +108,12 @@ impl WalServer {
 
     /// The plaintext of `name`, `None` when the archive has no such file.
     async fn get(self: &Arc<Self>, name: &str) -> Result<Option<Arc<Vec<u8>>>, String> {
-        let Some(&i) = self.position.get(name) else { return Ok(None) };
+        let Some(&i) = self.position.get(name) else {
+            if let Some(w) = WalName::parse(name).filter(|w| w.kind == WalFileKind::Segment) {
+                self.served.lock().unwrap_or_else(|e| e.into_inner()).missing.push(w);
+            }
+            return Ok(None);
+        };
         // fetch the next segments of the same timeline while this one is replayed
         let w = &self.order[i];
         if w.kind == WalFileKind::Segment {
@@ -105,11 +127,14 @@ impl WalServer {
             }
         }
         let got = self.fetch(i).await;
-        self.inflight.lock().expect("lock").remove(name);
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         let plain = got?;
-        let mut s = self.served.lock().expect("lock");
-        s.0 += 1;
-        s.1 += plain.len() as u64;
+        let mut s = self.served.lock().unwrap_or_else(|e| e.into_inner());
+        s.files += 1;
+        s.bytes += plain.len() as u64;
+        if w.kind == WalFileKind::Segment && s.newest.as_ref().is_none_or(|n| n.order_key() < w.order_key()) {
+            s.newest = Some(w.clone());
+        }
         Ok(Some(plain))
     }
 

@@ -12,6 +12,9 @@
 //!
 //! Every prune reports them, and `serve` counts them
 //! (`bascule_prune_unverified_manifests`).
+// Parses what a provider (or a source) serves: total, no panic (see the
+// threat model in the README).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

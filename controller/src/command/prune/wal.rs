@@ -1,7 +1,6 @@
 //! Step 3 of a prune: WAL older than the base backup the PITR window starts
 //! from (or the oldest kept base backup) goes, except the range each older
 //! kept base backup needs to reach consistency.
-use anyhow::Context;
 use bascule_core::manifest::Manifest;
 use bascule_core::wal::{Lsn, WalFileKind, WalName, WAL};
 
@@ -33,10 +32,18 @@ pub(super) async fn choose(
 ) -> anyhow::Result<()> {
     let Some(range) = base.wal.as_ref() else { return Ok(()) };
     let wal = union(wal_lists);
-    let first_segment = wal.keys().filter_map(|k| bascule_core::wal::record_name(k)).find(|w| w.kind == WalFileKind::Segment);
-    let Some(first) = first_segment else { return Ok(()) };
-    let (record, _) = t.wal_record(&first, 0).await.with_context(|| format!("the record of WAL segment {}", first.name))?;
-    let segment_size = record.size;
+    // the segment size, from the first segment record that verifies
+    let mut segment_size = None;
+    for w in wal.keys().filter_map(|k| bascule_core::wal::record_name(k)).filter(|w| w.kind == WalFileKind::Segment) {
+        match t.wal_record(&w, 0).await {
+            Ok((record, _)) => {
+                segment_size = Some(record.size);
+                break;
+            }
+            Err(e) => tracing::warn!(tenant = %t.name, wal = %w.name, error = %e, "A WAL record that verifies nowhere is passed over"),
+        }
+    }
+    let Some(segment_size) = segment_size else { return Ok(()) };
     let cut = (range.timeline, segment_of(range.start, segment_size));
     // older kept base backups keep the WAL that makes them consistent
     let ranges: Vec<(u32, u64, u64)> = remaining

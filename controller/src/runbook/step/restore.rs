@@ -28,6 +28,10 @@ pub struct RestoreStep {
     /// PITR: a superuser of the restored cluster, to read the recovery point
     /// (default `postgres`).
     pub db_user: Option<String>,
+    /// PITR to `latest`: succeed (saying so) when WAL files are missing on
+    /// both providers before the newest the signed HEADs name.
+    #[serde(default)]
+    pub accept_gap: bool,
 }
 
 /// The identity file a step names, read now, kept in memory only.
@@ -134,9 +138,10 @@ impl RestoreStep {
             os_user: crate::os_user::for_postgres(),
             db_user: ctx.sub(self.db_user.as_deref().unwrap_or("postgres")),
             stop: false,
+            accept_gap: self.accept_gap,
         };
         let rep = pitr::run(t, req).await.map_err(failed)?;
-        let output = format!(
+        let mut output = format!(
             "restored base backup {} and {} WAL file(s) ({} bytes); last replayed commit {}, LSN {}, timeline {}; base {:.1}s, replay {:.1}s",
             rep.base_backup,
             rep.wal_files,
@@ -147,6 +152,9 @@ impl RestoreStep {
             rep.fetch_base.as_secs_f64(),
             rep.replay.as_secs_f64()
         );
+        if let Some(gap) = &rep.gap {
+            output.push_str(&format!("\nGAP (accepted): {gap}"));
+        }
         Ok(StepOutcome { output, recovery_point: rep.last_commit, ..StepOutcome::default() })
     }
 }
