@@ -22,6 +22,7 @@ pub mod chunker;
 pub mod condemned;
 pub mod config;
 pub mod error;
+pub mod fuzz;
 pub mod head;
 pub mod keys;
 pub mod layout;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 mod archiving;
 pub mod bench;
 pub mod browser;
+pub mod fuzz;
 mod garage;
 pub mod http;
 mod postgres;

@@ -4,6 +4,7 @@
 //! chunker; nothing of the stream is staged on disk.
 mod command;
 mod dump_scan;
+pub mod fuzz;
 mod pg_basebackup;
 mod pg_dump;
 

@@ -51,7 +51,7 @@ impl PgBasebackupSource {
 /// Follows a tar stream's headers and keeps the two small members it needs:
 /// `backup_label` whole, and the end of `backup_manifest` (its WAL ranges).
 #[derive(Default)]
-struct TarScan {
+pub(super) struct TarScan {
     header: Vec<u8>,
     /// Bytes of the current member (padded to 512) still to pass.
     skip: u64,
@@ -119,7 +119,7 @@ impl Scan for TarScan {
 }
 
 impl TarScan {
-    fn facts(&self) -> anyhow::Result<SourceFacts> {
+    pub(super) fn facts(&self) -> anyhow::Result<SourceFacts> {
         let label = String::from_utf8_lossy(&self.label);
         let field = |name: &str| label.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
         let start = field("START WAL LOCATION:").context("the stream has no backup_label with a START WAL LOCATION")?;

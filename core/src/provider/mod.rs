@@ -18,7 +18,7 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, PutPayload};
 use serde::Deserialize;
 
-pub use protection::{ObjectLock, Protection};
+pub use protection::{parse as parse_protection, ObjectLock, Protection};
 pub use replicated::{PerProvider, Replicated, Writer};
 pub use throttle::{Throttle, ThrottledStore};
 

@@ -39,6 +39,12 @@ pub enum RestoreError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// The reads a restore would make of `index` (for the fuzz targets).
+#[doc(hidden)]
+pub fn plan_for_fuzz(index: &Index) -> usize {
+    plan::plan_reads(index, "i").map(|r| r.len()).unwrap_or(0)
+}
+
 impl RestoreError {
     /// The sink failed: `what` says which and what to look at.
     pub fn sink(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreError {
