@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs bascule's whole test suite, installing what it needs when missing:
-# the PostgreSQL server, the age, zstd and jq command-line tools, Chromium (for
-# the drill report's rendering test) (Debian packages),
+# the PostgreSQL server, the age, zstd, jq and time command-line tools, Chromium
+# (for the drill report's rendering test), promtool (Debian packages),
 # Garage (the S3 server that stands for each provider) and cargo-nextest.
 # Needs root (or sudo) only for what is missing.
 set -euo pipefail
@@ -25,6 +25,7 @@ command -v zstd >/dev/null || missing+=(zstd)
 command -v jq >/dev/null || missing+=(jq)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v curl >/dev/null || missing+=(curl)
+[ -x /usr/bin/time ] || missing+=(time)
 command -v promtool >/dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]}"

@@ -83,10 +83,16 @@ fn sealed_seeds() -> Vec<Vec<u8>> {
 }
 
 fn name_seeds() -> Vec<Vec<u8>> {
-    ["000000010000000A000000FF", "wal/00000001/000000010000000000000003.rec", "00000002.history", "snapshots/20260101T013000Z-0123abcd.manifest", "0/3000060"]
-        .iter()
-        .map(|s| s.as_bytes().to_vec())
-        .collect()
+    [
+        "000000010000000A000000FF",
+        "wal/00000001/000000010000000000000003.rec",
+        "00000002.history",
+        "snapshots/20260101T013000Z-0123abcd.manifest",
+        "0/3000060",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect()
 }
 
 fn tar_member(name: &str, body: &[u8]) -> Vec<u8> {
@@ -101,7 +107,10 @@ fn tar_member(name: &str, body: &[u8]) -> Vec<u8> {
 
 fn tar_seeds() -> Vec<Vec<u8>> {
     let mut t = tar_member("backup_label", b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nSTART TIMELINE: 1\n");
-    t.extend(tar_member("backup_manifest", br#"{ "WAL-Ranges": [ { "Timeline": 1, "Start-LSN": "0/2000028", "End-LSN": "0/2000100" } ] }"#));
+    t.extend(tar_member(
+        "backup_manifest",
+        br#"{ "WAL-Ranges": [ { "Timeline": 1, "Start-LSN": "0/2000028", "End-LSN": "0/2000100" } ] }"#,
+    ));
     t.extend([0u8; 1024]);
     vec![t]
 }

@@ -1,4 +1,6 @@
-//! A single-node Garage server on loopback: one S3 provider.
+//! A single-node Garage server on loopback: one S3 provider. Or, made with
+//! [`Garage::local`], a local directory standing for one (the embedded
+//! default), for tests that tamper with a provider's files directly.
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -14,6 +16,8 @@ pub struct Garage {
     dir: tempfile::TempDir,
     binary: PathBuf,
     server: Option<KillOnDrop>,
+    /// A local directory instead of a server.
+    local: bool,
 }
 
 fn garage_binary() -> PathBuf {
@@ -62,6 +66,7 @@ admin_token = "{secret}"
             dir,
             binary,
             server: None,
+            local: false,
         };
         g.start_server();
         let node = ok(&mut g.cli(&["node", "id", "-q"]));
@@ -79,6 +84,28 @@ admin_token = "{secret}"
         g.secret = field("Secret key:");
         ok(&mut g.cli(&["bucket", "allow", "--read", "--write", "--owner", "bascule", "--key", "bascule-test"]));
         g
+    }
+
+    /// A local directory as a provider (`file://…`): no server.
+    pub fn local(name: &str) -> Garage {
+        let dir = tempfile::Builder::new().prefix("bascule-local-provider-").tempdir().unwrap();
+        Garage {
+            name: name.into(),
+            s3_port: 0,
+            key_id: String::new(),
+            secret: String::new(),
+            bucket: String::new(),
+            dir,
+            binary: PathBuf::new(),
+            server: None,
+            local: true,
+        }
+    }
+
+    /// Where a local provider keeps the objects of `prefix` (tenants below it).
+    pub fn local_root(&self, prefix: &str) -> PathBuf {
+        assert!(self.local, "{} is a Garage server, not a directory", self.name);
+        self.dir.path().join("objects").join(prefix)
     }
 
     fn cli(&self, args: &[&str]) -> Command {
@@ -121,6 +148,9 @@ admin_token = "{secret}"
     /// Writes the credentials into files under `dir` and returns the provider
     /// entry of a bascule config.
     pub fn provider_yaml(&self, dir: &std::path::Path, prefix: &str) -> String {
+        if self.local {
+            return format!("  - name: {}\n    url: \"file://{}\"\n", self.name, self.local_root(prefix).display());
+        }
         let (kf, sf) = (dir.join(format!("{}.key-id", self.name)), dir.join(format!("{}.secret", self.name)));
         std::fs::write(&kf, &self.key_id).unwrap();
         std::fs::write(&sf, &self.secret).unwrap();

@@ -31,16 +31,22 @@ CREATE FUNCTION nom_complet(c citoyens) RETURNS text LANGUAGE sql IMMUTABLE AS $
 impl Scenario {
     /// Starts everything; `rows` citizens and 2×`rows` acts in database `mairie`.
     pub fn start(rows: u32) -> Scenario {
-        Self::build(rows, false, "")
+        Self::build(rows, false, "", false)
     }
 
     /// [`Scenario::start`], with PostgreSQL archiving its WAL through
     /// `bascule-agent wal-push`, and a base backup job `base`.
     pub fn start_archiving(rows: u32) -> Scenario {
-        Self::build(rows, true, "")
+        Self::build(rows, true, "", false)
     }
 
-    fn build(rows: u32, archiving: bool, extra_conf: &str) -> Scenario {
+    /// [`Scenario::start_archiving`] on two local directories instead of
+    /// two Garage servers (objects are files a test can change at will).
+    pub fn start_archiving_local(rows: u32) -> Scenario {
+        Self::build(rows, true, "", true)
+    }
+
+    fn build(rows: u32, archiving: bool, extra_conf: &str, local: bool) -> Scenario {
         let dir = crate::shared_tempdir();
         let conf = if archiving {
             format!(
@@ -52,8 +58,11 @@ impl Scenario {
             String::new()
         };
         let pg = PgCluster::start_with(&conf);
-        let a = Garage::start("provider-a");
-        let b = Garage::start("provider-b");
+        let (a, b) = if local {
+            (Garage::local("provider-a"), Garage::local("provider-b"))
+        } else {
+            (Garage::start("provider-a"), Garage::start("provider-b"))
+        };
         pg.createdb("mairie");
         pg.psql("mairie", TOWN_HALL_SCHEMA);
         pg.psql(
@@ -81,6 +90,12 @@ impl Scenario {
         if crate::is_root() {
             // the agent runs as the database's account, as on a real server
             ok(Command::new("chown").args(["-R", "postgres"]).arg(s.dir.path()));
+            if local {
+                for p in [&s.a, &s.b] {
+                    std::fs::create_dir_all(p.local_root("fleet")).unwrap();
+                    ok(Command::new("chown").args(["-R", "postgres"]).arg(p.local_root("fleet").parent().unwrap().parent().unwrap()));
+                }
+            }
         }
         s
     }

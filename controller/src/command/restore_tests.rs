@@ -20,20 +20,23 @@ pub async fn main(a: TenantArg) -> anyhow::Result<ExitCode> {
 /// Every result any provider holds, oldest first; one that does not verify
 /// on any provider is returned as an error line.
 pub async fn list(t: &Tenant) -> anyhow::Result<Vec<Result<RestoreTestResult, String>>> {
-    let mut keys = std::collections::BTreeSet::new();
+    // key → the providers that list it
+    let mut keys: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
     let mut listed = 0;
     for r in &t.replicated.replicas {
         if let Ok(l) = r.list(layout::RESTORE_TESTS).await {
-            keys.extend(l.into_keys());
+            for k in l.into_keys() {
+                keys.entry(k).or_default().push(r.provider.clone());
+            }
             listed += 1;
         }
     }
     anyhow::ensure!(listed > 0, "tenant {}: no provider could be listed", t.name);
     let mut out = Vec::new();
-    for key in keys {
+    for (key, on) in keys {
         let got =
             t.replicated.get_checked(&key, RestoreTestResult::MAX_LEN, 0, |_, b| RestoreTestResult::open(&b, &t.keys, &t.name, &key)).await;
-        out.push(got.map(|(r, _)| r).map_err(|e| format!("{key}: {e}")));
+        out.push(got.map(|(r, _)| r).map_err(|e| format!("{key} (listed by {}): {e}", on.join(", "))));
     }
     Ok(out)
 }

@@ -55,6 +55,17 @@ pub async fn scan(tenant: &Tenant, read_data: ReadData, concurrency: usize) -> W
             Err(e) => problem(&mut out.problems, p, "wal/ (listing)", format!("unreachable: {e}")),
         }
     }
+    // an object no WAL name accounts for (planted, or left by an interrupted upload)
+    let objects: std::collections::HashSet<String> = names.values().map(|w| w.object_key()).collect();
+    for (p, l) in &listings {
+        let Ok(l) = l else { continue };
+        for key in l.keys() {
+            let accounted = record_name(key).is_some() || objects.contains(key);
+            if !accounted {
+                problem(&mut out.problems, p, key, "stray object: no WAL record names it".into());
+            }
+        }
+    }
     let mut order: Vec<WalName> = names.into_values().collect();
     order.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
     out.files = order.len();

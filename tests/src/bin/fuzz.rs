@@ -18,7 +18,13 @@ fn main() {
         let replayed = replay(t);
         let t0 = Instant::now();
         let o = run(t, Duration::from_secs(seconds));
-        println!("| {} | {} | {:.0} | {} (and {replayed} kept failure(s) replayed) |", t.name, o.cases, t0.elapsed().as_secs_f64(), o.failures.len());
+        println!(
+            "| {} | {} | {:.0} | {} (and {replayed} kept failure(s) replayed) |",
+            t.name,
+            o.cases,
+            t0.elapsed().as_secs_f64(),
+            o.failures.len()
+        );
         for (input, why) in &o.failures {
             failed = true;
             let dir = regressions_dir(t.name);
