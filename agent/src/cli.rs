@@ -177,6 +177,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for (k, why) in &report.skipped {
                 println!("SKIPPED {k}: {why}");
             }
+            for (p, why) in &report.failed {
+                println!("INCOMPLETE {p}: {why}");
+            }
             println!("copied {} object(s), {bytes} bytes", report.copied.len());
             Ok(if report.complete() { ExitCode::SUCCESS } else { ExitCode::from(3) })
         }

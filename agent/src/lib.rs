@@ -15,7 +15,7 @@ pub mod snapshot;
 pub mod source;
 pub mod wal;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -107,6 +107,19 @@ impl Agent {
         }
         for (k, why) in &report.skipped {
             tracing::warn!(key = %k, reason = %why, "Left out of the sync");
+        }
+        // a snapshot of the backlog that was left out is still missing where it was
+        let mut report = report;
+        let skipped: BTreeSet<&str> = report.skipped.iter().map(|(k, _)| k.as_str()).collect();
+        let mut left = self.backlog()?;
+        for names in left.values_mut() {
+            names.retain(|n| skipped.contains(bascule_core::layout::manifest(n).as_str()));
+        }
+        left.retain(|_, names| !names.is_empty());
+        for (p, names) in &left {
+            report.failed.entry(p.clone()).or_insert_with(|| {
+                format!("still lacks {}: left out of the sync, for it verifies nowhere with this agent's keys", names.join(", "))
+            });
         }
         if report.complete() {
             if self.backlog_path().exists() {

@@ -1,4 +1,5 @@
 //! The spine, end to end, against real PostgreSQL and two real Garage servers.
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bascule_tests::{bin, ok, run, text, Scenario};
@@ -357,4 +358,57 @@ fn rows_are_counted_with_sql_when_the_dump_cannot_be_read() {
     assert!(text(&out).contains("Cannot count rows in the dump's stream") && text(&out).contains("a compressed archive"), "{}", text(&out));
     let r = s.assert_restores_identically("restored");
     assert!(text(&r).contains("row counts: 3 table(s), 6001 row(s): identical to the export"), "{}", text(&r));
+}
+
+#[test]
+fn after_a_key_rotation_sync_catches_up_with_what_the_old_key_signed() {
+    let mut s = Scenario::start(300);
+    // provider B is down while the old key signs a snapshot
+    s.b.stop();
+    let o = s.snapshot();
+    assert_eq!(o.status.code(), Some(3), "degraded:\n{}", text(&o));
+    let old_snapshot = Scenario::snapshot_name(&o);
+    s.b.restart();
+
+    // the documented rotation: a new key, the old one revoked from now
+    let old_key = s.verify_key.clone();
+    let new_key = ok(Command::new(bin("bascule-agent")).arg("keygen").arg("--out").arg(s.path("new.key"))).trim().to_string();
+    let revoked_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    std::thread::sleep(Duration::from_millis(1100));
+    let agent_yaml = std::fs::read_to_string(s.path("agent.yaml")).unwrap();
+    let rotated = agent_yaml.replace(&s.path("agent.key").display().to_string(), &s.path("new.key").display().to_string());
+    std::fs::write(s.path("agent.yaml"), &rotated).unwrap();
+    let ctl = std::fs::read_to_string(s.path("controller.yaml")).unwrap().replace(
+        &format!("verify_keys: [\"{old_key}\"]"),
+        &format!("verify_keys: [{{ key: \"{old_key}\", revoked_at: {revoked_at} }}, {{ key: \"{new_key}\", valid_from: {revoked_at} }}]"),
+    );
+    std::fs::write(s.path("controller.yaml"), ctl).unwrap();
+    if bascule_tests::is_root() {
+        ok(Command::new("chown").args(["-R", "postgres"]).arg(s.dir.path()));
+    }
+
+    // without the old key among the agent's previous keys, its snapshot cannot be vouched for
+    let sync = run(&mut s.agent(&["sync"]));
+    assert_eq!(sync.status.code(), Some(3), "{}", text(&sync));
+    assert!(text(&sync).contains(&format!("SKIPPED snapshots/{old_snapshot}.manifest")), "{}", text(&sync));
+    assert!(text(&sync).contains(&format!("INCOMPLETE provider-b: still lacks {old_snapshot}")), "{}", text(&sync));
+    assert!(s.path("agent-state/backlog.json").exists(), "the backlog is kept while B lacks a snapshot");
+
+    // with it (valid until its revocation), catch-up works
+    std::fs::write(s.path("agent.yaml"), format!("{rotated}previous_keys:\n  - {{ key: \"{old_key}\", revoked_at: {revoked_at} }}\n"))
+        .unwrap();
+    let sync = run(&mut s.agent(&["sync"]));
+    assert!(sync.status.success(), "{}", text(&sync));
+    assert!(!s.path("agent-state/backlog.json").exists(), "backlog cleared after a complete sync");
+    let o = s.snapshot();
+    assert!(o.status.success(), "the new key signs the next snapshot:\n{}", text(&o));
+    let v = run(&mut s.controller(&["verify", "--read-data"]));
+    assert!(v.status.success(), "both snapshots on both providers, each under its key:\n{}", text(&v));
+    s.b.stop();
+    let r = s.restore(&old_snapshot, "old_from_a", &s.path("customer.key"));
+    assert!(r.status.success(), "{}", text(&r));
+    s.b.restart();
+    s.a.stop();
+    let r = s.restore(&old_snapshot, "old_from_b", &s.path("customer.key"));
+    assert!(r.status.success(), "the old snapshot restores from B, where sync put it:\n{}", text(&r));
 }
