@@ -377,14 +377,14 @@ fn first_key(root: &Path, prefix: &str, pred: impl Fn(&str) -> bool) -> String {
 }
 
 /// The serve process watching the tenant while the cases run.
-fn serve(w: &World) -> (KillOnDrop, String) {
+fn serve(w: &World, extra: &str) -> (KillOnDrop, String) {
     let port = free_port();
     let cfg = w.s.path("controller-serve.yaml");
     // a state folder of its own: the cases put the controller's back as it was
     let state = w.s.path("controller-state").display().to_string();
     let yaml =
         std::fs::read_to_string(w.s.path("controller.yaml")).unwrap().replace(&state, &w.s.path("serve-state").display().to_string())
-            + &format!("serve:\n  listen: 127.0.0.1:{port}\n  interval: 1s\n  deep_interval: 1s\n");
+            + &format!("serve:\n  listen: 127.0.0.1:{port}\n  interval: 1s\n  deep_interval: 1s\n{extra}");
     std::fs::write(&cfg, yaml).unwrap();
     let log = std::fs::File::create(w.s.path("serve.log")).unwrap();
     let child = Command::new(bin("bascule-controller"))
@@ -400,12 +400,13 @@ fn serve(w: &World) -> (KillOnDrop, String) {
     (KillOnDrop(child), base)
 }
 
-/// After the cases: serve is alive, still cycling, and counted refusals.
-fn serve_survived(base: &str, started: f64) {
+/// After the cases: serve is alive, still cycling, and (where its monitor
+/// reads what was tampered with: HEAD, every second) counted refusals.
+fn serve_survived(base: &str, started: f64, refusals: bool) {
     let m = get(&format!("{base}/metrics"));
     let last = metric(&m, "bascule_monitor_last_cycle_timestamp_seconds").unwrap_or(0.0);
     assert!(last > started, "the monitor kept cycling:\n{m}");
-    assert!(m.contains("bascule_integrity_failures_total"), "refusals are counted:\n{m}");
+    assert!(!refusals || m.contains("bascule_integrity_failures_total"), "refusals are counted:\n{m}");
 }
 
 fn now() -> f64 {
@@ -415,7 +416,7 @@ fn now() -> f64 {
 #[test]
 fn a_provider_serving_bad_heads_manifests_indexes_and_packs() {
     let mut w = World::new();
-    let (_serve, base) = serve(&w);
+    let (_serve, base) = serve(&w, "");
     let t0 = now();
     let head = Kind2 { name: "HEAD", signed: Some(Kind::Head) };
     let mut head_cases = SIGNED.to_vec();
@@ -438,7 +439,7 @@ fn a_provider_serving_bad_heads_manifests_indexes_and_packs() {
     for &c in BYTES {
         w.case(&pack, &pkey, c, &[Cmd::Verify, Cmd::Restore, Cmd::Repair, Cmd::Sync, Cmd::Export]);
     }
-    serve_survived(&base, t0);
+    serve_survived(&base, t0, true);
     w.print_matrix("HEAD, manifest, index, pack on provider A");
 }
 
@@ -474,7 +475,7 @@ fn a_provider_serving_bad_wal_and_base_backups() {
 #[test]
 fn a_provider_serving_bad_lists_results_reports_and_odd_names() {
     let mut w = World::new();
-    let (_serve, base) = serve(&w);
+    let (_serve, base) = serve(&w, "");
     let t0 = now();
     let list = Kind2 { name: "condemned list", signed: Some(Kind::Condemned) };
     let lkey = first_key(&w.a, "prune", |k| k.ends_with(".condemned"));
@@ -530,6 +531,16 @@ fn a_provider_serving_bad_lists_results_reports_and_odd_names() {
         assert!(right, "odd names, {c:?} (exit {:?}):\n{out}", o.status.code());
         w.matrix.push(("stray objects, odd names".into(), Case::Garbage, c, right));
     }
-    serve_survived(&base, t0);
+    serve_survived(&base, t0, false);
+    // the scheduled prune counts what it could not trust
+    let (_pruning, base) = serve(&w, "prune:\n  cron: \"*/2 * * * * *\"\n");
+    let mut m = String::new();
+    wait_until("a scheduled prune", Duration::from_secs(60), || {
+        m = get(&format!("{base}/metrics"));
+        metric(&m, &format!("bascule_prune_last_run_timestamp_seconds{{tenant=\"{}\"}}", w.s.tenant)).is_some()
+    });
+    let tenant = format!("{{tenant=\"{}\"}}", w.s.tenant);
+    assert!(metric(&m, &format!("bascule_prune_unverified_manifests{tenant}")).unwrap() >= 1.0, "{m}");
+    assert!(metric(&m, &format!("bascule_prune_refused_lists{tenant}")).unwrap() >= 1.0, "{m}");
     w.print_matrix("condemned list, restore-test result, drill report, stray objects on provider A");
 }

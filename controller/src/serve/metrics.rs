@@ -66,6 +66,18 @@ pub static RESTORE_TEST_PASSED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 });
 gauge_vec!(PRUNE_LAST_RUN, "bascule_prune_last_run_timestamp_seconds", "When the scheduled prune of a tenant last ended", &["tenant"]);
 gauge_vec!(PRUNE_FREED, "bascule_prune_freed_bytes", "Bytes the last scheduled prune of a tenant deleted (both providers)", &["tenant"]);
+gauge_vec!(
+    PRUNE_UNVERIFIED,
+    "bascule_prune_unverified_manifests",
+    "Manifests the last scheduled prune of a tenant found verifying on no provider (what they may name is kept)",
+    &["tenant"]
+);
+gauge_vec!(
+    PRUNE_REFUSED_LISTS,
+    "bascule_prune_refused_lists",
+    "Condemned lists the last scheduled prune of a tenant ignored, for this controller did not sign them",
+    &["tenant"]
+);
 pub static PROVIDER_UP: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!("bascule_provider_up", "1 when the provider answered the last monitor cycle", &["provider"]).unwrap()
 });

@@ -126,6 +126,14 @@ pub async fn prune_all(c: &Controller) {
                 }
                 metrics::PRUNE_LAST_RUN.with_label_values(&[&t.name]).set(metrics::ts(chrono::Utc::now()));
                 metrics::PRUNE_FREED.with_label_values(&[&t.name]).set(r.freed() as f64);
+                metrics::PRUNE_UNVERIFIED.with_label_values(&[&t.name]).set(r.unverified.len() as f64);
+                metrics::PRUNE_REFUSED_LISTS.with_label_values(&[&t.name]).set(r.refused_lists.len() as f64);
+                for u in &r.unverified {
+                    tracing::warn!(tenant = %t.name, manifest = %u.name, error = %u.why, "Scheduled prune: a manifest verifies on no provider; what it may name is kept");
+                }
+                for (p, k, why) in &r.refused_lists {
+                    tracing::warn!(tenant = %t.name, provider = %p, key = %k, error = %why, "Scheduled prune ignored a condemned list");
+                }
                 let gone = r.snapshots.iter().filter(|s| s.keep.is_empty()).count();
                 tracing::info!(tenant = %t.name, snapshots_deleted = gone, condemned = r.condemned.len(), freed = r.freed(), failed = r.failed.len(), "Scheduled prune done");
             }
