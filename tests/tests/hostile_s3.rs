@@ -179,6 +179,14 @@ fn bad_objects_served_through_s3_are_worked_around() {
         "sync did not copy the junk to B"
     );
     restores("a junk manifest");
+    // a real manifest copied under another name: no more trusted than junk
+    let copy = "snapshots/20990101T000000Z-deadbeef.manifest";
+    put(&rt, &a, copy, get(&rt, &a, &manifests[0]));
+    let p = run(&mut s.controller(&["prune", "--dry-run"]));
+    let out = text(&p);
+    assert!(p.status.success(), "{out}");
+    let line = out.lines().find(|l| l.starts_with(&format!("UNVERIFIED {copy}"))).unwrap_or_else(|| panic!("{copy} reported:\n{out}"));
+    assert!(line.contains("kept until"), "a copy under another name is quarantined, not kept for ever:\n{out}");
     let o = s.snapshot();
     assert!(o.status.success(), "an export past a junk manifest:\n{}", text(&o));
 }

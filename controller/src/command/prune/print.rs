@@ -67,8 +67,8 @@ pub fn print(t: &Tenant, r: &PruneReport) {
     println!("freed: {} ({} bytes, both providers)", mib(r.freed()), r.freed());
     for u in &r.unverified {
         let kept = match u.until {
-            None => "kept as long as it is there (signed by the tenant's key)".to_string(),
-            Some(t) => format!("kept until {} (not signed by the tenant's key)", t.to_rfc3339()),
+            None => "kept as long as it is there (signed by the tenant's key, for this tenant and name)".to_string(),
+            Some(t) => format!("kept until {} (not signed by the tenant's key for this tenant and name)", t.to_rfc3339()),
         };
         println!("UNVERIFIED {}: {}; the {} object(s) it names {kept}", layout::manifest(&u.name), u.why, u.names.len());
     }

@@ -58,13 +58,24 @@ fn named_objects(v: &serde_json::Value, out: &mut Vec<String>) {
     }
 }
 
-/// The first copy whose signature is one of `keys`, else the first readable body.
-async fn best_copy(t: &Tenant, key: &str, keys: &[VerifyKey]) -> (bool, Option<serde_json::Value>) {
+/// Whether a signed body says it is `name` of `tenant`: a manifest the
+/// tenant signed, copied by a provider under another name or tenant, is no
+/// more trusted than a planted one.
+fn bound(v: &serde_json::Value, tenant: &str, name: &str) -> bool {
+    v.get("tenant").and_then(|t| t.as_str()) == Some(tenant) && v.get("name").and_then(|n| n.as_str()) == Some(name)
+}
+
+/// The first copy whose signature is one of `keys` and that says it is this
+/// manifest, else the first readable body.
+async fn best_copy(t: &Tenant, name: &str, keys: &[VerifyKey]) -> (bool, Option<serde_json::Value>) {
+    let key = layout::manifest(name);
     let mut unsigned = None;
     for r in &t.replicated.replicas {
-        let Ok(Some(bytes)) = r.get(key, Manifest::MAX_LEN).await else { continue };
-        if let Ok((v, _)) = signed::open::<serde_json::Value>(Kind::Manifest, &bytes, keys, key) {
-            return (true, Some(v));
+        let Ok(Some(bytes)) = r.get(&key, Manifest::MAX_LEN).await else { continue };
+        if let Ok((v, _)) = signed::open::<serde_json::Value>(Kind::Manifest, &bytes, keys, &key) {
+            if bound(&v, &t.name, name) {
+                return (true, Some(v));
+            }
         }
         if unsigned.is_none() {
             let body = bytes.windows(2).position(|w| w == b"\n\n").and_then(|i| bytes.get(i + 2..)).unwrap_or(&bytes);
@@ -102,8 +113,7 @@ pub(super) async fn sort(
             }
             Err(e) => e.to_string(),
         };
-        let key = layout::manifest(&name);
-        let (signed, body) = best_copy(t, &key, &keys).await;
+        let (signed, body) = best_copy(t, &name, &keys).await;
         let mut names = vec![layout::index(&name)];
         if let Some(v) = &body {
             named_objects(v, &mut names);
@@ -134,6 +144,15 @@ mod tests {
         named_objects(&v, &mut out);
         out.sort();
         assert_eq!(out, ["packs/ab/abc", "packs/cd/cde", "packs/ef/efg", "snapshots/a.index"]);
+    }
+
+    #[test]
+    fn a_body_is_bound_to_its_tenant_and_name() {
+        let v = serde_json::json!({ "tenant": "mairie", "name": "20260101T000000Z-aa", "future": 1 });
+        assert!(bound(&v, "mairie", "20260101T000000Z-aa"));
+        assert!(!bound(&v, "mairie", "20260101T000000Z-bb"), "copied under another name");
+        assert!(!bound(&v, "voisine", "20260101T000000Z-aa"), "copied to another tenant");
+        assert!(!bound(&serde_json::json!({ "tenant": "mairie" }), "mairie", "20260101T000000Z-aa"));
     }
 
     #[test]
