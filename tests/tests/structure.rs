@@ -2,7 +2,8 @@
 //! unit tests left out), and no two files of one crate that import each
 //! other, but for a folder's `mod.rs` and the files of that folder (which
 //! share what the folder defines). Functions over 120 lines are refused by
-//! clippy (`clippy.toml`).
+//! clippy (`clippy.toml`). And the README's threat model cites tests that
+//! exist.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -185,4 +186,22 @@ fn the_checks_see_a_cycle_and_a_long_file() {
     assert!(found.contains(&vec!["drill".to_string(), "store".to_string(), "Store".to_string()]), "{found:?}");
     assert!(found.contains(&vec!["model".to_string(), "Mode".to_string(), "Drill".to_string()]), "{found:?}");
     assert!(code(&root().join("controller/src/lib.rs")).lines().count() < MAX_LINES);
+}
+
+#[test]
+fn the_threat_model_names_tests_that_exist() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = readme.split("## Threat model").nth(1).expect("a Threat model section").split("\n## ").next().unwrap();
+    let mut named = 0;
+    for cited in section.split('`').skip(1).step_by(2) {
+        let Some((file, test)) = cited.split_once("::") else { continue };
+        if file.is_empty() || !file.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            continue;
+        }
+        let path = root().join("tests/tests").join(format!("{file}.rs"));
+        let source = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("the threat model cites {cited}: no {}", path.display()));
+        assert!(test == "*" || source.contains(&format!("fn {test}()")), "the threat model cites {cited}: no such test in {}", path.display());
+        named += 1;
+    }
+    assert!(named >= 15, "the threat model names {named} tests");
 }
