@@ -10,7 +10,7 @@ use bascule_core::manifest::{Manifest, SnapshotKind};
 use bascule_core::retention::{self, Keep, Retention};
 use chrono::{DateTime, Utc};
 
-use super::{Held, PruneReport, SnapshotFate};
+use super::{PruneReport, SnapshotFate};
 use crate::config::ControllerConfig;
 use crate::tenant::Tenant;
 
@@ -84,21 +84,18 @@ pub(super) fn choose<'a>(
     config: &ControllerConfig,
     t: &Tenant,
     manifests: &'a [Manifest],
-    held: &Held,
     snaps: &BTreeMap<String, (u64, DateTime<Utc>)>,
     protected: &HashSet<String>,
     now: DateTime<Utc>,
     grace: chrono::Duration,
     report: &mut PruneReport,
 ) -> anyhow::Result<(Vec<&'a Manifest>, Option<&'a Manifest>)> {
-    let (mut kept, wal_cut) = kept_by_policy(config, t, manifests, now, report)?;
+    let (kept, wal_cut) = kept_by_policy(config, t, manifests, now, report)?;
     for m in manifests {
-        let mut keep = kept.get(&m.name).cloned().unwrap_or_default();
-        if keep.is_empty() && !held.locked_until(&layout::manifest(&m.name), now).is_empty() {
-            // an expired manifest object lock keeps: what it references stays too
-            keep.insert(Keep::Locked);
-            kept.insert(m.name.clone(), keep.clone());
-        }
+        // an expired manifest goes from every provider whose object lock
+        // allows it; where a lock keeps it, it stays (with what it
+        // references) until a later prune, on that provider only
+        let keep = kept.get(&m.name).cloned().unwrap_or_default();
         if keep.is_empty() {
             // goes: the manifest first, then its index (a manifest never points at nothing)
             for key in [layout::manifest(&m.name), m.index.key.clone()] {

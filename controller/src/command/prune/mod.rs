@@ -174,6 +174,31 @@ async fn lock_periods(t: &Tenant, report: &mut PruneReport) -> Vec<Option<chrono
     out
 }
 
+/// Object lock: what a provider's lock keeps is left on that provider for a
+/// later prune (and deleted from the other), and so is what a manifest it
+/// keeps references. A provider that claims a lock it does not have only
+/// keeps objects on its own side: it can never keep them on the other.
+/// Returns (key, provider index) → until when.
+fn locked(
+    held: &Held,
+    deleted: &[(String, u64)],
+    references: impl Fn(&str) -> Vec<String>,
+    now: DateTime<Utc>,
+) -> BTreeMap<(String, usize), DateTime<Utc>> {
+    let mut skip: BTreeMap<(String, usize), DateTime<Utc>> = BTreeMap::new();
+    for (key, _) in deleted {
+        for (i, until) in held.locked_until(key, now) {
+            for k in std::iter::once(key.clone()).chain(layout::manifest_name(key).map(&references).unwrap_or_default()) {
+                let e = skip.entry((k, i)).or_insert(until);
+                *e = (*e).max(until);
+            }
+        }
+    }
+    let deleted: HashSet<&str> = deleted.iter().map(|d| d.0.as_str()).collect();
+    skip.retain(|(k, _), _| deleted.contains(k.as_str()));
+    skip
+}
+
 pub async fn run(c: &Controller, t: &Tenant, dry_run: bool, now: DateTime<Utc>) -> anyhow::Result<PruneReport> {
     let config = &c.config;
     // condemned lists are signed with the controller's key
@@ -198,24 +223,64 @@ pub async fn run(c: &Controller, t: &Tenant, dry_run: bool, now: DateTime<Utc>) 
     };
     let held = Held { snap_lists, pack_lists, wal_lists, lock_periods };
     // 2. Retention per job.
-    let (remaining, wal_cut) = keep::choose(config, t, &manifests, &held, &snaps, &protected, now, grace, &mut report)?;
+    let (remaining, wal_cut) = keep::choose(config, t, &manifests, &snaps, &protected, now, grace, &mut report)?;
     // 3. WAL before the cut.
     if let Some(base) = wal_cut {
         wal::choose(t, base, &remaining, &held.wal_lists, &mut report).await?;
     }
     // 4. Packs: delete those condemned long enough, condemn the unreferenced.
     let (lists, lists_done) = packs::choose(t, &signing, &remaining, &protected, &held.pack_lists, now, grace, &mut report).await?;
-    // object lock: what it keeps is left for a later prune
-    let mut skip: HashSet<(String, usize)> = HashSet::new();
-    for (key, _) in &report.deleted {
-        for (i, until) in held.locked_until(key, now) {
-            skip.insert((key.clone(), i));
-            report.locked.push((t.replicated.replicas[i].provider.clone(), key.clone(), until));
-        }
+    let references = |name: &str| -> Vec<String> {
+        let m = manifests.iter().find(|m| m.name == name);
+        m.map(|m| m.objects.iter().chain(std::iter::once(&m.index)).map(|o| o.key.clone()).collect()).unwrap_or_default()
+    };
+    let skip = locked(&held, &report.deleted, references, now);
+    for ((key, i), until) in &skip {
+        report.locked.push((t.replicated.replicas[*i].provider.clone(), key.clone(), *until));
     }
+    let skip: HashSet<(String, usize)> = skip.into_keys().collect();
     if dry_run {
         return Ok(report);
     }
     packs::apply(config, &signing, t, &lists, lists_done, &skip, now, &mut report).await?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(keys: &[&str], at: DateTime<Utc>) -> Listing {
+        keys.iter().map(|k| (k.to_string(), (1, at))).collect()
+    }
+
+    #[test]
+    fn a_lock_one_provider_claims_keeps_objects_on_that_provider_only() {
+        let at: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        let now = at + chrono::Duration::days(400);
+        let m = "snapshots/20260101T000000Z-aa.manifest";
+        let all = [m, "snapshots/20260101T000000Z-aa.index", "packs/ab/ab01"];
+        let held = Held {
+            snap_lists: vec![listing(&all[..2], at), listing(&all[..2], at)],
+            pack_lists: vec![listing(&all[2..], at), listing(&all[2..], at)],
+            wal_lists: vec![Listing::new(), Listing::new()],
+            // provider 0 says a 100-year lock, provider 1 none
+            lock_periods: vec![Some(chrono::Duration::days(36_500)), None],
+        };
+        // the manifest expired: it goes, and (at a later prune) so do its packs
+        let deleted: Vec<(String, u64)> = all.iter().map(|k| (k.to_string(), 1)).collect();
+        let references = |name: &str| {
+            assert_eq!(name, "20260101T000000Z-aa");
+            vec![all[1].to_string(), all[2].to_string()]
+        };
+        let skip = locked(&held, &deleted, references, now);
+        let until = at + chrono::Duration::days(36_500);
+        let expected: BTreeMap<(String, usize), DateTime<Utc>> = all.iter().map(|k| ((k.to_string(), 0), until)).collect();
+        assert_eq!(skip, expected, "kept on provider 0 only; provider 1 deletes everything");
+        // only what is being deleted is skipped
+        let skip = locked(&held, &deleted[2..], |_| Vec::new(), now);
+        assert_eq!(skip.keys().collect::<Vec<_>>(), [&(all[2].to_string(), 0)]);
+        // a lock that has ended keeps nothing
+        assert!(locked(&held, &deleted, |_| Vec::new(), until + chrono::Duration::seconds(1)).is_empty());
+    }
 }
