@@ -58,6 +58,8 @@ pub enum Error {
     Unwritten { key: String, reasons: String },
     #[error("provider {provider}: {key}: {size} bytes or more, above the {max} bytes such an object may have; refusing to read it")]
     TooLarge { provider: String, key: String, size: u64, max: u64 },
+    #[error("provider {provider}: listing {prefix}: {why}; refusing to go on with it (a sound tenant stays far below; see the README's threat model)")]
+    Listing { provider: String, prefix: String, why: String },
     #[error("{key}: not found on any provider")]
     Missing { key: String },
     #[error("{key}: no provider holds a good copy: {reasons}")]

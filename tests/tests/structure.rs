@@ -200,7 +200,11 @@ fn the_threat_model_names_tests_that_exist() {
         }
         let path = root().join("tests/tests").join(format!("{file}.rs"));
         let source = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("the threat model cites {cited}: no {}", path.display()));
-        assert!(test == "*" || source.contains(&format!("fn {test}()")), "the threat model cites {cited}: no such test in {}", path.display());
+        assert!(
+            test == "*" || source.contains(&format!("fn {test}()")),
+            "the threat model cites {cited}: no such test in {}",
+            path.display()
+        );
         named += 1;
     }
     assert!(named >= 15, "the threat model names {named} tests");

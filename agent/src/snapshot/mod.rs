@@ -94,8 +94,10 @@ pub async fn run(
 async fn open_session(agent: &Arc<Agent>, tables: &Tables, cancel: CancellationToken) -> anyhow::Result<Session> {
     let mut listings = Vec::new();
     let mut why_down = Vec::new();
-    for r in &agent.replicated.replicas {
-        match r.list(layout::PACKS).await {
+    // both at once: a slow provider costs its own deadline, not the other's time
+    let answers = futures::future::join_all(agent.replicated.replicas.iter().map(|r| r.list(layout::PACKS))).await;
+    for (r, answer) in agent.replicated.replicas.iter().zip(answers) {
+        match answer {
             Ok(l) => {
                 listings.push(l);
                 why_down.push(None);

@@ -23,6 +23,15 @@ pub use replicated::{PerProvider, Replicated, Writer};
 pub use throttle::{Throttle, ThrottledStore};
 
 use crate::config::SecretRef;
+
+/// The most objects one listing may return (a million objects, about 150 MB
+/// in memory: 8 TB of 8 MiB packs, or half a million WAL files).
+pub const MAX_LISTED: usize = 1_000_000;
+/// The longest one listing may take, all pages together.
+pub const LIST_DEADLINE: Duration = Duration::from_secs(15 * 60);
+
+/// What a listing returns: key (relative to the tenant) → size, last modification.
+pub type Listed = BTreeMap<String, (u64, chrono::DateTime<chrono::Utc>)>;
 use crate::{Error, Result};
 
 /// What a conditional GET found.
@@ -321,18 +330,37 @@ impl Replica {
     }
 
     /// Every object under `prefix`, with its size and last modification time.
-    pub async fn list_meta(&self, prefix: &str) -> Result<BTreeMap<String, (u64, chrono::DateTime<chrono::Utc>)>> {
+    /// A listing is bounded: past [`MAX_LISTED`] objects or [`LIST_DEADLINE`]
+    /// (a provider paging without end, or flooded with planted names) it is
+    /// an error, as if the provider were down, never unbounded memory or an
+    /// endless wait.
+    pub async fn list_meta(&self, prefix: &str) -> Result<Listed> {
+        self.list_bounded(prefix, MAX_LISTED, LIST_DEADLINE).await
+    }
+
+    async fn list_bounded(&self, prefix: &str, max: usize, deadline: Duration) -> Result<Listed> {
         let base = self.base.to_string();
         let p = self.path(prefix.trim_end_matches('/'));
-        let items: Vec<_> = self.store.list(Some(&p)).try_collect().await.map_err(|e| self.err(prefix, e))?;
-        Ok(items
-            .into_iter()
-            .filter_map(|m| {
+        let too = |why: String| Error::Listing { provider: self.provider.clone(), prefix: prefix.to_string(), why };
+        let mut out = BTreeMap::new();
+        let mut stream = self.store.list(Some(&p));
+        let collect = async {
+            while let Some(m) = stream.try_next().await.map_err(|e| self.err(prefix, e))? {
+                if out.len() >= max {
+                    return Err(too(format!("more than {max} objects")));
+                }
                 let full = m.location.to_string();
-                let rel = full.strip_prefix(&base)?.trim_start_matches('/').to_string();
-                Some((rel, (m.size, m.last_modified)))
-            })
-            .collect())
+                if let Some(rel) = full.strip_prefix(&base) {
+                    out.insert(rel.trim_start_matches('/').to_string(), (m.size, m.last_modified));
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(deadline, collect).await {
+            Ok(r) => r?,
+            Err(_) => return Err(too(format!("not finished after {} s", deadline.as_secs()))),
+        }
+        Ok(out)
     }
 
     /// Whether the bucket has versioning and object lock (a local directory has neither).
@@ -356,6 +384,20 @@ mod tests {
     fn providers(names: &[&str]) -> Vec<ProviderConfig> {
         let yaml: String = names.iter().map(|n| format!("- {{ name: {n}, url: \"file:///tmp/{n}\" }}\n")).collect();
         crate::config::parse_yaml(&yaml, Path::new("x")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_listing_past_its_bound_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!("- {{ name: a, url: \"file://{}\" }}\n", dir.path().display());
+        let cfg: Vec<ProviderConfig> = crate::config::parse_yaml(&yaml, Path::new("x")).unwrap();
+        let r = Provider::build(&cfg[0], Path::new("x")).unwrap().tenant("t");
+        for i in 0..11 {
+            r.put(&format!("packs/aa/{i}"), Bytes::from_static(b"x")).await.unwrap();
+        }
+        assert_eq!(r.list_bounded("packs/", 11, LIST_DEADLINE).await.unwrap().len(), 11);
+        let e = r.list_bounded("packs/", 10, LIST_DEADLINE).await.unwrap_err();
+        assert!(matches!(e, Error::Listing { .. }) && e.to_string().contains("more than 10 objects"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 use std::time::Duration;
 
+use futures::StreamExt;
 use object_store::aws::{AwsAuthorizer, AwsCredential};
 use object_store::client::{HttpClient, HttpRequestBody};
 
@@ -110,6 +111,9 @@ pub fn parse(versioning: (u16, &str), object_lock: (u16, &str)) -> Protection {
     Protection { versioning, object_lock }
 }
 
+/// The longest answer to a bucket settings request read.
+const MAX_ANSWER: usize = 64 << 10;
+
 impl BucketApi {
     /// A signed `GET /?<query>` on the bucket: status and body.
     async fn get(&self, query: &str) -> Result<(u16, String)> {
@@ -120,7 +124,16 @@ impl BucketApi {
         AwsAuthorizer::new(&self.credential, "s3", &self.region).authorize(&mut req, None);
         let resp = self.client.execute(req).await.map_err(|e| bad(e.to_string()))?;
         let status = resp.status().as_u16();
-        let body = resp.into_body().bytes().await.map_err(|e| bad(e.to_string()))?;
+        // a bucket's settings are a few hundred bytes: read no more than 64 KiB
+        let mut body = Vec::new();
+        let mut stream = resp.into_body().bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| bad(e.to_string()))?;
+            if body.len() + chunk.len() > MAX_ANSWER {
+                return Err(bad(format!("an answer over {MAX_ANSWER} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
