@@ -77,6 +77,18 @@ impl Condemned {
         self.condemned_at.checked_add_signed(d).unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 
+    /// Merges another copy of this list: the packs of both, the earlier
+    /// condemnation and the shorter grace (what holds an export back most).
+    pub fn tighten(&mut self, other: Condemned) {
+        self.condemned_at = self.condemned_at.min(other.condemned_at);
+        self.grace_seconds = self.grace_seconds.min(other.grace_seconds);
+        for p in other.packs {
+            if !self.packs.iter().any(|q| q.key == p.key) {
+                self.packs.push(p);
+            }
+        }
+    }
+
     /// A list's body, whether signed or not, without checking who signed it:
     /// for an agent that was not given the controller's key.
     pub fn read_unverified(bytes: &[u8], key: &str) -> crate::Result<Condemned> {
@@ -149,10 +161,19 @@ pub async fn read(replicas: &[Replica], trust: Trust<'_>) -> crate::Result<Lists
                 Err(e) => Err(e),
             };
             match got {
-                Ok(list) => {
+                // a signed list is the same everywhere: the first good copy will do
+                Ok(list) if matches!(trust, Trust::Signed { .. }) => {
                     out.lists.insert(key.clone(), list);
                     break;
                 }
+                // unsigned copies may differ (one provider may have edited
+                // its own): every copy counts, the strictest of them wins
+                Ok(list) => match out.lists.get_mut(&key) {
+                    Some(seen) => seen.tighten(list),
+                    None => {
+                        out.lists.insert(key.clone(), list);
+                    }
+                },
                 Err(e) => out.refused.push((r.provider.clone(), key.clone(), e.to_string())),
             }
         }
@@ -168,6 +189,24 @@ mod tests {
     fn list(grace: u64) -> Condemned {
         let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
         Condemned { format: FORMAT, tenant: "t".into(), name: new_name(at), condemned_at: at, grace_seconds: grace, packs: vec![] }
+    }
+
+    #[test]
+    fn copies_that_differ_are_merged_to_the_strictest() {
+        let mut a = list(3600);
+        a.packs = vec![ObjectRef::of("packs/aa/aa", b"1"), ObjectRef::of("packs/bb/bb", b"2")];
+        // another provider's copy: a pack removed, a grace lengthened, a later time
+        let mut b = list(u64::MAX);
+        b.condemned_at = a.condemned_at + chrono::Duration::days(1);
+        b.packs = vec![ObjectRef::of("packs/bb/bb", b"2")];
+        let mut merged = b.clone();
+        merged.tighten(a.clone());
+        assert_eq!(merged.grace_seconds, 3600);
+        assert_eq!(merged.condemned_at, a.condemned_at);
+        let mut keys: Vec<&str> = merged.packs.iter().map(|p| p.key.as_str()).collect();
+        keys.sort();
+        assert_eq!(keys, ["packs/aa/aa", "packs/bb/bb"]);
+        assert_eq!(merged.commit_deadline(), a.commit_deadline());
     }
 
     #[test]
