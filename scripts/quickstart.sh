@@ -117,7 +117,7 @@ set +e
 "$CONTROLLER" drill run --config "$WORK/controller.yaml" runbooks/quickstart.yaml \
   --var agent_config="$WORK/agent.yaml" --var controller_config="$WORK/controller.yaml" \
   --var tenant=mairie-exemple --var identity="$WORK/customer.key" \
-  --var scratch="host=127.0.0.1 port=$PORT user=bascule dbname=restored"
+  --var scratch_port="$PORT"
 DRILL=$?
 set -e
 mkdir -p "$ROOT/target/quickstart"

@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use bascule_core::keys::Identities;
 use bascule_core::layout;
 use bascule_core::manifest::{Manifest, SnapshotKind};
-use bascule_core::postgres::{compare_row_counts, pg_restore, PgRestore};
+use bascule_core::postgres::{compare_row_counts, pg_restore, Dsn, PgRestore};
 use bascule_core::restore::open_index;
 use bascule_core::restore_test::{self, RestoreTestResult, RestoreTestSummary};
 use bascule_core::signed::Signed;
@@ -133,17 +133,11 @@ async fn restore_into_scratch(
             .or_else(|| src.pg_dump.as_ref().map(|p| p.with_file_name("pg_restore")).filter(|p| p.exists()))
             .unwrap_or_else(|| PathBuf::from("pg_restore"));
         let m = Arc::new(m.clone());
-        pg_restore(
-            replicated,
-            m.clone(),
-            index.clone(),
-            ids,
-            agent.config.upload.concurrency,
-            PgRestore { prog: &prog, target: &conninfo(&pg, &scratch, None), password: password.as_deref() },
-        )
-        .await?;
+        let target = Dsn { conninfo: conninfo(&pg, &scratch, None), password: password.clone() };
+        pg_restore(replicated, m.clone(), index.clone(), ids, agent.config.upload.concurrency, PgRestore { prog: &prog, target: &target })
+            .await?;
         result.bytes = m.source_bytes;
-        let counts = compare_row_counts(&index, &conninfo(&pg, &scratch, password.as_deref())).await?;
+        let counts = compare_row_counts(&index, &target).await?;
         result.tables = counts.tables;
         result.rows = counts.rows;
         result.mismatches = counts.mismatches;

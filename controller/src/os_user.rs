@@ -29,16 +29,19 @@ pub fn actor() -> String {
     format!("{user}@{}", hostname())
 }
 
-/// A command run as `os_user` (through `runuser`) when one is given.
+/// A command run as `os_user` (through `runuser`) when one is given, with
+/// a clean environment ([`bascule_core::child`]).
 pub fn command_as(os_user: &Option<String>, prog: &std::path::Path) -> tokio::process::Command {
-    match os_user {
+    let mut c = match os_user {
         Some(u) => {
             let mut c = tokio::process::Command::new("runuser");
             c.args(["-u", u, "--"]).arg(prog);
             c
         }
         None => tokio::process::Command::new(prog),
-    }
+    };
+    bascule_core::child::clean(&mut c);
+    c
 }
 
 /// The uid of account `name`.

@@ -18,6 +18,7 @@
 //! * [`sync`] copies to each provider what the other holds (ciphertext only).
 #![forbid(unsafe_code)]
 
+pub mod child;
 pub mod chunker;
 pub mod condemned;
 pub mod config;

@@ -127,7 +127,11 @@ pub async fn main(command: DrillCommand) -> anyhow::Result<ExitCode> {
         DrillCommand::Plan { file, mode, vars } => {
             let mut loaded = runbook::load(&file)?;
             let vars = loaded.parse_vars(&vars)?;
-            loaded.runbook.variables.extend(vars);
+            for (k, v) in vars {
+                if let Some(var) = loaded.runbook.variables.get_mut(&k) {
+                    var.default = v;
+                }
+            }
             print!("{}", runbook::plan::render(&loaded, mode.mode()));
             Ok(ExitCode::SUCCESS)
         }

@@ -70,6 +70,11 @@ pub async fn main(a: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let target = a.target.context("give --target, --output or --pitr")?;
+    let mut target = bascule_core::postgres::Dsn::parse(&target).context("--target")?;
+    // as libpq does: a password not in the DSN may be in PGPASSWORD
+    if target.password.is_none() {
+        target.password = std::env::var("PGPASSWORD").ok();
+    }
     let req = RestoreRequest { snapshot: a.snapshot, target, identities, concurrency, pg_restore: c.config.restore.pg_restore.clone() };
     let t0 = Instant::now();
     let r = run(&t, req).await?;
@@ -112,7 +117,7 @@ fn print_restored(r: &RestoreReport, took: Duration) {
 
 pub struct RestoreRequest {
     pub snapshot: String,
-    pub target: String,
+    pub target: bascule_core::postgres::Dsn,
     pub identities: Identities,
     pub concurrency: usize,
     pub pg_restore: Option<PathBuf>,
@@ -220,15 +225,9 @@ pub async fn run(tenant: &Tenant, req: RestoreRequest) -> anyhow::Result<Restore
 
     let t0 = Instant::now();
     let prog = req.pg_restore.clone().unwrap_or_else(|| PathBuf::from("pg_restore"));
-    let served = pg_restore(
-        &tenant.replicated,
-        m.clone(),
-        index.clone(),
-        ids,
-        req.concurrency,
-        PgRestore { prog: &prog, target: &req.target, password: None },
-    )
-    .await?;
+    let served =
+        pg_restore(&tenant.replicated, m.clone(), index.clone(), ids, req.concurrency, PgRestore { prog: &prog, target: &req.target })
+            .await?;
     let fetch_and_restore = t0.elapsed();
 
     let t1 = Instant::now();

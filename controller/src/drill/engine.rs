@@ -134,6 +134,8 @@ async fn run_step(step: &Step, stage: &str, d: &Drill, cancel: &CancellationToke
             }
             Err(StepError::Failed(e)) => (false, tail(&e)),
         };
+        // nothing recorded, shown, logged or published holds a secret
+        let out = d.ctx.redact(&out);
         d.ctx.store().record_attempt(d.ctx.id, &step.id, before + n, at, ok, &out)?;
         if ok {
             break (Outcome::Passed, out);
@@ -307,7 +309,7 @@ stages:
                 rpo_target: None,
             })
             .unwrap();
-        let ctx = DrillContext::new(id, loaded, "test".into(), None, Arc::new(Mutex::new(store)), Vec::new());
+        let ctx = DrillContext::new(id, loaded, "test".into(), None, Arc::new(Mutex::new(store)), Vec::new()).unwrap();
         Drill::new(ctx, Mode::Drill)
     }
 

@@ -50,9 +50,11 @@ pub struct Started {
 /// runbook declares) and locks it: the one way a drill starts, from the
 /// command line, the API or the schedule.
 pub fn start(c: &Arc<Controller>, loaded: Arc<Loaded>, mode: Mode, vars: &[(String, String)], actor: &str) -> anyhow::Result<Started> {
-    for (k, _) in vars {
-        loaded.check_var(k).map_err(|known| anyhow::anyhow!("{k}: the runbook has no such variable (it has: {known})"))?;
+    for (k, v) in vars {
+        loaded.check_value(k, v).map_err(anyhow::Error::msg)?;
     }
+    // every secret resolves before anything is recorded
+    crate::runbook::step::resolve_secrets(&loaded)?;
     // the report key exists before anything runs
     c.report_key()?;
     let mut store = c.store()?;
@@ -115,7 +117,7 @@ impl Started {
         let reports_dir = c.config.state_dir.join("reports");
         let overrides = self.store.variables(self.id)?;
         let store = Arc::new(Mutex::new(self.store));
-        let mut ctx = DrillContext::new(self.id, self.loaded, self.actor, Some(c.clone()), store.clone(), overrides);
+        let mut ctx = DrillContext::new(self.id, self.loaded, self.actor, Some(c.clone()), store.clone(), overrides)?;
         ctx.interactive = interactive;
         let drill = Arc::new(engine::Drill::new(ctx, self.mode));
         let shown = progress::show(drill.clone());

@@ -23,8 +23,11 @@
 //! ```
 //! A step names its kind by its one kind key; each kind is a file of
 //! [`step`] (its schema, its validation and what it does). Strings may use
-//! `${name}` for a variable and `${secret.name}` for a secret, which is
-//! resolved only when the step runs and never printed ([`vars`]).
+//! `${name}` for a variable, as data only ([`vars`], [`template`]): a shell
+//! command reads it from its environment, an SQL query as a bind parameter.
+//! `${secret.name}` (a secret, resolved when the drill starts, redacted from
+//! everything it records) may appear only where a secret belongs: a shell
+//! step's `env`, an HTTP header, a DSN's password.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,12 +37,13 @@ use serde::Deserialize;
 
 pub mod plan;
 pub mod step;
+pub mod template;
 mod validate;
 pub mod vars;
 
 pub use crate::model::Mode;
 pub use step::{RtoMarker, Step, StepKind};
-pub use vars::{references, substitute};
+pub use vars::{references, substitute, Variable};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,9 +53,10 @@ pub struct Runbook {
     pub description: String,
     #[serde(default)]
     pub targets: Targets,
-    /// Plain values, used in strings as `${name}`.
+    /// Declared variables (a default, or `{ default, pattern, description }`),
+    /// used as `${name}`.
     #[serde(default)]
-    pub variables: BTreeMap<String, String>,
+    pub variables: BTreeMap<String, Variable>,
     /// Secrets, by reference only (`{env: NAME}` or `{file: PATH}`), used as `${secret.name}`.
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretRef>,
@@ -132,11 +137,28 @@ impl Loaded {
         vars.iter()
             .map(|v| {
                 let (k, val) = v.split_once('=').ok_or_else(|| anyhow::anyhow!("--var {v:?}: expected NAME=VALUE"))?;
-                self.check_var(k)
-                    .map_err(|known| anyhow::anyhow!("--var {k}: {} has no such variable (it has: {known})", self.file.display()))?;
+                self.check_value(k, val).map_err(|e| anyhow::anyhow!("--var {e}"))?;
                 Ok((k.to_string(), val.to_string()))
             })
             .collect()
+    }
+
+    /// `Err` saying why when `value` cannot be variable `name` (undeclared,
+    /// or not matching its pattern).
+    pub fn check_value(&self, name: &str, value: &str) -> Result<(), String> {
+        match self.runbook.variables.get(name) {
+            Some(v) => v.check(name, value),
+            None => Err(format!(
+                "{name}: {} has no such variable (it has: {})",
+                self.file.display(),
+                self.check_var(name).err().unwrap_or_default()
+            )),
+        }
+    }
+
+    /// The variables' defaults.
+    pub fn defaults(&self) -> BTreeMap<String, String> {
+        self.runbook.variables.iter().map(|(k, v)| (k.clone(), v.default.clone())).collect()
     }
 
     /// `Err` with the names it has when the runbook declares no variable `name`.

@@ -7,7 +7,8 @@ use super::{substitute, Loaded, Mode, RtoMarker, Step};
 
 /// What a step will do, its variables filled in (secrets by name only).
 fn describe(s: &Step, l: &Loaded) -> String {
-    let sub = |t: &str| substitute(t, &l.runbook.variables, &|name| format!("<secret {name}>"));
+    let vars = l.defaults();
+    let sub = |t: &str| substitute(t, &|n| vars.get(n).cloned(), &|name| Some(format!("<secret {name}>")));
     s.kind.describe(&sub)
 }
 

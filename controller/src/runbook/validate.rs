@@ -1,9 +1,11 @@
 //! Everything checked before a runbook runs, each error with its file, line
 //! and field: ids, kinds (each kind's own checks), modes, timeouts, RTO
-//! markers, and that every `${…}` names a variable or a secret.
+//! markers, variables (names, patterns, defaults), that every `${…}` names
+//! a variable or a secret, and that secrets appear only where they belong.
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use super::vars::good_name;
 use super::{references, Loaded, RtoMarker};
 
 pub(super) fn validate(l: &Loaded) -> bascule_core::Result<()> {
@@ -49,10 +51,76 @@ pub(super) fn validate(l: &Loaded) -> bascule_core::Result<()> {
         s.kind.validate(r).map_err(|e| err(format!("{path}.{}", e.field), e.message))?;
     }
     markers(l, &starts, &ends).map_err(|(field, message)| err(field, message))?;
-    references_are_defined(l)?;
     for (k, v) in &r.variables {
-        if let Some(name) = references(v).first() {
+        if !good_name(k) {
+            return Err(err(
+                format!("variables.{k}"),
+                "a variable's name is lower case letters, digits and _, from a letter (it names an environment variable of shell steps)"
+                    .into(),
+            ));
+        }
+        if let Some(name) = references(&v.default).first() {
             return Err(err(format!("variables.{k}"), format!("a variable cannot use another (${{{name}}})")));
+        }
+        if !v.default.is_empty() {
+            v.check(k, &v.default).map_err(|e| err(format!("variables.{k}"), format!("the default: {e}")))?;
+        }
+    }
+    references_are_defined(l)?;
+    secrets_where_they_belong(l).map_err(|(field, message)| err(field, message))?;
+    Ok(())
+}
+
+/// Every string of a step, with its field path (`stages[0].steps[1].shell.env.X`).
+fn leaves(v: &serde_yaml::Value, path: String, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_yaml::Value::String(s) => out.push((path, s.clone())),
+        serde_yaml::Value::Sequence(items) => {
+            for (i, x) in items.iter().enumerate() {
+                leaves(x, format!("{path}[{i}]"), out);
+            }
+        }
+        serde_yaml::Value::Mapping(m) => {
+            for (k, x) in m {
+                let k = k.as_str().map(str::to_string).unwrap_or_else(|| format!("{k:?}"));
+                leaves(x, format!("{path}.{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `${secret.…}` only in a shell step's `env`, an HTTP header, or a DSN
+/// (whose own parsing allows it in the password alone): anywhere else it
+/// would reach an argv, a URL, a log or a report.
+fn secrets_where_they_belong(l: &Loaded) -> Result<(), (String, String)> {
+    let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(&l.text) else { return Ok(()) };
+    let mut all = Vec::new();
+    for (list, prefix) in [(doc.get("on_failure"), "on_failure".to_string())] {
+        if let Some(v) = list {
+            leaves(v, prefix, &mut all);
+        }
+    }
+    if let Some(stages) = doc.get("stages").and_then(|s| s.as_sequence()) {
+        for (i, st) in stages.iter().enumerate() {
+            if let Some(steps) = st.get("steps") {
+                leaves(steps, format!("stages[{i}].steps"), &mut all);
+            }
+        }
+    }
+    for (path, text) in all {
+        if !references(&text).iter().any(|r| r.starts_with("secret.")) {
+            continue;
+        }
+        let allowed =
+            path.contains(".shell.env.") || path.contains(".http.headers.") || path.ends_with(".dsn") || path.ends_with(".target");
+        if !allowed {
+            return Err((
+                path,
+                "a secret may be only in a shell step's `env`, an HTTP header or a DSN's password (anywhere else it would reach a \
+                 command line, a URL, a log or a report)"
+                    .into(),
+            ));
         }
     }
     Ok(())
@@ -121,7 +189,7 @@ mod tests {
     const GOOD: &str = r#"name: t
 targets: { rto: 2h, rpo: 5m }
 variables:
-  dsn: "host=127.0.0.1 dbname=app"
+  db_host: { default: 127.0.0.1, pattern: "[a-z0-9.-]+" }
 secrets:
   token: { env: TOKEN }
 stages:
@@ -136,7 +204,7 @@ stages:
   - name: check
     steps:
       - id: rows
-        sql: { dsn: "${dsn}", query: "SELECT 1", expect: "1" }
+        sql: { dsn: "host=${db_host} dbname=app", query: "SELECT 1", expect: "1" }
         rto: end
 on_failure:
   - id: back
@@ -160,11 +228,24 @@ on_failure:
             ("shell: { command: \"echo stop\" }", "shel: { command: \"echo stop\" }", 11, "unknown field `shel`"),
             ("      - id: rows\n", "      - ids: rows\n", 18, "unknown field `ids`"),
             ("targets: { rto: 2h, rpo: 5m }", "targets: { rto: 2 hours and a bit, rpo: 5m }", 2, "rto"),
-            ("\"${dsn}\"", "\"${dns}\"", 19, "undefined variable"),
+            ("${db_host} dbname", "${db_hots} dbname", 19, "undefined variable"),
             ("${secret.token}", "${secret.tok}", 14, "undefined secret"),
             ("      - id: probe", "      - id: stop", 13, "two steps have the id \"stop\""),
             ("        retries: 2\n", "        retries: 2\n        sleep: { duration: 1s }\n", 16, "has two kinds"),
             ("        rto: end\n", "        rto: start\n", 20, "a second `rto: start`"),
+            ("command: \"echo stop\"", "command: \"echo ${secret.token}\"", 11, "a secret cannot be in a command"),
+            ("query: \"SELECT 1\"", "query: \"SELECT '${db_host}'\"", 19, "write $1 where the value goes"),
+            ("\"host=${db_host} dbname=app\"", "\"${db_host}\"", 19, "not a whole DSN"),
+            ("\"http://127.0.0.1/health\"", "\"http://127.0.0.1/${secret.token}\"", 14, "a secret cannot be in a URL"),
+            ("  db_host: { default: 127.0.0.1", "  DB_HOST: { default: 127.0.0.1", 4, "lower case"),
+            ("default: 127.0.0.1,", "default: \"127.0.0.1; rm\",", 4, "does not match the runbook's pattern"),
+            ("pattern: \"[a-z0-9.-]+\"", "pattern: \"[a-z\"", 4, "pattern"),
+            (
+                "        shell: { command: \"echo stop\" }",
+                "        shell: { command: \"echo stop\", env: { t: \"${secret.token}\" } }",
+                11,
+                "upper case",
+            ),
         ];
         for (from, to, line, text) in cases {
             assert!(GOOD.contains(from), "case {from:?} does not apply");

@@ -1,10 +1,11 @@
 //! PostgreSQL helpers shared by the agent (export, restore test) and the
 //! controller (restore): row counts, and `pg_restore` fed from a stream.
+pub mod dsn;
 mod pg_restore;
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 
+pub use dsn::Dsn;
 pub use pg_restore::{pg_restore, PgRestore, PgRestoreError};
 
 use crate::manifest::Index;
@@ -20,8 +21,8 @@ pub const LARGE_OBJECTS: &str = "pg_catalog.pg_largeobject_metadata";
 /// Why a database could not be checked.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    #[error("not a valid PostgreSQL connection string: {0}")]
-    Dsn(#[source] tokio_postgres::Error),
+    #[error(transparent)]
+    Dsn(#[from] dsn::BadDsn),
     #[error("cannot connect to the restored database: {0}")]
     Connect(#[source] tokio_postgres::Error),
     #[error("counting rows: {0}")]
@@ -61,8 +62,8 @@ pub struct RowCountCheck {
 
 /// Counts the rows of every table of the database `dsn` and compares them
 /// with those the export recorded.
-pub async fn compare_row_counts(index: &Index, dsn: &str) -> Result<RowCountCheck, CheckError> {
-    let cfg = tokio_postgres::Config::from_str(dsn).map_err(CheckError::Dsn)?;
+pub async fn compare_row_counts(index: &Index, dsn: &Dsn) -> Result<RowCountCheck, CheckError> {
+    let cfg = dsn.config()?;
     let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(CheckError::Connect)?;
     tokio::spawn(conn);
     let after = count_rows(&client).await?;

@@ -13,12 +13,11 @@ use crate::manifest::{Index, Manifest};
 use crate::provider::Replicated;
 use crate::restore::{stream_chunks, RestoreError};
 
-/// Where [`pg_restore`] restores: the program, the target database (a libpq
-/// connection string) and its password (passed in the environment).
+/// Where [`pg_restore`] restores: the program and the target database (its
+/// password passed in the environment, never in argv).
 pub struct PgRestore<'a> {
     pub prog: &'a Path,
-    pub target: &'a str,
-    pub password: Option<&'a str>,
+    pub target: &'a super::Dsn,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,15 +54,16 @@ pub async fn pg_restore(
     concurrency: usize,
     to: PgRestore<'_>,
 ) -> Result<BTreeMap<String, u64>, PgRestoreError> {
-    let PgRestore { prog, target, password } = to;
+    let PgRestore { prog, target } = to;
     let mut cmd = tokio::process::Command::new(prog);
-    if let Some(p) = password {
+    crate::child::clean(&mut cmd);
+    if let Some(p) = &target.password {
         cmd.env("PGPASSWORD", p);
     }
     let mut child = cmd
         // one transaction: a restore that fails leaves the target database as it was
         .args(["--no-owner", "--exit-on-error", "--single-transaction", "--no-password", "--dbname"])
-        .arg(target)
+        .arg(&target.conninfo)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

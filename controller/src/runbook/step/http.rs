@@ -1,4 +1,6 @@
-//! `http`: one request; the status (and, if asked, a text in the body) must match.
+//! `http`: one request; the status (and, if asked, a text in the body) must
+//! match. The URL keeps its literal scheme, each variable percent-encoded
+//! ([`crate::runbook::template`]); secrets go only in headers.
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
@@ -56,7 +58,13 @@ impl<'de> Deserialize<'de> for HttpMethod {
 
 impl HttpStep {
     pub fn validate(&self, _: &Runbook) -> Result<(), Invalid> {
-        Ok(())
+        crate::runbook::template::check_url(&self.url).map_err(|e| Invalid::new("http.url", e))
+    }
+
+    /// The URL, each variable percent-encoded where it stands.
+    fn url(&self, ctx: &StepContext<'_>) -> String {
+        let vars = ctx.drill.vars();
+        crate::runbook::substitute(&self.url, &|n| vars.get(n).map(|v| crate::runbook::template::encode_component(v)), &|_| None)
     }
 
     pub fn describe(&self, sub: &dyn Fn(&str) -> String) -> String {
@@ -75,10 +83,10 @@ impl HttpStep {
 
     /// The request and its checks; also one of `verify`'s.
     pub async fn check(&self, ctx: &StepContext<'_>) -> Result<String, String> {
-        let url = ctx.sub(&self.url);
+        let url = self.url(ctx);
         let mut req = reqwest::Client::new().request(self.method.0.clone(), &url);
         for (k, v) in &self.headers {
-            req = req.header(k, ctx.sub(v));
+            req = req.header(k, ctx.sub_secrets(v));
         }
         if let Some(b) = &self.body {
             req = req.body(ctx.sub(b));

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 pub use approval::{ApprovalStep, OnTimeout};
-pub use context::{DrillContext, StepContext};
+pub use context::{redact, resolve_secrets, DrillContext, StepContext};
 pub use http::{HttpMethod, HttpStep};
 pub use restore::RestoreStep;
 pub use shell::ShellStep;

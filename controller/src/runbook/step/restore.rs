@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{failed, Invalid, StepContext, StepError, StepOutcome};
 use crate::command::{pitr, restore};
+use crate::runbook::template::DsnTemplate;
 use crate::runbook::Runbook;
 
 #[derive(Debug, Deserialize)]
@@ -19,7 +20,7 @@ pub struct RestoreStep {
     pub identity: PathBuf,
     /// Export restore: `latest` or a snapshot, into this database.
     pub snapshot: Option<String>,
-    pub target: Option<String>,
+    pub target: Option<DsnTemplate>,
     /// PITR restore into this new data directory, to `at` (a time, an LSN, or `latest`).
     pub pgdata: Option<PathBuf>,
     pub at: Option<String>,
@@ -60,7 +61,7 @@ impl RestoreStep {
     pub fn describe(&self, sub: &dyn Fn(&str) -> String) -> String {
         match (&self.target, &self.pgdata) {
             (Some(t), _) => {
-                format!("tenant {} snapshot {} into {}", sub(&self.tenant), self.snapshot.as_deref().unwrap_or("latest"), sub(t))
+                format!("tenant {} snapshot {} into {}", sub(&self.tenant), self.snapshot.as_deref().unwrap_or("latest"), sub(&t.text))
             }
             (_, Some(d)) => format!(
                 "tenant {} point in time {} into {}",
@@ -87,13 +88,13 @@ impl RestoreStep {
         &self,
         ctx: &StepContext<'_>,
         t: &crate::tenant::Tenant,
-        target: &str,
+        target: &DsnTemplate,
         identities: Identities,
     ) -> Result<StepOutcome, StepError> {
         let cfg = &ctx.controller()?.config;
         let req = restore::RestoreRequest {
             snapshot: ctx.sub(self.snapshot.as_deref().unwrap_or("latest")),
-            target: ctx.sub(target),
+            target: target.resolve(&|t| ctx.sub_secrets(t)),
             identities,
             concurrency: cfg.restore.concurrency,
             pg_restore: cfg.restore.pg_restore.clone(),

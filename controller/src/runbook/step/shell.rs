@@ -1,5 +1,9 @@
-//! `shell`: `sh -c COMMAND`, with its environment and directory; standard
-//! output and error are kept. They go to an unlinked file rather than a
+//! `shell`: `sh -c COMMAND`, the command exactly as the runbook writes it.
+//! Variables are never pasted into it: each is in the command's
+//! environment under its own name (`"$tenant"` in the command), so that a
+//! value is data whatever it holds. Secrets go only through `env:`. The
+//! environment is otherwise clean ([`bascule_core::child`]). Standard
+//! output and error are kept; they go to an unlinked file rather than a
 //! pipe: a command that starts a daemon (`pg_ctl start`) returns when it
 //! exits, not when the daemon closes what it inherited.
 use std::collections::BTreeMap;
@@ -10,13 +14,15 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{Invalid, StepContext, StepError, StepOutcome};
-use crate::runbook::Runbook;
+use crate::runbook::{references, Runbook};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShellStep {
-    /// Run by `sh -c`.
+    /// Run by `sh -c`, as written; it reads variables as `"$name"`.
     pub command: String,
+    /// More environment variables (upper case names): values may use
+    /// `${name}` and `${secret.name}`.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     pub dir: Option<PathBuf>,
@@ -24,20 +30,36 @@ pub struct ShellStep {
 
 impl ShellStep {
     pub fn validate(&self, _: &Runbook) -> Result<(), Invalid> {
+        if references(&self.command).iter().any(|r| r.starts_with("secret.")) {
+            return Err(Invalid::new(
+                "shell.command",
+                "a secret cannot be in a command (every local user can read a command line): give it in `env:` (TOKEN: \"${secret.token}\") \
+                 and use \"$TOKEN\"",
+            ));
+        }
+        for k in self.env.keys() {
+            let upper = k.chars().next().is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+                && k.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            if !upper {
+                return Err(Invalid::new(format!("shell.env.{k}"), "an environment variable of `env:` has an upper case name"));
+            }
+        }
         Ok(())
     }
 
-    pub fn describe(&self, sub: &dyn Fn(&str) -> String) -> String {
-        format!("sh -c {:?}", sub(&self.command))
+    pub fn describe(&self, _: &dyn Fn(&str) -> String) -> String {
+        format!("sh -c {:?}", self.command)
     }
 
     /// Runs the command; a cancelled drill kills it.
     pub async fn run(&self, ctx: &StepContext<'_>, cancel: CancellationToken) -> Result<StepOutcome, StepError> {
         let mut c = tokio::process::Command::new("sh");
-        c.arg("-c").arg(ctx.sub(&self.command)).kill_on_drop(true).stdin(std::process::Stdio::null());
+        bascule_core::child::clean(&mut c);
+        c.envs(ctx.drill.vars());
         for (k, v) in &self.env {
-            c.env(k, ctx.sub(v));
+            c.env(k, ctx.sub_secrets(v));
         }
+        c.arg("-c").arg(&self.command).kill_on_drop(true).stdin(std::process::Stdio::null());
         if let Some(dir) = &self.dir {
             c.current_dir(ctx.sub(&dir.to_string_lossy()));
         }

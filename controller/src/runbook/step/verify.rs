@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::restore::{identities, mismatches};
 use super::{failed, HttpStep, Invalid, SqlStep, StepContext, StepError, StepOutcome};
 use crate::command::restore::resolve_export;
+use crate::runbook::template::DsnTemplate;
 use crate::runbook::Runbook;
 
 #[derive(Debug, Deserialize)]
@@ -18,8 +19,8 @@ use crate::runbook::Runbook;
 pub struct VerifyStep {
     /// Row counts of this database must match the snapshot's manifest.
     pub row_counts: Option<RowCountCheck>,
-    pub sql: Option<SqlStep>,
-    pub http: Option<HttpStep>,
+    pub sql: Option<Box<SqlStep>>,
+    pub http: Option<Box<HttpStep>>,
     /// The newest heartbeat row of this database gives the recovery point
     /// (RPO = the cut-over instant minus it).
     pub heartbeat: Option<HeartbeatCheck>,
@@ -29,7 +30,7 @@ pub struct VerifyStep {
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatCheck {
     /// The recovered database, where the agent wrote `bascule.heartbeat` rows.
-    pub dsn: String,
+    pub dsn: DsnTemplate,
 }
 
 #[derive(Debug, Deserialize)]
@@ -39,7 +40,7 @@ pub struct RowCountCheck {
     pub identity: PathBuf,
     #[serde(default = "latest")]
     pub snapshot: String,
-    pub dsn: String,
+    pub dsn: DsnTemplate,
 }
 
 fn latest() -> String {
@@ -57,11 +58,11 @@ impl VerifyStep {
     pub fn describe(&self, sub: &dyn Fn(&str) -> String) -> String {
         let mut parts = Vec::new();
         if let Some(r) = &self.row_counts {
-            parts.push(format!("row counts of {} = snapshot {} of {}", sub(&r.dsn), r.snapshot, sub(&r.tenant)));
+            parts.push(format!("row counts of {} = snapshot {} of {}", sub(&r.dsn.text), r.snapshot, sub(&r.tenant)));
         }
         parts.extend(self.sql.as_ref().map(|q| q.describe(sub)));
         parts.extend(self.http.as_ref().map(|h| h.describe(sub)));
-        parts.extend(self.heartbeat.as_ref().map(|h| format!("recovery point from the newest heartbeat of {}", sub(&h.dsn))));
+        parts.extend(self.heartbeat.as_ref().map(|h| format!("recovery point from the newest heartbeat of {}", sub(&h.dsn.text))));
         parts.join("; ")
     }
 
@@ -78,7 +79,7 @@ impl VerifyStep {
             lines.push(h.check(ctx).await?);
         }
         if let Some(h) = &self.heartbeat {
-            let at = super::sql::newest_heartbeat(&ctx.sub(&h.dsn)).await?;
+            let at = super::sql::newest_heartbeat(&h.dsn.resolve(&|t| ctx.sub_secrets(t))).await?;
             lines.push(format!("newest heartbeat on the recovered side: {}", at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
             done.recovery_point = Some(at);
         }
@@ -93,7 +94,7 @@ async fn row_counts(r: &RowCountCheck, ctx: &StepContext<'_>) -> Result<String, 
     let t = ctx.controller()?.tenant(&ctx.sub(&r.tenant)).map_err(failed)?;
     let (name, m) = resolve_export(&t, &ctx.sub(&r.snapshot)).await.map_err(failed)?;
     let index = open_index(&t.replicated, &m, &ids).await.map_err(|e| failed(e.into()))?;
-    let c = compare_row_counts(&index, &ctx.sub(&r.dsn)).await.map_err(|e| failed(e.into()))?;
+    let c = compare_row_counts(&index, &r.dsn.resolve(&|t| ctx.sub_secrets(t))).await.map_err(|e| failed(e.into()))?;
     let summary = format!("row counts: {} table(s), {} row(s) against snapshot {name}", c.tables, c.rows);
     if c.mismatches.is_empty() {
         Ok(format!("{summary}: identical"))

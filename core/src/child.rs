@@ -1,0 +1,37 @@
+//! Child processes start clean: an empty environment plus an allow-list
+//! (where programs are, the locale, the time zone, the home folder), never
+//! the parent's whole environment, which may hold a provider's secret key
+//! given as `{env: …}`. What a child needs beyond that is given to it, by
+//! name.
+
+/// The variables a child keeps from its parent.
+pub const KEPT: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ", "TMPDIR"];
+
+/// The allow-listed variables of this process, with their values.
+pub fn kept() -> Vec<(&'static str, std::ffi::OsString)> {
+    KEPT.iter().filter_map(|k| std::env::var_os(k).map(|v| (*k, v))).collect()
+}
+
+/// Clears `cmd`'s environment but for [`KEPT`].
+pub fn clean(cmd: &mut tokio::process::Command) -> &mut tokio::process::Command {
+    cmd.env_clear().envs(kept())
+}
+
+/// [`clean`] for a `std` command.
+pub fn clean_std(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    cmd.env_clear().envs(kept())
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn a_child_sees_only_what_it_is_given() {
+        // cargo and nextest give a test process its package's name
+        let name = std::env::var("CARGO_PKG_NAME").expect("CARGO_PKG_NAME in the test's environment");
+        let mut c = tokio::process::Command::new("env");
+        super::clean(&mut c).env("GIVEN", "1");
+        let out = String::from_utf8(c.output().await.unwrap().stdout).unwrap();
+        assert!(!out.contains("CARGO_PKG_NAME") && !out.contains(&name), "{out}");
+        assert!(out.contains("GIVEN=1") && out.contains("PATH="), "{out}");
+    }
+}
