@@ -132,6 +132,8 @@ pub async fn main(command: DrillCommand) -> anyhow::Result<ExitCode> {
                     var.default = v;
                 }
             }
+            // a secret that cannot be resolved is an error now, not when its step runs
+            runbook::step::resolve_secrets(&loaded)?;
             print!("{}", runbook::plan::render(&loaded, mode.mode()));
             Ok(ExitCode::SUCCESS)
         }

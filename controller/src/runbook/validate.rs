@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::vars::good_name;
+use super::vars::{good_name, step_strings};
 use super::{references, Loaded, RtoMarker};
 
 pub(super) fn validate(l: &Loaded) -> bascule_core::Result<()> {
@@ -71,44 +71,11 @@ pub(super) fn validate(l: &Loaded) -> bascule_core::Result<()> {
     Ok(())
 }
 
-/// Every string of a step, with its field path (`stages[0].steps[1].shell.env.X`).
-fn leaves(v: &serde_yaml::Value, path: String, out: &mut Vec<(String, String)>) {
-    match v {
-        serde_yaml::Value::String(s) => out.push((path, s.clone())),
-        serde_yaml::Value::Sequence(items) => {
-            for (i, x) in items.iter().enumerate() {
-                leaves(x, format!("{path}[{i}]"), out);
-            }
-        }
-        serde_yaml::Value::Mapping(m) => {
-            for (k, x) in m {
-                let k = k.as_str().map(str::to_string).unwrap_or_else(|| format!("{k:?}"));
-                leaves(x, format!("{path}.{k}"), out);
-            }
-        }
-        _ => {}
-    }
-}
-
 /// `${secret.…}` only in a shell step's `env`, an HTTP header, or a DSN
 /// (whose own parsing allows it in the password alone): anywhere else it
 /// would reach an argv, a URL, a log or a report.
 fn secrets_where_they_belong(l: &Loaded) -> Result<(), (String, String)> {
-    let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(&l.text) else { return Ok(()) };
-    let mut all = Vec::new();
-    for (list, prefix) in [(doc.get("on_failure"), "on_failure".to_string())] {
-        if let Some(v) = list {
-            leaves(v, prefix, &mut all);
-        }
-    }
-    if let Some(stages) = doc.get("stages").and_then(|s| s.as_sequence()) {
-        for (i, st) in stages.iter().enumerate() {
-            if let Some(steps) = st.get("steps") {
-                leaves(steps, format!("stages[{i}].steps"), &mut all);
-            }
-        }
-    }
-    for (path, text) in all {
+    for (path, text) in step_strings(&l.text) {
         if !references(&text).iter().any(|r| r.starts_with("secret.")) {
             continue;
         }

@@ -86,6 +86,66 @@ impl Variable {
     }
 }
 
+/// Every string of a step, with its field path (`stages[0].steps[1].shell.env.X`).
+fn leaves(v: &serde_yaml::Value, path: String, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_yaml::Value::String(s) => out.push((path, s.clone())),
+        serde_yaml::Value::Sequence(items) => {
+            for (i, x) in items.iter().enumerate() {
+                leaves(x, format!("{path}[{i}]"), out);
+            }
+        }
+        serde_yaml::Value::Mapping(m) => {
+            for (k, x) in m {
+                let k = k.as_str().map(str::to_string).unwrap_or_else(|| format!("{k:?}"));
+                leaves(x, format!("{path}.{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every string of every step of a runbook's text, with its field path.
+pub fn step_strings(text: &str) -> Vec<(String, String)> {
+    let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(text) else { return Vec::new() };
+    let mut all = Vec::new();
+    if let Some(stages) = doc.get("stages").and_then(|s| s.as_sequence()) {
+        for (i, st) in stages.iter().enumerate() {
+            if let Some(steps) = st.get("steps") {
+                leaves(steps, format!("stages[{i}].steps"), &mut all);
+            }
+        }
+    }
+    if let Some(v) = doc.get("on_failure") {
+        leaves(v, "on_failure".to_string(), &mut all);
+    }
+    all
+}
+
+/// The variables a shell command reads from its environment (`$name`, `${name}`).
+pub fn shell_reads(command: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let b = command.as_bytes();
+    let mut i = 0;
+    while let Some(off) = command.get(i..).and_then(|r| r.find('$')) {
+        let mut j = i + off + 1;
+        if b.get(j) == Some(&b'{') {
+            j += 1;
+        }
+        let start = j;
+        while b.get(j).is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_') {
+            j += 1;
+        }
+        if let Some(name) = command.get(start..j).filter(|n| good_name(n)) {
+            out.push(name.to_string());
+        }
+        i = j.max(i + off + 1);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// `${name}` and `${secret.name}` references in `s`.
 pub fn references(s: &str) -> Vec<&str> {
     let mut out = Vec::new();
@@ -145,6 +205,11 @@ mod tests {
         assert_eq!(substitute("x${a}y${secret.s}z", &|n| vars.get(n).cloned(), &|n| Some(format!("<{n}>"))), "x1y<s>z");
         assert_eq!(with_vars("x${a}y${secret.s}z${b}", &vars), "x1y${secret.s}z${b}", "secrets and unknowns stay as written");
         assert_eq!(references("${a} and ${secret.b}"), ["a", "secret.b"]);
+    }
+
+    #[test]
+    fn what_a_shell_command_reads() {
+        assert_eq!(shell_reads("echo \"$tenant\" ${dir}/x $HOME $1 $last_wal2-"), ["dir", "last_wal2", "tenant"]);
     }
 
     #[test]
