@@ -213,11 +213,14 @@ async fn start(api: &Api, req: &StartDrill, actor: &str) -> Result<i64, ApiError
         return Err(bad(format!("no runbook {:?} in {}", req.runbook, dir.display())));
     }
     let loaded = runbook::load(&file).map_err(|e| bad(e.to_string()))?;
-    for k in req.vars.keys() {
+    for (k, v) in &req.vars {
         if loaded.check_var(k).is_err() {
             return Err(bad(format!("vars.{k}: the runbook has no such variable")));
         }
+        loaded.check_value(k, v).map_err(|e| bad(format!("vars.{e}")))?;
     }
+    // a secret that cannot be resolved is the runbook's, not the caller's: a 400 all the same
+    runbook::step::resolve_secrets(&loaded).map_err(|e| bad(format!("{e:#}")))?;
     let vars: Vec<(String, String)> = req.vars.clone().into_iter().collect();
     let started = crate::drill::start(&api.controller, Arc::new(loaded), req.mode, &vars, actor)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;

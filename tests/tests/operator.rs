@@ -1,0 +1,158 @@
+//! The operator boundary: what an operator passes (`--var`, the API's
+//! `vars`) and what a database returns (`save_as`) is data, never code; a
+//! value that breaks its variable's pattern starts nothing.
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bascule_tests::http::curl;
+use bascule_tests::{bin, free_port, run, text, wait_until, write, KillOnDrop, PgCluster};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Every way a value could become code: a command separator, a command
+/// substitution both ways, a quote, a newline, an SQL quote, a DSN field.
+fn payload(pwn: &Path) -> String {
+    let p = pwn.display();
+    format!("x; touch {p}/semicolon $(touch {p}/dollar) `touch {p}/backtick` \" ' OR '1'='1 \n dbname=postgres | touch {p}/pipe")
+}
+
+/// A runbook where `host` reaches each kind of field, and a value read out
+/// of the database reaches them again; each check compares what arrived
+/// with what was sent.
+fn runbook(dir: &Path, pg: &PgCluster, pwn: &Path) -> std::path::PathBuf {
+    let dsn = |extra: &str| format!("host=127.0.0.1 port={} user=bascule dbname=postgres{extra}", pg.port);
+    let rb = dir.join("inject.yaml");
+    write(
+        &rb,
+        &format!(
+            r#"name: inject
+variables:
+  host: plain
+  echoed: ""
+  app: ""
+  from_db: ""
+stages:
+  - name: send
+    steps:
+      - id: shell
+        shell: {{ command: 'echo "$host"; echo $host; [ -n "$host" ]' }}
+      - id: bind
+        sql: {{ dsn: "{d1}", query: "SELECT $1::text", params: ["${{host}}"], save_as: echoed }}
+      - id: dsn-field
+        sql: {{ dsn: "{d2}", query: "SELECT current_setting('application_name')", save_as: app }}
+      - id: from-db
+        sql: {{ dsn: "{d1}", query: "SELECT 'y; touch {p}/db-semicolon' || chr(10) || '$(touch {p}/db-dollar)' || ' `touch {p}/db-backtick`'", save_as: from_db }}
+      - id: url
+        http: {{ url: "http://127.0.0.1:1/${{host}}?q=${{host}}" }}
+        critical: false
+  - name: compare
+    steps:
+      - id: arrived-whole
+        shell: {{ command: '[ "$echoed" = "$host" ] && [ "$app" = "$(printf %s "$host" | head -c 63)" ] || {{ echo "sent [$host] got [$echoed] [$app]"; exit 1; }}' }}
+      - id: db-value-as-data
+        shell: {{ command: 'echo "$from_db"; echo $from_db' }}
+      - id: db-value-bound
+        sql: {{ dsn: "{d1}", query: "SELECT $1::text = $2::text", params: ["${{from_db}}", "${{from_db}}"], expect: "t" }}
+"#,
+            d1 = dsn(""),
+            d2 = dsn(" application_name=${host}"),
+            p = pwn.display(),
+        ),
+    );
+    rb
+}
+
+fn controller(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let cfg = dir.join("controller.yaml");
+    write(
+        &cfg,
+        &format!(
+            "state_dir: {d}/state\nproviders:\n  - {{ name: a, url: \"file://{d}/a\" }}\n  - {{ name: b, url: \"file://{d}/b\" }}\ntenants: []\n{extra}",
+            d = dir.display()
+        ),
+    );
+    cfg
+}
+
+fn nothing_created(pwn: &Path, how: &str) {
+    let made: Vec<_> = std::fs::read_dir(pwn).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(made.is_empty(), "{how}: a value ran as code and created {made:?}");
+}
+
+#[test]
+fn values_from_the_command_line_the_api_and_the_database_run_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let pg = PgCluster::start();
+    let pwn = d.path().join("pwn");
+    std::fs::create_dir(&pwn).unwrap();
+    let rb = runbook(d.path(), &pg, &pwn);
+
+    // --var
+    let cfg = controller(d.path(), "");
+    let o = run(Command::new(bin("bascule-controller"))
+        .args(["drill", "run", "--config"])
+        .arg(&cfg)
+        .arg(&rb)
+        .arg("--var")
+        .arg(format!("host={}", payload(&pwn))));
+    let out = text(&o);
+    assert!(o.status.success() && out.contains("PASS"), "the values arrived whole, as data:\n{out}");
+    nothing_created(&pwn, "--var");
+
+    // the API's vars, from an operator's token
+    let tok = run(Command::new(bin("bascule-controller")).args(["token", "--name", "bob", "--role", "operator"]));
+    let token = String::from_utf8_lossy(&tok.stdout).trim().to_string();
+    let line = String::from_utf8_lossy(&tok.stderr).lines().find(|l| l.contains("hash:")).unwrap().trim().to_string();
+    let port = free_port();
+    let api_dir = d.path().join("api");
+    std::fs::create_dir(&api_dir).unwrap();
+    std::fs::copy(&rb, api_dir.join("inject.yaml")).unwrap();
+    let cfg = controller(
+        d.path(),
+        &format!("serve:\n  listen: 127.0.0.1:{port}\n  interval: 1s\n  runbooks_dir: {}\n  tokens:\n    {line}\n", api_dir.display()),
+    );
+    let log = std::fs::File::create(d.path().join("serve.log")).unwrap();
+    let _serve = KillOnDrop(
+        Command::new(bin("bascule-controller"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until("serve", MINUTE, || curl("GET", &format!("{base}/healthz"), None, None, &[]).0 == 200);
+    let body = serde_json::json!({ "runbook": "inject", "vars": { "host": payload(&pwn) } }).to_string();
+    let (code, answer) = curl("POST", &format!("{base}/v1/drills"), Some(&token), Some(&body), &[]);
+    assert_eq!(code, 202, "{answer}");
+    let id = serde_json::from_str::<serde_json::Value>(&answer).unwrap()["id"].as_i64().unwrap();
+    let mut last = String::new();
+    wait_until("the API's drill to end", MINUTE, || {
+        last = curl("GET", &format!("{base}/v1/drills/{id}"), Some(&token), None, &[]).1;
+        serde_json::from_str::<serde_json::Value>(&last).is_ok_and(|r| r["finished_at"].is_string())
+    });
+    assert!(last.contains("\"PASS\""), "{last}");
+    nothing_created(&pwn, "the API");
+
+    // a value breaking its pattern starts nothing, from either door
+    let strict = d.path().join("strict.yaml");
+    write(
+        &strict,
+        &format!(
+            "name: strict\nvariables:\n  host: {{ default: db-a, pattern: \"[a-z0-9.-]+\" }}\nstages:\n  - name: s\n    steps:\n      - id: touch\n        shell: {{ command: 'touch {}/ran-$host' }}\n",
+            pwn.display()
+        ),
+    );
+    let o =
+        run(Command::new(bin("bascule-controller")).args(["drill", "run", "--config"]).arg(&cfg).arg(&strict).args(["--var", "host=a b"]));
+    assert!(!o.status.success() && text(&o).contains("does not match the runbook's pattern"), "{}", text(&o));
+    std::fs::copy(&strict, api_dir.join("strict.yaml")).unwrap();
+    let (code, answer) =
+        curl("POST", &format!("{base}/v1/drills"), Some(&token), Some(r#"{"runbook":"strict","vars":{"host":"a;b"}}"#), &[]);
+    assert_eq!(code, 400, "{answer}");
+    assert!(answer.contains("does not match"), "{answer}");
+    nothing_created(&pwn, "a value breaking its pattern");
+}
