@@ -209,8 +209,8 @@ fn outcome() -> impl Strategy<Value = Outcome> {
 }
 
 fn report() -> impl Strategy<Value = Report> {
-    let step = (name(), name(), name(), time(), time(), 0.0f64..1e6, any::<u32>(), outcome(), text()).prop_map(
-        |(id, stage, kind, started_at, finished_at, duration_seconds, attempts, outcome, output)| ReportStep {
+    let step = (name(), name(), name(), time(), time(), 0.0f64..1e6, any::<u32>(), outcome(), text(), proptest::option::of(hash()))
+        .prop_map(|(id, stage, kind, started_at, finished_at, duration_seconds, attempts, outcome, output, output_blake3)| ReportStep {
             id,
             stage,
             kind,
@@ -220,8 +220,8 @@ fn report() -> impl Strategy<Value = Report> {
             attempts,
             outcome,
             output,
-        },
-    );
+            output_blake3,
+        });
     let status = prop_oneof![
         Just(DrillStatus::Running),
         Just(DrillStatus::RollingBack),

@@ -156,3 +156,162 @@ fn values_from_the_command_line_the_api_and_the_database_run_nothing() {
     assert!(answer.contains("does not match"), "{answer}");
     nothing_created(&pwn, "a value breaking its pattern");
 }
+
+/// An HTTP server that answers every request with 500 and the request
+/// itself (its headers included) as the body.
+fn echo_server() -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = format!("HTTP/1.1 500 Internal Server Error\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", req.len());
+            let _ = c.write_all(head.as_bytes()).and_then(|_| c.write_all(&req));
+        }
+    });
+    port
+}
+
+/// Every process's command line that holds `needle`, sampled until `stop`.
+fn watch_argv(needle: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<(usize, Vec<String>)> {
+    std::thread::spawn(move || {
+        let (mut samples, mut found) = (0, Vec::new());
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for e in std::fs::read_dir("/proc").unwrap().flatten() {
+                if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+                    let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                    if cmd.contains(&needle) {
+                        found.push(cmd);
+                    }
+                }
+            }
+            samples += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (samples, found)
+    })
+}
+
+#[test]
+fn a_secret_echoed_by_every_step_kind_is_in_no_report_object_log_or_argv() {
+    use base64::Engine;
+    let s = bascule_tests::Scenario::start(200);
+    let o = s.snapshot();
+    assert!(o.status.success(), "{}", text(&o));
+    let mut raw = [0u8; 12];
+    getrandom::getrandom(&mut raw).unwrap();
+    let secret = format!("tok-{}", hex::encode(raw));
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&secret);
+    let port = echo_server();
+    s.pg.createdb("restored");
+    let dsn = |db: &str| format!("host=127.0.0.1 port={} user=bascule dbname={db} password=${{secret.token}}", s.pg.port);
+    let rb = s.path("secret.yaml");
+    write(
+        &rb,
+        &format!(
+            r#"name: secret
+variables:
+  tenant: {tenant}
+  identity: {identity}
+secrets:
+  token: {{ env: BASCULE_TEST_TOKEN }}
+stages:
+  - name: echo
+    steps:
+      - id: shell-echo
+        shell:
+          command: 'echo "token $TOKEN"; printf %s "$TOKEN" | base64; echo "$TOKEN" >&2; sleep 0.3'
+          env: {{ TOKEN: "${{secret.token}}" }}
+      - id: http-echo
+        http: {{ url: "http://127.0.0.1:{port}/probe", headers: {{ Authorization: "Bearer ${{secret.token}}" }} }}
+        critical: false
+      - id: sql-password
+        sql: {{ dsn: "{mairie}", query: "SELECT count(*) FROM citoyens" }}
+      - id: shell-fails-saying-it
+        shell: {{ command: 'echo "failing with $T"; exit 1', env: {{ T: "${{secret.token}}" }} }}
+        critical: false
+  - name: restore
+    steps:
+      - id: restore
+        restore: {{ tenant: "${{tenant}}", identity: "${{identity}}", snapshot: latest, target: "{restored}" }}
+      - id: rows
+        verify:
+          row_counts: {{ tenant: "${{tenant}}", identity: "${{identity}}", dsn: "{restored}" }}
+          heartbeat: {{ dsn: "{mairie}" }}
+        critical: false
+"#,
+            tenant = s.tenant,
+            identity = s.path("customer.key").display(),
+            mairie = dsn("mairie"),
+            restored = dsn("restored"),
+        ),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = watch_argv(secret.clone(), stop.clone());
+    let ctl = |args: &[&str]| {
+        let mut c = Command::new(bin("bascule-controller"));
+        c.args(args).arg("--config").arg(s.path("controller.yaml"));
+        c
+    };
+    let o = run(ctl(&["drill", "run"]).arg(&rb).env("BASCULE_TEST_TOKEN", &secret).env("RUST_LOG", "info,bascule_controller=debug"));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (samples, in_argv) = watcher.join().unwrap();
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(samples > 10, "argv sampled {samples} times");
+    assert!(in_argv.is_empty(), "the secret was in a command line: {in_argv:?}");
+
+    // everything the drill left: its output, the store, the reports, every object on both providers
+    let mut places: Vec<(String, Vec<u8>)> = vec![("drill run's output".into(), out.into_bytes())];
+    let state = s.path("controller-state");
+    for e in walk(&state) {
+        places.push((e.display().to_string(), std::fs::read(&e).unwrap()));
+    }
+    for f in ["md", "html", "json"] {
+        let r = run(&mut ctl(&["drill", "report", "1", "--format", f]));
+        places.push((format!("drill report --format {f}"), r.stdout));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for g in [&s.a, &s.b] {
+        for tenant in [s.tenant.as_str(), "reports"] {
+            let cfg: Vec<bascule_core::provider::ProviderConfig> =
+                bascule_core::config::parse_yaml(&g.provider_yaml(s.dir.path(), "fleet"), Path::new("t")).unwrap();
+            let r = bascule_core::provider::Provider::build(&cfg[0], Path::new("t")).unwrap().tenant(tenant);
+            for k in rt.block_on(r.list("")).unwrap().into_keys() {
+                places.push((format!("{} {tenant}/{k}", cfg[0].name), rt.block_on(r.get(&k, u64::MAX)).unwrap().unwrap().to_vec()));
+            }
+        }
+    }
+    assert!(places.iter().any(|(p, _)| p.contains("reports/drills/secret")), "the report is on the providers");
+    for (place, bytes) in &places {
+        let t = String::from_utf8_lossy(bytes);
+        assert!(!t.contains(&secret) && !t.contains(&b64), "the secret is in {place}");
+    }
+    // …and it was echoed: what stands in its place is said
+    let report = std::fs::read_to_string(state.join("reports/drill-1.json")).unwrap();
+    assert!(report.contains("[secret token]"), "the echoes were redacted, not lost:\n{report}");
+    let published = places.iter().find(|(p, _)| p.contains("reports/drills/secret")).unwrap();
+    assert!(!String::from_utf8_lossy(&published.1).contains("[secret token]"), "the published copy carries no output at all");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -99,7 +99,12 @@ pub struct ReportStep {
     pub duration_seconds: f64,
     pub attempts: u32,
     pub outcome: Outcome,
+    /// What the step printed or said (secrets redacted). Kept at the
+    /// controller: the copy on the providers has only its digest.
     pub output: String,
+    /// BLAKE3 of the output, in place of it, in the copy on the providers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_blake3: Option<String>,
 }
 
 /// The report of drill `id`, from the store.
@@ -118,6 +123,7 @@ pub fn build(store: &Store, id: i64) -> anyhow::Result<Report> {
             attempts: s.attempts,
             outcome: s.outcome,
             output: s.output,
+            output_blake3: None,
         })
         .collect();
     let (rto, rpo, reasons) = judge(&d);
@@ -168,6 +174,20 @@ pub fn judge(d: &DrillRow) -> (Measure, Measure, Vec<String>) {
 }
 
 impl Report {
+    /// The copy for the providers: outcomes, times and measures, and of
+    /// each step's output only its digest (an output may quote the
+    /// customer's rows, a PostgreSQL error their values).
+    pub fn for_providers(&self) -> Report {
+        let mut r = self.clone();
+        for s in &mut r.steps {
+            if !s.output.is_empty() {
+                s.output_blake3 = Some(bascule_core::hash_hex(s.output.as_bytes()));
+                s.output.clear();
+            }
+        }
+        r
+    }
+
     pub fn passed(&self) -> bool {
         self.verdict == Verdict::Pass
     }

@@ -1,4 +1,5 @@
-//! Signs the JSON report and stores it on both providers under `reports/`.
+//! Signs the JSON report (outputs replaced by their digests) and stores it
+//! on both providers under `reports/`.
 use bascule_core::keys::AgentKey;
 use bascule_core::signed::Signed;
 
@@ -9,7 +10,7 @@ use crate::context::{Controller, REPORTS};
 /// or why not, per provider.
 pub async fn publish(r: &Report, controller: &Controller, key: &AgentKey) -> Vec<(String, Result<String, String>)> {
     let writer = controller.reports().writer();
-    let _ = writer.put(&r.key(), bytes::Bytes::from(r.sign(key))).await;
+    let _ = writer.put(&r.key(), bytes::Bytes::from(r.for_providers().sign(key))).await;
     let at = format!("{REPORTS}/{}", r.key());
     writer.outcome().into_iter().map(|(p, why)| (p, why.map_or_else(|| Ok(at.clone()), Err))).collect()
 }
