@@ -75,6 +75,37 @@ fn controller(dir: &Path, extra: &str) -> std::path::PathBuf {
     cfg
 }
 
+/// `bascule-controller token`: (the token, its config line).
+fn token(name: &str, role: &str) -> (String, String) {
+    let tok = run(Command::new(bin("bascule-controller")).args(["token", "--name", name, "--role", role]));
+    let token = String::from_utf8_lossy(&tok.stdout).trim().to_string();
+    let line = String::from_utf8_lossy(&tok.stderr).lines().find(|l| l.contains("hash:")).unwrap().trim().to_string();
+    (token, line)
+}
+
+/// `serve` with these tokens and runbooks: the process, its URL, its config.
+fn serve(dir: &Path, runbooks: &Path, tokens: &[String]) -> (KillOnDrop, String, std::path::PathBuf) {
+    let port = free_port();
+    let lines: String = tokens.iter().map(|l| format!("    {l}\n")).collect();
+    let cfg = controller(
+        dir,
+        &format!("serve:\n  listen: 127.0.0.1:{port}\n  interval: 1s\n  runbooks_dir: {}\n  tokens:\n{lines}", runbooks.display()),
+    );
+    let log = std::fs::File::create(dir.join("serve.log")).unwrap();
+    let child = Command::new(bin("bascule-controller"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let guard = KillOnDrop(child);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until("serve", MINUTE, || curl("GET", &format!("{base}/healthz"), None, None, &[]).0 == 200);
+    (guard, base, cfg)
+}
+
 fn nothing_created(pwn: &Path, how: &str) {
     let made: Vec<_> = std::fs::read_dir(pwn).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(made.is_empty(), "{how}: a value ran as code and created {made:?}");
@@ -101,30 +132,11 @@ fn values_from_the_command_line_the_api_and_the_database_run_nothing() {
     nothing_created(&pwn, "--var");
 
     // the API's vars, from an operator's token
-    let tok = run(Command::new(bin("bascule-controller")).args(["token", "--name", "bob", "--role", "operator"]));
-    let token = String::from_utf8_lossy(&tok.stdout).trim().to_string();
-    let line = String::from_utf8_lossy(&tok.stderr).lines().find(|l| l.contains("hash:")).unwrap().trim().to_string();
-    let port = free_port();
     let api_dir = d.path().join("api");
     std::fs::create_dir(&api_dir).unwrap();
     std::fs::copy(&rb, api_dir.join("inject.yaml")).unwrap();
-    let cfg = controller(
-        d.path(),
-        &format!("serve:\n  listen: 127.0.0.1:{port}\n  interval: 1s\n  runbooks_dir: {}\n  tokens:\n    {line}\n", api_dir.display()),
-    );
-    let log = std::fs::File::create(d.path().join("serve.log")).unwrap();
-    let _serve = KillOnDrop(
-        Command::new(bin("bascule-controller"))
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    wait_until("serve", MINUTE, || curl("GET", &format!("{base}/healthz"), None, None, &[]).0 == 200);
+    let (token, line) = token("bob", "operator");
+    let (_serve, base, cfg) = serve(d.path(), &api_dir, &[line]);
     let body = serde_json::json!({ "runbook": "inject", "vars": { "host": payload(&pwn) } }).to_string();
     let (code, answer) = curl("POST", &format!("{base}/v1/drills"), Some(&token), Some(&body), &[]);
     assert_eq!(code, 202, "{answer}");
@@ -314,4 +326,62 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+#[test]
+fn a_failover_is_approved_by_another_person_than_the_one_who_started_it() {
+    let d = tempfile::tempdir().unwrap();
+    let rb = d.path().join("runbooks");
+    std::fs::create_dir(&rb).unwrap();
+    write(
+        &rb.join("gated.yaml"),
+        "name: gated\nstages:\n  - name: ask\n    steps:\n      - id: go\n        approval: { prompt: \"Fail over?\" }\n        timeout: 1m\n",
+    );
+    let (bob, bob_line) = token("bob", "operator");
+    let (alice, alice_line) = token("alice", "operator");
+    let (_serve, base, cfg) = serve(d.path(), &rb, &[bob_line, alice_line]);
+    let drills = format!("{base}/v1/drills");
+    let start = |mode: &str| {
+        let (code, body) = curl("POST", &drills, Some(&bob), Some(&format!(r#"{{"runbook":"gated","mode":"{mode}"}}"#)), &[]);
+        assert_eq!(code, 202, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_i64().unwrap()
+    };
+    let approve = |id: i64, who: &str| curl("POST", &format!("{drills}/{id}/approve"), Some(who), Some(r#"{"step":"go"}"#), &[]);
+    let verdict = |id: i64| {
+        let mut v = serde_json::Value::Null;
+        wait_until("the drill to end", MINUTE, || {
+            v = serde_json::from_str(&curl("GET", &format!("{drills}/{id}"), Some(&bob), None, &[]).1).unwrap_or_default();
+            v["finished_at"].is_string()
+        });
+        v["verdict"].as_str().unwrap_or_default().to_string()
+    };
+
+    // a failover bob started: bob cannot approve it, alice can
+    let id = start("failover");
+    let (code, body) = approve(id, &bob);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("four eyes"), "{body}");
+    // nor can bob's OS account on the controller's host, having started one there
+    let cli = Command::new(bin("bascule-controller"))
+        .args(["drill", "run", "--mode", "failover", "--config"])
+        .arg(&cfg)
+        .arg(rb.join("gated.yaml"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _cli = KillOnDrop(cli);
+    let store = || bascule_controller::state::Store::open(&d.path().join("state/drills.sqlite")).unwrap();
+    wait_until("the command line's drill to start", MINUTE, || store().drills().unwrap().len() == 2);
+    let cli_id = store().drills().unwrap().iter().map(|r| r.id).max().unwrap();
+    let o = run(Command::new(bin("bascule-controller")).args(["drill", "approve", "--config"]).arg(&cfg).arg(cli_id.to_string()).arg("go"));
+    assert!(!o.status.success() && text(&o).contains("four eyes"), "{}", text(&o));
+    assert_eq!(approve(cli_id, &alice).0, 200);
+    assert_eq!(approve(id, &alice).0, 200);
+    assert_eq!(verdict(id), "PASS");
+    // a drill (not a failover) bob started: bob may approve it
+    let id = start("drill");
+    assert_eq!(approve(id, &bob).0, 200);
+    assert_eq!(verdict(id), "PASS");
 }

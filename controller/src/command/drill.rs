@@ -186,6 +186,7 @@ fn approve(config: ConfigArg, id: i64, step: String, reject: bool) -> anyhow::Re
     if !l.has_approval(&step) {
         anyhow::bail!("drill {id}: {} has no approval step {step:?}", d.runbook_file);
     }
+    drill::may_answer(&l, d.mode, &d.started_by, !reject, &actor()).map_err(anyhow::Error::msg)?;
     if store.answer(id, &step, !reject, &actor())? {
         println!("drill {id}, step {step}: {}", if reject { "rejected" } else { "approved" });
         return Ok(ExitCode::SUCCESS);

@@ -17,6 +17,29 @@ use crate::runbook::step::DrillContext;
 use crate::runbook::Loaded;
 use crate::state::{NewDrill, Store};
 
+/// The person behind an actor: `api:bob` is bob's token, `alice@host` the
+/// OS account alice (on whichever host).
+fn person(actor: &str) -> &str {
+    if actor.starts_with("api:") {
+        actor
+    } else {
+        actor.split('@').next().unwrap_or(actor)
+    }
+}
+
+/// Whether `actor` may give this answer: in failover mode (unless the
+/// runbook says `four_eyes: false`), whoever started the drill may reject
+/// an approval step, never approve it.
+pub fn may_answer(loaded: &Loaded, mode: Mode, started_by: &str, approved: bool, actor: &str) -> Result<(), String> {
+    if approved && mode == Mode::Failover && loaded.runbook.four_eyes && person(actor) == person(started_by) {
+        return Err(format!(
+            "four eyes: {actor} started this failover and cannot approve it; another person must (bascule-controller drill approve, \
+             or the API with another token)"
+        ));
+    }
+    Ok(())
+}
+
 /// Held while a drill runs, so that no second controller resumes it.
 pub fn lock(c: &Controller, id: i64) -> anyhow::Result<std::fs::File> {
     let path = c.config.state_dir.join(format!("drill-{id}.lock"));

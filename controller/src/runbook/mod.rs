@@ -67,6 +67,14 @@ pub struct Runbook {
     /// Run, in order, when a critical step fails (the rollback).
     #[serde(default)]
     pub on_failure: Vec<Step>,
+    /// In failover mode, an approval cannot be given by the one who started
+    /// the drill (default: true).
+    #[serde(default = "yes")]
+    pub four_eyes: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_parallel() -> usize {

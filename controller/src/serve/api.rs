@@ -257,6 +257,8 @@ async fn approve(
         if !l.has_approval(&req.step) {
             return Err(bad(format!("drill {id} has no approval step {:?}", req.step)));
         }
+        crate::drill::may_answer(&l, d.mode, &d.started_by, !req.reject, &format!("api:{who}"))
+            .map_err(|e| ApiError(StatusCode::FORBIDDEN, e))?;
         let fresh = store
             .answer(id, &req.step, !req.reject, &format!("api:{who}"))
             .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;

@@ -152,6 +152,13 @@ impl StepContext<'_> {
     /// Records an answer to this (approval) step.
     pub fn answer(&self, approved: bool) {
         let d = self.drill;
+        let row = d.store().drill(d.id);
+        if let Ok(row) = row {
+            if let Err(why) = crate::drill::may_answer(&d.loaded, row.mode, &row.started_by, approved, &d.actor) {
+                eprintln!("  {why}");
+                return;
+            }
+        }
         if let Err(e) = d.store().answer(d.id, &self.step.id, approved, &d.actor) {
             tracing::error!(error = format!("{e:#}"), "Cannot record the answer");
         }
