@@ -4,6 +4,13 @@
 //! given as `{env: …}`. What a child needs beyond that is given to it, by
 //! name.
 
+/// Files and folders this process creates are not for other users: `mask`
+/// (0o077 for the controller; 0o027 for the agent, whose spool PostgreSQL's
+/// group may share) is taken away from every mode asked for.
+pub fn private_umask(mask: u32) {
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(mask));
+}
+
 /// The variables a child keeps from its parent.
 pub const KEPT: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ", "TMPDIR"];
 

@@ -203,11 +203,20 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut dyn std::io::Write
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("state")));
-    let f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    // a stale file (or a link planted there) is unlinked, never followed
+    let _ = std::fs::remove_file(&tmp);
+    let f = create_exclusive(&tmp, 0o600).map_err(|e| Error::io(&tmp, e))?;
     let mut w = std::io::BufWriter::new(f);
     write(&mut w).and_then(|_| w.flush()).and_then(|_| w.get_ref().sync_all()).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+}
+
+/// Creates a new file with `mode`, exclusively and without following a
+/// symbolic link at `path`.
+pub fn create_exclusive(path: &Path, mode: u32) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32).open(path)
 }
 
 /// Creates a secret file with mode 0600; never overwrites an existing file.

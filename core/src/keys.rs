@@ -13,6 +13,19 @@ use crate::{Error, Result};
 
 const KEY_FILE_HEADER: &str = "# bascule agent key: keep it secret, keep it on site";
 
+/// A secret file's text, refused when its group or others may read it.
+pub fn read_private(path: &Path) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(Error::KeyFile {
+            path: path.into(),
+            reason: format!("its group or other users may read it (mode {:o}): chmod 600 {}", mode & 0o777, path.display()),
+        });
+    }
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+}
+
 /// The agent's secrets: the ed25519 signing key and the BLAKE3 key that makes
 /// chunk ids unguessable to a provider. Never printed.
 pub struct AgentKey {
@@ -51,7 +64,12 @@ impl AgentKey {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = read_private(path)?;
+        Self::parse(&text, path)
+    }
+
+    /// A key file's text (`path` names it in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let bad = |reason: &str| Error::KeyFile { path: path.into(), reason: reason.into() };
         let (mut signing, mut dedup) = (None, None);
         for line in text.lines().map(str::trim) {
@@ -245,7 +263,7 @@ impl Identities {
     /// Reads an age identity file (the format of `age-keygen`). The file is
     /// read once; the secret stays in memory only.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = read_private(path)?;
         Self::parse(&text).ok_or_else(|| Error::Identity { identity: path.display().to_string() })
     }
 

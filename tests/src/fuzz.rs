@@ -41,12 +41,19 @@ fn data() -> PathBuf {
 
 fn signer() -> &'static AgentKey {
     static K: OnceLock<AgentKey> = OnceLock::new();
-    K.get_or_init(|| AgentKey::load(&data().join("keys/agent.key")).expect("tests/data/keys/agent.key"))
+    // a repository file's mode is 0644: read its text, not the file as a key file
+    K.get_or_init(|| {
+        let p = data().join("keys/agent.key");
+        AgentKey::parse(&std::fs::read_to_string(&p).expect("tests/data/keys/agent.key"), &p).expect("tests/data/keys/agent.key")
+    })
 }
 
 fn customer() -> &'static Identities {
     static C: OnceLock<Identities> = OnceLock::new();
-    C.get_or_init(|| Identities::load(&data().join("keys/customer.key")).expect("tests/data/keys/customer.key"))
+    C.get_or_init(|| {
+        Identities::parse(&std::fs::read_to_string(data().join("keys/customer.key")).expect("tests/data/keys/customer.key"))
+            .expect("tests/data/keys/customer.key")
+    })
 }
 
 fn valid(name: &str) -> Vec<u8> {

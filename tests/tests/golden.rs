@@ -35,11 +35,13 @@ fn data() -> PathBuf {
 }
 
 fn agent_key() -> AgentKey {
-    AgentKey::load(&data().join("keys/agent.key")).expect("tests/data/keys/agent.key")
+    // a repository file's mode is 0644: read its text, not the file as a key file
+    let p = data().join("keys/agent.key");
+    AgentKey::parse(&std::fs::read_to_string(&p).unwrap(), &p).expect("tests/data/keys/agent.key")
 }
 
 fn customer() -> Identities {
-    Identities::load(&data().join("keys/customer.key")).expect("tests/data/keys/customer.key")
+    Identities::parse(&std::fs::read_to_string(data().join("keys/customer.key")).unwrap()).expect("tests/data/keys/customer.key")
 }
 
 fn at(s: &str) -> DateTime<Utc> {

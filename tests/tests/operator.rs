@@ -385,3 +385,35 @@ fn a_failover_is_approved_by_another_person_than_the_one_who_started_it() {
     assert_eq!(approve(id, &bob).0, 200);
     assert_eq!(verdict(id), "PASS");
 }
+
+#[test]
+fn the_controllers_files_are_private_and_a_key_others_may_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let cfg = controller(d.path(), "");
+    let rb = d.path().join("rb.yaml");
+    write(&rb, "name: t\nstages:\n  - name: s\n    steps:\n      - id: hi\n        shell: { command: 'echo hi' }\n");
+    let drill = || run(Command::new(bin("bascule-controller")).args(["drill", "run", "--config"]).arg(&cfg).arg(&rb));
+    let o = drill();
+    assert!(o.status.success(), "{}", text(&o));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777;
+    let state = d.path().join("state");
+    assert_eq!(mode(&state), 0o700, "the state folder");
+    for f in ["drills.sqlite", "report-signing.key", "reports/drill-1.json"] {
+        assert_eq!(mode(&state.join(f)), 0o600, "{f}");
+    }
+    assert_eq!(mode(&state.join("reports")), 0o700);
+    // a signing key its group may read is refused, saying how to mend it
+    let key = state.join("report-signing.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let o = drill();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains(&format!("chmod 600 {}", key.display())), "{}", text(&o));
+    // and an agent key file others may read, likewise
+    let agent_key = d.path().join("agent.key");
+    let k = run(Command::new(bin("bascule-agent")).arg("keygen").arg("--out").arg(&agent_key));
+    assert!(k.status.success(), "{}", text(&k));
+    assert_eq!(mode(&agent_key), 0o600);
+    std::fs::set_permissions(&agent_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(bascule_core::keys::AgentKey::load(&agent_key).unwrap_err().to_string().contains("chmod 600"));
+}

@@ -42,7 +42,9 @@ pub fn write_durably(tmp: &Path, dest: &Path, bytes: &[u8]) -> std::io::Result<(
     let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let t = tmp.join(format!("{name}.{}", std::process::id()));
     let result = (|| {
-        let mut f = File::create(&t)?;
+        // a stale file (or a link planted there) is unlinked, never followed
+        let _ = std::fs::remove_file(&t);
+        let mut f = bascule_core::config::create_exclusive(&t, 0o640)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&t, dest)?;
