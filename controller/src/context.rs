@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
-use bascule_core::head::RollbackGuard;
+use bascule_core::head::{RevokedMarks, RollbackGuard};
 use bascule_core::keys::AgentKey;
 use bascule_core::provider::{Provider, Replicated};
 
@@ -68,8 +68,10 @@ impl Controller {
             format!("no tenant {name:?} in {}; known: {}", self.file.display(), names.join(", "))
         })?;
         let replicas = self.providers.iter().map(|p| p.tenant(name)).collect();
-        let guards = self.providers.iter().map(|p| self.guard(name, &p.name)).collect::<Result<_, _>>()?;
-        Ok(Tenant { name: name.into(), replicated: Replicated::new(replicas), keys: t.verify_keys.clone(), guards })
+        let guards: Vec<Arc<RollbackGuard>> = self.providers.iter().map(|p| self.guard(name, &p.name)).collect::<Result<_, _>>()?;
+        let revoked =
+            RevokedMarks::load(&self.config.state_dir, name, &t.verify_keys, || guards.iter().try_fold(0, |m, g| Ok(g.seen()?.max(m))))?;
+        Ok(Tenant { name: name.into(), replicated: Replicated::new(replicas), keys: t.verify_keys.clone(), guards, revoked })
     }
 
     /// Where signed reports go: `reports/` on both providers.

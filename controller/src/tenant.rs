@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bascule_core::head::{Head, RollbackGuard};
+use bascule_core::head::{Head, RevokedMarks, RollbackGuard};
 use bascule_core::keys::TrustedKey;
 use bascule_core::manifest::Manifest;
 use bascule_core::provider::{Fetched, Replicated};
@@ -20,6 +20,8 @@ pub struct Tenant {
     /// One per provider: a provider that once showed sequence N and now shows
     /// less is rolling back; one that never reached N is only behind.
     pub guards: Vec<Arc<RollbackGuard>>,
+    /// What each revoked key may still have signed.
+    pub revoked: RevokedMarks,
 }
 
 /// What a provider's HEAD said.
@@ -53,9 +55,11 @@ impl Tenant {
     /// [`Tenant::open_head`], then the rollback guard of provider `i`:
     /// refused when below the mark, else the mark is raised to it.
     pub fn accept_head(&self, i: usize, bytes: &[u8]) -> bascule_core::Result<Head> {
-        let h = self.open_head(bytes)?;
+        let (h, by) = Head::open_by(bytes, &self.keys, &self.name, layout::HEAD)?;
+        let provider = &self.replicated.replicas[i].provider;
+        self.revoked.check(provider, &by, &h)?;
         let guard = &self.guards[i];
-        guard.check(&self.replicated.replicas[i].provider, &h)?;
+        guard.check(provider, &h)?;
         guard.observe(h.sequence)?;
         Ok(h)
     }

@@ -47,6 +47,11 @@ pub enum Error {
     Body { key: String, reason: String },
     #[error("provider {provider}: HEAD sequence {found} is below {seen}, already seen: the provider serves an older state (rollback); refusing it")]
     Rollback { provider: String, found: u64, seen: u64 },
+    #[error(
+        "provider {provider}: HEAD sequence {found} is signed by {key}, revoked, and is above {mark}, the highest seen when its \
+         revocation was configured: a revoked key signs nothing new, whatever time it claims; refusing it"
+    )]
+    RevokedSigner { provider: String, key: String, found: u64, mark: u64 },
     #[error("provider {provider}: {key}: {source}")]
     Store {
         provider: String,

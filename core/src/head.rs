@@ -176,3 +176,50 @@ mod tests {
         assert_eq!(a.seen().unwrap(), 10 + 49 * 8 + 7);
     }
 }
+
+/// What each revoked key of a tenant may still have signed: HEADs up to the
+/// highest sequence this controller had seen when it first ran with the
+/// key revoked (`<state_dir>/<tenant>.revoked-marks`). A HEAD the key signed
+/// above it is refused, whatever time it claims (a thief can backdate), and
+/// raises no mark; the new key's HEADs go on as before.
+#[derive(Debug, Default)]
+pub struct RevokedMarks {
+    marks: std::collections::BTreeMap<String, u64>,
+}
+
+impl RevokedMarks {
+    /// The marks of `tenant`, recording now (as `seen()`) the mark of each
+    /// revoked key met for the first time.
+    pub fn load(state_dir: &Path, tenant: &str, keys: &[crate::keys::TrustedKey], seen: impl Fn() -> Result<u64>) -> Result<RevokedMarks> {
+        let revoked: Vec<String> = keys.iter().filter(|k| k.revoked_at.is_some()).map(|k| k.key.to_string()).collect();
+        if revoked.is_empty() {
+            return Ok(RevokedMarks::default());
+        }
+        let path = state_dir.join(format!("{tenant}.revoked-marks"));
+        let mut marks: std::collections::BTreeMap<String, u64> = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::ConfigValue { file: path.clone(), message: e.to_string() })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let new: Vec<&String> = revoked.iter().filter(|k| !marks.contains_key(*k)).collect();
+        if !new.is_empty() {
+            let now = seen()?;
+            for k in new {
+                marks.insert(k.clone(), now);
+            }
+            let text = serde_json::to_vec_pretty(&marks).map_err(|e| Error::ConfigValue { file: path.clone(), message: e.to_string() })?;
+            crate::config::write_atomic(&path, &text)?;
+        }
+        Ok(RevokedMarks { marks })
+    }
+
+    /// Refuses a HEAD that revoked key `by` signed above its mark.
+    pub fn check(&self, provider: &str, by: &crate::keys::VerifyKey, head: &Head) -> Result<()> {
+        match self.marks.get(&by.to_string()) {
+            Some(mark) if head.sequence > *mark => {
+                Err(Error::RevokedSigner { provider: provider.into(), key: by.to_string(), found: head.sequence, mark: *mark })
+            }
+            _ => Ok(()),
+        }
+    }
+}

@@ -86,6 +86,11 @@ pub trait Signed: Serialize + DeserializeOwned {
     /// Opens an object read under `key`: a signature by one of `keys`, that
     /// key valid at the object's time, the object `tenant`'s and bound to `key`.
     fn open(bytes: &[u8], keys: &[TrustedKey], tenant: &str, key: &str) -> Result<Self> {
+        Self::open_by(bytes, keys, tenant, key).map(|(v, _)| v)
+    }
+
+    /// [`Signed::open`], and which key signed it.
+    fn open_by(bytes: &[u8], keys: &[TrustedKey], tenant: &str, key: &str) -> Result<(Self, VerifyKey)> {
         let verify: Vec<VerifyKey> = keys.iter().map(|t| t.key).collect();
         let (v, by) = open::<Self>(Self::KIND, bytes, &verify, key)?;
         for t in keys.iter().filter(|t| t.key == by) {
@@ -95,7 +100,7 @@ pub trait Signed: Serialize + DeserializeOwned {
             return Err(Error::Body { key: key.into(), reason: format!("the object is for tenant {:?}", v.tenant()) });
         }
         match v.stored_at() {
-            Some(k) if k == key => Ok(v),
+            Some(k) if k == key => Ok((v, by)),
             Some(other) => Err(Error::Body { key: key.into(), reason: format!("the object is signed for {other}") }),
             None => Err(Error::Body { key: key.into(), reason: "the object contradicts itself".into() }),
         }

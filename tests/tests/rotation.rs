@@ -67,3 +67,57 @@ fn rotated_recipients_and_a_revoked_agent_key() {
     let r = restore(&fourth, "fourth", &new_key);
     assert!(!r.status.success() && text(&r).contains("revoked"), "{}", text(&r));
 }
+
+#[test]
+fn a_backdated_head_from_a_revoked_key_is_refused_and_moves_no_mark() {
+    let s = Scenario::start(200);
+    let o = s.snapshot();
+    assert!(o.status.success(), "{}", text(&o));
+    let v = run(&mut s.controller(&["verify"]));
+    assert!(v.status.success(), "{}", text(&v));
+    let mark_file = |p: &str| s.path(&format!("controller-state/{}@{p}.head-seen", s.tenant));
+    let marks = || (std::fs::read_to_string(mark_file("provider-a")).unwrap(), std::fs::read_to_string(mark_file("provider-b")).unwrap());
+    let before = marks();
+
+    // rotation: the old key revoked from now, the new one valid from now
+    let old_verify = s.verify_key.clone();
+    let new_agent_key = s.path("agent-new.key");
+    let new_verify = ok(Command::new(bin("bascule-agent")).arg("keygen").arg("--out").arg(&new_agent_key)).trim().to_string();
+    if bascule_tests::is_root() {
+        ok(Command::new("chown").arg("postgres").arg(&new_agent_key));
+    }
+    let at = chrono::Utc::now();
+    let at_text = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    edit(
+        &s.path("controller.yaml"),
+        &format!("verify_keys: [\"{old_verify}\"]"),
+        &format!("verify_keys:\n      - {{ key: \"{old_verify}\", revoked_at: {at_text} }}\n      - {{ key: \"{new_verify}\", valid_from: {at_text} }}"),
+    );
+    let v = run(&mut s.controller(&["verify"]));
+    assert!(v.status.success(), "the old key's HEAD, signed before its revocation, still verifies:\n{}", text(&v));
+
+    // the thief signs a HEAD with the stolen key, dated before the revocation, with a huge sequence
+    let stolen = bascule_core::keys::AgentKey::load(&s.path("agent.key")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (a, b) = (s.provider(&s.a), s.provider(&s.b));
+    let good = rt.block_on(a.get("HEAD", u64::MAX)).unwrap().unwrap();
+    let mut body: serde_json::Value = serde_json::from_slice(&good[good.windows(2).position(|w| w == b"\n\n").unwrap() + 2..]).unwrap();
+    body["sequence"] = 1_000_000_000u64.into();
+    body["agent_time"] = (at - chrono::Duration::seconds(30)).to_rfc3339().into();
+    let forged = bascule_core::signed::sign(bascule_core::signed::Kind::Head, &body, &stolen);
+    for r in [&a, &b] {
+        rt.block_on(r.put("HEAD", forged.clone().into())).unwrap();
+    }
+    let v = run(&mut s.controller(&["verify"]));
+    let out = text(&v);
+    assert!(!v.status.success() && out.contains("revoked") && out.contains("signs nothing new"), "{out}");
+    assert_eq!(marks(), before, "the refused HEAD moved no rollback mark");
+
+    // the agent, on its new key, commits: its genuine HEAD is accepted
+    edit(&s.path("agent.yaml"), &format!("key_file: {}", s.path("agent.key").display()), &format!("key_file: {}", new_agent_key.display()));
+    let o = s.snapshot();
+    assert!(o.status.success(), "{}", text(&o));
+    let v = run(&mut s.controller(&["verify"]));
+    assert!(v.status.success(), "the new key's HEAD verifies after the forged one:\n{}", text(&v));
+}
