@@ -2,8 +2,8 @@
 //! unit tests left out), and no two files of one crate that import each
 //! other, but for a folder's `mod.rs` and the files of that folder (which
 //! share what the folder defines). Functions over 120 lines are refused by
-//! clippy (`clippy.toml`). And the README's threat model cites tests that
-//! exist.
+//! clippy (`clippy.toml`). And the README's threat model and security
+//! sections cite tests that exist.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -189,11 +189,13 @@ fn the_checks_see_a_cycle_and_a_long_file() {
 }
 
 #[test]
-fn the_threat_model_names_tests_that_exist() {
+fn the_threat_model_and_security_sections_name_tests_that_exist() {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let section = readme.split("## Threat model").nth(1).expect("a Threat model section").split("\n## ").next().unwrap();
     let mut named = 0;
-    for cited in section.split('`').skip(1).step_by(2) {
+    let sections = ["## Threat model", "## Security"]
+        .map(|h| readme.split(h).nth(1).unwrap_or_else(|| panic!("a {h} section")).split("\n## ").next().unwrap().to_string());
+    let cited_all: Vec<&str> = sections.iter().flat_map(|s| s.split('`').skip(1).step_by(2)).collect();
+    for cited in cited_all {
         let Some((file, test)) = cited.split_once("::") else { continue };
         if file.is_empty() || !file.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
             continue;
@@ -207,5 +209,5 @@ fn the_threat_model_names_tests_that_exist() {
         );
         named += 1;
     }
-    assert!(named >= 15, "the threat model names {named} tests");
+    assert!(named >= 22, "the threat model and the security section name {named} tests");
 }
