@@ -41,6 +41,14 @@ pub struct ServeConfig {
     pub listen: std::net::SocketAddr,
     /// HTTPS with this certificate chain and key (PEM); plain HTTP without.
     pub tls: Option<TlsConfig>,
+    /// Plain HTTP on an address other than loopback (tokens in clear): refused
+    /// unless this says so.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// `/metrics` asks for a token (any role), as Prometheus's
+    /// `authorization` scrape setting sends it.
+    #[serde(default)]
+    pub metrics_token: bool,
     /// API tokens, stored hashed (`bascule-controller token` makes one).
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
@@ -84,6 +92,8 @@ impl Default for ServeConfig {
         ServeConfig {
             listen: default_listen(),
             tls: None,
+            allow_plaintext: false,
+            metrics_token: false,
             tokens: Vec::new(),
             interval: default_interval(),
             concurrency: default_monitor_concurrency(),
@@ -272,6 +282,16 @@ impl ControllerConfig {
         }
         if cfg.serve.concurrency == 0 || cfg.serve.concurrency > 1024 {
             return Err(bad("serve.concurrency must be between 1 and 1024".into()));
+        }
+        if cfg.serve.tls.is_none() && !cfg.serve.listen.ip().is_loopback() && !cfg.serve.allow_plaintext {
+            return Err(bad(format!(
+                "serve.listen {} is not a loopback address and serve.tls is not set: API tokens would travel in clear; \
+                 set serve.tls (cert, key), or serve.allow_plaintext: true behind a TLS proxy",
+                cfg.serve.listen
+            )));
+        }
+        if cfg.serve.metrics_token && cfg.serve.tokens.is_empty() {
+            return Err(bad("serve.metrics_token is true but serve.tokens is empty: nothing could read /metrics".into()));
         }
         for t in &cfg.serve.tokens {
             if !t.hash.strip_prefix("blake3:").is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit())) {

@@ -107,3 +107,28 @@ fn bad_retention_is_named() {
     let e = bascule_controller::config::ControllerConfig::load(&path).unwrap_err().to_string();
     assert!(e.contains("prune.cron") && e.contains(&path.display().to_string()), "{e}");
 }
+
+#[test]
+fn plain_http_beyond_loopback_is_refused_unless_allowed() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let good = std::fs::read_to_string(root.join("configs/controller.yaml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("controller.yaml");
+    let plain = good.replace("  tls: { cert: /etc/bascule/api.crt, key: /etc/bascule/api.key }\n", "");
+    assert_ne!(plain, good);
+    write(&path, &plain);
+    let e = bascule_controller::config::ControllerConfig::load(&path).unwrap_err().to_string();
+    assert!(e.contains("serve.listen 10.0.0.5:9187 is not a loopback address") && e.contains("serve.tls"), "{e}");
+    write(&path, &plain.replace("  # allow_plaintext: true", "  allow_plaintext: true"));
+    let c = bascule_controller::config::ControllerConfig::load(&path).unwrap();
+    assert!(c.serve.allow_plaintext && c.serve.tls.is_none());
+    // loopback needs no TLS
+    write(&path, &plain.replace("10.0.0.5:9187", "127.0.0.1:9187"));
+    bascule_controller::config::ControllerConfig::load(&path).unwrap();
+    // a token for /metrics, and no token to give
+    let no_tokens: String =
+        good.lines().filter(|l| !l.starts_with("  tokens:") && !l.starts_with("    - { name:")).map(|l| format!("{l}\n")).collect();
+    write(&path, &no_tokens);
+    let e = bascule_controller::config::ControllerConfig::load(&path).unwrap_err().to_string();
+    assert!(e.contains("serve.metrics_token is true but serve.tokens is empty"), "{e}");
+}

@@ -153,8 +153,25 @@ fn the_api_checks_tokens_roles_and_bodies_and_audits_every_call() {
     assert!(!rows.iter().any(|r| r.contains(&operator) || r.contains(&viewer)), "a token in the audit log");
 }
 
+/// Seconds curl spent on one GET /healthz (connection and TLS included).
+fn healthz_seconds(base: &str, ca: &[&str]) -> f64 {
+    let o = run(Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--max-time", "60", "-w", "%{http_code} %{time_total}"])
+        .args(ca)
+        .arg(format!("{base}/healthz")));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let (code, secs) = out.split_once(' ').unwrap_or_else(|| panic!("curl: {out}"));
+    assert_eq!(code, "200", "{out}");
+    secs.trim().parse().unwrap()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 #[test]
-fn the_api_serves_https_when_configured() {
+fn the_https_api_holds_under_abuse() {
     let d = tempfile::tempdir().unwrap();
     let (cert, key) = (d.path().join("cert.pem"), d.path().join("key.pem"));
     ok(Command::new("openssl")
@@ -176,12 +193,13 @@ fn the_api_serves_https_when_configured() {
         .arg("-out")
         .arg(&cert));
     let (viewer, viewer_line) = token("carol", "viewer");
+    let (operator, operator_line) = token("dave", "operator");
     let port = free_port();
     let cfg = d.path().join("controller.yaml");
     write(
         &cfg,
         &format!(
-            "state_dir: {d}/state\n{p}tenants: []\nserve:\n  listen: 127.0.0.1:{port}\n  tls: {{ cert: {c}, key: {k} }}\n  tokens:\n    {viewer_line}\n",
+            "state_dir: {d}/state\n{p}tenants: []\nserve:\n  listen: 127.0.0.1:{port}\n  tls: {{ cert: {c}, key: {k} }}\n  metrics_token: true\n  tokens:\n    {viewer_line}\n    {operator_line}\n",
             d = d.path().display(),
             p = file_providers(d.path()),
             c = cert.display(),
@@ -194,6 +212,68 @@ fn the_api_serves_https_when_configured() {
     assert_eq!(curl("GET", &format!("{base}/v1/drills"), Some(&viewer), None, &ca).0, 200);
     // plain HTTP on the TLS port gets nothing
     assert_ne!(curl("GET", &format!("http://127.0.0.1:{port}/healthz"), None, None, &[]).0, 200);
+
+    // idle TCP connections that never start their handshake do not hold the listener
+    let before = median((0..5).map(|_| healthz_seconds(&base, &ca)).collect());
+    let idle: Vec<std::net::TcpStream> = (0..20).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let during: Vec<f64> = (0..5).map(|_| healthz_seconds(&base, &ca)).collect();
+    eprintln!("/healthz: {before:.4} s alone, {during:?} s with {} idle connections", idle.len());
+    assert!(median(during.clone()) <= before + 0.100, "idle connections delay /healthz: {before} s before, {during:?} s with them");
+    assert!(during.iter().all(|s| *s < 1.0), "{during:?}");
+
+    // /metrics asks for a token when metrics_token says so
+    let metrics = format!("{base}/metrics");
+    assert_eq!(curl("GET", &metrics, None, None, &ca).0, 401);
+    let (code, m) = curl("GET", &metrics, Some(&viewer), None, &ca);
+    assert_eq!(code, 200, "{m}");
+    assert!(m.contains("bascule_api_refusals_total"), "{m}");
+
+    // refusals: the address gets its share (the /metrics refusal above included), then 429
+    let headers = d.path().join("headers");
+    let mut codes = Vec::new();
+    for _ in 0..34 {
+        let extra = [ca[0], ca[1], "-D", headers.to_str().unwrap()];
+        codes.push(curl("GET", &format!("{base}/v1/tenants"), Some("bsc_guessed"), None, &extra).0);
+    }
+    let answered = codes.iter().filter(|c| **c == 401).count();
+    let limited = codes.iter().filter(|c| **c == 429).count();
+    assert_eq!((answered, limited), (29, 5), "{codes:?}");
+    assert!(codes[..29].iter().all(|c| *c == 401), "{codes:?}");
+    let h = std::fs::read_to_string(&headers).unwrap().to_lowercase();
+    assert!(h.contains("retry-after: 60"), "{h}");
+    // a valid token from the same address is not held back
+    let (code, m) = curl("GET", &metrics, Some(&viewer), None, &ca);
+    assert_eq!(code, 200);
+    assert_eq!(metric(&m, "bascule_api_refusals_total{outcome=\"limited\"}"), Some(5.0), "{m}");
+    assert_eq!(metric(&m, "bascule_api_refusals_total{outcome=\"answered\"}"), Some(30.0), "{m}");
+
+    // a body over the limit: 413, and the operator's small mistakes are still 400
+    let big = format!("{{\"runbook\": \"{}\"}}", "x".repeat(100 * 1024));
+    let (code, body) = curl("POST", &format!("{base}/v1/drills"), Some(&operator), Some(&big), &ca);
+    assert_eq!(code, 413, "{body}");
+    assert!(body.contains("65536 bytes"), "{body}");
+    assert_eq!(curl("POST", &format!("{base}/v1/drills"), Some(&operator), Some("not json"), &ca).0, 400);
+
+    // the refusals reach the audit log in batches: one row each for the
+    // answered ones, one summary row for the limited ones, the chain intact
+    wait_until("the refusals are in the audit log", MINUTE, || {
+        let store = bascule_controller::state::Store::open(&d.path().join("state/drills.sqlite")).unwrap();
+        let rows: Vec<String> = store
+            .connection()
+            .prepare("SELECT detail FROM audit WHERE actor = 'api:anonymous' ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows.iter().filter(|r| r.ends_with("→ 401: unknown token (from 127.0.0.1)")).count() == 29
+            && rows.iter().filter(|r| r.contains("(from 127.0.0.1)")).count() == 30
+            && rows.iter().any(|r| r == "5 more refusal(s) from 127.0.0.1 answered 429 (over 30 a minute)")
+    });
+    let a = run(Command::new(bin("bascule-controller")).args(["drill", "audit", "--verify", "--config"]).arg(&cfg));
+    assert!(a.status.success(), "{}", text(&a));
+    drop(idle);
 }
 
 /// utime + stime of a process, in seconds.

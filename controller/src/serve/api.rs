@@ -1,16 +1,21 @@
 //! The HTTP API: bearer tokens (stored hashed), roles `viewer` and
-//! `operator`, every `/v1` call in the audit log, bodies validated.
+//! `operator`, every `/v1` call in the audit log, bodies validated and at
+//! most [`BODY_LIMIT`] bytes; refusals rate-limited per address
+//! ([`super::guard`]).
 //!
 //! | route | role |
 //! |---|---|
-//! | `GET /healthz`, `GET /metrics` | none |
+//! | `GET /healthz` | none |
+//! | `GET /metrics` | none, or viewer with `serve.metrics_token: true` |
 //! | `GET /v1/tenants`, `GET /v1/drills`, `GET /v1/drills/{id}` | viewer |
 //! | `POST /v1/drills`, `POST /v1/drills/{id}/approve` | operator |
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,6 +23,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::guard::{Guard, Refusal};
 use super::metrics as m;
 use super::monitor::TenantView;
 use super::Tasks;
@@ -35,6 +41,31 @@ pub struct Api {
     pub view: Arc<RwLock<Vec<TenantView>>>,
     /// Drills the API starts run in the service's tasks.
     pub tasks: Tasks,
+    pub guard: Arc<Guard>,
+}
+
+/// The largest request body read; a larger one is answered 413.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// The client's address, as the listener saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub IpAddr);
+
+/// What a handler knows of a call: for the token, the audit and the limit.
+pub struct Call {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    peer: IpAddr,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Call {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<ConnectInfo<Peer>>().map(|c| c.0 .0).unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        Ok(Call { method: parts.method.clone(), uri: parts.uri.clone(), headers: parts.headers.clone(), peer })
+    }
 }
 
 /// An error answer: a status and a message, as JSON.
@@ -46,12 +77,23 @@ impl IntoResponse for ApiError {
         if self.0 == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert("www-authenticate", "Bearer".parse().expect("header value"));
         }
+        if self.0 == StatusCode::TOO_MANY_REQUESTS {
+            r.headers_mut().insert("retry-after", super::guard::WINDOW.as_secs().into());
+        }
         r
     }
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+/// A body that is not the JSON expected: 400 with serde's words, or 413.
+fn rejected(e: JsonRejection) -> ApiError {
+    match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {BODY_LIMIT} bytes")),
+        _ => bad(e.body_text()),
+    }
 }
 
 /// The token's holder and role; `Err` for no token or an unknown one.
@@ -70,15 +112,20 @@ fn authenticate(cfg: &ControllerConfig, headers: &HeaderMap) -> Result<(String, 
     Err(unauthorized("unknown token"))
 }
 
+/// The audit line of a call: `GET /v1/drills → 401: unknown token`.
+fn audit_line(call: &Call, status: StatusCode, detail: &str) -> String {
+    format!(
+        "{} {} → {}{}",
+        call.method,
+        call.uri.path(),
+        status.as_u16(),
+        if detail.is_empty() { String::new() } else { format!(": {detail}") }
+    )
+}
+
 impl Api {
-    fn audit(&self, who: &str, method: &Method, uri: &Uri, status: StatusCode, detail: &str) {
-        let line = format!(
-            "{method} {} → {}{}",
-            uri.path(),
-            status.as_u16(),
-            if detail.is_empty() { String::new() } else { format!(": {detail}") }
-        );
-        if let Err(e) = self.store().audit(None, &format!("api:{who}"), "api", &line) {
+    fn audit(&self, who: &str, call: &Call, status: StatusCode, detail: &str) {
+        if let Err(e) = self.store().audit(None, &format!("api:{who}"), "api", &audit_line(call, status, detail)) {
             tracing::error!(error = format!("{e:#}"), "Cannot write the audit log");
         }
     }
@@ -87,18 +134,22 @@ impl Api {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Checks the caller has `role`; audits refusals.
-    fn allow(&self, headers: &HeaderMap, role: Role, method: &Method, uri: &Uri) -> Result<String, ApiError> {
-        match authenticate(&self.controller.config, headers) {
-            Ok((who, have)) if have >= role => Ok(who),
+    /// Checks the caller has `role`; refusals go through the guard (audited
+    /// in its next batch, or 429 once the address had its share).
+    fn allow(&self, call: &Call, role: Role) -> Result<String, ApiError> {
+        let (who, e) = match authenticate(&self.controller.config, &call.headers) {
+            Ok((who, have)) if have >= role => return Ok(who),
             Ok((who, _)) => {
                 let e = ApiError(StatusCode::FORBIDDEN, format!("{who}: this needs the {role:?} role").to_lowercase());
-                self.audit(&who, method, uri, e.0, "");
-                Err(e)
+                (who, e)
             }
-            Err(e) => {
-                self.audit("anonymous", method, uri, e.0, &e.1);
-                Err(e)
+            Err(e) => ("anonymous".to_string(), e),
+        };
+        let detail = if e.0 == StatusCode::FORBIDDEN { String::new() } else { e.1.clone() };
+        match self.guard.refuse(call.peer, &format!("api:{who}"), audit_line(call, e.0, &detail)) {
+            Refusal::Answered => Err(e),
+            Refusal::Limited => {
+                Err(ApiError(StatusCode::TOO_MANY_REQUESTS, format!("too many refused requests from {}: retry later", call.peer)))
             }
         }
     }
@@ -107,11 +158,12 @@ impl Api {
 pub fn router(api: Api) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(|| async { ([("content-type", "text/plain; version=0.0.4")], m::render()) }))
+        .route("/metrics", get(metrics))
         .route("/v1/tenants", get(tenants))
         .route("/v1/drills", get(list_drills).post(start_drill))
         .route("/v1/drills/{id}", get(get_drill))
         .route("/v1/drills/{id}/approve", post(approve))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(count_requests))
         .with_state(api)
 }
@@ -123,15 +175,22 @@ async fn count_requests(req: axum::extract::Request, next: axum::middleware::Nex
     r
 }
 
-async fn tenants(State(api): State<Api>, method: Method, uri: Uri, headers: HeaderMap) -> Result<Response, ApiError> {
-    let who = api.allow(&headers, Role::Viewer, &method, &uri)?;
-    api.audit(&who, &method, &uri, StatusCode::OK, "");
+async fn metrics(State(api): State<Api>, call: Call) -> Result<Response, ApiError> {
+    if api.controller.config.serve.metrics_token {
+        api.allow(&call, Role::Viewer)?;
+    }
+    Ok(([("content-type", "text/plain; version=0.0.4")], m::render()).into_response())
+}
+
+async fn tenants(State(api): State<Api>, call: Call) -> Result<Response, ApiError> {
+    let who = api.allow(&call, Role::Viewer)?;
+    api.audit(&who, &call, StatusCode::OK, "");
     let view = api.view.read().unwrap_or_else(|e| e.into_inner()).clone();
     Ok(Json(view).into_response())
 }
 
-async fn list_drills(State(api): State<Api>, method: Method, uri: Uri, headers: HeaderMap) -> Result<Response, ApiError> {
-    let who = api.allow(&headers, Role::Viewer, &method, &uri)?;
+async fn list_drills(State(api): State<Api>, call: Call) -> Result<Response, ApiError> {
+    let who = api.allow(&call, Role::Viewer)?;
     let drills = api.store().drills().map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
     let out: Vec<_> = drills
         .iter()
@@ -143,20 +202,14 @@ async fn list_drills(State(api): State<Api>, method: Method, uri: Uri, headers: 
             })
         })
         .collect();
-    api.audit(&who, &method, &uri, StatusCode::OK, "");
+    api.audit(&who, &call, StatusCode::OK, "");
     Ok(Json(out).into_response())
 }
 
-async fn get_drill(
-    State(api): State<Api>,
-    Path(id): Path<i64>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let who = api.allow(&headers, Role::Viewer, &method, &uri)?;
+async fn get_drill(State(api): State<Api>, Path(id): Path<i64>, call: Call) -> Result<Response, ApiError> {
+    let who = api.allow(&call, Role::Viewer)?;
     let r = report::build(&api.store(), id).map_err(|e| ApiError(StatusCode::NOT_FOUND, format!("{e:#}")))?;
-    api.audit(&who, &method, &uri, StatusCode::OK, "");
+    api.audit(&who, &call, StatusCode::OK, "");
     Ok(Json(r).into_response())
 }
 
@@ -175,27 +228,21 @@ fn drill_mode() -> Mode {
     Mode::Drill
 }
 
-async fn start_drill(
-    State(api): State<Api>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Json<StartDrill>, JsonRejection>,
-) -> Result<Response, ApiError> {
-    let who = api.allow(&headers, Role::Operator, &method, &uri)?;
+async fn start_drill(State(api): State<Api>, call: Call, body: Result<Json<StartDrill>, JsonRejection>) -> Result<Response, ApiError> {
+    let who = api.allow(&call, Role::Operator)?;
     let result = async {
-        let Json(req) = body.map_err(|e| bad(e.body_text()))?;
+        let Json(req) = body.map_err(rejected)?;
         let id = start(&api, &req, &format!("api:{who}")).await?;
         Ok::<_, ApiError>((id, req.runbook))
     }
     .await;
     match result {
         Ok((id, runbook)) => {
-            api.audit(&who, &method, &uri, StatusCode::ACCEPTED, &format!("drill {id} of {runbook}"));
+            api.audit(&who, &call, StatusCode::ACCEPTED, &format!("drill {id} of {runbook}"));
             Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "status": format!("/v1/drills/{id}") }))).into_response())
         }
         Err(e) => {
-            api.audit(&who, &method, &uri, e.0, &e.1);
+            api.audit(&who, &call, e.0, &e.1);
             Err(e)
         }
     }
@@ -240,14 +287,12 @@ pub struct Approve {
 async fn approve(
     State(api): State<Api>,
     Path(id): Path<i64>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    call: Call,
     body: Result<Json<Approve>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let who = api.allow(&headers, Role::Operator, &method, &uri)?;
+    let who = api.allow(&call, Role::Operator)?;
     let result = (|| {
-        let Json(req) = body.map_err(|e| bad(e.body_text()))?;
+        let Json(req) = body.map_err(rejected)?;
         let mut store = api.store();
         let d = store.drill(id).map_err(|e| ApiError(StatusCode::NOT_FOUND, format!("{e:#}")))?;
         if d.finished() {
@@ -269,11 +314,11 @@ async fn approve(
     })();
     match result {
         Ok(req) => {
-            api.audit(&who, &method, &uri, StatusCode::OK, &format!("{} {}", req.step, if req.reject { "rejected" } else { "approved" }));
+            api.audit(&who, &call, StatusCode::OK, &format!("{} {}", req.step, if req.reject { "rejected" } else { "approved" }));
             Ok(Json(json!({ "drill": id, "step": req.step, "approved": !req.reject })).into_response())
         }
         Err(e) => {
-            api.audit(&who, &method, &uri, e.0, &e.1);
+            api.audit(&who, &call, e.0, &e.1);
             Err(e)
         }
     }

@@ -113,6 +113,23 @@ pub static API_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("bascule_api_requests_total", "API requests by route and status", &["route", "status"]).unwrap()
 });
 
+pub static API_REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "bascule_api_refusals_total",
+        "API requests refused for their token (401, 403): answered, or answered 429 once the address had its share",
+        &["outcome"]
+    )
+    .unwrap()
+});
+pub static API_HANDSHAKES_FAILED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "bascule_api_tls_handshakes_failed_total",
+        "TLS handshakes that failed, timed out, or were turned away (too many at once)",
+        &["reason"]
+    )
+    .unwrap()
+});
+
 /// Registers every metric, so that each shows up from the first scrape.
 pub fn register() {
     LazyLock::force(&REPLICATION_LAG);
@@ -136,6 +153,8 @@ pub fn register() {
     LazyLock::force(&LAST_CYCLE);
     LazyLock::force(&TENANTS);
     LazyLock::force(&API_REQUESTS);
+    LazyLock::force(&API_REFUSALS);
+    LazyLock::force(&API_HANDSHAKES_FAILED);
 }
 
 pub fn ts(t: chrono::DateTime<chrono::Utc>) -> f64 {

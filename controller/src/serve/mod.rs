@@ -5,6 +5,7 @@
 //! SIGTERM cancels them all (a running drill stops its step and stays
 //! resumable), and `serve` waits for them up to a deadline before it exits.
 pub mod api;
+pub mod guard;
 pub mod metrics;
 pub mod monitor;
 mod schedule;
@@ -114,6 +115,41 @@ async fn shutdown_signal(cancel: CancellationToken) {
     cancel.cancel();
 }
 
+/// Writes the refusals the guard holds to the audit log, every
+/// [`guard::FLUSH_EVERY`], in one transaction.
+fn flush_refusals(g: &guard::Guard, store: &Mutex<Store>) {
+    let rows = g.take();
+    if rows.is_empty() {
+        return;
+    }
+    let rows: Vec<(&str, &str, &str)> = rows.iter().map(|r| (r.actor.as_str(), "api", r.detail.as_str())).collect();
+    if let Err(e) = store.lock().unwrap_or_else(|e| e.into_inner()).audit_many(None, &rows) {
+        tracing::error!(error = format!("{e:#}"), rows = rows.len(), "Cannot write refused API calls to the audit log");
+    }
+}
+
+async fn flush_loop(g: Arc<guard::Guard>, store: Arc<Mutex<Store>>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(guard::FLUSH_EVERY) => {}
+            _ = cancel.cancelled() => return,
+        }
+        flush_refusals(&g, &store);
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for api::Peer {
+    fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        api::Peer(s.remote_addr().ip())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tls::TlsListener>> for api::Peer {
+    fn connect_info(s: axum::serve::IncomingStream<'_, tls::TlsListener>) -> Self {
+        api::Peer(s.remote_addr().ip())
+    }
+}
+
 pub async fn run(c: Arc<Controller>) -> anyhow::Result<()> {
     metrics::register();
     let tasks = Tasks { cancel: CancellationToken::new(), tracker: TaskTracker::new() };
@@ -122,7 +158,10 @@ pub async fn run(c: Arc<Controller>) -> anyhow::Result<()> {
     let store = Arc::new(Mutex::new(c.store()?));
     tasks.tracker.spawn(monitor_loop(c.clone(), store.clone(), monitor, tasks.cancel.clone()));
     schedule::start(&c, &tasks)?;
-    let app = api::router(api::Api { controller: c.clone(), store, view, tasks: tasks.clone() });
+    let guard = Arc::new(guard::Guard::default());
+    tasks.tracker.spawn(flush_loop(guard.clone(), store.clone(), tasks.cancel.clone()));
+    let app = api::router(api::Api { controller: c.clone(), store: store.clone(), view, tasks: tasks.clone(), guard: guard.clone() })
+        .into_make_service_with_connect_info::<api::Peer>();
     let listen = c.config.serve.listen;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let shutdown = {
@@ -136,11 +175,15 @@ pub async fn run(c: Arc<Controller>) -> anyhow::Result<()> {
             axum::serve(l, app).with_graceful_shutdown(shutdown).await
         }
         None => {
+            if !listen.ip().is_loopback() {
+                tracing::warn!(listen = %listen, "Serving plain HTTP beyond loopback (serve.allow_plaintext): API tokens travel in clear unless a TLS proxy stands in front");
+            }
             tracing::info!(listen = %listen, "Serving HTTP");
             axum::serve(listener, app).with_graceful_shutdown(shutdown).await
         }
     };
     tasks.cancel.cancel();
+    flush_refusals(&guard, &store);
     tasks.tracker.close();
     if tokio::time::timeout(STOP_DEADLINE, tasks.tracker.wait()).await.is_err() {
         tracing::error!("Tasks did not stop within {STOP_DEADLINE:?}; exiting anyway (an unfinished drill is resumed with `drill resume`)");

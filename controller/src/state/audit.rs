@@ -34,16 +34,28 @@ fn row_hash(prev: &str, r: &AuditRow) -> String {
 impl Store {
     /// Appends an audit row chained to the previous one; returns its sequence.
     pub fn audit(&mut self, drill: Option<i64>, actor: &str, event: &str, detail: &str) -> anyhow::Result<i64> {
+        self.audit_many(drill, &[(actor, event, detail)])
+    }
+
+    /// Appends rows `(actor, event, detail)` in one transaction (one sync to
+    /// disk for all); returns the sequence of the last.
+    pub fn audit_many(&mut self, drill: Option<i64>, rows: &[(&str, &str, &str)]) -> anyhow::Result<i64> {
         let tx = self.conn.transaction()?;
         let last: Option<(i64, String)> =
             tx.query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
-        let (seq, prev) = last.map(|(s, h)| (s + 1, h)).unwrap_or((1, GENESIS.to_string()));
-        let row = AuditRow { seq, at: now(), drill, actor: actor.into(), event: event.into(), detail: detail.into() };
-        let hash = row_hash(&prev, &row);
-        tx.execute(
-            "INSERT INTO audit (seq, at, drill, actor, event, detail, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![row.seq, row.at, row.drill, row.actor, row.event, row.detail, prev, hash],
-        )?;
+        let (mut seq, mut prev) = last.unwrap_or((0, GENESIS.to_string()));
+        let at = now();
+        for (actor, event, detail) in rows {
+            seq += 1;
+            let row =
+                AuditRow { seq, at: at.clone(), drill, actor: actor.to_string(), event: event.to_string(), detail: detail.to_string() };
+            let hash = row_hash(&prev, &row);
+            tx.execute(
+                "INSERT INTO audit (seq, at, drill, actor, event, detail, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![row.seq, row.at, row.drill, row.actor, row.event, row.detail, prev, hash],
+            )?;
+            prev = hash;
+        }
         tx.commit()?;
         Ok(seq)
     }
