@@ -1,7 +1,6 @@
 //! Heartbeat: every `interval`, `(now(), seq)` into `bascule.heartbeat` of
 //! the source database. After a restore, the newest row says how recent the
 //! recovered data is, measured from the data itself (the RPO of a drill).
-use std::str::FromStr;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -20,12 +19,11 @@ pub async fn run(agent: Arc<Agent>, cancel: CancellationToken) {
     let host = crate::hostname();
     loop {
         let session = async {
-            let mut pg = tokio_postgres::Config::from_str(&cfg.dsn).context("heartbeat.dsn is not a valid connection string")?;
+            let mut pg = bascule_core::postgres::Connect::parse(&cfg.dsn).context("heartbeat.dsn is not a valid connection string")?;
             if let Some(p) = &cfg.password {
                 pg.password(p.resolve(&agent.config_file, "heartbeat.password")?.as_bytes());
             }
-            let (client, conn) = pg.connect(tokio_postgres::NoTls).await.context("heartbeat: cannot connect")?;
-            tokio::spawn(conn);
+            let (client, _conn) = pg.connect().await.context("heartbeat: cannot connect")?;
             client.batch_execute(SETUP).await?;
             let mut seq: i64 = client.query_one("SELECT coalesce(max(seq), 0) FROM bascule.heartbeat", &[]).await?.get(0);
             let beat = client.prepare(BEAT).await?;

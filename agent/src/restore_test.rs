@@ -30,8 +30,9 @@ pub struct Options {
     pub pg_restore: Option<PathBuf>,
 }
 
-/// A libpq `key=value` string for the server of `cfg` and database `db`.
-fn conninfo(cfg: &tokio_postgres::Config, db: &str, password: Option<&str>) -> String {
+/// A libpq `key=value` string for the server of `c` and database `db`.
+fn conninfo(c: &bascule_core::postgres::Connect, db: &str, password: Option<&str>) -> String {
+    let cfg = c.pg();
     let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
     let hosts: Vec<String> = cfg
         .get_hosts()
@@ -53,6 +54,9 @@ fn conninfo(cfg: &tokio_postgres::Config, db: &str, password: Option<&str>) -> S
         parts.push(format!("user={}", quote(u)));
     }
     parts.push(format!("dbname={}", quote(db)));
+    for (k, v) in c.tls_fields() {
+        parts.push(format!("{k}={}", quote(v)));
+    }
     if let Some(p) = password {
         parts.push(format!("password={}", quote(p)));
     }
@@ -112,8 +116,7 @@ async fn restore_into_scratch(
     result: &mut RestoreTestResult,
 ) -> anyhow::Result<()> {
     let (pg, password) = src.pg_config(&agent.config_file)?;
-    let (client, conn) = pg.connect(tokio_postgres::NoTls).await.context("cannot connect to the job's database server (source.dsn)")?;
-    tokio::spawn(conn);
+    let (client, _conn) = pg.connect().await.context("cannot connect to the job's database server (source.dsn)")?;
     let id = layout::new_snapshot_name(chrono::Utc::now()); // `<time>-<8 random hex digits>`
     let scratch = format!("bascule_restore_test_{}", &id[id.len() - 8..]);
     client
@@ -257,14 +260,19 @@ pub fn print(r: &RestoreTestResult) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::str::FromStr;
+    use bascule_core::postgres::Connect;
 
     #[test]
-    fn conninfo_keeps_the_server_and_changes_the_database() {
-        let cfg = tokio_postgres::Config::from_str("postgres://backup@db.example:5433/mairie").unwrap();
+    fn conninfo_keeps_the_server_and_its_tls_and_changes_the_database() {
+        let cfg = Connect::parse("postgres://backup@db.example:5433/mairie").unwrap();
         assert_eq!(conninfo(&cfg, "scratch", None), "host='db.example' port=5433 user='backup' dbname='scratch'");
-        let cfg = tokio_postgres::Config::from_str("host=/var/run/postgresql dbname=app user=o'neil").unwrap();
+        let cfg = Connect::parse("host=/var/run/postgresql dbname=app user=o'neil").unwrap();
         assert_eq!(conninfo(&cfg, "s", Some("p w")), "host='/var/run/postgresql' user='o\\'neil' dbname='s' password='p w'");
+        let cfg = Connect::parse("postgres://backup@db.example/mairie?sslmode=verify-full&sslrootcert=/etc/ca.pem").unwrap();
+        assert_eq!(
+            conninfo(&cfg, "s", None),
+            "host='db.example' port=5432 user='backup' dbname='s' sslmode='verify-full' sslrootcert='/etc/ca.pem'"
+        );
     }
 
     #[test]

@@ -134,6 +134,37 @@ impl PgCluster {
         ok(&mut c).lines().filter(|l| !l.starts_with("--") && !l.starts_with("\\")).collect::<Vec<_>>().join("\n")
     }
 
+    /// Turns TLS on with this certificate and key (PEM) and, with
+    /// `only_tls`, refuses TCP connections without it (`hostssl`).
+    pub fn enable_tls(&self, cert: &std::path::Path, key: &std::path::Path, only_tls: bool) {
+        let data = self.data_dir();
+        std::fs::copy(cert, data.join("server.crt")).unwrap();
+        std::fs::copy(key, data.join("server.key")).unwrap();
+        if self.as_postgres {
+            ok(Command::new("chown").arg("postgres").arg(data.join("server.crt")).arg(data.join("server.key")));
+        }
+        ok(Command::new("chmod").arg("600").arg(data.join("server.key")));
+        let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+        conf.push_str("\nssl = on\n");
+        std::fs::write(data.join("postgresql.conf"), conf).unwrap();
+        if only_tls {
+            let hba = std::fs::read_to_string(data.join("pg_hba.conf")).unwrap();
+            let hba: String = hba
+                .lines()
+                .map(|l| if l.starts_with("host ") { l.replacen("host ", "hostssl ", 1) } else { l.to_string() } + "\n")
+                .collect();
+            std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+        }
+        ok(&mut self.cmd("pg_ctl", &["-D", data.to_str().unwrap(), "reload"]));
+        crate::wait_until("PostgreSQL speaks TLS", Duration::from_secs(30), || {
+            let mut c = Command::new(self.tool("psql"));
+            c.args(["-X", "-A", "-t", "-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", "-d"])
+                .arg(format!("{} sslmode=require", self.dsn("postgres")));
+            let o = run(&mut c);
+            o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "t"
+        });
+    }
+
     pub fn wait_ready(&self) {
         crate::wait_until("PostgreSQL", Duration::from_secs(30), || {
             run(&mut self.cmd("pg_isready", &["-h", "127.0.0.1", "-p", &self.port.to_string()])).status.success()

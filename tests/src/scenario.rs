@@ -40,6 +40,11 @@ impl Scenario {
         Self::build(rows, true, "", false)
     }
 
+    /// [`Scenario::start`] on two local directories.
+    pub fn start_local(rows: u32) -> Scenario {
+        Self::build(rows, false, "", true)
+    }
+
     /// [`Scenario::start_archiving`] on two local directories instead of
     /// two Garage servers (objects are files a test can change at will).
     pub fn start_archiving_local(rows: u32) -> Scenario {
@@ -156,6 +161,8 @@ impl Scenario {
         let mut c = if crate::is_root() {
             let mut c = Command::new("setpriv");
             c.args(["--reuid", "postgres", "--regid", "postgres", "--init-groups"]).arg(bin("bascule-agent"));
+            // a home of its own, as the account has on a real server (libpq looks in ~/.postgresql)
+            c.env("HOME", self.dir.path());
             c
         } else {
             Command::new(bin("bascule-agent"))

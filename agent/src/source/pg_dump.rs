@@ -9,7 +9,6 @@
 //! (`pg_export_snapshot()` + `pg_dump --snapshot`), kept open until the end.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -39,8 +38,8 @@ fn yes() -> bool {
 }
 
 impl PgDumpSource {
-    pub(crate) fn pg_config(&self, config_file: &Path) -> anyhow::Result<(tokio_postgres::Config, Option<String>)> {
-        let mut pg = tokio_postgres::Config::from_str(&self.dsn).context("source.dsn is not a valid PostgreSQL connection string")?;
+    pub(crate) fn pg_config(&self, config_file: &Path) -> anyhow::Result<(bascule_core::postgres::Connect, Option<String>)> {
+        let mut pg = bascule_core::postgres::Connect::parse(&self.dsn).context("source.dsn is not a valid PostgreSQL connection string")?;
         let password = match &self.password {
             Some(p) => Some(p.resolve(config_file, "source.password")?),
             None => None,
@@ -53,9 +52,9 @@ impl PgDumpSource {
 
     pub(super) async fn start(&self, config_file: &Path) -> anyhow::Result<Running> {
         let (pg, password) = self.pg_config(config_file)?;
-        let (client, conn) = pg.connect(tokio_postgres::NoTls).await.context("cannot connect to the source database (source.dsn)")?;
+        let (client, conn) = pg.connect().await.context("cannot connect to the source database (source.dsn)")?;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if let Ok(Err(e)) = conn.await {
                 tracing::warn!(error = %e, "Source database connection ended");
             }
         });

@@ -112,9 +112,9 @@ mod tests {
         assert_eq!(d.password.as_deref(), Some("S:pw"));
         assert!(!d.conninfo.contains("S:pw"), "no password in the conninfo: {}", d.conninfo);
         let c = d.config().unwrap();
-        assert_eq!(c.get_hosts().len(), 1, "one host, the whole value: {c:?}");
-        assert_eq!(c.get_dbname(), Some("my db"));
-        assert_eq!(c.get_ssl_mode(), tokio_postgres::config::SslMode::Prefer, "the value did not set sslmode");
+        assert_eq!(c.pg().get_hosts().len(), 1, "one host, the whole value: {c:?}");
+        assert_eq!(c.pg().get_dbname(), Some("my db"));
+        assert_eq!(c.mode(), bascule_core::postgres::SslMode::Prefer, "the value did not set sslmode");
     }
 
     #[test]

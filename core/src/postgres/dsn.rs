@@ -37,6 +37,8 @@ pub enum BadDsn {
     UriPassword,
     #[error("not a valid PostgreSQL connection string: {0}")]
     Invalid(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// libpq quoting of one value.
@@ -116,8 +118,8 @@ impl Dsn {
     /// A connection string as an operator writes it (fields or a URI).
     pub fn parse(text: &str) -> Result<Dsn, BadDsn> {
         if is_uri(text) {
-            let c: tokio_postgres::Config = text.trim().parse().map_err(|e: tokio_postgres::Error| BadDsn::Invalid(e.to_string()))?;
-            if c.get_password().is_some() {
+            let c = super::Connect::parse(text)?;
+            if c.pg().get_password().is_some() {
                 return Err(BadDsn::UriPassword);
             }
             return Ok(Dsn { conninfo: text.trim().to_string(), password: None });
@@ -127,9 +129,9 @@ impl Dsn {
         Ok(d)
     }
 
-    /// The configuration to connect with (the password included).
-    pub fn config(&self) -> Result<tokio_postgres::Config, BadDsn> {
-        let mut c: tokio_postgres::Config = self.conninfo.parse().map_err(|e: tokio_postgres::Error| BadDsn::Invalid(e.to_string()))?;
+    /// The connection to open (the password included, TLS as the fields say).
+    pub fn config(&self) -> Result<super::Connect, BadDsn> {
+        let mut c = super::Connect::parse(&self.conninfo)?;
         if let Some(p) = &self.password {
             c.password(p);
         }
@@ -154,13 +156,13 @@ mod tests {
         assert_eq!(d.password.as_deref(), Some("p w'd"));
         assert!(!d.conninfo.contains("p w"), "{}", d.conninfo);
         let c = d.config().unwrap();
-        assert_eq!(c.get_dbname(), Some("my db"));
-        assert_eq!(c.get_password(), Some(&b"p w'd"[..]));
+        assert_eq!(c.pg().get_dbname(), Some("my db"));
+        assert_eq!(c.pg().get_password(), Some(&b"p w'd"[..]));
         // a value holding what looks like more fields is one value
         let d = Dsn::from_fields([("host".into(), "x sslmode=disable dbname='postgres".into()), ("dbname".into(), "app".into())]);
         let c = d.config().unwrap();
-        assert_eq!(c.get_dbname(), Some("app"));
-        assert_eq!(c.get_ssl_mode(), tokio_postgres::config::SslMode::Prefer);
+        assert_eq!(c.pg().get_dbname(), Some("app"));
+        assert_eq!(c.mode(), super::super::connect::SslMode::Prefer);
         assert_eq!(format!("{:?}", Dsn::parse("host=h password=s3cret").unwrap()), "Dsn(host='h', password given)");
     }
 

@@ -1,10 +1,12 @@
 //! PostgreSQL helpers shared by the agent (export, restore test) and the
 //! controller (restore): row counts, and `pg_restore` fed from a stream.
+pub mod connect;
 pub mod dsn;
 mod pg_restore;
 
 use std::collections::BTreeMap;
 
+pub use connect::{Connect, ConnectError, SslMode};
 pub use dsn::Dsn;
 pub use pg_restore::{pg_restore, PgRestore, PgRestoreError};
 
@@ -24,7 +26,7 @@ pub enum CheckError {
     #[error(transparent)]
     Dsn(#[from] dsn::BadDsn),
     #[error("cannot connect to the restored database: {0}")]
-    Connect(#[source] tokio_postgres::Error),
+    Connect(#[source] ConnectError),
     #[error("counting rows: {0}")]
     Query(#[from] tokio_postgres::Error),
 }
@@ -63,9 +65,7 @@ pub struct RowCountCheck {
 /// Counts the rows of every table of the database `dsn` and compares them
 /// with those the export recorded.
 pub async fn compare_row_counts(index: &Index, dsn: &Dsn) -> Result<RowCountCheck, CheckError> {
-    let cfg = dsn.config()?;
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(CheckError::Connect)?;
-    tokio::spawn(conn);
+    let (client, _conn) = dsn.config()?.connect().await.map_err(CheckError::Connect)?;
     let after = count_rows(&client).await?;
     let mut mismatches = Vec::new();
     for (table, n) in &index.row_counts {

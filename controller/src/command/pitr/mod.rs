@@ -311,8 +311,10 @@ async fn recover(req: &PitrRequest) -> anyhow::Result<Reached> {
     }
     let mut pg = tokio_postgres::Config::new();
     pg.host_path(pgdata).port(req.port).user(&req.db_user).dbname("postgres");
-    let (client, conn) =
-        pg.connect(tokio_postgres::NoTls).await.with_context(|| format!("cannot connect to the restored cluster as {}", req.db_user))?;
+    let (client, conn) = bascule_core::postgres::Connect::local(pg)
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to the restored cluster as {}", req.db_user))?;
     let conn = tokio::spawn(conn);
     loop {
         match client.query_one("SELECT pg_is_in_recovery()", &[]).await {

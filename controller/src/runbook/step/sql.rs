@@ -102,8 +102,10 @@ fn pg_error(e: &tokio_postgres::Error) -> String {
 /// protocol); with them it is one, its parameters bound as text.
 async fn first_value(dsn: &Dsn, query: &str, params: &[String]) -> Result<Option<String>, String> {
     let cfg = dsn.config().map_err(|e| e.to_string())?;
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| format!("cannot connect: {}", pg_error(&e)))?;
-    let conn = tokio::spawn(conn);
+    let (client, conn) = cfg.connect().await.map_err(|e| match e {
+        bascule_core::postgres::ConnectError::Pg(e) => format!("cannot connect: {}", pg_error(&e)),
+        e => format!("cannot connect: {e}"),
+    })?;
     let first = if params.is_empty() {
         client.simple_query(query).await.map_err(|e| format!("query failed: {}", pg_error(&e))).map(|rows| {
             rows.into_iter()
