@@ -68,7 +68,13 @@ enum Command {
         #[command(subcommand)]
         command: command::drill::DrillCommand,
     },
-    /// PostgreSQL's restore_command during `restore --pitr` (set up by it).
+    /// A warm standby of the tenant's cluster: built from the newest base
+    /// backup, then fed each WAL file from either provider as soon as its
+    /// signed record appears, checked, from memory. Run it again on the same
+    /// --pgdata after a restart: it picks up where the cluster stands.
+    /// Stops on SIGTERM (PostgreSQL keeps running) or once the standby is promoted.
+    Standby(command::pitr::standby::Args),
+    /// PostgreSQL's restore_command during `restore --pitr` and `standby` (set up by them).
     #[command(hide = true)]
     WalFetch(command::pitr::FetchArgs),
 }
@@ -90,7 +96,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Prune(a) => command::prune::main(a).await,
         Command::RestoreTests(a) => command::restore_tests::main(a).await,
         Command::Drill { command } => command::drill::main(command).await,
-        Command::WalFetch(a) => Ok(ExitCode::from(command::pitr::fetch_client(&a.socket, &a.name, &a.dest).await)),
+        Command::Standby(a) => command::pitr::standby::main(a).await,
+        Command::WalFetch(a) => Ok(ExitCode::from(command::pitr::fetch_client(&a.socket, &a.name, &a.dest, a.standby).await)),
     }
 }
 

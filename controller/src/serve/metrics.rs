@@ -113,6 +113,32 @@ pub static API_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("bascule_api_requests_total", "API requests by route and status", &["route", "status"]).unwrap()
 });
 
+gauge_vec!(
+    STANDBY_REPLAY_LAG,
+    "bascule_standby_replay_lag_seconds",
+    "How long the oldest WAL file on the providers that the standby has not replayed has been there (0: caught up)",
+    &["tenant"]
+);
+gauge_vec!(
+    STANDBY_REPLAY_LSN,
+    "bascule_standby_replay_lsn_bytes",
+    "The standby's last replayed WAL position, in bytes from 0/0",
+    &["tenant"]
+);
+gauge_vec!(
+    STANDBY_LAST_REPLAY,
+    "bascule_standby_last_replay_timestamp_seconds",
+    "Commit time of the last transaction the standby replayed",
+    &["tenant"]
+);
+pub static STANDBY_UP: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!("bascule_standby_up", "1 while the standby's server answers and is in recovery", &["tenant"]).unwrap()
+});
+pub static STANDBY_BEHIND: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!("bascule_standby_wal_behind", "WAL segments on the providers the standby has not replayed", &["tenant"])
+        .unwrap()
+});
+
 pub static API_REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "bascule_api_refusals_total",
@@ -154,6 +180,11 @@ pub fn register() {
     LazyLock::force(&TENANTS);
     LazyLock::force(&API_REQUESTS);
     LazyLock::force(&API_REFUSALS);
+    LazyLock::force(&STANDBY_REPLAY_LAG);
+    LazyLock::force(&STANDBY_REPLAY_LSN);
+    LazyLock::force(&STANDBY_LAST_REPLAY);
+    LazyLock::force(&STANDBY_UP);
+    LazyLock::force(&STANDBY_BEHIND);
     LazyLock::force(&API_HANDSHAKES_FAILED);
 }
 

@@ -335,15 +335,26 @@ impl Replica {
     /// an error, as if the provider were down, never unbounded memory or an
     /// endless wait.
     pub async fn list_meta(&self, prefix: &str) -> Result<Listed> {
-        self.list_bounded(prefix, MAX_LISTED, LIST_DEADLINE).await
+        self.list_bounded(prefix, None, MAX_LISTED, LIST_DEADLINE).await
     }
 
-    async fn list_bounded(&self, prefix: &str, max: usize, deadline: Duration) -> Result<Listed> {
+    /// The objects under `prefix` whose key sorts after `after` (a key
+    /// relative to the tenant): what is new since a listing that ended there.
+    pub async fn list_after(&self, prefix: &str, after: &str) -> Result<BTreeMap<String, u64>> {
+        let listed = self.list_bounded(prefix, Some(after), MAX_LISTED, LIST_DEADLINE).await?;
+        // a provider may ignore the offset: keep only what sorts after it
+        Ok(listed.into_iter().filter(|(k, _)| k.as_str() > after).map(|(k, (size, _))| (k, size)).collect())
+    }
+
+    async fn list_bounded(&self, prefix: &str, after: Option<&str>, max: usize, deadline: Duration) -> Result<Listed> {
         let base = self.base.to_string();
         let p = self.path(prefix.trim_end_matches('/'));
         let too = |why: String| Error::Listing { provider: self.provider.clone(), prefix: prefix.to_string(), why };
         let mut out = BTreeMap::new();
-        let mut stream = self.store.list(Some(&p));
+        let mut stream = match after {
+            Some(a) => self.store.list_with_offset(Some(&p), &self.path(a)),
+            None => self.store.list(Some(&p)),
+        };
         let collect = async {
             while let Some(m) = stream.try_next().await.map_err(|e| self.err(prefix, e))? {
                 if out.len() >= max {
@@ -395,9 +406,12 @@ mod tests {
         for i in 0..11 {
             r.put(&format!("packs/aa/{i}"), Bytes::from_static(b"x")).await.unwrap();
         }
-        assert_eq!(r.list_bounded("packs/", 11, LIST_DEADLINE).await.unwrap().len(), 11);
-        let e = r.list_bounded("packs/", 10, LIST_DEADLINE).await.unwrap_err();
+        assert_eq!(r.list_bounded("packs/", None, 11, LIST_DEADLINE).await.unwrap().len(), 11);
+        let e = r.list_bounded("packs/", None, 10, LIST_DEADLINE).await.unwrap_err();
         assert!(matches!(e, Error::Listing { .. }) && e.to_string().contains("more than 10 objects"), "{e}");
+        // what is new since a key
+        let after: Vec<String> = r.list_after("packs/", "packs/aa/7").await.unwrap().into_keys().collect();
+        assert_eq!(after, ["packs/aa/8", "packs/aa/9"]);
     }
 
     #[test]

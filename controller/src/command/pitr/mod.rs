@@ -10,6 +10,7 @@
 //!    (either provider, verified) ahead of the server's requests;
 //! 3. the server stops at the target and promotes; the recovery point reached
 //!    (last replayed commit time and LSN) is read back from it.
+pub mod standby;
 mod target;
 mod wal_fetch;
 mod wal_server;
@@ -30,6 +31,7 @@ use tokio::io::AsyncWriteExt;
 
 pub use target::Target;
 pub use wal_fetch::{fetch_client, FetchArgs};
+pub use wal_server::Standing;
 use wal_server::WalServer;
 
 use crate::context::Controller;
@@ -247,13 +249,19 @@ async fn unpack_base(tenant: &Tenant, m: &Manifest, ids: &Arc<Identities>, req: 
 }
 
 /// Recovery settings (step 2): `restore_command` through the WAL server's
-/// socket, the target, promotion, and a cluster that archives nowhere.
-fn recovery_settings(req: &PitrRequest, socket: &Path, uid: Option<u32>) -> anyhow::Result<()> {
+/// socket, the target, promotion, and a cluster that archives nowhere. A
+/// standby (`standby.signal`) has no target: it replays what comes, asking
+/// again every second for the next file, until promoted.
+fn recovery_settings(req: &PitrRequest, socket: &Path, uid: Option<u32>, standby: bool) -> anyhow::Result<()> {
     let pgdata = &req.pgdata;
     let exe = std::env::current_exe()?;
-    let restore_command =
-        format!("{} wal-fetch --socket {} %f %p", shell_quote(&exe.to_string_lossy()), shell_quote(&socket.to_string_lossy()));
-    let mut conf = String::from("\n# bascule: point-in-time recovery settings\n");
+    let restore_command = format!(
+        "{} wal-fetch{} --socket {} %f %p",
+        shell_quote(&exe.to_string_lossy()),
+        if standby { " --standby" } else { "" },
+        shell_quote(&socket.to_string_lossy())
+    );
+    let mut conf = String::from(if standby { "\n# bascule: standby settings\n" } else { "\n# bascule: point-in-time recovery settings\n" });
     let mut set = |k: &str, v: &str| conf.push_str(&format!("{k} = {}\n", conf_quote(v)));
     set("restore_command", &restore_command);
     match &req.target {
@@ -261,7 +269,12 @@ fn recovery_settings(req: &PitrRequest, socket: &Path, uid: Option<u32>) -> anyh
         Target::Time(t) => set("recovery_target_time", &t.format("%Y-%m-%d %H:%M:%S%.6f%:z").to_string()),
         Target::Lsn(l) => set("recovery_target_lsn", &l.to_string()),
     }
-    set("recovery_target_action", "promote");
+    if standby {
+        set("wal_retrieve_retry_interval", "1s");
+        set("hot_standby", "on");
+    } else {
+        set("recovery_target_action", "promote");
+    }
     set("recovery_target_timeline", "latest");
     // the restored cluster must not archive into the source's spool
     set("archive_mode", "off");
@@ -269,9 +282,10 @@ fn recovery_settings(req: &PitrRequest, socket: &Path, uid: Option<u32>) -> anyh
     set("listen_addresses", "localhost");
     set("unix_socket_directories", &pgdata.to_string_lossy());
     std::fs::OpenOptions::new().append(true).create(true).open(pgdata.join("postgresql.auto.conf"))?.write_all(conf.as_bytes())?;
-    std::fs::write(pgdata.join("recovery.signal"), b"")?;
+    let signal = if standby { "standby.signal" } else { "recovery.signal" };
+    std::fs::write(pgdata.join(signal), b"")?;
     if let Some(uid) = uid {
-        for f in ["postgresql.auto.conf", "recovery.signal"] {
+        for f in ["postgresql.auto.conf", signal] {
             std::os::unix::fs::chown(pgdata.join(f), Some(uid), None)?;
         }
     }
@@ -356,9 +370,9 @@ pub async fn run(tenant: Tenant, req: PitrRequest) -> anyhow::Result<PitrReport>
     if let Some(uid) = uid {
         std::os::unix::fs::chown(&socket, Some(uid), None)?;
     }
-    let server = Arc::new(WalServer::new(tenant.clone(), ids.clone()).await?);
+    let server = Arc::new(WalServer::new(tenant.clone(), ids.clone(), false).await?);
     let serving = tokio::spawn(server.clone().serve(listener));
-    recovery_settings(&req, &socket, uid)?;
+    recovery_settings(&req, &socket, uid, false)?;
 
     let t1 = Instant::now();
     let reached = recover(&req).await;
@@ -413,7 +427,7 @@ async fn archive_gap(tenant: &Tenant, server: &WalServer, served: &wal_server::S
         _ => None,
     });
     let end = from_heads
-        .chain(server.newest_listed().cloned())
+        .chain(server.newest_listed())
         .filter(|w| w.kind == WalFileKind::Segment)
         .max_by(|a, b| a.order_key().cmp(&b.order_key()))?;
     let replayed = served.newest.as_ref();

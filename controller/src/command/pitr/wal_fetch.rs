@@ -9,6 +9,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 pub struct FetchArgs {
     #[arg(long)]
     pub socket: PathBuf,
+    /// For a standby: every failure (the controller unreachable, no good
+    /// copy yet) is "not there yet" (exit 1), and PostgreSQL asks again.
+    #[arg(long)]
+    pub standby: bool,
     pub name: String,
     pub dest: PathBuf,
 }
@@ -17,8 +21,9 @@ pub struct FetchArgs {
 /// controller for `name` and writes it to `dest`. Exit status as PostgreSQL
 /// expects: 0 written, 1 not in the archive (the end of recovery), and 126
 /// for a file that exists but has no good copy, which makes PostgreSQL stop
-/// recovery with an error instead of ending it early.
-pub async fn fetch_client(socket: &Path, name: &str, dest: &Path) -> u8 {
+/// recovery with an error instead of ending it early (a standby gets 1 and
+/// asks again).
+pub async fn fetch_client(socket: &Path, name: &str, dest: &Path, standby: bool) -> u8 {
     let result = async {
         let mut s = tokio::net::UnixStream::connect(socket)
             .await
@@ -49,7 +54,11 @@ pub async fn fetch_client(socket: &Path, name: &str, dest: &Path) -> u8 {
         Ok(false) => 1,
         Err(e) => {
             eprintln!("bascule wal-fetch: {e:#}");
-            126
+            if standby {
+                1
+            } else {
+                126
+            }
         }
     }
 }

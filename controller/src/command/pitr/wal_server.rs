@@ -1,13 +1,15 @@
-//! The WAL server of a point-in-time restore: serves verified plaintext WAL
-//! to `wal-fetch` over a unix socket inside the data directory, fetching
-//! ahead of the server's requests from either provider. The identity stays
-//! in this process's memory.
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+//! The WAL server of a point-in-time restore or a standby: serves verified
+//! plaintext WAL to `wal-fetch` over a unix socket inside the data
+//! directory, fetching ahead of the server's requests from either provider.
+//! The identity stays in this process's memory. `STATUS` on the socket says
+//! where the server fetching from it stands ([`Standing`]).
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use bascule_core::keys::Identities;
-use bascule_core::wal::{record_name, WalFileKind, WalName};
+use bascule_core::wal::{record_name, WalFileKind, WalName, WAL};
 use bascule_core::{hash_hex, seal};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -16,16 +18,56 @@ use crate::tenant::Tenant;
 
 /// How many WAL files are fetched ahead of the server's requests.
 const PREFETCH: usize = 4;
+/// A following server lists the providers again at most this often, when
+/// asked for a file it does not know yet.
+const RELIST_EVERY: Duration = Duration::from_secs(1);
+/// Missing files remembered (the last is normally the one after the archive's end).
+const MISSING_KEPT: usize = 1000;
+
+/// A file and its place in the archive's order.
+type Placed = (usize, WalName);
 
 type Fetch = Shared<BoxFuture<'static, Result<Arc<Vec<u8>>, String>>>;
 
-/// Serves verified plaintext WAL to `wal-fetch`, fetching ahead.
+/// The files either provider has a record for, in archive order.
+#[derive(Default)]
+struct Archive {
+    order: Vec<WalName>,
+    position: HashMap<String, usize>,
+    /// When each segment was first listed.
+    seen: HashMap<String, Instant>,
+    /// Per provider, the last record key listed: the next listing starts after it.
+    listed_to: Vec<Option<String>>,
+}
+
+impl Archive {
+    fn add(&mut self, names: impl IntoIterator<Item = WalName>) -> usize {
+        let now = Instant::now();
+        let mut added = 0;
+        for w in names {
+            if !self.position.contains_key(&w.name) {
+                self.seen.insert(w.name.clone(), now);
+                self.position.insert(w.name.clone(), usize::MAX);
+                self.order.push(w);
+                added += 1;
+            }
+        }
+        if added > 0 {
+            self.order.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+            self.position = self.order.iter().enumerate().map(|(i, w)| (w.name.clone(), i)).collect();
+        }
+        added
+    }
+}
+
+/// Serves verified plaintext WAL to `wal-fetch`, fetching ahead; when it
+/// follows the archive (a standby), lists it again for files it lacks.
 pub(super) struct WalServer {
     tenant: Arc<Tenant>,
     ids: Arc<Identities>,
-    /// Every file either provider has a record for, in archive order.
-    order: Vec<WalName>,
-    position: HashMap<String, usize>,
+    follow: bool,
+    archive: RwLock<Archive>,
+    relisted: tokio::sync::Mutex<Option<Instant>>,
     inflight: Mutex<HashMap<String, Fetch>>,
     served: Mutex<Served>,
 }
@@ -40,29 +82,90 @@ pub(super) struct Served {
     /// Segments asked for that the archive lacks, in the order asked (the
     /// last is normally the one after the end of the archive).
     pub missing: Vec<WalName>,
+    /// The newest segment asked for at all: PostgreSQL asks for a segment
+    /// once it has replayed every one before it.
+    pub asked: Option<WalName>,
+}
+
+/// Where a follower stands, as `STATUS` answers it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Standing {
+    /// The newest segment PostgreSQL asked for (all before it are replayed).
+    pub asked: Option<String>,
+    /// The newest segment handed over.
+    pub served: Option<String>,
+    /// The newest segment either provider has a record for.
+    pub newest_listed: Option<String>,
+    /// Listed segments not replayed yet.
+    pub behind: u64,
+    /// How long the oldest of those has been listed (0 when none).
+    pub lag_seconds: f64,
 }
 
 impl WalServer {
-    pub(super) async fn new(tenant: Arc<Tenant>, ids: Arc<Identities>) -> anyhow::Result<WalServer> {
-        let mut names: BTreeMap<String, WalName> = BTreeMap::new();
-        let mut reachable = 0;
-        for (p, l) in tenant.wal_listings().await {
-            match l {
-                Ok(l) => {
-                    reachable += 1;
-                    names.extend(l.keys().filter_map(|k| record_name(k)).map(|w| (w.name.clone(), w)));
-                }
-                Err(e) => tracing::warn!(provider = %p, error = %e, "Provider unreachable; WAL comes from the other"),
-            }
-        }
-        if reachable == 0 {
+    pub(super) async fn new(tenant: Arc<Tenant>, ids: Arc<Identities>, follow: bool) -> anyhow::Result<WalServer> {
+        let server = WalServer {
+            tenant,
+            ids,
+            follow,
+            archive: RwLock::default(),
+            relisted: tokio::sync::Mutex::new(None),
+            inflight: Mutex::default(),
+            served: Mutex::default(),
+        };
+        if server.list().await == 0 {
             bail!("no provider is reachable to fetch WAL from");
         }
-        let mut order: Vec<WalName> = names.into_values().collect();
-        order.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
-        let position = order.iter().enumerate().map(|(i, w)| (w.name.clone(), i)).collect();
-        tracing::info!(files = order.len(), "WAL archive listed");
-        Ok(WalServer { tenant, ids, order, position, inflight: Mutex::default(), served: Mutex::default() })
+        tracing::info!(files = server.read().order.len(), "WAL archive listed");
+        Ok(server)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Archive> {
+        self.archive.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lists each provider (after where its last listing ended); returns
+    /// how many answered.
+    async fn list(&self) -> usize {
+        let replicas = &self.tenant.replicated.replicas;
+        let from: Vec<Option<String>> = {
+            let a = self.read();
+            (0..replicas.len()).map(|i| a.listed_to.get(i).cloned().flatten()).collect()
+        };
+        let listings = futures::future::join_all(replicas.iter().zip(&from).map(|(r, after)| async move {
+            match after {
+                Some(a) => r.list_after(WAL, a).await,
+                None => r.list(WAL).await,
+            }
+        }))
+        .await;
+        let mut answered = 0;
+        let mut a = self.archive.write().unwrap_or_else(|e| e.into_inner());
+        a.listed_to.resize(replicas.len(), None);
+        for (i, (r, l)) in replicas.iter().zip(listings).enumerate() {
+            match l {
+                Ok(l) => {
+                    answered += 1;
+                    if let Some(last) = l.keys().next_back() {
+                        a.listed_to[i] = Some(last.clone());
+                    }
+                    a.add(l.keys().filter_map(|k| record_name(k)));
+                }
+                Err(e) => tracing::warn!(provider = %r.provider, error = %e, "Provider unreachable; WAL comes from the other"),
+            }
+        }
+        answered
+    }
+
+    /// A follower lists again when asked for a file it does not know, at
+    /// most every [`RELIST_EVERY`].
+    async fn relist(&self) {
+        let mut last = self.relisted.lock().await;
+        if last.is_some_and(|t| t.elapsed() < RELIST_EVERY) {
+            return;
+        }
+        self.list().await;
+        *last = Some(Instant::now());
     }
 
     pub(super) fn served(&self) -> Served {
@@ -70,25 +173,45 @@ impl WalServer {
     }
 
     /// The newest segment any provider has a record for.
-    pub(super) fn newest_listed(&self) -> Option<&WalName> {
-        self.order.iter().rev().find(|w| w.kind == WalFileKind::Segment)
+    pub(super) fn newest_listed(&self) -> Option<WalName> {
+        self.read().order.iter().rev().find(|w| w.kind == WalFileKind::Segment).cloned()
     }
 
-    fn fetch(self: &Arc<Self>, i: usize) -> Fetch {
-        let w = self.order[i].clone();
+    /// Where the server that fetches from this one stands.
+    pub(super) fn standing(&self) -> Standing {
+        let served = self.served();
+        let a = self.read();
+        let unreplayed: Vec<&WalName> = a
+            .order
+            .iter()
+            .filter(|w| w.kind == WalFileKind::Segment)
+            .filter(|w| served.asked.as_ref().is_none_or(|asked| w.order_key() >= asked.order_key()))
+            .collect();
+        let lag = unreplayed.iter().filter_map(|w| a.seen.get(&w.name)).min().map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+        Standing {
+            asked: served.asked.map(|w| w.name),
+            served: served.newest.map(|w| w.name),
+            newest_listed: a.order.iter().rev().find(|w| w.kind == WalFileKind::Segment).map(|w| w.name.clone()),
+            behind: unreplayed.len() as u64,
+            lag_seconds: lag,
+        }
+    }
+
+    fn fetch(self: &Arc<Self>, w: WalName, hint: usize) -> Fetch {
         let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = inflight.get(&w.name) {
             return f.clone();
         }
         let this = self.clone();
+        let name = w.name.clone();
         // spawned now, so that a prefetch runs before anyone awaits it
         let task = tokio::spawn(async move {
-            let (rec, _) = this.tenant.wal_record(&w, i).await.map_err(|e| e.to_string())?;
+            let (rec, _) = this.tenant.wal_record(&w, hint).await.map_err(|e| e.to_string())?;
             let o = rec.object.clone();
             let (plain, _) = this
                 .tenant
                 .replicated
-                .get_checked(&o.key, o.len, i, |p, b| {
+                .get_checked(&o.key, o.len, hint, |p, b| {
                     o.check(p, &b)?;
                     let plain = tokio::task::block_in_place(|| seal::open(&b, &this.ids, rec.size as usize, &o.key, &rec.recipients))?;
                     let h = hash_hex(&plain);
@@ -102,31 +225,58 @@ impl WalServer {
             Ok(Arc::new(plain))
         });
         let f = async move { task.await.map_err(|e| e.to_string())? }.boxed().shared();
-        inflight.insert(self.order[i].name.clone(), f.clone());
+        inflight.insert(name, f.clone());
         f
+    }
+
+    /// `name`'s place in the archive and the segments to fetch ahead of it.
+    fn place(&self, name: &str) -> Option<(usize, WalName, Vec<Placed>)> {
+        let a = self.read();
+        let &i = a.position.get(name)?;
+        let w = a.order.get(i)?.clone();
+        let mut ahead = Vec::new();
+        if w.kind == WalFileKind::Segment {
+            // the next segments of the same timeline, fetched while this one is replayed
+            ahead = a
+                .order
+                .iter()
+                .enumerate()
+                .skip(i + 1)
+                .filter(|(_, n)| n.kind == WalFileKind::Segment && n.timeline == w.timeline)
+                .take(PREFETCH)
+                .map(|(k, n)| (k, n.clone()))
+                .collect();
+        }
+        Some((i, w, ahead))
     }
 
     /// The plaintext of `name`, `None` when the archive has no such file.
     async fn get(self: &Arc<Self>, name: &str) -> Result<Option<Arc<Vec<u8>>>, String> {
-        let Some(&i) = self.position.get(name) else {
-            if let Some(w) = WalName::parse(name).filter(|w| w.kind == WalFileKind::Segment) {
-                self.served.lock().unwrap_or_else(|e| e.into_inner()).missing.push(w);
+        let asked = WalName::parse(name).filter(|w| w.kind == WalFileKind::Segment);
+        if let Some(w) = &asked {
+            let mut s = self.served.lock().unwrap_or_else(|e| e.into_inner());
+            if s.asked.as_ref().is_none_or(|a| a.order_key() < w.order_key()) {
+                s.asked = Some(w.clone());
+            }
+        }
+        let mut placed = self.place(name);
+        if placed.is_none() && self.follow {
+            self.relist().await;
+            placed = self.place(name);
+        }
+        let Some((i, w, ahead)) = placed else {
+            if let Some(w) = asked {
+                let mut s = self.served.lock().unwrap_or_else(|e| e.into_inner());
+                if s.missing.len() < MISSING_KEPT {
+                    s.missing.push(w);
+                }
             }
             return Ok(None);
         };
-        // fetch the next segments of the same timeline while this one is replayed
-        let w = &self.order[i];
-        if w.kind == WalFileKind::Segment {
-            let ahead = self.order[i + 1..]
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| n.kind == WalFileKind::Segment && n.timeline == w.timeline)
-                .take(PREFETCH);
-            for (k, _) in ahead {
-                drop(self.fetch(i + 1 + k));
-            }
+        for (k, n) in ahead {
+            drop(self.fetch(n, k));
         }
-        let got = self.fetch(i).await;
+        let got = self.fetch(w.clone(), i).await;
         self.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         let plain = got?;
         let mut s = self.served.lock().unwrap_or_else(|e| e.into_inner());
@@ -149,6 +299,11 @@ impl WalServer {
                     return;
                 }
                 let name = line.trim();
+                if name == "STATUS" {
+                    let json = serde_json::to_string(&this.standing()).unwrap_or_default();
+                    let _ = w.write_all(format!("STATUS {json}\n").as_bytes()).await;
+                    return;
+                }
                 let _ = match this.get(name).await {
                     Ok(Some(plain)) => {
                         tracing::info!(wal = name, "WAL file served");

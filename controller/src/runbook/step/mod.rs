@@ -10,6 +10,7 @@
 mod approval;
 pub mod context;
 mod http;
+mod promote;
 mod restore;
 mod shell;
 mod sleep;
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 pub use approval::{ApprovalStep, OnTimeout};
 pub use context::{redact, resolve_secrets, DrillContext, StepContext};
 pub use http::{HttpMethod, HttpStep};
+pub use promote::PromoteStep;
 pub use restore::RestoreStep;
 pub use shell::ShellStep;
 pub use sleep::SleepStep;
@@ -157,6 +159,7 @@ step_kinds! {
     "sql" => Sql(SqlStep),
     "wait_replicated" => WaitReplicated(WaitReplicatedStep),
     "restore" => Restore(RestoreStep),
+    "promote" => Promote(PromoteStep),
     "verify" => Verify(VerifyStep),
     "approval" => Approval(ApprovalStep),
     "sleep" => Sleep(SleepStep),

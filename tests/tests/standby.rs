@@ -1,0 +1,134 @@
+//! The second site as a warm standby: built from the newest base backup,
+//! fed from both providers as WAL arrives, through a provider outage and a
+//! restart of the controller's process, then promoted by a runbook step.
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bascule_tests::http::{get, metric};
+use bascule_tests::{bin, free_port, ok, run, text, wait_until, write, KillOnDrop, Scenario};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn start_standby(s: &Scenario, pgdata: &Path, port: u16, metrics: u16) -> KillOnDrop {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(s.path("standby.log")).unwrap();
+    let child = s
+        .controller(&["standby", "--db-user", "bascule", "--port", &port.to_string(), "--metrics", &format!("127.0.0.1:{metrics}")])
+        .arg("--identity")
+        .arg(s.path("customer.key"))
+        .arg("--pgdata")
+        .arg(pgdata)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    KillOnDrop(child)
+}
+
+/// The number of orders the standby has replayed (None while it does not answer).
+fn standby_orders(s: &Scenario, pgdata: &Path, port: u16) -> Option<u64> {
+    let o = run(Command::new(s.pg.tool("psql")).args(["-X", "-A", "-t", "-h"]).arg(pgdata).args([
+        "-p",
+        &port.to_string(),
+        "-U",
+        "bascule",
+        "-d",
+        "mairie",
+        "-c",
+        "SELECT count(*) FROM orders",
+    ]));
+    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).flatten()
+}
+
+fn insert_orders(s: &Scenario, from: u64, to: u64) {
+    s.pg.psql("mairie", &format!("INSERT INTO orders SELECT g FROM generate_series({from}, {to}) g"));
+}
+
+#[test]
+fn a_standby_follows_both_providers_through_an_outage_and_a_restart_then_is_promoted() {
+    let mut s = Scenario::start_archiving(300);
+    let _daemon = s.daemon();
+    let o = run(&mut s.agent(&["snapshot", "--job", "base"]));
+    assert!(o.status.success(), "{}", text(&o));
+    s.pg.psql("mairie", "CREATE TABLE orders (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
+    insert_orders(&s, 1, 100);
+    let w = s.switch_wal();
+    s.wait_on_both(&w, MINUTE);
+
+    // built from the base backup, then fed the WAL since
+    let pgdata = s.path("standby");
+    let (port, mport) = (free_port(), free_port());
+    let standby = start_standby(&s, &pgdata, port, mport);
+    wait_until("the standby replays the first 100 orders", 3 * MINUTE, || standby_orders(&s, &pgdata, port) == Some(100));
+    let metrics = format!("http://127.0.0.1:{mport}/metrics");
+    let up = format!("bascule_standby_up{{tenant=\"{}\"}}", s.tenant);
+    let lag = format!("bascule_standby_replay_lag_seconds{{tenant=\"{}\"}}", s.tenant);
+    wait_until("the standby's metrics say it is up and caught up", MINUTE, || {
+        let m = get(&metrics);
+        metric(&m, &up) == Some(1.0) && metric(&m, &lag) == Some(0.0)
+    });
+    // no plaintext WAL at rest outside the data directory's own pg_wal
+    let stray: Vec<_> =
+        std::fs::read_dir(&pgdata).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("0000")).collect();
+    assert!(stray.is_empty(), "{stray:?}");
+
+    // provider A stops: the standby is fed from B
+    s.a.stop();
+    insert_orders(&s, 101, 200);
+    s.switch_wal();
+    wait_until("the standby replays orders shipped to B alone", 3 * MINUTE, || standby_orders(&s, &pgdata, port) == Some(200));
+    s.a.restart();
+
+    // the controller's process dies (PostgreSQL keeps running); a new one picks up
+    drop(standby);
+    insert_orders(&s, 201, 300);
+    let w = s.switch_wal();
+    s.wait_on_both(&w, MINUTE);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(standby_orders(&s, &pgdata, port), Some(200), "nothing fed the standby while its process was down");
+    let standby = start_standby(&s, &pgdata, port, mport);
+    wait_until("the restarted standby catches up", 3 * MINUTE, || standby_orders(&s, &pgdata, port) == Some(300));
+    let log = std::fs::read_to_string(s.path("standby.log")).unwrap();
+    assert!(log.contains("Picking up the standby where it stands"), "{log}");
+
+    // failover by promotion: the last orders, their WAL ended and on both providers, then the primary dies
+    insert_orders(&s, 301, 400);
+    let last = s.switch_wal();
+    s.wait_on_both(&last, MINUTE);
+    ok(&mut s.pg.cmd("pg_ctl", &["-D", s.pg.data_dir().to_str().unwrap(), "-m", "immediate", "stop"]));
+    let rb = s.path("promote.yaml");
+    write(
+        &rb,
+        &format!(
+            "name: promote\ntargets: {{ rto: 1m }}\nvariables:\n  wal: {{ default: \"{last}\", pattern: \"[0-9A-F]{{24}}\" }}\nstages:\n  - name: failover\n    steps:\n      - id: cut\n        shell: {{ command: \"true\" }}\n        rto: start\n      - id: promote\n        promote: {{ tenant: {t}, pgdata: \"{d}\", port: \"{port}\", db_user: bascule, wal: \"${{wal}}\" }}\n        timeout: 2m\n        rto: end\n",
+            t = s.tenant,
+            d = pgdata.display()
+        ),
+    );
+    let t0 = Instant::now();
+    let o = run(Command::new(bin("bascule-controller")).args(["drill", "run", "--config"]).arg(s.path("controller.yaml")).arg(&rb));
+    let took = t0.elapsed();
+    assert!(o.status.success() && text(&o).contains("PASS"), "{}", text(&o));
+    eprintln!("promotion drill: {:.1} s\n{}", took.as_secs_f64(), text(&o));
+    assert!(took < MINUTE, "promotion took {took:?}");
+    assert_eq!(standby_orders(&s, &pgdata, port), Some(400), "every order the archive held is on the promoted standby");
+    // it takes writes, and the standby's process has seen it promoted
+    run(Command::new(s.pg.tool("psql")).args(["-X", "-h"]).arg(&pgdata).args([
+        "-p",
+        &port.to_string(),
+        "-U",
+        "bascule",
+        "-d",
+        "mairie",
+        "-c",
+        "INSERT INTO orders VALUES (401)",
+    ]));
+    assert_eq!(standby_orders(&s, &pgdata, port), Some(401));
+    wait_until("the standby's process ends once promoted", MINUTE, || {
+        std::fs::read_to_string(s.path("standby.log")).unwrap().contains("The standby was promoted")
+    });
+    drop(standby);
+    let _ = run(&mut s.pg.cmd("pg_ctl", &["-D", pgdata.to_str().unwrap(), "-m", "immediate", "stop"]));
+}
