@@ -242,6 +242,17 @@ fn failover_runbook(s: &bascule_tests::Scenario, stop: &str, start: &str, switch
 
 #[test]
 fn the_saas_failover_drill_passes_with_rpo_measured_from_heartbeats() {
+    saas_failover(false);
+}
+
+#[test]
+fn the_saas_failover_drill_promotes_site_bs_standby_when_there_is_one() {
+    saas_failover(true);
+}
+
+/// The shipped saas-failover runbook, site B rebuilt from the archive, or
+/// (`standby`) site B a warm standby that is promoted.
+fn saas_failover(standby: bool) {
     use bascule_tests::Scenario;
     let minute = std::time::Duration::from_secs(60);
     let s = Scenario::start_archiving(2_000);
@@ -284,6 +295,30 @@ fn the_saas_failover_drill_passes_with_rpo_measured_from_heartbeats() {
         s.pg.socket_dir().display()
     ));
     let runbook = failover_runbook(&s, &pg_ctl("-m fast -w stop"), &start_a, &switched);
+    let _standby = standby.then(|| {
+        let log = std::fs::File::create(s.path("standby.log")).unwrap();
+        let child = s
+            .controller(&["standby", "--db-user", "bascule", "--port", &port_b.to_string()])
+            .arg("--identity")
+            .arg(s.path("customer.key"))
+            .arg("--pgdata")
+            .arg(&site_b)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        while !run(Command::new(s.pg.tool("psql")).args(["-X", "-A", "-t", "-d", &dsn_b, "-c", "SELECT 1"])).status.success() {
+            assert!(
+                t0.elapsed() < 3 * minute,
+                "site B's standby does not answer:\n{}",
+                std::fs::read_to_string(s.path("standby.log")).unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        bascule_tests::KillOnDrop(child)
+    });
     let vars = [
         format!("tenant={}", s.tenant),
         format!("identity={}", s.path("customer.key").display()),
@@ -333,6 +368,11 @@ fn the_saas_failover_drill_passes_with_rpo_measured_from_heartbeats() {
     );
     let steps: Vec<&str> = rep["steps"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
     assert!(steps.contains(&"wait-replicated") && steps.contains(&"restore-site-b") && !steps.contains(&"restart-primary"), "{steps:?}");
+    let restore_step = rep["steps"].as_array().unwrap().iter().find(|s| s["id"] == "restore-site-b").unwrap();
+    let restore_out = restore_step["output"].to_string();
+    let restore_secs = restore_step["duration_seconds"].as_f64().unwrap();
+    eprintln!("site B {}: RTO {rto:.1} s, restore-site-b {restore_secs:.1} s", if standby { "promoted" } else { "rebuilt" });
+    assert_eq!(restore_out.contains("was promoted"), standby, "{restore_out}");
 
     // the signed JSON report is on both providers, and its signature is the controller's
     let key = bascule_core::keys::AgentKey::load(&s.path("controller-state/report-signing.key")).unwrap();

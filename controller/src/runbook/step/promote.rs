@@ -51,90 +51,104 @@ impl PromoteStep {
     }
 
     pub async fn run(&self, ctx: &StepContext<'_>, cancel: CancellationToken) -> Result<StepOutcome, StepError> {
-        let c = ctx.controller()?;
         let pgdata: PathBuf = ctx.sub(&self.pgdata.to_string_lossy()).into();
-        let wanted = ctx.sub(&self.wal);
-        let target = if wanted.is_empty() {
-            let t = c.tenant(&ctx.sub(&self.tenant)).map_err(failed)?;
-            t.heads()
-                .await
-                .into_iter()
-                .filter_map(|(_, h)| match h {
-                    HeadState::Valid(h) => h.latest_wal.as_deref().and_then(WalName::parse),
-                    _ => None,
-                })
-                .filter(|w| w.kind == WalFileKind::Segment)
-                .max_by(|a, b| a.order_key().cmp(&b.order_key()))
-                .ok_or("no signed HEAD names a WAL file: nothing tells how far the standby must replay")?
-        } else {
-            WalName::parse(&wanted).ok_or_else(|| format!("wal {wanted:?} is not a WAL file name"))?
-        };
-        let t0 = Instant::now();
-        let mut said = String::new();
-        let asked = loop {
-            match standby::standing(&pgdata).await {
-                Ok(s) => {
-                    let asked = s.asked.as_deref().and_then(WalName::parse);
-                    if asked.as_ref().is_some_and(|a| a.order_key() > target.order_key()) {
-                        break asked.map(|a| a.name).unwrap_or_default();
-                    }
-                    let now = format!("replayed up to {} of {}", s.asked.as_deref().unwrap_or("nothing yet"), target.name);
-                    if now != said {
-                        tracing::info!(standby = %pgdata.display(), "Waiting for the standby: {now}");
-                        said = now;
-                    }
-                }
-                Err(e) => {
-                    let now = format!("{e:#}");
-                    if now != said {
-                        tracing::warn!(standby = %pgdata.display(), "Waiting for the standby: {now}");
-                        said = now;
-                    }
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(POLL) => {}
-                _ = cancel.cancelled() => return Err(StepError::Cancelled),
-            }
-        };
-        let caught_up = t0.elapsed();
         let port: u16 = match &self.port {
             Some(p) => ctx.sub(p).parse().map_err(|_| format!("port {:?} is not a port number", ctx.sub(p)))?,
             None => 5432,
         };
         let db_user = ctx.sub(self.db_user.as_deref().unwrap_or("postgres"));
-        let last_commit = last_commit(&pgdata, port, &db_user).await.map_err(failed)?;
-        let t1 = Instant::now();
-        let bindir = c.config.restore.pg_bindir().map_err(failed)?;
-        let out = crate::os_user::command_as(&crate::os_user::for_postgres(), &bindir.join("pg_ctl"))
-            .arg("-D")
-            .arg(&pgdata)
-            .args(["-w", "-t", "120", "promote"])
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(|e| format!("cannot run pg_ctl: {e}"))?;
-        if !out.status.success() {
-            return Err(StepError::Failed(format!(
-                "pg_ctl promote failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        let timeline = timeline(&pgdata, port, &db_user).await.map_err(failed)?;
-        Ok(StepOutcome {
-            output: format!(
-                "the standby replayed {} (it asked for {asked}) after {:.1}s, and was promoted in {:.1}s: now timeline {timeline}; \
-                 last replayed commit {}",
-                target.name,
-                caught_up.as_secs_f64(),
-                t1.elapsed().as_secs_f64(),
-                last_commit.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)).unwrap_or("none".into())
-            ),
-            recovery_point: last_commit,
-            ..StepOutcome::default()
-        })
+        promote(ctx, &ctx.sub(&self.tenant), &pgdata, &ctx.sub(&self.wal), port, &db_user, cancel).await
     }
+}
+
+/// Whether `pgdata` holds a standby `bascule-controller standby` built.
+pub fn is_standby(pgdata: &std::path::Path) -> bool {
+    pgdata.join("standby.signal").exists() && pgdata.join("PG_VERSION").exists()
+}
+
+/// Waits until the standby in `pgdata` replayed `wanted` (a WAL file name;
+/// empty: the newest the tenant's signed HEADs name), then promotes it.
+pub async fn promote(
+    ctx: &StepContext<'_>,
+    tenant: &str,
+    pgdata: &std::path::Path,
+    wanted: &str,
+    port: u16,
+    db_user: &str,
+    cancel: CancellationToken,
+) -> Result<StepOutcome, StepError> {
+    let c = ctx.controller()?;
+    let target = if wanted.is_empty() {
+        let t = c.tenant(tenant).map_err(failed)?;
+        t.heads()
+            .await
+            .into_iter()
+            .filter_map(|(_, h)| match h {
+                HeadState::Valid(h) => h.latest_wal.as_deref().and_then(WalName::parse),
+                _ => None,
+            })
+            .filter(|w| w.kind == WalFileKind::Segment)
+            .max_by(|a, b| a.order_key().cmp(&b.order_key()))
+            .ok_or("no signed HEAD names a WAL file: nothing tells how far the standby must replay")?
+    } else {
+        WalName::parse(wanted).ok_or_else(|| format!("wal {wanted:?} is not a WAL file name"))?
+    };
+    let t0 = Instant::now();
+    let mut said = String::new();
+    let asked = loop {
+        match standby::standing(pgdata).await {
+            Ok(s) => {
+                let asked = s.asked.as_deref().and_then(WalName::parse);
+                if asked.as_ref().is_some_and(|a| a.order_key() > target.order_key()) {
+                    break asked.map(|a| a.name).unwrap_or_default();
+                }
+                let now = format!("replayed up to {} of {}", s.asked.as_deref().unwrap_or("nothing yet"), target.name);
+                if now != said {
+                    tracing::info!(standby = %pgdata.display(), "Waiting for the standby: {now}");
+                    said = now;
+                }
+            }
+            Err(e) => {
+                let now = format!("{e:#}");
+                if now != said {
+                    tracing::warn!(standby = %pgdata.display(), "Waiting for the standby: {now}");
+                    said = now;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = cancel.cancelled() => return Err(StepError::Cancelled),
+        }
+    };
+    let caught_up = t0.elapsed();
+    let last_commit = last_commit(pgdata, port, db_user).await.map_err(failed)?;
+    let t1 = Instant::now();
+    let bindir = c.config.restore.pg_bindir().map_err(failed)?;
+    let out = crate::os_user::command_as(&crate::os_user::for_postgres(), &bindir.join("pg_ctl"))
+        .arg("-D")
+        .arg(pgdata)
+        .args(["-w", "-t", "120", "promote"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run pg_ctl: {e}"))?;
+    if !out.status.success() {
+        return Err(StepError::Failed(format!("pg_ctl promote failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    let timeline = timeline(pgdata, port, db_user).await.map_err(failed)?;
+    Ok(StepOutcome {
+        output: format!(
+            "the standby replayed {} (it asked for {asked}) after {:.1}s, and was promoted in {:.1}s: now timeline {timeline}; \
+             last replayed commit {}",
+            target.name,
+            caught_up.as_secs_f64(),
+            t1.elapsed().as_secs_f64(),
+            last_commit.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)).unwrap_or("none".into())
+        ),
+        recovery_point: last_commit,
+        ..StepOutcome::default()
+    })
 }
 
 async fn client(pgdata: &std::path::Path, port: u16, user: &str) -> anyhow::Result<tokio_postgres::Client> {

@@ -33,6 +33,15 @@ pub struct RestoreStep {
     /// both providers before the newest the signed HEADs name.
     #[serde(default)]
     pub accept_gap: bool,
+    /// PITR to `latest`: when `pgdata` holds a warm standby (`bascule-controller
+    /// standby`), promote it once it replayed the newest WAL (or `wal`)
+    /// instead of rebuilding the cluster.
+    #[serde(default)]
+    pub standby: bool,
+    /// With `standby`: the WAL file the standby must have replayed (empty:
+    /// the newest the signed HEADs name).
+    #[serde(default)]
+    pub wal: String,
 }
 
 /// The identity file a step names, read now, kept in memory only.
@@ -53,6 +62,12 @@ pub(super) fn mismatches(m: &[(String, u64, Option<u64>)]) -> String {
 impl RestoreStep {
     pub fn validate(&self, _: &Runbook) -> Result<(), Invalid> {
         match (&self.target, &self.pgdata) {
+            (Some(_), None) if self.standby => {
+                Err(Invalid::new("restore.standby", "a standby is promoted in place: give pgdata, not target"))
+            }
+            (None, Some(_)) if self.standby && self.at.as_deref().is_some_and(|a| a != "latest") => {
+                Err(Invalid::new("restore.standby", "a standby is promoted at the end of the archive: leave `at` out (or `latest`)"))
+            }
             (Some(_), None) | (None, Some(_)) => Ok(()),
             _ => Err(Invalid::new("restore", "give either target (an export restore) or pgdata (a point-in-time restore)")),
         }
@@ -64,22 +79,38 @@ impl RestoreStep {
                 format!("tenant {} snapshot {} into {}", sub(&self.tenant), self.snapshot.as_deref().unwrap_or("latest"), sub(&t.text))
             }
             (_, Some(d)) => format!(
-                "tenant {} point in time {} into {}",
+                "tenant {} point in time {} into {}{}",
                 sub(&self.tenant),
                 self.at.as_deref().unwrap_or("latest"),
-                sub(&d.to_string_lossy())
+                sub(&d.to_string_lossy()),
+                if self.standby { " (or, if a standby is there, its promotion)" } else { "" }
             ),
             _ => String::new(),
         }
     }
 
-    pub async fn run(&self, ctx: &StepContext<'_>, _: CancellationToken) -> Result<StepOutcome, StepError> {
+    fn port(&self, ctx: &StepContext<'_>) -> Result<u16, StepError> {
+        match &self.port {
+            Some(p) => Ok(ctx.sub(p).parse().map_err(|_| format!("port {:?} is not a port number", ctx.sub(p)))?),
+            None => Ok(5432),
+        }
+    }
+
+    pub async fn run(&self, ctx: &StepContext<'_>, cancel: CancellationToken) -> Result<StepOutcome, StepError> {
         let c = ctx.controller()?;
         let identities = identities(ctx, &self.identity)?;
         let t = c.tenant(&ctx.sub(&self.tenant)).map_err(failed)?;
         match (&self.target, &self.pgdata) {
             (Some(target), _) => self.export(ctx, &t, target, identities).await,
-            (_, Some(pgdata)) => self.pitr(ctx, t, pgdata, identities).await,
+            (_, Some(pgdata)) => {
+                let dir = std::path::PathBuf::from(ctx.sub(&pgdata.to_string_lossy()));
+                if self.standby && super::promote::is_standby(&dir) {
+                    let port = self.port(ctx)?;
+                    let db_user = ctx.sub(self.db_user.as_deref().unwrap_or("postgres"));
+                    return super::promote::promote(ctx, &ctx.sub(&self.tenant), &dir, &ctx.sub(&self.wal), port, &db_user, cancel).await;
+                }
+                self.pitr(ctx, t, pgdata, identities).await
+            }
             _ => Err(StepError::Failed("give either target or pgdata".into())),
         }
     }
@@ -125,10 +156,7 @@ impl RestoreStep {
         identities: Identities,
     ) -> Result<StepOutcome, StepError> {
         let cfg = &ctx.controller()?.config;
-        let port = match &self.port {
-            Some(p) => ctx.sub(p).parse().map_err(|_| format!("port {:?} is not a port number", ctx.sub(p)))?,
-            None => 5432,
-        };
+        let port = self.port(ctx)?;
         let req = pitr::PitrRequest {
             target: pitr::Target::parse(&ctx.sub(self.at.as_deref().unwrap_or("latest"))).map_err(failed)?,
             pgdata: ctx.sub(&pgdata.to_string_lossy()).into(),
