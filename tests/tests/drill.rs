@@ -250,6 +250,35 @@ fn the_saas_failover_drill_promotes_site_bs_standby_when_there_is_one() {
     saas_failover(true);
 }
 
+/// `bascule-controller standby` in site B's data directory, once it answers.
+fn start_standby(s: &bascule_tests::Scenario, site_b: &std::path::Path, port_b: u16, dsn_b: &str) -> bascule_tests::KillOnDrop {
+    let minute = std::time::Duration::from_secs(60);
+    {
+        let log = std::fs::File::create(s.path("standby.log")).unwrap();
+        let child = s
+            .controller(&["standby", "--db-user", "bascule", "--port", &port_b.to_string()])
+            .arg("--identity")
+            .arg(s.path("customer.key"))
+            .arg("--pgdata")
+            .arg(site_b)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        while !run(Command::new(s.pg.tool("psql")).args(["-X", "-A", "-t", "-d", dsn_b, "-c", "SELECT 1"])).status.success() {
+            assert!(
+                t0.elapsed() < 3 * minute,
+                "site B's standby does not answer:\n{}",
+                std::fs::read_to_string(s.path("standby.log")).unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        bascule_tests::KillOnDrop(child)
+    }
+}
+
 /// The shipped saas-failover runbook, site B rebuilt from the archive, or
 /// (`standby`) site B a warm standby that is promoted.
 fn saas_failover(standby: bool) {
@@ -295,30 +324,7 @@ fn saas_failover(standby: bool) {
         s.pg.socket_dir().display()
     ));
     let runbook = failover_runbook(&s, &pg_ctl("-m fast -w stop"), &start_a, &switched);
-    let _standby = standby.then(|| {
-        let log = std::fs::File::create(s.path("standby.log")).unwrap();
-        let child = s
-            .controller(&["standby", "--db-user", "bascule", "--port", &port_b.to_string()])
-            .arg("--identity")
-            .arg(s.path("customer.key"))
-            .arg("--pgdata")
-            .arg(&site_b)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let t0 = std::time::Instant::now();
-        while !run(Command::new(s.pg.tool("psql")).args(["-X", "-A", "-t", "-d", &dsn_b, "-c", "SELECT 1"])).status.success() {
-            assert!(
-                t0.elapsed() < 3 * minute,
-                "site B's standby does not answer:\n{}",
-                std::fs::read_to_string(s.path("standby.log")).unwrap()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(300));
-        }
-        bascule_tests::KillOnDrop(child)
-    });
+    let _standby = standby.then(|| start_standby(&s, &site_b, port_b, &dsn_b));
     let vars = [
         format!("tenant={}", s.tenant),
         format!("identity={}", s.path("customer.key").display()),
