@@ -31,6 +31,32 @@ pub struct ControllerConfig {
     /// `bascule-controller serve`: the monitor, the HTTP API, scheduled work.
     #[serde(default)]
     pub serve: ServeConfig,
+    /// A warm standby `serve` keeps fed (as `bascule-controller standby`).
+    pub standby: Option<StandbyConfig>,
+}
+
+/// The warm standby of one tenant (the vendor's own SaaS: its identity is
+/// held in the controller's memory while it runs).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandbyConfig {
+    pub tenant: String,
+    /// The tenant's age identity file (owner-only), read at start.
+    pub identity: PathBuf,
+    /// The standby's data directory: built when empty, picked up otherwise.
+    pub pgdata: PathBuf,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// A superuser of the cluster, to read where replay stands.
+    #[serde(default = "default_db_user")]
+    pub db_user: String,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+fn default_db_user() -> String {
+    "postgres".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -308,6 +334,11 @@ impl ControllerConfig {
         }
         if cfg.prune.concurrency == 0 || cfg.prune.concurrency > 256 {
             return Err(bad("prune.concurrency must be between 1 and 256".into()));
+        }
+        if let Some(sb) = &cfg.standby {
+            if !cfg.tenants.iter().any(|t| t.name == sb.tenant) {
+                return Err(bad(format!("standby.tenant {:?} is not one of `tenants`", sb.tenant)));
+            }
         }
         for t in &cfg.tenants {
             bascule_core::config::check_name("tenant", &t.name).map_err(|e| bad(e.to_string()))?;

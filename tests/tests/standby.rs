@@ -132,3 +132,48 @@ fn a_standby_follows_both_providers_through_an_outage_and_a_restart_then_is_prom
     drop(standby);
     let _ = run(&mut s.pg.cmd("pg_ctl", &["-D", pgdata.to_str().unwrap(), "-m", "immediate", "stop"]));
 }
+
+#[test]
+fn serve_keeps_the_standby_of_its_configuration_fed() {
+    let s = Scenario::start_archiving(100);
+    let _daemon = s.daemon();
+    let o = run(&mut s.agent(&["snapshot", "--job", "base"]));
+    assert!(o.status.success(), "{}", text(&o));
+    s.pg.psql("mairie", "CREATE TABLE orders (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
+    insert_orders(&s, 1, 50);
+    let pgdata = s.path("standby");
+    let (port, api) = (free_port(), free_port());
+    let cfg = s.path("controller.yaml");
+    let mut yaml = std::fs::read_to_string(&cfg).unwrap();
+    yaml.push_str(&format!(
+        "serve:\n  listen: 127.0.0.1:{api}\n  interval: 1s\nstandby:\n  tenant: {}\n  identity: {}\n  pgdata: {}\n  port: {port}\n  db_user: bascule\n",
+        s.tenant,
+        s.path("customer.key").display(),
+        pgdata.display()
+    ));
+    write(&cfg, &yaml);
+    let log = std::fs::File::create(s.path("serve.log")).unwrap();
+    let serve = KillOnDrop(
+        Command::new(bin("bascule-controller"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let w = s.switch_wal();
+    s.wait_on_both(&w, MINUTE);
+    wait_until("serve's standby replays the orders", 3 * MINUTE, || standby_orders(&s, &pgdata, port) == Some(50));
+    let up = format!("bascule_standby_up{{tenant=\"{}\"}}", s.tenant);
+    wait_until("serve's /metrics says the standby is up", MINUTE, || {
+        metric(&get(&format!("http://127.0.0.1:{api}/metrics")), &up) == Some(1.0)
+    });
+    // serve stops on SIGTERM; the standby's server keeps what it has
+    ok(Command::new("kill").args(["-TERM", &serve.0.id().to_string()]));
+    wait_until("serve stops", MINUTE, || std::fs::read_to_string(s.path("serve.log")).unwrap().contains("Stopping"));
+    drop(serve);
+    assert_eq!(standby_orders(&s, &pgdata, port), Some(50));
+    let _ = run(&mut s.pg.cmd("pg_ctl", &["-D", pgdata.to_str().unwrap(), "-m", "immediate", "stop"]));
+}

@@ -158,6 +158,7 @@ pub async fn run(c: Arc<Controller>) -> anyhow::Result<()> {
     let store = Arc::new(Mutex::new(c.store()?));
     tasks.tracker.spawn(monitor_loop(c.clone(), store.clone(), monitor, tasks.cancel.clone()));
     schedule::start(&c, &tasks)?;
+    tasks.tracker.spawn(crate::command::pitr::standby::keep(c.clone(), tasks.cancel.clone()));
     let guard = Arc::new(guard::Guard::default());
     tasks.tracker.spawn(flush_loop(guard.clone(), store.clone(), tasks.cancel.clone()));
     let app = api::router(api::Api { controller: c.clone(), store: store.clone(), view, tasks: tasks.clone(), guard: guard.clone() })

@@ -117,6 +117,47 @@ pub async fn main(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The standby of the configuration's `standby:` section, for `serve`: fed
+/// until cancelled; after a failure, tried again a minute later; once
+/// promoted, left alone (a promoted cluster is never rebuilt on its own).
+pub async fn keep(c: Arc<crate::context::Controller>, cancel: CancellationToken) {
+    let Some(sb) = c.config.standby.as_ref() else { return };
+    let labels = [sb.tenant.as_str()];
+    loop {
+        let attempt = async {
+            let t = c.tenant(&sb.tenant)?;
+            let req = PitrRequest {
+                target: Target::Latest,
+                pgdata: sb.pgdata.clone(),
+                port: sb.port,
+                identities: Arc::new(Identities::load(&sb.identity).context("standby.identity")?),
+                concurrency: c.config.restore.concurrency,
+                bindir: c.config.restore.pg_bindir()?,
+                os_user: crate::os_user::for_postgres(),
+                db_user: sb.db_user.clone(),
+                stop: false,
+                accept_gap: false,
+            };
+            run(Arc::new(t), req, cancel.clone()).await
+        };
+        match attempt.await {
+            Ok(Ended::Stopped) => return,
+            Ok(Ended::Promoted) => {
+                tracing::warn!(tenant = %sb.tenant, "The standby was promoted: serve feeds it no more (remove the standby: section, or give a new pgdata)");
+                return;
+            }
+            Err(e) => {
+                m::STANDBY_UP.with_label_values(&labels).set(0);
+                tracing::error!(tenant = %sb.tenant, error = format!("{e:#}"), "The standby cannot be fed; trying again in a minute");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
 /// Why a standby stopped being fed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ended {
