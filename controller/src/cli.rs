@@ -63,6 +63,12 @@ enum Command {
     /// checked. Read from their signed results; no key needed.
     /// Exit status 1 when the newest one failed or a result does not verify.
     RestoreTests(TenantArg),
+    /// Signed drill reports: `report verify FILE --key ed25519:…` checks one
+    /// offline.
+    Report {
+        #[command(subcommand)]
+        command: command::report::ReportCommand,
+    },
     /// Failover drills and restore tests from YAML runbooks.
     Drill {
         #[command(subcommand)]
@@ -96,6 +102,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Prune(a) => command::prune::main(a).await,
         Command::RestoreTests(a) => command::restore_tests::main(a).await,
         Command::Drill { command } => command::drill::main(command).await,
+        Command::Report { command } => command::report::main(command),
         Command::Standby(a) => command::pitr::standby::main(a).await,
         Command::WalFetch(a) => Ok(ExitCode::from(command::pitr::fetch_client(&a.socket, &a.name, &a.dest, a.standby).await)),
     }

@@ -402,3 +402,37 @@ fn saas_failover(standby: bool) {
         .is_err());
     }
 }
+
+#[test]
+fn a_signed_report_verifies_offline_and_a_tampered_copy_does_not() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = controller(d.path());
+    let rb = d.path().join("quick.yaml");
+    bascule_tests::write(
+        &rb,
+        "name: quick\ntargets: { rto: 1h }\nstages:\n  - name: only\n    steps:\n      - id: cut\n        shell: { command: \"true\" }\n        rto: start\n      - id: back\n        shell: { command: \"true\" }\n        rto: end\n",
+    );
+    let o = run(Command::new(bin("bascule-controller")).args(["drill", "run", "--config"]).arg(&cfg).arg(&rb));
+    assert!(text(&o).contains("drill 1"), "{}", text(&o));
+    let key = ok(Command::new(bin("bascule-controller")).args(["verify-key", "--config"]).arg(&cfg)).trim().to_string();
+    let dir = d.path().join("b/reports/drills/quick");
+    let file = std::fs::read_dir(&dir).unwrap().flatten().next().unwrap_or_else(|| panic!("no report in {}", dir.display())).path();
+    let verify =
+        |f: &std::path::Path, k: &str| run(Command::new(bin("bascule-controller")).args(["report", "verify"]).arg(f).args(["--key", k]));
+
+    let o = verify(&file, &key);
+    assert!(o.status.success() && text(&o).contains("VERIFIED: signed by") && text(&o).contains("drill 1 (quick"), "{}", text(&o));
+    // one figure changed in a copy: refused
+    let original = std::fs::read_to_string(&file).unwrap();
+    let tampered = d.path().join("tampered.json");
+    let changed = original.replacen("\"attempts\":1", "\"attempts\":2", 1);
+    assert_ne!(changed, original);
+    bascule_tests::write(&tampered, &changed);
+    let o = verify(&tampered, &key);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("NOT VERIFIED") && text(&o).contains("signature"), "{}", text(&o));
+    // another key: refused
+    let other = ok(Command::new(bin("bascule-agent")).arg("keygen").arg("--out").arg(d.path().join("other.key"))).trim().to_string();
+    let o = verify(&file, &other);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}

@@ -5,6 +5,7 @@ pub mod drill;
 pub mod pitr;
 pub mod prune;
 pub mod repair;
+pub mod report;
 pub mod restore;
 pub mod restore_tests;
 pub mod snapshots;

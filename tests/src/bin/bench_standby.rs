@@ -83,8 +83,10 @@ fn main() {
             standby_dir.display()
         ),
     );
-    let (t_promote, out) =
-        timed("promote the standby", Command::new(bin("bascule-controller")).args(["drill", "run", "--config"]).arg(s.path("controller.yaml")).arg(&rb));
+    let (t_promote, out) = timed(
+        "promote the standby",
+        Command::new(bin("bascule-controller")).args(["drill", "run", "--config"]).arg(s.path("controller.yaml")).arg(&rb),
+    );
     assert!(out.contains("PASS"), "{out}");
     assert_eq!(count(&s, &standby_dir, port_b).as_deref(), Some(primary_rows.as_str()));
     let _ = run(&mut s.pg.cmd("pg_ctl", &["-D", standby_dir.to_str().unwrap(), "-m", "immediate", "stop"]));
