@@ -250,6 +250,42 @@ fn the_saas_failover_drill_promotes_site_bs_standby_when_there_is_one() {
     saas_failover(true);
 }
 
+/// The report's steps: which ran, how site B came up, what readiness found.
+fn check_steps(rep: &serde_json::Value, standby: bool, rto: f64) {
+    let steps: Vec<&str> = rep["steps"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert!(steps.contains(&"wait-replicated") && steps.contains(&"restore-site-b") && !steps.contains(&"restart-primary"), "{steps:?}");
+    let restore_step = rep["steps"].as_array().unwrap().iter().find(|s| s["id"] == "restore-site-b").unwrap();
+    let restore_out = restore_step["output"].to_string();
+    let restore_secs = restore_step["duration_seconds"].as_f64().unwrap();
+    eprintln!("site B {}: RTO {rto:.1} s, restore-site-b {restore_secs:.1} s", if standby { "promoted" } else { "rebuilt" });
+    assert_eq!(restore_out.contains("was promoted"), standby, "{restore_out}");
+    let ready = rep["steps"].as_array().unwrap().iter().find(|s| s["id"] == "readiness").unwrap()["output"].to_string();
+    for want in [
+        "ok      identity",
+        "ok      reach 127.0.0.1",
+        "ok      tenant",
+        if standby { "a standby, replayed through" } else { "bytes free" },
+    ] {
+        assert!(ready.contains(want), "no {want:?} in the readiness step's output: {ready}");
+    }
+}
+
+/// `drill check` with a missing identity and a primary nobody listens on:
+/// exit 1, each named.
+fn readiness_names_what_is_wrong(s: &bascule_tests::Scenario, runbook: &std::path::Path, vars: &[String]) {
+    // the readiness check, alone: what is wrong is named, one line each
+    let mut check = Command::new(bin("bascule-controller"));
+    check.args(["drill", "check", "--config"]).arg(s.path("controller.yaml")).arg(runbook);
+    for v in vars.iter().filter(|v| !v.starts_with("identity=") && !v.starts_with("primary_port=")) {
+        check.arg("--var").arg(v);
+    }
+    let o = run(check.args(["--var", "identity=/nonexistent/saas.key", "--var", "primary_port=1"]));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    for want in ["FAILED  identity /nonexistent/saas.key", "FAILED  reach 127.0.0.1:1", "ok      program pg_ctl", "failed"] {
+        assert!(text(&o).contains(want), "no {want:?} in\n{}", text(&o));
+    }
+}
+
 /// `bascule-controller standby` in site B's data directory, once it answers.
 fn start_standby(s: &bascule_tests::Scenario, site_b: &std::path::Path, port_b: u16, dsn_b: &str) -> bascule_tests::KillOnDrop {
     let minute = std::time::Duration::from_secs(60);
@@ -336,6 +372,7 @@ fn saas_failover(standby: bool) {
         "secondary_user=bascule".to_string(),
         "app_db=mairie".to_string(),
     ];
+    readiness_names_what_is_wrong(&s, &runbook, &vars);
     let mut c = Command::new(bin("bascule-controller"));
     c.args(["drill", "run", "--config"]).arg(s.path("controller.yaml")).arg(&runbook);
     for v in &vars {
@@ -372,13 +409,7 @@ fn saas_failover(standby: bool) {
         "recovery point {} is B's newest heartbeat {beat}",
         rep["recovery_point"]
     );
-    let steps: Vec<&str> = rep["steps"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
-    assert!(steps.contains(&"wait-replicated") && steps.contains(&"restore-site-b") && !steps.contains(&"restart-primary"), "{steps:?}");
-    let restore_step = rep["steps"].as_array().unwrap().iter().find(|s| s["id"] == "restore-site-b").unwrap();
-    let restore_out = restore_step["output"].to_string();
-    let restore_secs = restore_step["duration_seconds"].as_f64().unwrap();
-    eprintln!("site B {}: RTO {rto:.1} s, restore-site-b {restore_secs:.1} s", if standby { "promoted" } else { "rebuilt" });
-    assert_eq!(restore_out.contains("was promoted"), standby, "{restore_out}");
+    check_steps(&rep, standby, rto);
 
     // the signed JSON report is on both providers, and its signature is the controller's
     let key = bascule_core::keys::AgentKey::load(&s.path("controller-state/report-signing.key")).unwrap();

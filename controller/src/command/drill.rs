@@ -27,6 +27,24 @@ pub enum DrillCommand {
         #[arg(long = "var", value_name = "NAME=VALUE")]
         vars: Vec<String>,
     },
+    /// Check, without running anything, what the runbook's steps will need:
+    /// both providers reachable and current, the newest restore test, the
+    /// identity files, every host of its DSNs and URLs, the standby's lag or
+    /// room to restore the newest base backup, the PostgreSQL programs. One
+    /// line per check; exit status 1 when one fails.
+    Check {
+        /// The controller's configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The runbook (see runbooks/).
+        file: PathBuf,
+        /// The steps of a drill, or of a real failover.
+        #[arg(long, value_enum, default_value = "drill")]
+        mode: ModeArg,
+        /// Set a runbook variable: NAME=VALUE (repeatable).
+        #[arg(long = "var", value_name = "NAME=VALUE")]
+        vars: Vec<String>,
+    },
     /// Run a runbook. Every step is recorded (with each attempt) in the drill
     /// store under the controller's state_dir, and in its audit log; the
     /// report is printed, kept, signed and stored on both providers.
@@ -136,6 +154,19 @@ pub async fn main(command: DrillCommand) -> anyhow::Result<ExitCode> {
             runbook::step::resolve_secrets(&loaded)?;
             print!("{}", runbook::plan::render(&loaded, mode.mode()));
             Ok(ExitCode::SUCCESS)
+        }
+        DrillCommand::Check { config, file, mode, vars } => {
+            let c = crate::context::Controller::load(&config)?;
+            let loaded = runbook::load(&file)?;
+            let mut values = loaded.defaults();
+            values.extend(loaded.parse_vars(&vars)?);
+            let checks = drill::readiness::check(&c, &loaded, &values, mode.mode()).await;
+            for ch in &checks {
+                println!("{ch}");
+            }
+            let failed = checks.iter().filter(|c| c.result.is_err()).count();
+            println!("{}: {} check(s), {failed} failed", loaded.runbook.name, checks.len());
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         DrillCommand::Run { config, file, mode, vars } => {
             let c = crate::context::Controller::load(&config)?;

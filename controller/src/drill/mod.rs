@@ -3,6 +3,7 @@
 //! report ([`report`]), kept locally and stored, signed, on both providers.
 pub mod engine;
 pub mod progress;
+pub mod readiness;
 pub mod report;
 
 use std::path::PathBuf;
@@ -142,6 +143,7 @@ impl Started {
         let store = Arc::new(Mutex::new(self.store));
         let mut ctx = DrillContext::new(self.id, self.loaded, self.actor, Some(c.clone()), store.clone(), overrides)?;
         ctx.interactive = interactive;
+        ctx.mode = self.mode;
         let drill = Arc::new(engine::Drill::new(ctx, self.mode));
         let shown = progress::show(drill.clone());
         let ending = engine::run(&drill, self.abort, &cancel).await;

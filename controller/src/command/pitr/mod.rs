@@ -160,7 +160,7 @@ pub struct PitrReport {
 }
 
 /// Picks the newest base backup that is complete before the target.
-async fn choose_base_backup(tenant: &Tenant, target: &Target) -> anyhow::Result<Manifest> {
+pub(crate) async fn choose_base_backup(tenant: &Tenant, target: &Target) -> anyhow::Result<Manifest> {
     let names = Tenant::snapshot_names(&tenant.listings().await);
     for name in names.iter().rev() {
         // names begin with their start time: skip those that start after a time target

@@ -55,6 +55,10 @@ impl ApprovalStep {
         Ok(())
     }
 
+    pub fn needs(&self, _: &dyn Fn(&str) -> String) -> super::needs::Needs {
+        super::needs::Needs::default()
+    }
+
     pub fn describe(&self, sub: &dyn Fn(&str) -> String) -> String {
         format!("ask {:?}", sub(&self.prompt))
     }

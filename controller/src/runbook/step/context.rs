@@ -19,6 +19,8 @@ pub struct DrillContext {
     pub actor: String,
     /// Approvals may be answered at this terminal.
     pub interactive: bool,
+    /// The steps of this mode run.
+    pub mode: crate::model::Mode,
     controller: Option<Arc<Controller>>,
     store: Arc<Mutex<Store>>,
     vars: Mutex<BTreeMap<String, String>>,
@@ -45,7 +47,17 @@ impl DrillContext {
             vars.insert(k, v);
         }
         let secrets = resolve_secrets(&loaded)?;
-        Ok(DrillContext { id, loaded, actor, interactive: false, controller, store, vars: Mutex::new(vars), secrets })
+        Ok(DrillContext {
+            id,
+            loaded,
+            actor,
+            interactive: false,
+            mode: crate::model::Mode::Drill,
+            controller,
+            store,
+            vars: Mutex::new(vars),
+            secrets,
+        })
     }
 
     /// The drill store.

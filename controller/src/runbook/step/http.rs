@@ -67,6 +67,12 @@ impl HttpStep {
         crate::runbook::substitute(&self.url, &|n| vars.get(n).map(|v| crate::runbook::template::encode_component(v)), &|_| None)
     }
 
+    pub fn needs(&self, sub: &dyn Fn(&str) -> String) -> super::needs::Needs {
+        let mut n = super::needs::Needs::default();
+        n.url(&sub(&self.url));
+        n
+    }
+
     pub fn describe(&self, sub: &dyn Fn(&str) -> String) -> String {
         format!(
             "{} {} → {}{}",

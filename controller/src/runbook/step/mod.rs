@@ -10,7 +10,9 @@
 mod approval;
 pub mod context;
 mod http;
+pub mod needs;
 mod promote;
+mod readiness;
 mod restore;
 mod shell;
 mod sleep;
@@ -28,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 pub use approval::{ApprovalStep, OnTimeout};
 pub use context::{redact, resolve_secrets, DrillContext, StepContext};
 pub use http::{HttpMethod, HttpStep};
-pub use promote::PromoteStep;
+pub use promote::{is_standby, PromoteStep};
+pub use readiness::ReadinessStep;
 pub use restore::RestoreStep;
 pub use shell::ShellStep;
 pub use sleep::SleepStep;
@@ -134,6 +137,13 @@ macro_rules! step_kinds {
                 }
             }
 
+            /// What the step needs of the world (`sub` fills in the variables).
+            pub fn needs(&self, sub: &dyn Fn(&str) -> String) -> needs::Needs {
+                match self {
+                    $(StepKind::$variant(k) => k.needs(sub)),+
+                }
+            }
+
             /// Checks what the schema alone cannot.
             pub fn validate(&self, runbook: &Runbook) -> Result<(), Invalid> {
                 match self {
@@ -160,6 +170,7 @@ step_kinds! {
     "wait_replicated" => WaitReplicated(WaitReplicatedStep),
     "restore" => Restore(RestoreStep),
     "promote" => Promote(PromoteStep),
+    "readiness" => Readiness(ReadinessStep),
     "verify" => Verify(VerifyStep),
     "approval" => Approval(ApprovalStep),
     "sleep" => Sleep(SleepStep),

@@ -41,6 +41,16 @@ impl PromoteStep {
         Ok(())
     }
 
+    pub fn needs(&self, sub: &dyn Fn(&str) -> String) -> super::needs::Needs {
+        let tenant = sub(&self.tenant);
+        super::needs::Needs {
+            tenants: vec![tenant.clone()],
+            data_dirs: vec![super::needs::DataDir { tenant, pgdata: sub(&self.pgdata.to_string_lossy()).into(), standby: true }],
+            programs: vec!["pg_ctl"],
+            ..Default::default()
+        }
+    }
+
     pub fn describe(&self, sub: &dyn Fn(&str) -> String) -> String {
         let through = match (self.wal.is_empty(), sub(&self.wal)) {
             (true, _) => "the newest WAL the signed HEADs name".to_string(),

@@ -73,6 +73,24 @@ impl RestoreStep {
         }
     }
 
+    pub fn needs(&self, sub: &dyn Fn(&str) -> String) -> super::needs::Needs {
+        let tenant = sub(&self.tenant);
+        let mut n = super::needs::Needs {
+            tenants: vec![tenant.clone()],
+            identities: vec![sub(&self.identity.to_string_lossy()).into()],
+            ..Default::default()
+        };
+        if let Some(t) = &self.target {
+            n.dsn(&t.resolve(sub).conninfo);
+            n.programs.push("pg_restore");
+        }
+        if let Some(d) = &self.pgdata {
+            n.data_dirs.push(super::needs::DataDir { tenant, pgdata: sub(&d.to_string_lossy()).into(), standby: self.standby });
+            n.programs.extend(["pg_ctl", "postgres"]);
+        }
+        n
+    }
+
     pub fn describe(&self, sub: &dyn Fn(&str) -> String) -> String {
         match (&self.target, &self.pgdata) {
             (Some(t), _) => {

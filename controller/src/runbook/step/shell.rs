@@ -47,6 +47,10 @@ impl ShellStep {
         Ok(())
     }
 
+    pub fn needs(&self, _: &dyn Fn(&str) -> String) -> super::needs::Needs {
+        super::needs::Needs::default()
+    }
+
     pub fn describe(&self, _: &dyn Fn(&str) -> String) -> String {
         format!("sh -c {:?}", self.command)
     }

@@ -19,6 +19,10 @@ impl SleepStep {
         Ok(())
     }
 
+    pub fn needs(&self, _: &dyn Fn(&str) -> String) -> super::needs::Needs {
+        super::needs::Needs::default()
+    }
+
     pub fn describe(&self, _: &dyn Fn(&str) -> String) -> String {
         humantime_serde::re::humantime::format_duration(self.duration).to_string()
     }

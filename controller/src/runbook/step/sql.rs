@@ -49,6 +49,12 @@ impl SqlStep {
         Ok(())
     }
 
+    pub fn needs(&self, sub: &dyn Fn(&str) -> String) -> super::needs::Needs {
+        let mut n = super::needs::Needs::default();
+        n.dsn(&self.dsn.resolve(sub).conninfo);
+        n
+    }
+
     pub fn describe(&self, sub: &dyn Fn(&str) -> String) -> String {
         let params: Vec<String> = self.params.iter().enumerate().map(|(i, p)| format!("${} = {:?}", i + 1, sub(p))).collect();
         format!(

@@ -55,6 +55,25 @@ impl VerifyStep {
         Ok(())
     }
 
+    pub fn needs(&self, sub: &dyn Fn(&str) -> String) -> super::needs::Needs {
+        let mut n = super::needs::Needs::default();
+        if let Some(r) = &self.row_counts {
+            n.tenants.push(sub(&r.tenant));
+            n.identities.push(sub(&r.identity.to_string_lossy()).into());
+            n.dsn(&r.dsn.resolve(sub).conninfo);
+        }
+        if let Some(q) = &self.sql {
+            n.merge(q.needs(sub));
+        }
+        if let Some(h) = &self.http {
+            n.merge(h.needs(sub));
+        }
+        if let Some(h) = &self.heartbeat {
+            n.dsn(&h.dsn.resolve(sub).conninfo);
+        }
+        n
+    }
+
     pub fn describe(&self, sub: &dyn Fn(&str) -> String) -> String {
         let mut parts = Vec::new();
         if let Some(r) = &self.row_counts {

@@ -34,6 +34,10 @@ impl WaitReplicatedStep {
         Ok(())
     }
 
+    pub fn needs(&self, sub: &dyn Fn(&str) -> String) -> super::needs::Needs {
+        super::needs::Needs { tenants: vec![sub(&self.tenant)], ..Default::default() }
+    }
+
     pub fn describe(&self, sub: &dyn Fn(&str) -> String) -> String {
         let wal = match (self.wal.is_empty(), sub(&self.wal)) {
             (true, _) => String::new(),
