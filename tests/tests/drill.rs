@@ -187,6 +187,14 @@ stages:
     assert_eq!(rep["verdict"], "PASS");
     assert!(rep["rto"]["measured_seconds"].as_f64().unwrap() > 0.0, "{rep}");
     assert_eq!(rep["steps"].as_array().unwrap().len(), 4);
+    // the evidence: who approved, and the audit log's head, which the store agrees with
+    let ev = &rep["evidence"];
+    assert_eq!(ev["approvals"][0]["step"], "go-ahead", "{ev}");
+    assert_eq!(ev["approvals"][0]["approved"], true, "{ev}");
+    let head = bascule_controller::state::Store::open(&d.path().join("state/drills.sqlite")).unwrap().audit_head().unwrap().unwrap();
+    assert_eq!(ev["audit_head"]["hash"], head.1.as_str(), "{ev}");
+    let md = text(&ctl(&["report", "1"]));
+    assert!(md.contains("## Evidence") && md.contains("approval of `go-ahead`: approved by"), "{md}");
     let html = d.path().join("report.html");
     assert!(ctl(&["report", "1", "--format", "html", "--output", html.to_str().unwrap()]).status.success());
     let page = bascule_tests::browser::render(&html);
@@ -252,6 +260,11 @@ fn the_saas_failover_drill_promotes_site_bs_standby_when_there_is_one() {
 
 /// The report's steps: which ran, how site B came up, what readiness found.
 fn check_steps(rep: &serde_json::Value, standby: bool, rto: f64) {
+    let ev = &rep["evidence"];
+    assert_eq!(ev["production_stopped"], true, "{ev}");
+    assert_eq!(ev["cut_step"], "stop-primary", "{ev}");
+    assert!(ev["recovered"][0].as_str().unwrap().starts_with("restore-site-b: "), "{ev}");
+    assert!(ev["readiness"].as_array().unwrap().len() >= 5 && ev["audit_head"]["seq"].as_i64().unwrap() > 0, "{ev}");
     let steps: Vec<&str> = rep["steps"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
     assert!(steps.contains(&"wait-replicated") && steps.contains(&"restore-site-b") && !steps.contains(&"restart-primary"), "{steps:?}");
     let restore_step = rep["steps"].as_array().unwrap().iter().find(|s| s["id"] == "restore-site-b").unwrap();

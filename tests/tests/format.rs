@@ -238,25 +238,41 @@ fn report() -> impl Strategy<Value = Report> {
             (drill, runbook, runbook_file, runbook_sha, mode, started_by, host),
             (started_at, finished_at, status, pass, reasons),
             (rto, rpo, cut_at, recovery_point, steps),
-        )| Report {
-            format: 1,
-            drill,
-            runbook,
-            runbook_file,
-            runbook_sha,
-            mode,
-            started_by,
-            host,
-            started_at,
-            finished_at,
-            status,
-            verdict: if pass { Verdict::Pass } else { Verdict::Fail },
-            reasons,
-            rto,
-            rpo,
-            cut_at,
-            recovery_point,
-            steps,
+        )| {
+            use bascule_controller::drill::report::evidence::{Approval, AuditHead, Evidence};
+            let evidence = pass.then(|| Evidence {
+                production_stopped: mode == Mode::Failover,
+                cut_step: reasons.first().cloned(),
+                recovered: reasons.clone(),
+                checked: Vec::new(),
+                readiness: reasons.clone(),
+                approvals: reasons
+                    .iter()
+                    .map(|r| Approval { step: r.clone(), approved: true, by: started_by.clone(), at: r.clone() })
+                    .collect(),
+                audit_head: Some(AuditHead { seq: drill, hash: runbook_sha.clone() }),
+            });
+            Report {
+                format: 1,
+                drill,
+                runbook,
+                runbook_file,
+                runbook_sha,
+                mode,
+                started_by,
+                host,
+                started_at,
+                finished_at,
+                status,
+                verdict: if pass { Verdict::Pass } else { Verdict::Fail },
+                reasons,
+                rto,
+                rpo,
+                cut_at,
+                recovery_point,
+                steps,
+                evidence,
+            }
         },
     )
 }

@@ -55,6 +55,15 @@ pub fn main(c: ReportCommand) -> anyhow::Result<ExitCode> {
         r.host,
         r.steps.len()
     );
+    if let Some(e) = &r.evidence {
+        println!("  production really stopped: {}", if e.production_stopped { "yes" } else { "no" });
+        for a in &e.approvals {
+            println!("  approval of {}: {} by {} at {}", a.step, if a.approved { "approved" } else { "rejected" }, a.by, a.at);
+        }
+        if let Some(h) = &e.audit_head {
+            println!("  audit log head: row {} hash {}", h.seq, h.hash);
+        }
+    }
     for s in &r.steps {
         println!("  {:<12} {:<26} {:<16} {:>8.1}s  {:?}", s.stage, s.id, s.kind, s.duration_seconds, s.outcome);
     }

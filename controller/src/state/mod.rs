@@ -217,6 +217,18 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Every answer given in a drill: (step, approved, who, when), in order.
+    pub fn approvals(&self, drill: i64) -> anyhow::Result<Vec<(String, bool, String, String)>> {
+        let mut stmt = self.conn.prepare("SELECT step, approved, actor, at FROM approvals WHERE drill = ?1 ORDER BY at, step")?;
+        let rows = stmt.query_map(params![drill], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The audit chain's newest row: (sequence, hash).
+    pub fn audit_head(&self) -> anyhow::Result<Option<(i64, String)>> {
+        Ok(self.conn.query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
+    }
+
     /// The answer to an approval step, if any: (approved, who).
     pub fn approval(&self, drill: i64, step: &str) -> anyhow::Result<Option<(bool, String)>> {
         Ok(self

@@ -39,6 +39,31 @@ pub fn markdown(r: &Report) -> String {
             s.outcome
         );
     }
+    if let Some(e) = &r.evidence {
+        let _ = writeln!(o, "\n## Evidence\n");
+        let stopped = match (&e.cut_step, e.production_stopped) {
+            (_, true) if r.mode == crate::model::Mode::Failover => "yes (a failover: production was down)".to_string(),
+            (Some(c), true) => format!("yes, by step `{c}`"),
+            _ => "no".to_string(),
+        };
+        let _ = writeln!(o, "* mode {}; production really stopped: {stopped}", r.mode);
+        let _ = writeln!(o, "* RTO {}; RPO {}", r.rto.describe(), r.rpo.describe());
+        for l in &e.recovered {
+            let _ = writeln!(o, "* recovered — {l}");
+        }
+        for l in &e.checked {
+            let _ = writeln!(o, "* checked — {l}");
+        }
+        for l in &e.readiness {
+            let _ = writeln!(o, "* readiness — {}", l.trim());
+        }
+        for a in &e.approvals {
+            let _ = writeln!(o, "* approval of `{}`: {} by {} at {}", a.step, if a.approved { "approved" } else { "rejected" }, a.by, a.at);
+        }
+        if let Some(h) = &e.audit_head {
+            let _ = writeln!(o, "* audit log head: row {} hash `{}`", h.seq, h.hash);
+        }
+    }
     let failures: Vec<&ReportStep> = r.steps.iter().filter(|s| matches!(s.outcome, Outcome::Failed | Outcome::Tolerated)).collect();
     if !failures.is_empty() {
         let _ = writeln!(o, "\n## Failures");

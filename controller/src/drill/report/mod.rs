@@ -1,6 +1,7 @@
 //! Drill reports: the model, built from the drill store, with the verdict
 //! and RTO and RPO against their targets; shown as [`markdown`] and one
 //! self-contained [`html`] page; signed JSON [`publish`]ed on both providers.
+pub mod evidence;
 pub mod html;
 pub mod markdown;
 mod publish;
@@ -58,6 +59,9 @@ pub struct Report {
     pub cut_at: Option<chrono::DateTime<chrono::Utc>>,
     pub recovery_point: Option<chrono::DateTime<chrono::Utc>>,
     pub steps: Vec<ReportStep>,
+    /// What the test attests, in one place.
+    #[serde(default)]
+    pub evidence: Option<evidence::Evidence>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,6 +131,11 @@ pub fn build(store: &Store, id: i64) -> anyhow::Result<Report> {
         })
         .collect();
     let (rto, rpo, reasons) = judge(&d);
+    // the runbook as it ran (the same hash), for which step cut production
+    let cut_step = crate::runbook::load(std::path::Path::new(&d.runbook_file)).ok().filter(|l| l.hash == d.runbook_hash).and_then(|l| {
+        l.steps().into_iter().find(|(_, s)| s.rto == Some(crate::runbook::step::RtoMarker::Start)).map(|(_, s)| s.id.clone())
+    });
+    let evidence = evidence::gather(store, d.id, d.mode, cut_step, &steps)?;
     Ok(Report {
         format: 1,
         drill: d.id,
@@ -146,6 +155,7 @@ pub fn build(store: &Store, id: i64) -> anyhow::Result<Report> {
         cut_at: d.measures.cut,
         recovery_point: d.measures.recovery_point,
         steps,
+        evidence: Some(evidence),
     })
 }
 
