@@ -17,6 +17,7 @@ pub mod context;
 pub mod drill;
 pub mod model;
 pub mod os_user;
+pub mod projection;
 pub mod runbook;
 pub mod serve;
 pub mod state;

@@ -141,6 +141,16 @@ fn serve_keeps_the_standby_of_its_configuration_fed() {
     assert!(o.status.success(), "{}", text(&o));
     s.pg.psql("mairie", "CREATE TABLE orders (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
     insert_orders(&s, 1, 50);
+    // a restore measures the throughput the projected recovery time uses
+    let o = s.snapshot();
+    assert!(o.status.success(), "{}", text(&o));
+    let before = text(&run(&mut s.controller(&["snapshots"])));
+    assert!(before.contains("projected RTO: not known yet"), "{before}");
+    // (the heartbeat writes on: the row counts checked are the export's)
+    let r = s.restore("latest", "restored", &s.path("customer.key"));
+    assert!(r.status.success(), "{}", text(&r));
+    let listed = text(&run(&mut s.controller(&["snapshots"])));
+    assert!(listed.contains("projected RTO: ") && listed.contains("/s (the last restore's throughput"), "{listed}");
     let pgdata = s.path("standby");
     let (port, api) = (free_port(), free_port());
     let cfg = s.path("controller.yaml");

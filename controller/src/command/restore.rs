@@ -79,6 +79,9 @@ pub async fn main(a: Args) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
     let r = run(&t, req).await?;
     print_restored(&r, t0.elapsed());
+    if r.mismatches.is_empty() {
+        crate::projection::record(&c.config.state_dir, &t.name, r.bytes, t0.elapsed());
+    }
     Ok(if r.mismatches.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 

@@ -114,6 +114,12 @@ pub static API_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 gauge_vec!(
+    PROJECTED_RTO,
+    "bascule_projected_rto_seconds",
+    "How long a restore of the tenant would take now: its newest base backup and the WAL since (or its newest export), at the throughput its last restore measured",
+    &["tenant"]
+);
+gauge_vec!(
     STANDBY_REPLAY_LAG,
     "bascule_standby_replay_lag_seconds",
     "How long the oldest WAL file on the providers that the standby has not replayed has been there (0: caught up)",
@@ -180,6 +186,7 @@ pub fn register() {
     LazyLock::force(&TENANTS);
     LazyLock::force(&API_REQUESTS);
     LazyLock::force(&API_REFUSALS);
+    LazyLock::force(&PROJECTED_RTO);
     LazyLock::force(&STANDBY_REPLAY_LAG);
     LazyLock::force(&STANDBY_REPLAY_LSN);
     LazyLock::force(&STANDBY_LAST_REPLAY);

@@ -39,6 +39,9 @@ pub struct ProviderView {
 pub struct TenantView {
     pub tenant: String,
     pub providers: Vec<ProviderView>,
+    /// How long a restore would take now, at the throughput the last one
+    /// measured (none before a first restore).
+    pub projected_rto_seconds: Option<f64>,
 }
 
 struct PerProvider {
@@ -52,9 +55,12 @@ struct Watched {
     /// The tenant on the controller's shared providers and rollback guards.
     tenant: Tenant,
     per: Vec<PerProvider>,
-    /// Snapshot name → (kind, start time), from verified manifests.
-    snapshots: HashMap<String, (String, chrono::DateTime<chrono::Utc>)>,
+    /// Snapshot name → (kind, start time, bytes), from verified manifests.
+    snapshots: HashMap<String, (String, chrono::DateTime<chrono::Utc>, u64)>,
     changed: bool,
+    /// Where the last restore's throughput is kept.
+    state_dir: std::path::PathBuf,
+    projected: Option<f64>,
     last_deep: Option<Instant>,
 }
 
@@ -97,6 +103,8 @@ impl Monitor {
                 snapshots: HashMap::new(),
                 changed: false,
                 last_deep: None,
+                state_dir: c.config.state_dir.clone(),
+                projected: None,
             });
         }
         m::TENANTS.set(tenants.len() as i64);
@@ -142,7 +150,11 @@ impl Monitor {
         *self.view.write().expect("lock") = self
             .tenants
             .iter()
-            .map(|t| TenantView { tenant: t.name.clone(), providers: t.per.iter().map(|p| p.view.clone()).collect() })
+            .map(|t| TenantView {
+                tenant: t.name.clone(),
+                providers: t.per.iter().map(|p| p.view.clone()).collect(),
+                projected_rto_seconds: t.projected,
+            })
             .collect();
         c.took = t0.elapsed();
         m::CYCLE_SECONDS.set(c.took.as_secs_f64());
@@ -236,9 +248,16 @@ fn show_head(tenant: &str, provider: &str, h: &Head, view: &mut ProviderView) {
 /// snapshot of each kind on each (kinds from the signed manifests).
 async fn compare_listings(t: &mut Watched, providers: &[Provider]) {
     let mut sets: Vec<Option<BTreeSet<String>>> = Vec::new();
+    let mut wal: Option<Vec<(u64, chrono::DateTime<chrono::Utc>)>> = None;
     for (p, r) in providers.iter().zip(&t.tenant.replicated.replicas) {
-        match r.list("").await {
-            Ok(l) => sets.push(Some(l.into_keys().filter(|k| k != layout::HEAD && !k.contains(".tmp")).collect())),
+        match r.list_meta("").await {
+            Ok(l) => {
+                if wal.is_none() {
+                    let stored = l.iter().filter(|(k, _)| k.starts_with(bascule_core::wal::WAL) && !k.ends_with(".rec"));
+                    wal = Some(stored.map(|(_, v)| *v).collect());
+                }
+                sets.push(Some(l.into_keys().filter(|k| k != layout::HEAD && !k.contains(".tmp")).collect()))
+            }
             Err(e) => {
                 tracing::warn!(tenant = %t.name, provider = %p.name, error = %e, "Cannot list");
                 sets.push(None);
@@ -265,7 +284,7 @@ async fn compare_listings(t: &mut Watched, providers: &[Provider]) {
             let Ok(Some(b)) = t.tenant.replicated.replicas[i].get(key, Manifest::MAX_LEN).await else { continue };
             match t.tenant.open_manifest(name, &b) {
                 Ok(man) => {
-                    t.snapshots.insert(name.to_string(), (man.kind.to_string(), man.started_at));
+                    t.snapshots.insert(name.to_string(), (man.kind.to_string(), man.started_at, man.source_bytes));
                     break;
                 }
                 Err(_) => {
@@ -277,7 +296,7 @@ async fn compare_listings(t: &mut Watched, providers: &[Provider]) {
     for (i, p) in providers.iter().enumerate() {
         let Some(set) = &sets[i] else { continue };
         let mut newest: BTreeMap<&str, chrono::DateTime<chrono::Utc>> = BTreeMap::new();
-        for (name, (kind, at)) in &t.snapshots {
+        for (name, (kind, at, _)) in &t.snapshots {
             if set.contains(&layout::manifest(name)) {
                 let e = newest.entry(kind.as_str()).or_insert(*at);
                 *e = (*e).max(*at);
@@ -286,5 +305,23 @@ async fn compare_listings(t: &mut Watched, providers: &[Provider]) {
         for (kind, at) in newest {
             m::LAST_SNAPSHOT.with_label_values(&[&t.name, &p.name, kind]).set(ts(at));
         }
+    }
+    project(t, wal.unwrap_or_default());
+}
+
+/// The projected recovery time: the last restore's throughput applied to
+/// the newest base backup and the WAL since (or the newest export).
+fn project(t: &mut Watched, wal: Vec<(u64, chrono::DateTime<chrono::Utc>)>) {
+    let newest = |base: bool| {
+        t.snapshots.values().filter(|(kind, _, _)| (kind == "basebackup") == base).max_by_key(|(_, at, _)| *at).map(|(_, at, b)| (*b, *at))
+    };
+    let bytes = crate::projection::bytes_to_restore(newest(true), newest(false).map(|(b, _)| b), wal.into_iter());
+    t.projected = match (crate::projection::load(&t.state_dir, &t.name), bytes) {
+        (Some(rate), Some(b)) => Some(rate.project(b).as_secs_f64()),
+        _ => None,
+    };
+    match t.projected {
+        Some(p) => m::PROJECTED_RTO.with_label_values(&[&t.name]).set(p),
+        None => drop(m::PROJECTED_RTO.remove_label_values(&[&t.name])),
     }
 }

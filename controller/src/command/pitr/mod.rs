@@ -96,7 +96,9 @@ pub(super) async fn main(c: &Controller, t: Tenant, identities: Identities, a: P
         stop: a.stop,
         accept_gap: a.accept_gap,
     };
+    let tenant = t.name.clone();
     let r = run(t, req).await?;
+    crate::projection::record(&c.config.state_dir, &tenant, r.base_backup_bytes + r.wal_bytes, r.total);
     println!(
         "restored base backup {} ({} bytes) and {} WAL file(s) ({} bytes), target {target}",
         r.base_backup, r.base_backup_bytes, r.wal_files, r.wal_bytes

@@ -148,7 +148,11 @@ impl RestoreStep {
             concurrency: cfg.restore.concurrency,
             pg_restore: cfg.restore.pg_restore.clone(),
         };
+        let t0 = std::time::Instant::now();
         let rep = restore::run(t, req).await.map_err(failed)?;
+        if rep.mismatches.is_empty() {
+            crate::projection::record(&cfg.state_dir, &t.name, rep.bytes, t0.elapsed());
+        }
         let mut out = format!(
             "restored snapshot {} ({} bytes, {} chunks) in {:.1}s; {} table(s), {} row(s) checked; recovery point {}",
             rep.snapshot,
@@ -187,7 +191,9 @@ impl RestoreStep {
             stop: false,
             accept_gap: self.accept_gap,
         };
+        let tenant = t.name.clone();
         let rep = pitr::run(t, req).await.map_err(failed)?;
+        crate::projection::record(&cfg.state_dir, &tenant, rep.base_backup_bytes + rep.wal_bytes, rep.total);
         let mut output = format!(
             "restored base backup {} and {} WAL file(s) ({} bytes); last replayed commit {}, LSN {}, timeline {}; base {:.1}s, replay {:.1}s",
             rep.base_backup,
