@@ -100,10 +100,16 @@ fn the_api_checks_tokens_roles_and_bodies_and_audits_every_call() {
     assert_eq!(code, 202, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let id = v["id"].as_i64().unwrap();
-    wait_until("the drill passes", MINUTE, || {
+    let t0 = std::time::Instant::now();
+    loop {
         let (_, b) = curl("GET", &format!("{drills}/{id}"), Some(&viewer), None, &[]);
-        serde_json::from_str::<serde_json::Value>(&b).is_ok_and(|r| r["verdict"] == "PASS")
-    });
+        if serde_json::from_str::<serde_json::Value>(&b).is_ok_and(|r| r["verdict"] == "PASS") {
+            break;
+        }
+        let log = std::fs::read_to_string(d.path().join("serve.log")).unwrap_or_default();
+        assert!(t0.elapsed() < 2 * MINUTE, "the drill did not pass: {b}\nserve's log:\n{log}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(d.path().join("ran").exists());
     // its measures reach /metrics at the next monitor cycle
     wait_until("the drill's metrics", MINUTE, || {

@@ -373,7 +373,8 @@ fn after_a_key_rotation_sync_catches_up_with_what_the_old_key_signed() {
     // the documented rotation: a new key, the old one revoked from now
     let old_key = s.verify_key.clone();
     let new_key = ok(Command::new(bin("bascule-agent")).arg("keygen").arg("--out").arg(s.path("new.key"))).trim().to_string();
-    let revoked_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    // a whole second after every object the old key signed (the old snapshot may have started this second)
+    let revoked_at = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     std::thread::sleep(Duration::from_millis(1100));
     let agent_yaml = std::fs::read_to_string(s.path("agent.yaml")).unwrap();
     let rotated = agent_yaml.replace(&s.path("agent.key").display().to_string(), &s.path("new.key").display().to_string());

@@ -27,18 +27,18 @@ fn start_standby(s: &Scenario, pgdata: &Path, port: u16, metrics: u16) -> KillOn
     KillOnDrop(child)
 }
 
+/// `sql` on the standby, through its socket in `pgdata`.
+fn on_standby(s: &Scenario, pgdata: &Path, port: u16, sql: &str) -> std::process::Output {
+    let port = port.to_string();
+    run(Command::new(s.pg.tool("psql"))
+        .args(["-X", "-A", "-t", "-h"])
+        .arg(pgdata)
+        .args(["-p", &port, "-U", "bascule", "-d", "mairie", "-c", sql]))
+}
+
 /// The number of orders the standby has replayed (None while it does not answer).
 fn standby_orders(s: &Scenario, pgdata: &Path, port: u16) -> Option<u64> {
-    let o = run(Command::new(s.pg.tool("psql")).args(["-X", "-A", "-t", "-h"]).arg(pgdata).args([
-        "-p",
-        &port.to_string(),
-        "-U",
-        "bascule",
-        "-d",
-        "mairie",
-        "-c",
-        "SELECT count(*) FROM orders",
-    ]));
+    let o = on_standby(s, pgdata, port, "SELECT count(*) FROM orders");
     o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).flatten()
 }
 
@@ -115,16 +115,7 @@ fn a_standby_follows_both_providers_through_an_outage_and_a_restart_then_is_prom
     assert!(took < MINUTE, "promotion took {took:?}");
     assert_eq!(standby_orders(&s, &pgdata, port), Some(400), "every order the archive held is on the promoted standby");
     // it takes writes, and the standby's process has seen it promoted
-    run(Command::new(s.pg.tool("psql")).args(["-X", "-h"]).arg(&pgdata).args([
-        "-p",
-        &port.to_string(),
-        "-U",
-        "bascule",
-        "-d",
-        "mairie",
-        "-c",
-        "INSERT INTO orders VALUES (401)",
-    ]));
+    assert!(on_standby(&s, &pgdata, port, "INSERT INTO orders VALUES (401)").status.success());
     assert_eq!(standby_orders(&s, &pgdata, port), Some(401));
     wait_until("the standby's process ends once promoted", MINUTE, || {
         std::fs::read_to_string(s.path("standby.log")).unwrap().contains("The standby was promoted")

@@ -71,6 +71,9 @@ impl Store {
             std::fs::create_dir_all(d).with_context(|| d.display().to_string())?;
         }
         let conn = Connection::open(path).with_context(|| format!("cannot open the drill store {}", path.display()))?;
+        // serve's API, its refusal batches and each running drill write through
+        // connections of their own: on a loaded disk, wait for the lock rather than fail
+        conn.busy_timeout(std::time::Duration::from_secs(60))?;
         conn.execute_batch(SCHEMA).context("preparing the drill store")?;
         Ok(Store { conn })
     }
