@@ -50,6 +50,9 @@ pub struct StandbyConfig {
     /// A superuser of the cluster, to read where replay stands.
     #[serde(default = "default_db_user")]
     pub db_user: String,
+    /// Once promoted, archive the new timeline with this (site B's agent's
+    /// `wal-push`); set when the standby is built.
+    pub archive_command: Option<String>,
 }
 
 fn default_pg_port() -> u16 {

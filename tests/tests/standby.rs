@@ -178,3 +178,121 @@ fn serve_keeps_the_standby_of_its_configuration_fed() {
     assert_eq!(standby_orders(&s, &pgdata, port), Some(50));
     let _ = run(&mut s.pg.cmd("pg_ctl", &["-D", pgdata.to_str().unwrap(), "-m", "immediate", "stop"]));
 }
+
+/// Site B's agent: `agent.yaml` with its own key, state, spool and the
+/// standby's port; site A's key trusted for what it signed before.
+fn site_b_agent(s: &Scenario, port_b: u16, a_key: &str) -> (std::path::PathBuf, String) {
+    let key_b = ok(Command::new(bin("bascule-agent")).arg("keygen").arg("--out").arg(s.path("agent-b.key"))).trim().to_string();
+    let until = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let yaml = std::fs::read_to_string(s.path("agent.yaml"))
+        .unwrap()
+        .replace(&s.path("agent.key").display().to_string(), &s.path("agent-b.key").display().to_string())
+        .replace("agent-state", "agent-b-state")
+        .replace("wal-spool", "wal-spool-b")
+        .replace(&format!("port={}", s.pg.port), &format!("port={port_b}"));
+    let cfg = s.path("agent-b.yaml");
+    write(&cfg, &format!("{yaml}previous_keys:\n  - {{ key: \"{a_key}\", revoked_at: {until} }}\n"));
+    if bascule_tests::is_root() {
+        ok(Command::new("chown").args(["-R", "postgres"]).arg(s.dir.path()));
+    }
+    (cfg, key_b)
+}
+
+fn agent_b(s: &Scenario, cfg: &Path, args: &[&str]) -> Command {
+    let mut c = if bascule_tests::is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", "postgres", "--regid", "postgres", "--init-groups"]).arg(bin("bascule-agent"));
+        c.env("HOME", s.dir.path());
+        c
+    } else {
+        Command::new(bin("bascule-agent"))
+    };
+    c.args(args).arg("--config").arg(cfg);
+    c
+}
+
+#[test]
+fn a_promoted_standby_archives_its_new_timeline_under_site_bs_key_and_pitr_follows_it() {
+    let s = Scenario::start_archiving(100);
+    let _daemon = s.daemon();
+    let before_b = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let o = run(&mut s.agent(&["snapshot", "--job", "base"]));
+    assert!(o.status.success(), "{}", text(&o));
+    s.pg.psql("mairie", "CREATE TABLE orders (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
+    insert_orders(&s, 1, 50);
+    let w = s.switch_wal();
+    s.wait_on_both(&w, MINUTE);
+
+    // site B: a standby that, once promoted, archives through its own agent
+    let pgdata = s.path("standby");
+    let (port, mport) = (free_port(), free_port());
+    let (cfg_b, key_b) = site_b_agent(&s, port, &s.verify_key);
+    let archive = format!("{} wal-push --config {} %p", bin("bascule-agent").display(), cfg_b.display());
+    let log = std::fs::File::create(s.path("standby.log")).unwrap();
+    let _standby = KillOnDrop(
+        s.controller(&["standby", "--db-user", "bascule", "--port", &port.to_string(), "--metrics", &format!("127.0.0.1:{mport}")])
+            .arg("--identity")
+            .arg(s.path("customer.key"))
+            .arg("--pgdata")
+            .arg(&pgdata)
+            .args(["--archive-command", &archive])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let daemon_log = std::fs::File::create(s.path("daemon-b.log")).unwrap();
+    let _daemon_b = KillOnDrop(
+        agent_b(&s, &cfg_b, &["run"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(daemon_log.try_clone().unwrap())
+            .stderr(daemon_log)
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the standby replays the orders", 3 * MINUTE, || standby_orders(&s, &pgdata, port) == Some(50));
+
+    // site A dies; B is promoted and takes writes on timeline 2
+    let last = s.switch_wal();
+    s.wait_on_both(&last, MINUTE);
+    ok(&mut s.pg.cmd("pg_ctl", &["-D", s.pg.data_dir().to_str().unwrap(), "-m", "immediate", "stop"]));
+    let rb = s.path("promote.yaml");
+    write(
+        &rb,
+        &format!(
+            "name: promote\nstages:\n  - name: failover\n    steps:\n      - id: promote\n        promote: {{ tenant: {}, pgdata: \"{}\", port: \"{port}\", db_user: bascule, wal: \"{last}\" }}\n        timeout: 2m\n",
+            s.tenant,
+            pgdata.display()
+        ),
+    );
+    let o = run(Command::new(bin("bascule-controller")).args(["drill", "run", "--config"]).arg(s.path("controller.yaml")).arg(&rb));
+    assert!(text(&o).contains("PASS"), "{}", text(&o));
+    let revoked = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    assert!(on_standby(&s, &pgdata, port, "INSERT INTO orders SELECT g FROM generate_series(51, 80) g").status.success());
+    let o = on_standby(&s, &pgdata, port, "SELECT pg_walfile_name(pg_switch_wal())");
+    let b_wal = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert!(b_wal.starts_with("00000002"), "site B writes timeline 2: {b_wal}");
+    wait_until("site B's WAL and history file on both providers", 2 * MINUTE, || {
+        let (a, b) = (s.wal_on(&s.a), s.wal_on(&s.b));
+        [b_wal.as_str(), "00000002.history"].iter().all(|n| a.contains(*n) && b.contains(*n))
+    });
+
+    // the controller trusts site B's key from before the standby, site A's until the promotion
+    let ctl = std::fs::read_to_string(s.path("controller.yaml")).unwrap().replace(
+        &format!("verify_keys: [\"{}\"]", s.verify_key),
+        &format!("verify_keys: [{{ key: \"{}\", revoked_at: {revoked} }}, {{ key: \"{key_b}\", valid_from: {before_b} }}]", s.verify_key),
+    );
+    write(&s.path("controller.yaml"), &ctl);
+    std::thread::sleep(Duration::from_millis(1100));
+    let wal = text(&run(&mut s.controller(&["wal"])));
+    assert!(wal.contains("00000002"), "the archive shows timeline 2:\n{wal}");
+    let v = run(&mut s.controller(&["verify"]));
+    assert!(v.status.success(), "{}", text(&v));
+    // a point-in-time restore to the end follows the switch onto B's timeline
+    let (out, query) = s.pitr("pitr-after-switch", &[]);
+    assert!(out.contains("timeline 2") || out.contains("on timeline 3"), "{out}");
+    assert_eq!(query("SELECT count(*) FROM orders"), "80", "{out}");
+    let _ = run(&mut s.pg.cmd("pg_ctl", &["-D", pgdata.to_str().unwrap(), "-m", "immediate", "stop"]));
+}

@@ -95,6 +95,7 @@ pub(super) async fn main(c: &Controller, t: Tenant, identities: Identities, a: P
         db_user: a.db_user,
         stop: a.stop,
         accept_gap: a.accept_gap,
+        archive_command: None,
     };
     let tenant = t.name.clone();
     let r = run(t, req).await?;
@@ -141,6 +142,10 @@ pub struct PitrRequest {
     /// Succeed even when recovery to the end of the archive stopped before
     /// the newest WAL the signed HEADs and records name (saying so).
     pub accept_gap: bool,
+    /// A standby's `archive_command` once promoted (site B's own agent):
+    /// `archive_mode` is on from the start, so that the new timeline's first
+    /// files (its history file, the partial segment) are archived too.
+    pub archive_command: Option<String>,
 }
 
 #[derive(Debug)]
@@ -278,8 +283,15 @@ fn recovery_settings(req: &PitrRequest, socket: &Path, uid: Option<u32>, standby
         set("recovery_target_action", "promote");
     }
     set("recovery_target_timeline", "latest");
-    // the restored cluster must not archive into the source's spool
-    set("archive_mode", "off");
+    match req.archive_command.as_deref().filter(|_| standby) {
+        // archives nothing while in recovery; from the promotion on, the new timeline
+        Some(cmd) => {
+            set("archive_mode", "on");
+            set("archive_command", cmd);
+        }
+        // the restored cluster must not archive into the source's spool
+        None => set("archive_mode", "off"),
+    }
     set("port", &req.port.to_string());
     set("listen_addresses", "localhost");
     set("unix_socket_directories", &pgdata.to_string_lossy());

@@ -51,6 +51,12 @@ pub struct Args {
     /// Serve the standby's metrics at http://ADDR/metrics (e.g. 127.0.0.1:9189).
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Reprotect from the first byte: once promoted, the standby archives
+    /// its new timeline with this command, e.g. `bascule-agent wal-push
+    /// --config /etc/bascule/agent-site-b.yaml %p` (site B's own agent).
+    /// Set when the standby is built.
+    #[arg(long)]
+    archive_command: Option<String>,
 }
 
 /// How often the standby's server is asked where replay stands.
@@ -90,6 +96,7 @@ pub async fn main(a: Args) -> anyhow::Result<ExitCode> {
         db_user: a.db_user,
         stop: false,
         accept_gap: false,
+        archive_command: a.archive_command,
     };
     let cancel = CancellationToken::new();
     if let Some(addr) = a.metrics {
@@ -137,6 +144,7 @@ pub async fn keep(c: Arc<crate::context::Controller>, cancel: CancellationToken)
                 db_user: sb.db_user.clone(),
                 stop: false,
                 accept_gap: false,
+                archive_command: sb.archive_command.clone(),
             };
             run(Arc::new(t), req, cancel.clone()).await
         };

@@ -190,6 +190,7 @@ impl RestoreStep {
             db_user: ctx.sub(self.db_user.as_deref().unwrap_or("postgres")),
             stop: false,
             accept_gap: self.accept_gap,
+            archive_command: None,
         };
         let tenant = t.name.clone();
         let rep = pitr::run(t, req).await.map_err(failed)?;
