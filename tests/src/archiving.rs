@@ -59,6 +59,43 @@ impl Scenario {
         (out, query)
     }
 
+    /// Another site's agent for the same tenant (`agent-<site>.yaml`): its own
+    /// key, state and spool, connecting to the cluster on `port`, and
+    /// trusting `previous` keys (another site's) for what they signed before.
+    /// Returns its config and its verify key.
+    pub fn site_agent(&self, site: &str, port: u16, previous: &[&str]) -> (std::path::PathBuf, String) {
+        let key_file = self.path(&format!("agent-{site}.key"));
+        let key = ok(Command::new(crate::bin("bascule-agent")).arg("keygen").arg("--out").arg(&key_file)).trim().to_string();
+        let until = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let yaml = std::fs::read_to_string(self.path("agent.yaml"))
+            .unwrap()
+            .replace(&self.path("agent.key").display().to_string(), &key_file.display().to_string())
+            .replace("agent-state", &format!("agent-{site}-state"))
+            .replace("wal-spool", &format!("wal-spool-{site}"))
+            .replace(&format!("port={}", self.pg.port), &format!("port={port}"));
+        let trusted: String = previous.iter().map(|k| format!("  - {{ key: \"{k}\", revoked_at: {until} }}\n")).collect();
+        let cfg = self.path(&format!("agent-{site}.yaml"));
+        crate::write(&cfg, &format!("{yaml}previous_keys:\n{trusted}"));
+        if crate::is_root() {
+            ok(Command::new("chown").args(["-R", "postgres"]).arg(self.dir.path()));
+        }
+        (cfg, key)
+    }
+
+    /// `bascule-agent ARGS --config CFG`, as [`Scenario::agent`] runs it.
+    pub fn agent_with(&self, cfg: &std::path::Path, args: &[&str]) -> Command {
+        let mut c = if crate::is_root() {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid", "postgres", "--regid", "postgres", "--init-groups"]).arg(crate::bin("bascule-agent"));
+            c.env("HOME", self.dir.path());
+            c
+        } else {
+            Command::new(crate::bin("bascule-agent"))
+        };
+        c.args(args).arg("--config").arg(cfg);
+        c
+    }
+
     /// Starts `bascule-agent run`; its log goes to `daemon.log` in the
     /// scenario's folder. Killed (SIGKILL) on drop.
     pub fn daemon(&self) -> KillOnDrop {

@@ -158,17 +158,7 @@ impl Scenario {
     /// A `bascule-agent` command, run as the database's account when the
     /// tests run as root (through `setpriv`, which execs: a kill reaches the agent).
     pub fn agent(&self, args: &[&str]) -> Command {
-        let mut c = if crate::is_root() {
-            let mut c = Command::new("setpriv");
-            c.args(["--reuid", "postgres", "--regid", "postgres", "--init-groups"]).arg(bin("bascule-agent"));
-            // a home of its own, as the account has on a real server (libpq looks in ~/.postgresql)
-            c.env("HOME", self.dir.path());
-            c
-        } else {
-            Command::new(bin("bascule-agent"))
-        };
-        c.args(args).arg("--config").arg(self.path("agent.yaml"));
-        c
+        self.agent_with(&self.path("agent.yaml"), args)
     }
 
     /// `bascule-agent snapshot --job nightly`.

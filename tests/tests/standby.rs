@@ -179,38 +179,6 @@ fn serve_keeps_the_standby_of_its_configuration_fed() {
     let _ = run(&mut s.pg.cmd("pg_ctl", &["-D", pgdata.to_str().unwrap(), "-m", "immediate", "stop"]));
 }
 
-/// Site B's agent: `agent.yaml` with its own key, state, spool and the
-/// standby's port; site A's key trusted for what it signed before.
-fn site_b_agent(s: &Scenario, port_b: u16, a_key: &str) -> (std::path::PathBuf, String) {
-    let key_b = ok(Command::new(bin("bascule-agent")).arg("keygen").arg("--out").arg(s.path("agent-b.key"))).trim().to_string();
-    let until = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let yaml = std::fs::read_to_string(s.path("agent.yaml"))
-        .unwrap()
-        .replace(&s.path("agent.key").display().to_string(), &s.path("agent-b.key").display().to_string())
-        .replace("agent-state", "agent-b-state")
-        .replace("wal-spool", "wal-spool-b")
-        .replace(&format!("port={}", s.pg.port), &format!("port={port_b}"));
-    let cfg = s.path("agent-b.yaml");
-    write(&cfg, &format!("{yaml}previous_keys:\n  - {{ key: \"{a_key}\", revoked_at: {until} }}\n"));
-    if bascule_tests::is_root() {
-        ok(Command::new("chown").args(["-R", "postgres"]).arg(s.dir.path()));
-    }
-    (cfg, key_b)
-}
-
-fn agent_b(s: &Scenario, cfg: &Path, args: &[&str]) -> Command {
-    let mut c = if bascule_tests::is_root() {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid", "postgres", "--regid", "postgres", "--init-groups"]).arg(bin("bascule-agent"));
-        c.env("HOME", s.dir.path());
-        c
-    } else {
-        Command::new(bin("bascule-agent"))
-    };
-    c.args(args).arg("--config").arg(cfg);
-    c
-}
-
 #[test]
 fn a_promoted_standby_archives_its_new_timeline_under_site_bs_key_and_pitr_follows_it() {
     let s = Scenario::start_archiving(100);
@@ -226,7 +194,7 @@ fn a_promoted_standby_archives_its_new_timeline_under_site_bs_key_and_pitr_follo
     // site B: a standby that, once promoted, archives through its own agent
     let pgdata = s.path("standby");
     let (port, mport) = (free_port(), free_port());
-    let (cfg_b, key_b) = site_b_agent(&s, port, &s.verify_key);
+    let (cfg_b, key_b) = s.site_agent("b", port, &[&s.verify_key]);
     let archive = format!("{} wal-push --config {} %p", bin("bascule-agent").display(), cfg_b.display());
     let log = std::fs::File::create(s.path("standby.log")).unwrap();
     let _standby = KillOnDrop(
@@ -244,7 +212,7 @@ fn a_promoted_standby_archives_its_new_timeline_under_site_bs_key_and_pitr_follo
     );
     let daemon_log = std::fs::File::create(s.path("daemon-b.log")).unwrap();
     let _daemon_b = KillOnDrop(
-        agent_b(&s, &cfg_b, &["run"])
+        s.agent_with(&cfg_b, &["run"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(daemon_log.try_clone().unwrap())
