@@ -142,6 +142,13 @@ impl Scenario {
         });
     }
 
+    /// Waits until both providers hold the WAL file `name` (whichever site archived it).
+    pub fn wait_on_both_providers(&self, name: &str, timeout: Duration) {
+        wait_until(&format!("{name} on both providers"), timeout, || {
+            self.wal_on(&self.a).contains(name) && self.wal_on(&self.b).contains(name)
+        });
+    }
+
     /// Files left in the spool (pushed or sealed), not counting bookkeeping.
     pub fn spool_files(&self) -> usize {
         let count = |d: std::path::PathBuf| {
