@@ -48,6 +48,34 @@ pub fn load(state_dir: &Path, tenant: &str) -> Option<RestoreRate> {
     serde_json::from_slice::<RestoreRate>(&text).ok().filter(|r| r.seconds > 0.0 && r.bytes > 0)
 }
 
+/// The newest projection of a tenant's recovery time, as the monitor (or
+/// `snapshots`) last computed it: what drill reports show.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Projected {
+    pub tenant: String,
+    pub seconds: f64,
+    pub bytes: u64,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+fn projected_file(state_dir: &Path, tenant: &str) -> PathBuf {
+    state_dir.join(format!("{tenant}.projected-rto.json"))
+}
+
+/// Keeps a projection (`bytes` to restore) for the reports; returns its seconds.
+pub fn keep(state_dir: &Path, tenant: &str, rate: &RestoreRate, bytes: u64) -> f64 {
+    let p = Projected { tenant: tenant.into(), seconds: rate.project(bytes).as_secs_f64(), bytes, at: chrono::Utc::now() };
+    if let Err(e) = bascule_core::config::write_atomic(&projected_file(state_dir, tenant), &serde_json::to_vec(&p).unwrap_or_default()) {
+        tracing::warn!(tenant, error = %e, "Cannot keep the projected recovery time");
+    }
+    p.seconds
+}
+
+/// The newest projection kept for `tenant`.
+pub fn kept(state_dir: &Path, tenant: &str) -> Option<Projected> {
+    serde_json::from_slice(&std::fs::read(projected_file(state_dir, tenant)).ok()?).ok()
+}
+
 /// What a restore would read now: the newest base backup and the WAL
 /// objects stored since it started, else the newest export (sizes as stored).
 pub fn bytes_to_restore(
@@ -72,6 +100,8 @@ mod tests {
         record(d.path(), "t", 100 << 20, Duration::from_secs(2));
         let r = load(d.path(), "t").unwrap();
         assert_eq!(r.project(500 << 20), Duration::from_secs(10));
+        assert_eq!(keep(d.path(), "t", &r, 500 << 20), 10.0);
+        assert_eq!(kept(d.path(), "t").unwrap().seconds, 10.0);
         let t0 = chrono::Utc::now();
         let wal = [(10, t0 - chrono::Duration::hours(1)), (7, t0 + chrono::Duration::seconds(1))];
         assert_eq!(bytes_to_restore(Some((100, t0)), Some(5), wal.into_iter()), Some(107));

@@ -251,6 +251,7 @@ fn report() -> impl Strategy<Value = Report> {
                     .map(|r| Approval { step: r.clone(), approved: true, by: started_by.clone(), at: r.clone() })
                     .collect(),
                 audit_head: Some(AuditHead { seq: drill, hash: runbook_sha.clone() }),
+                projected_rto: Vec::new(),
             });
             Report {
                 format: 1,

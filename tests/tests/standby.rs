@@ -142,6 +142,18 @@ fn serve_keeps_the_standby_of_its_configuration_fed() {
     assert!(r.status.success(), "{}", text(&r));
     let listed = text(&run(&mut s.controller(&["snapshots"])));
     assert!(listed.contains("projected RTO: ") && listed.contains("/s (the last restore's throughput"), "{listed}");
+    // and a drill report naming the tenant shows it
+    let rb = s.path("check.yaml");
+    write(&rb, &format!("name: check\nstages:\n  - name: only\n    steps:\n      - id: current\n        wait_replicated: {{ tenant: {}, max_lag: 1h }}\n        timeout: 1m\n", s.tenant));
+    let o = run(Command::new(bin("bascule-controller")).args(["drill", "run", "--config"]).arg(s.path("controller.yaml")).arg(&rb));
+    assert!(o.status.success(), "{}", text(&o));
+    let rep = ok(Command::new(bin("bascule-controller"))
+        .args(["drill", "report", "--format", "json", "--config"])
+        .arg(s.path("controller.yaml"))
+        .arg("1"));
+    let rep: serde_json::Value = serde_json::from_str(&rep).unwrap();
+    let p = &rep["evidence"]["projected_rto"][0];
+    assert!(p["tenant"] == s.tenant.as_str() && p["seconds"].as_f64().is_some_and(|v| v > 0.0), "{rep:#}");
     let pgdata = s.path("standby");
     let (port, api) = (free_port(), free_port());
     let cfg = s.path("controller.yaml");

@@ -30,7 +30,7 @@ async fn projected(state_dir: &std::path::Path, t: &Tenant, (base, export): Newe
     match crate::projection::bytes_to_restore(base, export, wal.into_iter()) {
         Some(b) => format!(
             "projected RTO: {:.0} s to restore {} at {}/s (the last restore's throughput, {})",
-            rate.project(b).as_secs_f64(),
+            crate::projection::keep(state_dir, &t.name, &rate, b),
             human(b),
             human(rate.bytes_per_second() as u64),
             rate.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)

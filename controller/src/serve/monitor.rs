@@ -317,7 +317,7 @@ fn project(t: &mut Watched, wal: Vec<(u64, chrono::DateTime<chrono::Utc>)>) {
     };
     let bytes = crate::projection::bytes_to_restore(newest(true), newest(false).map(|(b, _)| b), wal.into_iter());
     t.projected = match (crate::projection::load(&t.state_dir, &t.name), bytes) {
-        (Some(rate), Some(b)) => Some(rate.project(b).as_secs_f64()),
+        (Some(rate), Some(b)) => Some(crate::projection::keep(&t.state_dir, &t.name, &rate, b)),
         _ => None,
     };
     match t.projected {

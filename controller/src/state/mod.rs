@@ -78,6 +78,11 @@ impl Store {
         Ok(Store { conn })
     }
 
+    /// The store's file (its folder is the controller's state_dir).
+    pub fn path(&self) -> Option<&Path> {
+        self.conn.path().map(Path::new)
+    }
+
     /// A new drill; returns its id.
     pub fn create_drill(&mut self, d: &NewDrill) -> anyhow::Result<i64> {
         self.conn.execute(

@@ -27,6 +27,10 @@ pub struct Evidence {
     /// The audit log's newest row when the report was built: anyone holding
     /// the store can check the chain up to it (`drill audit --verify`).
     pub audit_head: Option<AuditHead>,
+    /// For each tenant the runbook names, how long a restore would take
+    /// now (the newest projection: `snapshots`, or `serve`'s monitor).
+    #[serde(default)]
+    pub projected_rto: Vec<crate::projection::Projected>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,7 +47,14 @@ pub struct AuditHead {
     pub hash: String,
 }
 
-pub fn gather(store: &Store, drill: i64, mode: Mode, cut_step: Option<String>, steps: &[ReportStep]) -> anyhow::Result<Evidence> {
+pub fn gather(
+    store: &Store,
+    drill: i64,
+    mode: Mode,
+    cut_step: Option<String>,
+    steps: &[ReportStep],
+    projected_rto: Vec<crate::projection::Projected>,
+) -> anyhow::Result<Evidence> {
     let passed = |s: &&ReportStep| s.outcome == Outcome::Passed;
     let cut = cut_step.filter(|id| steps.iter().any(|s| &s.id == id && s.outcome == Outcome::Passed));
     let lines = |kinds: &[&str]| -> Vec<String> {
@@ -62,5 +73,6 @@ pub fn gather(store: &Store, drill: i64, mode: Mode, cut_step: Option<String>, s
             .collect(),
         approvals: store.approvals(drill)?.into_iter().map(|(step, approved, by, at)| Approval { step, approved, by, at }).collect(),
         audit_head: store.audit_head()?.map(|(seq, hash)| AuditHead { seq, hash }),
+        projected_rto,
     })
 }

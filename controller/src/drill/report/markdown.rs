@@ -60,6 +60,10 @@ pub fn markdown(r: &Report) -> String {
         for a in &e.approvals {
             let _ = writeln!(o, "* approval of `{}`: {} by {} at {}", a.step, if a.approved { "approved" } else { "rejected" }, a.by, a.at);
         }
+        for p in &e.projected_rto {
+            let _ =
+                writeln!(o, "* projected RTO of {} now: {} ({} bytes to restore, as of {})", p.tenant, secs(p.seconds), p.bytes, ts(&p.at));
+        }
         if let Some(h) = &e.audit_head {
             let _ = writeln!(o, "* audit log head: row {} hash `{}`", h.seq, h.hash);
         }

@@ -131,11 +131,22 @@ pub fn build(store: &Store, id: i64) -> anyhow::Result<Report> {
         })
         .collect();
     let (rto, rpo, reasons) = judge(&d);
-    // the runbook as it ran (the same hash), for which step cut production
-    let cut_step = crate::runbook::load(std::path::Path::new(&d.runbook_file)).ok().filter(|l| l.hash == d.runbook_hash).and_then(|l| {
+    // the runbook as it ran (the same hash): which step cut production, which tenants it restores
+    let ran = crate::runbook::load(std::path::Path::new(&d.runbook_file)).ok().filter(|l| l.hash == d.runbook_hash);
+    let cut_step = ran.as_ref().and_then(|l| {
         l.steps().into_iter().find(|(_, s)| s.rto == Some(crate::runbook::step::RtoMarker::Start)).map(|(_, s)| s.id.clone())
     });
-    let evidence = evidence::gather(store, d.id, d.mode, cut_step, &steps)?;
+    let projected = match (&ran, store.path().and_then(std::path::Path::parent)) {
+        (Some(l), Some(state_dir)) => {
+            let vars: std::collections::BTreeMap<String, String> = store.variables(d.id)?.into_iter().collect();
+            let mut values = l.defaults();
+            values.extend(vars);
+            let needs = crate::drill::readiness::needs(l, &values, d.mode);
+            needs.tenants.iter().filter_map(|t| crate::projection::kept(state_dir, t)).collect()
+        }
+        _ => Vec::new(),
+    };
+    let evidence = evidence::gather(store, d.id, d.mode, cut_step, &steps, projected)?;
     Ok(Report {
         format: 1,
         drill: d.id,
