@@ -270,6 +270,29 @@ fn a_promoted_standby_archives_its_new_timeline_under_site_bs_key_and_pitr_follo
     assert!(wal.contains("00000002"), "the archive shows timeline 2:\n{wal}");
     let v = run(&mut s.controller(&["verify"]));
     assert!(v.status.success(), "{}", text(&v));
+    // the monitor follows the new primary: site B's HEAD continues the sequence, its WAL is the newest
+    let api = free_port();
+    let mut yaml = std::fs::read_to_string(s.path("controller.yaml")).unwrap();
+    yaml.push_str(&format!("serve:\n  listen: 127.0.0.1:{api}\n  interval: 1s\n"));
+    write(&s.path("controller.yaml"), &yaml);
+    let _serve = KillOnDrop(
+        Command::new(bin("bascule-controller"))
+            .args(["serve", "--config"])
+            .arg(s.path("controller.yaml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let promoted_at = chrono::DateTime::parse_from_rfc3339(&revoked).unwrap().timestamp() as f64 - 1.0;
+    wait_until("the monitor reads site B's HEAD on both providers", MINUTE, || {
+        let (_, m) = bascule_tests::http::curl("GET", &format!("http://127.0.0.1:{api}/metrics"), None, None, &[]);
+        ["provider-a", "provider-b"].iter().all(|p| {
+            metric(&m, &format!("bascule_last_wal_timestamp_seconds{{provider=\"{p}\",tenant=\"{}\"}}", s.tenant))
+                .is_some_and(|t| t >= promoted_at)
+        }) && !m.contains("reason=\"rollback\"")
+    });
     // a point-in-time restore to the end follows the switch onto B's timeline
     let (out, query) = s.pitr("pitr-after-switch", &[]);
     assert!(out.contains("timeline 2") || out.contains("on timeline 3"), "{out}");
