@@ -266,6 +266,12 @@ fn failover_reprotect_and_failback_lose_no_committed_order_and_pitr_reaches_each
     let all = psql_at(&s, port_a2, "SELECT count(*) FROM orders");
     let w = psql_at(&s, port_a2, "SELECT pg_walfile_name(pg_switch_wal())");
     assert!(w.starts_with("00000003"), "A2 writes timeline 3: {w}");
+    eprintln!(
+        "orders: {} committed on A before its last archived segment, {} committed by the end of the failback, {} on A2 at the end, none lost before the planned switch",
+        before_failover.len(),
+        before_failback.len(),
+        all
+    );
     s.wait_on_both_providers(&w, 2 * MINUTE);
 
     // a point in time on each timeline
