@@ -96,6 +96,27 @@ impl Scenario {
         c
     }
 
+    /// Starts `bascule-controller standby` on `pgdata` and `port` (superuser
+    /// `bascule`) with `extra` arguments; its log is appended to `log` in the
+    /// scenario's folder. Killed on drop (its PostgreSQL keeps running).
+    pub fn standby(&self, pgdata: &std::path::Path, port: u16, extra: &[&str], log: &str) -> KillOnDrop {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.path(log)).unwrap();
+        let child = self
+            .controller(&["standby", "--db-user", "bascule", "--port", &port.to_string()])
+            .args(extra)
+            .arg("--identity")
+            .arg(self.path("customer.key"))
+            .arg("--pgdata")
+            .arg(pgdata)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start bascule-controller standby");
+        KillOnDrop(child)
+    }
+
     /// Starts `bascule-agent run`; its log goes to `daemon.log` in the
     /// scenario's folder. Killed (SIGKILL) on drop.
     pub fn daemon(&self) -> KillOnDrop {

@@ -303,18 +303,7 @@ fn readiness_names_what_is_wrong(s: &bascule_tests::Scenario, runbook: &std::pat
 fn start_standby(s: &bascule_tests::Scenario, site_b: &std::path::Path, port_b: u16, dsn_b: &str) -> bascule_tests::KillOnDrop {
     let minute = std::time::Duration::from_secs(60);
     {
-        let log = std::fs::File::create(s.path("standby.log")).unwrap();
-        let child = s
-            .controller(&["standby", "--db-user", "bascule", "--port", &port_b.to_string()])
-            .arg("--identity")
-            .arg(s.path("customer.key"))
-            .arg("--pgdata")
-            .arg(site_b)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = s.standby(site_b, port_b, &[], "standby.log");
         let t0 = std::time::Instant::now();
         while !run(Command::new(s.pg.tool("psql")).args(["-X", "-A", "-t", "-d", dsn_b, "-c", "SELECT 1"])).status.success() {
             assert!(
@@ -324,7 +313,7 @@ fn start_standby(s: &bascule_tests::Scenario, site_b: &std::path::Path, port_b: 
             );
             std::thread::sleep(std::time::Duration::from_millis(300));
         }
-        bascule_tests::KillOnDrop(child)
+        child
     }
 }
 

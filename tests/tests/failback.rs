@@ -82,21 +82,8 @@ fn missing(s: &Scenario, port: u16, committed: &[u64]) -> Vec<u64> {
 
 /// `bascule-controller standby` for `pgdata` on `port`, archiving through `agent_cfg` once promoted.
 fn standby(s: &Scenario, name: &str, pgdata: &Path, port: u16, agent_cfg: &Path) -> KillOnDrop {
-    let log = std::fs::File::create(s.path(&format!("standby-{name}.log"))).unwrap();
     let archive = format!("{} wal-push --config {} %p", bin("bascule-agent").display(), agent_cfg.display());
-    KillOnDrop(
-        s.controller(&["standby", "--db-user", "bascule", "--port", &port.to_string()])
-            .arg("--identity")
-            .arg(s.path("customer.key"))
-            .arg("--pgdata")
-            .arg(pgdata)
-            .args(["--archive-command", &archive])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
+    s.standby(pgdata, port, &["--archive-command", &archive], &format!("standby-{name}.log"))
 }
 
 fn daemon(s: &Scenario, name: &str, cfg: &Path) -> KillOnDrop {

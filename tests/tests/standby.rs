@@ -11,20 +11,7 @@ use bascule_tests::{bin, free_port, ok, run, text, wait_until, write, KillOnDrop
 const MINUTE: Duration = Duration::from_secs(60);
 
 fn start_standby(s: &Scenario, pgdata: &Path, port: u16, metrics: u16) -> KillOnDrop {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(s.path("standby.log")).unwrap();
-    let child = s
-        .controller(&["standby", "--db-user", "bascule", "--port", &port.to_string(), "--metrics", &format!("127.0.0.1:{metrics}")])
-        .arg("--identity")
-        .arg(s.path("customer.key"))
-        .arg("--pgdata")
-        .arg(pgdata)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    KillOnDrop(child)
+    s.standby(pgdata, port, &["--metrics", &format!("127.0.0.1:{metrics}")], "standby.log")
 }
 
 /// `sql` on the standby, through its socket in `pgdata`.
@@ -42,18 +29,24 @@ fn standby_orders(s: &Scenario, pgdata: &Path, port: u16) -> Option<u64> {
     o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).flatten()
 }
 
+/// A primary archiving through its agent's daemon, a base backup, and `orders` orders.
+fn primary(rows: u32, orders: u64) -> (Scenario, KillOnDrop) {
+    let s = Scenario::start_archiving(rows);
+    let daemon = s.daemon();
+    let o = run(&mut s.agent(&["snapshot", "--job", "base"]));
+    assert!(o.status.success(), "{}", text(&o));
+    s.pg.psql("mairie", "CREATE TABLE orders (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
+    insert_orders(&s, 1, orders);
+    (s, daemon)
+}
+
 fn insert_orders(s: &Scenario, from: u64, to: u64) {
     s.pg.psql("mairie", &format!("INSERT INTO orders SELECT g FROM generate_series({from}, {to}) g"));
 }
 
 #[test]
 fn a_standby_follows_both_providers_through_an_outage_and_a_restart_then_is_promoted() {
-    let mut s = Scenario::start_archiving(300);
-    let _daemon = s.daemon();
-    let o = run(&mut s.agent(&["snapshot", "--job", "base"]));
-    assert!(o.status.success(), "{}", text(&o));
-    s.pg.psql("mairie", "CREATE TABLE orders (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
-    insert_orders(&s, 1, 100);
+    let (mut s, _daemon) = primary(300, 100);
     let w = s.switch_wal();
     s.wait_on_both(&w, MINUTE);
 
@@ -126,12 +119,7 @@ fn a_standby_follows_both_providers_through_an_outage_and_a_restart_then_is_prom
 
 #[test]
 fn serve_keeps_the_standby_of_its_configuration_fed() {
-    let s = Scenario::start_archiving(100);
-    let _daemon = s.daemon();
-    let o = run(&mut s.agent(&["snapshot", "--job", "base"]));
-    assert!(o.status.success(), "{}", text(&o));
-    s.pg.psql("mairie", "CREATE TABLE orders (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
-    insert_orders(&s, 1, 50);
+    let (s, _daemon) = primary(100, 50);
     // a restore measures the throughput the projected recovery time uses
     let o = s.snapshot();
     assert!(o.status.success(), "{}", text(&o));
@@ -193,13 +181,8 @@ fn serve_keeps_the_standby_of_its_configuration_fed() {
 
 #[test]
 fn a_promoted_standby_archives_its_new_timeline_under_site_bs_key_and_pitr_follows_it() {
-    let s = Scenario::start_archiving(100);
-    let _daemon = s.daemon();
     let before_b = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let o = run(&mut s.agent(&["snapshot", "--job", "base"]));
-    assert!(o.status.success(), "{}", text(&o));
-    s.pg.psql("mairie", "CREATE TABLE orders (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
-    insert_orders(&s, 1, 50);
+    let (s, _daemon) = primary(100, 50);
     let w = s.switch_wal();
     s.wait_on_both(&w, MINUTE);
 
@@ -208,20 +191,7 @@ fn a_promoted_standby_archives_its_new_timeline_under_site_bs_key_and_pitr_follo
     let (port, mport) = (free_port(), free_port());
     let (cfg_b, key_b) = s.site_agent("b", port, &[&s.verify_key]);
     let archive = format!("{} wal-push --config {} %p", bin("bascule-agent").display(), cfg_b.display());
-    let log = std::fs::File::create(s.path("standby.log")).unwrap();
-    let _standby = KillOnDrop(
-        s.controller(&["standby", "--db-user", "bascule", "--port", &port.to_string(), "--metrics", &format!("127.0.0.1:{mport}")])
-            .arg("--identity")
-            .arg(s.path("customer.key"))
-            .arg("--pgdata")
-            .arg(&pgdata)
-            .args(["--archive-command", &archive])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let _standby = s.standby(&pgdata, port, &["--metrics", &format!("127.0.0.1:{mport}"), "--archive-command", &archive], "standby.log");
     let daemon_log = std::fs::File::create(s.path("daemon-b.log")).unwrap();
     let _daemon_b = KillOnDrop(
         s.agent_with(&cfg_b, &["run"])
