@@ -43,20 +43,21 @@ impl Scenario {
         let stop = Stop(s, pgdata.clone());
         let query = move |sql: &str| {
             let _keep = &stop;
-            ok(Command::new(s.pg.tool("psql")).args(["-X", "-A", "-t", "-h"]).arg(&pgdata).args([
-                "-p",
-                &port.to_string(),
-                "-U",
-                "bascule",
-                "-d",
-                "mairie",
-                "-c",
-                sql,
-            ]))
-            .trim()
-            .to_string()
+            let o = s.psql_socket(&pgdata, port, sql);
+            assert!(o.status.success(), "{sql}: {}", text(&o));
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
         };
         (out, query)
+    }
+
+    /// `sql` in database `mairie` of a cluster bascule runs (a restored one,
+    /// a standby), through its socket in `pgdata`, as `bascule`.
+    pub fn psql_socket(&self, pgdata: &std::path::Path, port: u16, sql: &str) -> std::process::Output {
+        let port = port.to_string();
+        run(Command::new(self.pg.tool("psql"))
+            .args(["-X", "-A", "-t", "-h"])
+            .arg(pgdata)
+            .args(["-p", &port, "-U", "bascule", "-d", "mairie", "-c", sql]))
     }
 
     /// Another site's agent for the same tenant (`agent-<site>.yaml`): its own

@@ -93,17 +93,7 @@ fn daemon(s: &Scenario, name: &str, cfg: &Path) -> KillOnDrop {
 
 /// `sql` on the cluster whose socket is in `pgdata` (empty when it does not answer).
 fn on_socket(s: &Scenario, pgdata: &Path, port: u16, sql: &str) -> String {
-    let o = run(Command::new(s.pg.tool("psql")).args(["-X", "-A", "-t", "-h"]).arg(pgdata).args([
-        "-p",
-        &port.to_string(),
-        "-U",
-        "bascule",
-        "-d",
-        "mairie",
-        "-c",
-        sql,
-    ]));
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
+    String::from_utf8_lossy(&s.psql_socket(pgdata, port, sql).stdout).trim().to_string()
 }
 
 const ERAS: &str = "SELECT string_agg(name, ',' ORDER BY at) FROM era";

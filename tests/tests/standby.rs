@@ -16,11 +16,7 @@ fn start_standby(s: &Scenario, pgdata: &Path, port: u16, metrics: u16) -> KillOn
 
 /// `sql` on the standby, through its socket in `pgdata`.
 fn on_standby(s: &Scenario, pgdata: &Path, port: u16, sql: &str) -> std::process::Output {
-    let port = port.to_string();
-    run(Command::new(s.pg.tool("psql"))
-        .args(["-X", "-A", "-t", "-h"])
-        .arg(pgdata)
-        .args(["-p", &port, "-U", "bascule", "-d", "mairie", "-c", sql]))
+    s.psql_socket(pgdata, port, sql)
 }
 
 /// The number of orders the standby has replayed (None while it does not answer).
