@@ -27,7 +27,7 @@ impl Progress {
     pub fn phase(&self, what: &str) {
         match &self.bar {
             Some(b) => b.println(what),
-            None => tracing::info!(phase = what, "Progress"),
+            None => tracing::info!("{what}"),
         }
     }
 

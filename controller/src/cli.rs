@@ -16,6 +16,11 @@ use crate::command::{self, ConfigArg, TenantArg};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How the log is written on standard error: `auto` (coloured on a
+    /// terminal, one plain line per event otherwise), `text`, or `json` (one
+    /// object per line, for journald or Loki). `RUST_LOG` chooses what.
+    #[arg(long, global = true, default_value = "auto")]
+    pub log_format: bascule_core::logging::LogFormat,
 }
 
 #[derive(Subcommand)]

@@ -27,6 +27,7 @@ pub mod fuzz;
 pub mod head;
 pub mod keys;
 pub mod layout;
+pub mod logging;
 pub mod manifest;
 pub mod object;
 pub mod postgres;

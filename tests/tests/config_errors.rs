@@ -132,3 +132,38 @@ fn plain_http_beyond_loopback_is_refused_unless_allowed() {
     let e = bascule_controller::config::ControllerConfig::load(&path).unwrap_err().to_string();
     assert!(e.contains("serve.metrics_token is true but serve.tokens is empty"), "{e}");
 }
+
+#[test]
+fn errors_are_said_once_and_logs_are_lines_for_people_or_json_for_machines() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere.yaml");
+    for prog in ["bascule-agent", "bascule-controller"] {
+        let args: &[&str] = if prog == "bascule-agent" { &["snapshot", "--job", "nightly"] } else { &["snapshots", "--tenant", "t"] };
+        let o = run(Command::new(bin(prog)).args(args).arg("--config").arg(&missing));
+        let err = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        let os = "No such file or directory";
+        assert_eq!(err.matches(os).count(), 1, "{prog}: the cause said once: {err}");
+        assert_eq!(err.lines().filter(|l| l.starts_with("error: ")).count(), 1, "{err}");
+    }
+    // without a terminal: plain lines, no module paths, no escape codes; json on request
+    let cfg = dir.path().join("controller.yaml");
+    write(
+        &cfg,
+        &format!(
+            "state_dir: {d}/state\nproviders:\n  - {{ name: a, url: \"file://{d}/a\" }}\n  - {{ name: b, url: \"file://{d}/b\" }}\ntenants: []\n",
+            d = dir.path().display()
+        ),
+    );
+    let o = run(Command::new(bin("bascule-controller")).args(["verify-key", "--config"]).arg(&cfg));
+    let log = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(log.contains(" INFO Created the report signing key path="), "{log}");
+    assert!(!log.contains("bascule_controller::") && !log.contains('\x1b'), "{log}");
+    std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+    let o = run(Command::new(bin("bascule-controller")).args(["verify-key", "--log-format", "json", "--config"]).arg(&cfg));
+    let line = String::from_utf8_lossy(&o.stderr).lines().next().unwrap_or_default().to_string();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["message"], "Created the report signing key", "{v}");
+    assert_eq!(v["level"], "INFO");
+    assert!(v["verify_key"].as_str().unwrap().starts_with("ed25519:"), "{v}");
+}
