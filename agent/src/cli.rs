@@ -92,6 +92,17 @@ enum Command {
     /// The signed result (digests and counts, no data) goes to both
     /// providers, where the vendor's controller shows it.
     /// Exit status 0 when the test passed, 1 otherwise.
+    /// Is my backup working? Each job's last and next run, the newest
+    /// snapshot on each provider (from its signed HEAD), the WAL spool, a
+    /// provider's backlog, the newest restore test, and what needs attention.
+    /// Exit status 0 all is well, 1 something needs attention, 2 could not tell.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The same as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     RestoreTest {
         #[command(flatten)]
         config: ConfigArg,
@@ -167,6 +178,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("{}: already archived with the same content", path.display());
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { config, json } => {
+            let agent = match Agent::load(&config.config) {
+                Ok(a) => a,
+                Err(e) => {
+                    println!("CANNOT TELL: {}", bascule_core::logging::one_line(e.chain()));
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let s = crate::status::gather(&agent).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", crate::status::render(&s));
+            }
+            Ok(ExitCode::from(if s.unknown {
+                2
+            } else if s.attention.is_empty() {
+                0
+            } else {
+                1
+            }))
         }
         Command::RestoreTest { config, job, identity, snapshot, pg_restore } => {
             let agent = Agent::load(&config.config)?;

@@ -13,6 +13,7 @@ pub mod restore_test;
 pub mod schedule;
 pub mod snapshot;
 pub mod source;
+pub mod status;
 pub mod wal;
 
 use std::collections::{BTreeMap, BTreeSet};

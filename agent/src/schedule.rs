@@ -32,8 +32,39 @@ pub async fn run_job(
             tracing::warn!(error = %e, "Backlog not replayed yet");
         }
     }
-    let report = crate::snapshot::run(agent.clone(), job, at, cancel, progress).await?;
+    let started = chrono::Utc::now();
+    let t0 = std::time::Instant::now();
+    let report = match crate::snapshot::run(agent.clone(), job, at, cancel, progress).await {
+        Ok(r) => r,
+        Err(e) => {
+            let run = crate::status::LastRun {
+                started_at: started,
+                seconds: t0.elapsed().as_secs_f64(),
+                snapshot: None,
+                source_bytes: 0,
+                new_bytes: 0,
+                result: "failed".into(),
+                why: Some(bascule_core::logging::one_line(e.chain())),
+            };
+            crate::status::record(&agent, job_name, &run);
+            return Err(e);
+        }
+    };
     progress.finish();
+    let missed: Vec<String> = report.providers.iter().filter_map(|(p, r)| r.as_ref().err().map(|e| format!("{p}: {e}"))).collect();
+    crate::status::record(
+        &agent,
+        job_name,
+        &crate::status::LastRun {
+            started_at: started,
+            seconds: report.elapsed.as_secs_f64(),
+            snapshot: Some(report.name.clone()),
+            source_bytes: report.source_bytes,
+            new_bytes: report.new_bytes,
+            result: if report.degraded() { "degraded" } else { "complete" }.into(),
+            why: (!missed.is_empty()).then(|| missed.join("; ")),
+        },
+    );
     for (p, r) in &report.providers {
         match r {
             Ok(()) => tracing::info!(job = job_name, snapshot = %report.name, provider = %p, "Snapshot committed"),
