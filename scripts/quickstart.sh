@@ -128,6 +128,8 @@ done
 echo "==> drill report: $ROOT/target/quickstart/drill-report.html (and .md, .json)"
 [ "$DRILL" = 0 ] || { echo "error: the drill did not pass" >&2; exit 1; }
 
+echo "==> what the town hall sees: is my backup working? (bascule-agent status)"
+"$AGENT" status --config "$WORK/agent.yaml"
 echo "==> what the vendor sees, without any key"
 "$CONTROLLER" snapshots --config "$WORK/controller.yaml" --tenant mairie-exemple
 dump() { "$PGBIN/pg_dump" -h 127.0.0.1 -p "$PORT" -U bascule --data-only --no-owner -d "$1" | grep -v -e "^--" -e "^\\\\restrict" -e "^\\\\unrestrict" | sort > "$WORK/$1.sql"; sha256sum < "$WORK/$1.sql"; }

@@ -22,6 +22,7 @@ fn the_readme_quickstart_runs_end_to_end() {
         "provider-a:yes provider-b:yes",
         "data-only dumps of source and restored databases are identical",
         "bytes of pg_dump stream, starting with: PGDMP",
+        "all is well.",
         "quickstart: OK",
     ] {
         assert!(t.contains(line), "quickstart output lacks {line:?}:\n{t}");
