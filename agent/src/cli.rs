@@ -92,6 +92,15 @@ enum Command {
     /// The signed result (digests and counts, no data) goes to both
     /// providers, where the vendor's controller shows it.
     /// Exit status 0 when the test passed, 1 otherwise.
+    /// Is my setup right? Proves it end to end now, one line per check (ok,
+    /// or what is wrong and how to fix it): the configuration and key file,
+    /// each provider (a probe written, read back and deleted; its clock), each
+    /// job's source, PostgreSQL's archive_command and a WAL switch reaching
+    /// both providers, the heartbeat. Exit status 1 when a check fails.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Is my backup working? Each job's last and next run, the newest
     /// snapshot on each provider (from its signed HEAD), the WAL spool, a
     /// provider's backlog, the newest restore test, and what needs attention.
@@ -178,6 +187,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("{}: already archived with the same content", path.display());
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => {
+            let agent = match Agent::load(&config.config) {
+                Ok(a) => a,
+                Err(e) => {
+                    println!("FAILED  configuration: {}", bascule_core::logging::one_line(e.chain()));
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let lines = crate::check::run(&agent).await;
+            for l in &lines {
+                println!("{l}");
+            }
+            let failed = lines.iter().filter(|l| l.result.is_err()).count();
+            println!("{} check(s), {failed} failed", lines.len());
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Status { config, json } => {
             let agent = match Agent::load(&config.config) {

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Agent;
 
-const SETUP: &str = "CREATE SCHEMA IF NOT EXISTS bascule;
+pub(crate) const SETUP: &str = "CREATE SCHEMA IF NOT EXISTS bascule;
 CREATE TABLE IF NOT EXISTS bascule.heartbeat (id int PRIMARY KEY, at timestamptz NOT NULL, seq bigint NOT NULL, host text NOT NULL)";
 const BEAT: &str = "INSERT INTO bascule.heartbeat (id, at, seq, host) VALUES (1, now(), $1, $2)
 ON CONFLICT (id) DO UPDATE SET at = excluded.at, seq = excluded.seq, host = excluded.host";

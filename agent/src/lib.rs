@@ -2,6 +2,7 @@
 //! to the customer's public key and sends it to two providers.
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod chunk_id;
 pub mod cli;
 pub mod config;

@@ -86,6 +86,19 @@ admin_token = "{secret}"
         g
     }
 
+    /// Switches the provider's key to one that may only read the bucket (a
+    /// bucket an operator made read-only, or a key given too few rights).
+    pub fn make_read_only(&mut self) {
+        let key = ok(&mut self.cli(&["key", "create", "bascule-read-only"]));
+        let field = |label: &str| {
+            key.lines()
+                .find_map(|l| l.trim().strip_prefix(label).map(|v| v.trim().to_string()))
+                .unwrap_or_else(|| panic!("no {label:?} in:\n{key}"))
+        };
+        (self.key_id, self.secret) = (field("Key ID:"), field("Secret key:"));
+        ok(&mut self.cli(&["bucket", "allow", "--read", "bascule", "--key", "bascule-read-only"]));
+    }
+
     /// A local directory as a provider (`file://…`): no server.
     pub fn local(name: &str) -> Garage {
         let dir = tempfile::Builder::new().prefix("bascule-local-provider-").tempdir().unwrap();

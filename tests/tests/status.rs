@@ -64,3 +64,58 @@ fn status_says_whether_the_backup_works_and_what_needs_attention() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("CANNOT TELL"), "{}", text(&o));
 }
+
+#[test]
+fn check_proves_the_setup_and_names_each_fix() {
+    let mut s = Scenario::start_archiving(100);
+    let _daemon = s.daemon();
+    let check = |s: &Scenario| run(&mut s.agent(&["check"]));
+    let o = check(&s);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    for want in [
+        "ok      configuration",
+        "ok      provider provider-a: write, read back and delete work; clocks agree",
+        "ok      provider provider-b",
+        "ok      job nightly source: connects to mairie as bascule",
+        "ok      job base source: connects as bascule, who has the REPLICATION attribute",
+        "ok      archiving: archive_mode = on",
+        "ok      archiving reaches both providers: WAL file",
+        "ok      heartbeat",
+    ] {
+        assert!(out.contains(want), "no {want:?} in\n{out}");
+    }
+
+    // an archive_command that is not this agent, and a provider down: each named with its fix
+    s.pg.psql("postgres", "ALTER SYSTEM SET archive_command = '/bin/true'");
+    s.pg.psql("postgres", "SELECT pg_reload_conf()");
+    s.b.stop();
+    let o = check(&s);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("FAILED  archiving: archive_mode = on, archive_command = \"/bin/true\": set archive_mode = on and archive_command = 'bascule-agent wal-push --config"), "{out}");
+    assert!(out.contains("FAILED  provider provider-b: cannot write") && out.contains("the endpoint is reachable"), "{out}");
+    assert!(out.contains("ok      provider provider-a"), "{out}");
+    s.b.restart();
+    s.pg.psql("postgres", "ALTER SYSTEM RESET archive_command");
+    s.pg.psql("postgres", "SELECT pg_reload_conf()");
+
+    // a bucket the agent may only read
+    s.b.make_read_only();
+    s.write_configs("");
+    if bascule_tests::is_root() {
+        bascule_tests::ok(std::process::Command::new("chown").args(["-R", "postgres"]).arg(s.dir.path()));
+    }
+    let o = check(&s);
+    assert!(
+        text(&o).contains("FAILED  provider provider-b: cannot write") && text(&o).contains("credentials allow writing"),
+        "{}",
+        text(&o)
+    );
+
+    // a key file others may read: refused, saying how to fix it
+    std::fs::set_permissions(s.path("agent.key"), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let o = check(&s);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("FAILED  configuration") && text(&o).contains("chmod 600"), "{}", text(&o));
+}
