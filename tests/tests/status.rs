@@ -119,3 +119,30 @@ fn check_proves_the_setup_and_names_each_fix() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("FAILED  configuration") && text(&o).contains("chmod 600"), "{}", text(&o));
 }
+
+#[test]
+fn check_names_a_wrong_password_and_a_missing_database() {
+    let s = Scenario::start_local(10);
+    s.pg.psql("postgres", "ALTER ROLE bascule PASSWORD 'the-right-one'");
+    let hba = s.pg.data_dir().join("pg_hba.conf");
+    let text_hba = std::fs::read_to_string(&hba).unwrap().replace("127.0.0.1/32            trust", "127.0.0.1/32            scram-sha-256");
+    std::fs::write(&hba, text_hba).unwrap();
+    bascule_tests::ok(&mut s.pg.cmd("pg_ctl", &["-D", s.pg.data_dir().to_str().unwrap(), "reload"]));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let yaml = std::fs::read_to_string(s.path("agent.yaml")).unwrap();
+    let with_password = yaml.replacen("      pg_dump:", "      password: { env: BASCULE_TEST_PGPASSWORD }\n      pg_dump:", 1);
+    assert_ne!(with_password, yaml);
+    bascule_tests::write(&s.path("agent.yaml"), &with_password);
+    let check = |password: &str| {
+        let o = run(s.agent(&["check"]).env("BASCULE_TEST_PGPASSWORD", password));
+        (o.status.code(), text(&o))
+    };
+    let (code, out) = check("a-wrong-one");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAILED  job nightly source: password authentication failed") && out.contains("set source.password"), "{out}");
+    let (code, out) = check("the-right-one");
+    assert_eq!(code, Some(0), "{out}");
+    bascule_tests::write(&s.path("agent.yaml"), &with_password.replace("dbname=mairie", "dbname=mairie_typo"));
+    let (_, out) = check("the-right-one");
+    assert!(out.contains("does not exist: no such database — fix dbname in source.dsn"), "{out}");
+}
