@@ -95,7 +95,18 @@ fn pgbench_load_reaches_both_providers_without_gaps() {
     assert_all_archived_on_both(&s, &first, &last);
     let listing = assert_archive_clean(&s, false);
     assert!(listing.contains("timeline 1:"), "{listing}");
-    bascule_tests::wait_until("the spool to drain", MINUTE, || s.spool_files() == 0);
+    let t0 = std::time::Instant::now();
+    while s.spool_files() > 0 {
+        // what is left, and what the daemon said, if it never drains
+        let left: Vec<String> = [s.spool(), s.spool().join(".sealed")]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten().map(|e| e.path().display().to_string()))
+            .collect();
+        let log = s.daemon_log();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        assert!(t0.elapsed() < 2 * MINUTE, "the spool did not drain: {left:#?}\ndaemon log (newest first):\n{}", tail.join("\n"));
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 #[test]
