@@ -65,6 +65,10 @@ fn projected_file(state_dir: &Path, tenant: &str) -> PathBuf {
 /// Keeps a projection (`bytes` to restore) for the reports; returns its seconds.
 pub fn keep(state_dir: &Path, tenant: &str, rate: &RestoreRate, bytes: u64) -> f64 {
     let p = Projected { tenant: tenant.into(), seconds: rate.project(bytes).as_secs_f64(), bytes, at: chrono::Utc::now() };
+    // the monitor projects every tenant at each deep cycle: write only what changed
+    if kept(state_dir, tenant).is_some_and(|k| k.bytes == bytes && k.seconds == p.seconds) {
+        return p.seconds;
+    }
     if let Err(e) = bascule_core::config::write_atomic(&projected_file(state_dir, tenant), &serde_json::to_vec(&p).unwrap_or_default()) {
         tracing::warn!(tenant, error = %e, "Cannot keep the projected recovery time");
     }

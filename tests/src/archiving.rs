@@ -118,6 +118,47 @@ impl Scenario {
         KillOnDrop(child)
     }
 
+    /// Adds `serve:` listening on a free loopback port (monitor every second)
+    /// plus `extra` to controller.yaml and starts `bascule-controller serve`,
+    /// its log in `serve.log`; returns it (killed on drop) and its base URL.
+    pub fn serve(&self, extra: &str) -> (KillOnDrop, String) {
+        let port = crate::free_port();
+        let cfg = self.path("controller.yaml");
+        let mut yaml = std::fs::read_to_string(&cfg).unwrap();
+        yaml.push_str(&format!("serve:\n  listen: 127.0.0.1:{port}\n  interval: 1s\n{extra}"));
+        crate::write(&cfg, &yaml);
+        let log = std::fs::File::create(self.path("serve.log")).unwrap();
+        let child = Command::new(crate::bin("bascule-controller"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start bascule-controller serve");
+        (KillOnDrop(child), format!("http://127.0.0.1:{port}"))
+    }
+
+    /// `drill run` of a one-step runbook promoting the standby in `pgdata`
+    /// once it replayed `wal`; its output (asserted PASS).
+    pub fn promote(&self, pgdata: &std::path::Path, port: u16, wal: &str) -> String {
+        let rb = self.path("promote.yaml");
+        crate::write(
+            &rb,
+            &format!(
+                "name: promote\nstages:\n  - name: failover\n    steps:\n      - id: promote\n        promote: {{ tenant: {}, pgdata: \"{}\", port: \"{port}\", db_user: bascule, wal: \"{wal}\" }}\n        timeout: 30m\n",
+                self.tenant,
+                pgdata.display()
+            ),
+        );
+        let o = run(Command::new(crate::bin("bascule-controller"))
+            .args(["drill", "run", "--config"])
+            .arg(self.path("controller.yaml"))
+            .arg(&rb));
+        assert!(text(&o).contains("PASS"), "the promotion:\n{}", text(&o));
+        text(&o)
+    }
+
     /// Starts `bascule-agent run`; its log goes to `daemon.log` in the
     /// scenario's folder. Killed (SIGKILL) on drop.
     pub fn daemon(&self) -> KillOnDrop {

@@ -197,10 +197,7 @@ fn failover_reprotect_and_failback_lose_no_committed_order_and_pitr_reaches_each
     let last = s.switch_wal();
     s.wait_on_both(&last, MINUTE);
     ok(&mut s.pg.cmd("pg_ctl", &["-D", s.pg.data_dir().to_str().unwrap(), "-m", "immediate", "stop"]));
-    let rb = s.path("promote-b.yaml");
-    write(&rb, &format!("name: promote-b\nstages:\n  - name: failover\n    steps:\n      - id: promote\n        promote: {{ tenant: {}, pgdata: \"{}\", port: \"{port_b}\", db_user: bascule, wal: \"{last}\" }}\n        timeout: 2m\n", s.tenant, b.display()));
-    let o = run(Command::new(bin("bascule-controller")).args(["drill", "run", "--config"]).arg(s.path("controller.yaml")).arg(&rb));
-    assert!(text(&o).contains("PASS"), "{}", text(&o));
+    s.promote(&b, port_b, &last);
     load.port.store(port_b, Ordering::Relaxed);
     // orders A committed after its last archived segment are the failover's data loss (its RPO)
     let on_b_from = load.committed().len();

@@ -3,11 +3,10 @@
 //! export (and on one damaged on one provider only), fails and says so on one
 //! damaged on both; the controller shows each result without any key, and
 //! its metrics follow.
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bascule_tests::http::{get, metric};
-use bascule_tests::{bin, flip, free_port, run, text, wait_until, KillOnDrop, Scenario};
+use bascule_tests::{flip, run, text, wait_until, Scenario};
 
 fn restore_test(s: &Scenario) -> (bool, String) {
     let o = run(s.agent(&["restore-test", "--job", "nightly"]).arg("--identity").arg(s.path("customer.key")));
@@ -26,23 +25,7 @@ fn restore_test_passes_on_a_good_export_and_fails_on_a_damaged_one_and_the_contr
     let snapshot = Scenario::snapshot_name(&o);
 
     // the controller watches the tenant
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let cfg = s.path("controller.yaml");
-    let mut yaml = std::fs::read_to_string(&cfg).unwrap();
-    yaml.push_str(&format!("serve:\n  listen: 127.0.0.1:{port}\n  interval: 1s\n"));
-    std::fs::write(&cfg, yaml).unwrap();
-    let log = std::fs::File::create(s.path("serve.log")).unwrap();
-    let _serve = KillOnDrop(
-        Command::new(bin("bascule-controller"))
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let (_serve, base) = s.serve("");
     let metrics = || get(&format!("{base}/metrics"));
     wait_until("serve's metrics", Duration::from_secs(60), || {
         bascule_tests::http::curl("GET", &format!("{base}/healthz"), None, None, &[]).0 == 200

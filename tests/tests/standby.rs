@@ -139,34 +139,19 @@ fn serve_keeps_the_standby_of_its_configuration_fed() {
     let p = &rep["evidence"]["projected_rto"][0];
     assert!(p["tenant"] == s.tenant.as_str() && p["seconds"].as_f64().is_some_and(|v| v > 0.0), "{rep:#}");
     let pgdata = s.path("standby");
-    let (port, api) = (free_port(), free_port());
-    let cfg = s.path("controller.yaml");
-    let mut yaml = std::fs::read_to_string(&cfg).unwrap();
-    yaml.push_str(&format!(
-        "serve:\n  listen: 127.0.0.1:{api}\n  interval: 1s\nstandby:\n  tenant: {}\n  identity: {}\n  pgdata: {}\n  port: {port}\n  db_user: bascule\n",
+    let port = free_port();
+    let standby = format!(
+        "standby:\n  tenant: {}\n  identity: {}\n  pgdata: {}\n  port: {port}\n  db_user: bascule\n",
         s.tenant,
         s.path("customer.key").display(),
         pgdata.display()
-    ));
-    write(&cfg, &yaml);
-    let log = std::fs::File::create(s.path("serve.log")).unwrap();
-    let serve = KillOnDrop(
-        Command::new(bin("bascule-controller"))
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
     );
+    let (serve, base) = s.serve(&standby);
     let w = s.switch_wal();
     s.wait_on_both(&w, MINUTE);
     wait_until("serve's standby replays the orders", 3 * MINUTE, || standby_orders(&s, &pgdata, port) == Some(50));
     let up = format!("bascule_standby_up{{tenant=\"{}\"}}", s.tenant);
-    wait_until("serve's /metrics says the standby is up", MINUTE, || {
-        metric(&get(&format!("http://127.0.0.1:{api}/metrics")), &up) == Some(1.0)
-    });
+    wait_until("serve's /metrics says the standby is up", MINUTE, || metric(&get(&format!("{base}/metrics")), &up) == Some(1.0));
     // serve stops on SIGTERM; the standby's server keeps what it has
     ok(Command::new("kill").args(["-TERM", &serve.0.id().to_string()]));
     wait_until("serve stops", MINUTE, || std::fs::read_to_string(s.path("serve.log")).unwrap().contains("Stopping"));
@@ -204,17 +189,7 @@ fn a_promoted_standby_archives_its_new_timeline_under_site_bs_key_and_pitr_follo
     let last = s.switch_wal();
     s.wait_on_both(&last, MINUTE);
     ok(&mut s.pg.cmd("pg_ctl", &["-D", s.pg.data_dir().to_str().unwrap(), "-m", "immediate", "stop"]));
-    let rb = s.path("promote.yaml");
-    write(
-        &rb,
-        &format!(
-            "name: promote\nstages:\n  - name: failover\n    steps:\n      - id: promote\n        promote: {{ tenant: {}, pgdata: \"{}\", port: \"{port}\", db_user: bascule, wal: \"{last}\" }}\n        timeout: 2m\n",
-            s.tenant,
-            pgdata.display()
-        ),
-    );
-    let o = run(Command::new(bin("bascule-controller")).args(["drill", "run", "--config"]).arg(s.path("controller.yaml")).arg(&rb));
-    assert!(text(&o).contains("PASS"), "{}", text(&o));
+    s.promote(&pgdata, port, &last);
     let revoked = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     assert!(on_standby(&s, &pgdata, port, "INSERT INTO orders SELECT g FROM generate_series(51, 80) g").status.success());
     let o = on_standby(&s, &pgdata, port, "SELECT pg_walfile_name(pg_switch_wal())");
@@ -237,23 +212,10 @@ fn a_promoted_standby_archives_its_new_timeline_under_site_bs_key_and_pitr_follo
     let v = run(&mut s.controller(&["verify"]));
     assert!(v.status.success(), "{}", text(&v));
     // the monitor follows the new primary: site B's HEAD continues the sequence, its WAL is the newest
-    let api = free_port();
-    let mut yaml = std::fs::read_to_string(s.path("controller.yaml")).unwrap();
-    yaml.push_str(&format!("serve:\n  listen: 127.0.0.1:{api}\n  interval: 1s\n"));
-    write(&s.path("controller.yaml"), &yaml);
-    let _serve = KillOnDrop(
-        Command::new(bin("bascule-controller"))
-            .args(["serve", "--config"])
-            .arg(s.path("controller.yaml"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (_serve, base) = s.serve("");
     let promoted_at = chrono::DateTime::parse_from_rfc3339(&revoked).unwrap().timestamp() as f64 - 1.0;
     wait_until("the monitor reads site B's HEAD on both providers", MINUTE, || {
-        let (_, m) = bascule_tests::http::curl("GET", &format!("http://127.0.0.1:{api}/metrics"), None, None, &[]);
+        let (_, m) = bascule_tests::http::curl("GET", &format!("{base}/metrics"), None, None, &[]);
         ["provider-a", "provider-b"].iter().all(|p| {
             metric(&m, &format!("bascule_last_wal_timestamp_seconds{{provider=\"{p}\",tenant=\"{}\"}}", s.tenant))
                 .is_some_and(|t| t >= promoted_at)
