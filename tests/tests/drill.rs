@@ -464,6 +464,21 @@ fn a_signed_report_verifies_offline_and_a_tampered_copy_does_not() {
     let o = verify(&tampered, &key);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("NOT VERIFIED") && text(&o).contains("signature"), "{}", text(&o));
+    // empty, truncated, garbage and oversized files: refused, never a panic
+    let bytes = std::fs::read(&file).unwrap();
+    let huge = vec![b'x'; 17 << 20];
+    for (what, content) in [
+        ("empty", &b""[..]),
+        ("truncated", &bytes[..bytes.len() / 2]),
+        ("garbage", &b"\xff\xfe not a report"[..]),
+        ("oversized", &huge[..]),
+    ] {
+        let f = d.path().join(format!("{what}.json"));
+        std::fs::write(&f, content).unwrap();
+        let o = verify(&f, &key);
+        assert_eq!(o.status.code(), Some(1), "{what}: {}", text(&o));
+        assert!(text(&o).contains("NOT VERIFIED"), "{what}: {}", text(&o));
+    }
     // another key: refused
     let other = ok(Command::new(bin("bascule-agent")).arg("keygen").arg("--out").arg(d.path().join("other.key"))).trim().to_string();
     let o = verify(&file, &other);
