@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs bascule's whole test suite, installing what it needs when missing:
-# the PostgreSQL server, the age, zstd, jq and time command-line tools, Chromium
+# the PostgreSQL server, the age, zstd, jq, faketime and time command-line tools, Chromium
 # (for the drill report's rendering test), promtool (Debian packages),
 # Garage (the S3 server that stands for each provider) and cargo-nextest.
 # Needs root (or sudo) only for what is missing.
@@ -23,6 +23,7 @@ have_pg_server || missing+=(postgresql postgresql-client)
 command -v age >/dev/null || missing+=(age)
 command -v zstd >/dev/null || missing+=(zstd)
 command -v jq >/dev/null || missing+=(jq)
+command -v faketime >/dev/null || missing+=(faketime)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v curl >/dev/null || missing+=(curl)
 [ -x /usr/bin/time ] || missing+=(time)

@@ -62,8 +62,11 @@ pub async fn run(agent: &Agent) -> Vec<Line> {
 async fn provider(r: &bascule_core::provider::Replica) -> Result<String, String> {
     let key = format!("check/{}-{}", crate::hostname(), chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default());
     let body = Bytes::from(format!("bascule-agent check {key}"));
-    r.put(&key, body.clone()).await.map_err(|e| {
-        format!("cannot write ({e}): check the provider's credentials allow writing to the bucket, the bucket exists, and the endpoint is reachable")
+    r.put(&key, body.clone()).await.map_err(|e| match e.advice() {
+        Some(a) => format!("cannot write: {a}"),
+        None => format!(
+            "cannot write ({e}): check the provider's credentials allow writing to the bucket, the bucket exists, and the endpoint is reachable"
+        ),
     })?;
     let back = r.get(&key, 4096).await.map_err(|e| format!("wrote, but cannot read back ({e})"))?;
     let listed = r.list_meta("check/").await.map_err(err)?;
@@ -91,7 +94,8 @@ async fn source(agent: &Agent, s: &SourceConfig) -> Result<String, String> {
                 .output()
                 .await
                 .map_err(|e| format!("{}: {e} — install PostgreSQL's client programs or set source.pg_dump", prog.display()))?;
-            Ok(format!("connects to {db} as {user} (server {version}); {}", String::from_utf8_lossy(&v.stdout).trim()))
+            let said = String::from_utf8_lossy(&v.stdout).trim().to_string();
+            Ok(format!("connects to {db} as {user} (server {version}); {said}{}", newer_than_scanner(&said)))
         }
         SourceConfig::PgBasebackup(b) => {
             let mut pg = Connect::parse(&b.dsn).map_err(err)?;
@@ -111,6 +115,22 @@ async fn source(agent: &Agent, s: &SourceConfig) -> Result<String, String> {
             Ok(format!("connects as {user}, who has the REPLICATION attribute"))
         }
         _ => Ok("a command source: run the job once to try it".into()),
+    }
+}
+
+/// A note when `pg_dump --version` (`pg_dump (PostgreSQL) 18.1`) is newer
+/// than the dump scanner reads: the export still works, rows are counted
+/// with SQL instead.
+fn newer_than_scanner(version: &str) -> String {
+    let major = version.rsplit(' ').next().and_then(|v| v.split(['.', 'b', 'r']).next()).and_then(|m| m.parse::<u32>().ok());
+    match major {
+        Some(m) if m > crate::source::NEWEST_PG_DUMP => format!(
+            ". Note: pg_dump {} is newer than this bascule's dump scanner (pg_dump {} at most): exports work, rows are counted \
+             with SQL in the dump's snapshot instead (one more pass over the tables) — upgrade bascule",
+            version.rsplit(' ').next().unwrap_or_default(),
+            crate::source::NEWEST_PG_DUMP
+        ),
+        _ => String::new(),
     }
 }
 

@@ -7,7 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::{progress::Progress, schedule, Agent};
+use crate::{schedule, Agent};
+use bascule_core::progress::Progress;
 
 /// `--config`, of every command that reads the agent's configuration.
 #[derive(clap::Args)]
@@ -172,7 +173,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 shutdown_signal().await;
                 c.cancel();
             });
-            let complete = schedule::run_job(agent, &job, time, cancel, &Progress::auto()).await?;
+            let complete = schedule::run_job(agent, &job, time, cancel, &Progress::bytes(format!("job {job}"), None)).await?;
             Ok(if complete { ExitCode::SUCCESS } else { ExitCode::from(3) })
         }
         Command::Run { config } => {

@@ -9,7 +9,6 @@ pub mod config;
 pub mod head;
 pub mod heartbeat;
 pub mod metrics;
-pub mod progress;
 pub mod restore_test;
 pub mod schedule;
 pub mod snapshot;

@@ -119,10 +119,16 @@ async fn restore_into_scratch(
     let (client, _conn) = pg.connect().await.context("cannot connect to the job's database server (source.dsn)")?;
     let id = layout::new_snapshot_name(chrono::Utc::now()); // `<time>-<8 random hex digits>`
     let scratch = format!("bascule_restore_test_{}", &id[id.len() - 8..]);
-    client
-        .batch_execute(&format!("CREATE DATABASE \"{scratch}\""))
-        .await
-        .with_context(|| format!("cannot create the scratch database {scratch} (the job's role needs CREATEDB)"))?;
+    if let Err(e) = client.batch_execute(&format!("CREATE DATABASE \"{scratch}\"")).await {
+        if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+            let role = pg.pg().get_user().unwrap_or("the job's role").to_string();
+            bail!(
+                "role {role} may not create databases, and the restore test restores into a scratch database it creates \
+                 and drops: as a superuser, run `ALTER ROLE {role} CREATEDB;` (or give source.dsn a role that has it)"
+            );
+        }
+        return Err(e).with_context(|| format!("cannot create the scratch database {scratch}"));
+    }
     tracing::info!(database = %scratch, snapshot = %m.name, "Restoring into a scratch database");
 
     let restored = async {
@@ -137,8 +143,12 @@ async fn restore_into_scratch(
             .unwrap_or_else(|| PathBuf::from("pg_restore"));
         let m = Arc::new(m.clone());
         let target = Dsn { conninfo: conninfo(&pg, &scratch, None), password: password.clone() };
-        pg_restore(replicated, m.clone(), index.clone(), ids, agent.config.upload.concurrency, PgRestore { prog: &prog, target: &target })
-            .await?;
+        let progress = bascule_core::progress::Progress::bytes(format!("restore test of {}", m.name), Some(m.source_bytes));
+        let to = PgRestore { prog: &prog, target: &target, progress: &progress };
+        let restored = pg_restore(replicated, m.clone(), index.clone(), ids, agent.config.upload.concurrency, to).await;
+        progress.finish();
+        restored?;
+        progress.phase("restored; comparing each table's row count with the export's");
         result.bytes = m.source_bytes;
         let counts = compare_row_counts(&index, &target).await?;
         result.tables = counts.tables;

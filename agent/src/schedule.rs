@@ -9,7 +9,7 @@ use chrono::{DateTime, Local};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::progress::Progress;
+use bascule_core::progress::Progress;
 use crate::Agent;
 
 /// How long running jobs get to stop after a shutdown request.

@@ -52,12 +52,15 @@ pub enum Error {
          revocation was configured: a revoked key signs nothing new, whatever time it claims; refusing it"
     )]
     RevokedSigner { provider: String, key: String, found: u64, mark: u64 },
-    #[error("provider {provider}: {key}: {source}")]
+    #[error("provider {provider}: {}{key}: {source}", advice.as_deref().map(|a| format!("{a}; ")).unwrap_or_default())]
     Store {
         provider: String,
         key: String,
         #[source]
         source: object_store::Error,
+        /// What the error most likely means and what to do, when the
+        /// provider's answer says (see `provider::advice`).
+        advice: Option<String>,
     },
     #[error("{key}: no provider took it ({reasons})")]
     Unwritten { key: String, reasons: String },
@@ -72,6 +75,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// For a provider's error, what it most likely means and what to do.
+    pub fn advice(&self) -> Option<&str> {
+        match self {
+            Error::Store { advice, .. } => advice.as_deref(),
+            _ => None,
+        }
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
     }

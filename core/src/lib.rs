@@ -31,6 +31,7 @@ pub mod logging;
 pub mod manifest;
 pub mod object;
 pub mod postgres;
+pub mod progress;
 pub mod provider;
 pub mod restore;
 pub mod restore_test;

@@ -29,7 +29,7 @@ pub use packer::SEGMENT_SIZE;
 
 use crate::chunk_id::ChunkId;
 use crate::config::JobConfig;
-use crate::progress::Progress;
+use bascule_core::progress::Progress;
 use crate::source::{Running, SourceFacts};
 use crate::Agent;
 use known::{Known, Tables};
@@ -216,7 +216,7 @@ async fn export(session: &Arc<Session>, job: &JobConfig, progress: &Progress) ->
                 chain.update(hash.as_bytes());
                 source_bytes += chunk.len() as u64;
             }
-            progress.update(source_bytes, session.new_bytes.load(Ordering::Relaxed));
+            progress.set(source_bytes, || format!("{} new sealed", bascule_core::progress::human(session.new_bytes.load(Ordering::Relaxed))));
         }
         packer.finish().await
     }

@@ -19,6 +19,7 @@ use bascule_core::manifest::SnapshotKind;
 use serde::Deserialize;
 
 pub use command::CommandSource;
+pub use dump_scan::NEWEST_PG_DUMP;
 pub use pg_basebackup::PgBasebackupSource;
 pub use pg_dump::PgDumpSource;
 

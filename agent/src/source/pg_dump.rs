@@ -91,7 +91,7 @@ impl PgDumpSource {
                 match from_stream {
                     Ok(counts) => counts,
                     Err(why) => {
-                        tracing::warn!(reason = %why, "Cannot count rows in the dump's stream; counting with SQL in its snapshot");
+                        tracing::warn!("Cannot count rows in the dump's stream ({why}); counting rows with SQL in the dump's snapshot instead");
                         count_rows(&client).await?
                     }
                 }

@@ -109,9 +109,16 @@ impl Spool {
             bail!("{}: a different file with this name was already archived; refusing to overwrite it (is another cluster archiving into this spool?)", wal.name);
         }
         write_durably(&self.tmp(), &self.raw(&wal.name), &data).map_err(|e| {
-            let hint =
-                if e.raw_os_error() == Some(28) { " (the spool's file system is full: PostgreSQL keeps the file and retries)" } else { "" };
-            anyhow::anyhow!("cannot spool {} into {}: {e}{hint}", wal.name, self.dir.display())
+            let dir = self.dir.display();
+            if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
+                return anyhow::anyhow!(
+                    "cannot spool {} into {dir}: its file system is full. PostgreSQL keeps the file in pg_wal and retries, \
+                     so pg_wal grows meanwhile: free space there or move wal.spool_dir to a larger disk; a spool that \
+                     grew means a provider is not taking WAL (see `bascule-agent status`)",
+                    wal.name
+                );
+            }
+            anyhow::anyhow!("cannot spool {} into {dir}: {e}", wal.name)
         })?;
         Ok(Pushed::Spooled)
     }

@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 use bascule_core::keys::Identities;
 use bascule_core::manifest::{Manifest, SnapshotKind};
 use bascule_core::postgres::{compare_row_counts, pg_restore, PgRestore};
+use bascule_core::progress::Progress;
 use bascule_core::restore::{open_index, stream_chunks, RestoreError};
 use tokio::io::AsyncWriteExt;
 
@@ -75,7 +76,14 @@ pub async fn main(a: Args) -> anyhow::Result<ExitCode> {
     if target.password.is_none() {
         target.password = std::env::var("PGPASSWORD").ok();
     }
-    let req = RestoreRequest { snapshot: a.snapshot, target, identities, concurrency, pg_restore: c.config.restore.pg_restore.clone() };
+    let req = RestoreRequest {
+        snapshot: a.snapshot,
+        target,
+        identities,
+        concurrency,
+        pg_restore: c.config.restore.pg_restore.clone(),
+        progress: true,
+    };
     let t0 = Instant::now();
     let r = run(&t, req).await?;
     print_restored(&r, t0.elapsed());
@@ -124,6 +132,9 @@ pub struct RestoreRequest {
     pub identities: Identities,
     pub concurrency: usize,
     pub pg_restore: Option<PathBuf>,
+    /// Show how far it got (a bar on a terminal, lines otherwise): the
+    /// command line does; a drill shows its own line.
+    pub progress: bool,
 }
 
 #[derive(Debug)]
@@ -184,6 +195,8 @@ pub async fn extract(tenant: &Tenant, wanted: &str, ids: Identities, concurrency
     let ids = Arc::new(ids);
     let index = Arc::new(open_index(&tenant.replicated, &m, &ids).await?);
     let m = Arc::new(m);
+    let progress = Progress::bytes(format!("snapshot {name}"), Some(m.source_bytes));
+    progress.phase(&format!("writing snapshot {name} ({}, {} chunks) to {}", bascule_core::progress::human(m.source_bytes), index.chunk_count(), out.display()));
     let mut partial = out.as_os_str().to_owned();
     partial.push(".partial");
     let partial = PathBuf::from(partial);
@@ -204,7 +217,8 @@ pub async fn extract(tenant: &Tenant, wanted: &str, ids: Identities, concurrency
         }
     };
     let written = async {
-        let served = stream_chunks(&tenant.replicated, m.clone(), index.clone(), ids, concurrency, sink).await?;
+        let served = stream_chunks(&tenant.replicated, m.clone(), index.clone(), ids, concurrency, &progress, sink).await?;
+        progress.finish();
         file.lock().await.sync_all().await.context("writing the output file")?;
         tokio::fs::rename(&partial, out).await.with_context(|| format!("renaming {} to {}", partial.display(), out.display()))?;
         Ok::<_, anyhow::Error>(served)
@@ -224,15 +238,24 @@ pub async fn run(tenant: &Tenant, req: RestoreRequest) -> anyhow::Result<Restore
     let ids = Arc::new(req.identities);
     let index = Arc::new(open_index(&tenant.replicated, &m, &ids).await?);
     let m = Arc::new(m);
-    tracing::info!(snapshot = %name, bytes = m.source_bytes, chunks = index.chunk_count(), "Restoring");
+    let progress = if req.progress { Progress::bytes(format!("restore of {name}"), Some(m.source_bytes)) } else { Progress::hidden() };
+    progress.phase(&format!(
+        "restoring snapshot {name} ({}, {} chunks, taken {}) from the providers into {}",
+        bascule_core::progress::human(m.source_bytes),
+        index.chunk_count(),
+        m.started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        req.target.conninfo
+    ));
 
     let t0 = Instant::now();
     let prog = req.pg_restore.clone().unwrap_or_else(|| PathBuf::from("pg_restore"));
-    let served =
-        pg_restore(&tenant.replicated, m.clone(), index.clone(), ids, req.concurrency, PgRestore { prog: &prog, target: &req.target })
-            .await?;
+    let to = PgRestore { prog: &prog, target: &req.target, progress: &progress };
+    let served = pg_restore(&tenant.replicated, m.clone(), index.clone(), ids, req.concurrency, to).await;
+    progress.finish();
+    let served = served?;
     let fetch_and_restore = t0.elapsed();
 
+    progress.phase("restored; comparing each table's row count with the export's");
     let t1 = Instant::now();
     let counts = compare_row_counts(&index, &req.target).await?;
     Ok(RestoreReport {

@@ -18,6 +18,7 @@ use crate::restore::{stream_chunks, RestoreError};
 pub struct PgRestore<'a> {
     pub prog: &'a Path,
     pub target: &'a super::Dsn,
+    pub progress: &'a crate::progress::Progress,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +55,7 @@ pub async fn pg_restore(
     concurrency: usize,
     to: PgRestore<'_>,
 ) -> Result<BTreeMap<String, u64>, PgRestoreError> {
-    let PgRestore { prog, target } = to;
+    let PgRestore { prog, target, progress } = to;
     let mut cmd = tokio::process::Command::new(prog);
     crate::child::clean(&mut cmd);
     if let Some(p) = &target.password {
@@ -83,7 +84,7 @@ pub async fn pg_restore(
         s
     });
     let name = m.name.clone();
-    let streamed = stream_chunks(replicated, m, index, ids, concurrency, |plain| {
+    let streamed = stream_chunks(replicated, m, index, ids, concurrency, progress, |plain| {
         let stdin = stdin.clone();
         Box::pin(async move {
             stdin.lock().await.write_all(&plain).await.map_err(RestoreError::sink("pg_restore stopped reading (see its error below)"))

@@ -184,7 +184,7 @@ impl Provider {
         };
         let client = object_store::client::HttpConnector::connect(&object_store::client::ReqwestConnector::default(), &options)
             .map_err(|e| bad(e.to_string()))?;
-        let bucket = protection::BucketApi { client, credential, region, base };
+        let bucket = protection::BucketApi { client, credential, region, base, name: bucket.to_string() };
         Ok(Provider { name: cfg.name.clone(), store: Arc::new(store), root: StorePath::from(prefix), bucket: Some(Arc::new(bucket)) })
     }
 
@@ -199,6 +199,52 @@ impl Provider {
     pub fn tenant(&self, tenant: &str) -> Replica {
         Replica { provider: self.name.clone(), store: self.store.clone(), base: self.root.child(tenant), bucket: self.bucket.clone() }
     }
+}
+
+/// What a provider's error most likely means and what to do, read from its
+/// answer (S3 error codes) or from how the request failed; `None` when it
+/// does not say.
+fn advice(e: &object_store::Error, bucket: Option<&protection::BucketApi>) -> Option<String> {
+    let mut said = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        said.push_str(": ");
+        said.push_str(&c.to_string());
+        cause = c.source();
+    }
+    let has = |needles: &[&str]| needles.iter().any(|n| said.contains(n));
+    let name = bucket.map(|b| b.name.as_str()).unwrap_or("the bucket");
+    let endpoint = bucket.map(|b| b.base.as_str()).unwrap_or("the endpoint");
+    if has(&["NoSuchBucket"]) {
+        return Some(format!(
+            "bucket {name} does not exist: create it (with Garage: `garage bucket create {name}`, then `garage bucket allow \
+             --read --write --owner {name} --key <key>`) or fix url in this provider's configuration"
+        ));
+    }
+    if has(&["RequestTimeTooSkewed", "Date is too far", "too far in the past", "too far in the future", "time too skewed"]) {
+        return Some(
+            "the provider refuses the request's time: this machine's clock is off — set up NTP (timedatectl set-ntp true)".into(),
+        );
+    }
+    if has(&["InvalidAccessKeyId", "SignatureDoesNotMatch", "No such key", "Forbidden: No such key"]) {
+        return Some(
+            "the provider does not accept these credentials: check access_key_id and secret_access_key (and that this \
+             machine's clock is right)"
+                .into(),
+        );
+    }
+    if has(&["AccessDenied", "403 Forbidden"]) {
+        return Some(format!(
+            "the provider refuses this request: check the credentials allow writing, reading and deleting in {name}"
+        ));
+    }
+    if has(&["error sending request", "Connection refused", "dns error", "error trying to connect", "operation timed out", "timed out"]) {
+        return Some(format!(
+            "the provider does not answer at {endpoint}: check the endpoint is reachable from here (address, port, \
+             firewall) and that the service runs"
+        ));
+    }
+    None
 }
 
 /// One provider scoped to one tenant.
@@ -222,7 +268,8 @@ impl Replica {
     }
 
     fn err(&self, key: &str, source: object_store::Error) -> Error {
-        Error::Store { provider: self.provider.clone(), key: key.into(), source }
+        let advice = advice(&source, self.bucket.as_deref());
+        Error::Store { provider: self.provider.clone(), key: key.into(), source, advice }
     }
 
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {

@@ -17,6 +17,8 @@ pub struct BucketApi {
     pub(super) client: HttpClient,
     pub(super) credential: AwsCredential,
     pub(super) region: String,
+    /// The bucket's name.
+    pub(super) name: String,
     /// `scheme://host[:port]/bucket` (path style) or `scheme://bucket.host[:port]`.
     pub(super) base: String,
 }

@@ -71,12 +71,14 @@ pub async fn open_index(replicated: &Replicated, m: &Manifest, ids: &Identities)
 /// decrypted (a read that fails a check is served by the other provider);
 /// at the end, the chunks' plaintext hashes must chain to the stream hash the
 /// agent recorded. Returns the ciphertext bytes each provider served.
+/// `progress` counts the plaintext handed on.
 pub async fn stream_chunks(
     replicated: &Replicated,
     m: Arc<Manifest>,
     index: Arc<Index>,
     ids: Arc<Identities>,
     concurrency: usize,
+    progress: &crate::progress::Progress,
     mut sink: impl FnMut(Vec<u8>) -> futures::future::BoxFuture<'static, Result<(), RestoreError>>,
 ) -> Result<BTreeMap<String, u64>, RestoreError> {
     let mut served: BTreeMap<String, u64> = BTreeMap::new();
@@ -108,7 +110,9 @@ pub async fn stream_chunks(
             chain.update(h.as_bytes());
         }
         emitted += hashes.len();
+        let n = plain.len() as u64;
         sink(plain).await?;
+        progress.add(n);
     }
     let h = chain.finalize().to_hex().to_string();
     if emitted != index.chunk_count() || h != index.stream_hash {

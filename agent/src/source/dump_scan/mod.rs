@@ -23,6 +23,8 @@ use bascule_core::postgres::LARGE_OBJECTS;
 /// Versions this scanner reads: (1, 12) to (1, 16).
 const OLDEST: (u8, u8) = (1, 12);
 const NEWEST: (u8, u8) = (1, 16);
+/// The newest pg_dump major version whose archives this scanner reads.
+pub const NEWEST_PG_DUMP: u32 = 17;
 /// Data block kinds.
 const BLK_DATA: u8 = 1;
 const BLK_BLOBS: u8 = 3;
@@ -313,7 +315,9 @@ fn parse_header(c: &mut Cur) -> Result<Header, Short> {
     let (major, minor, _rev) = (c.byte()?, c.byte()?, c.byte()?);
     let version = (major, minor);
     if !(OLDEST..=NEWEST).contains(&version) {
-        return Err(Short::Bad(format!("archive version {major}.{minor}, this scanner reads 1.12 to 1.16")));
+        return Err(Short::Bad(format!(
+            "archive version {major}.{minor} is not one this bascule reads (1.12 to 1.16, written by pg_dump 9.6 to {NEWEST_PG_DUMP}): upgrade bascule to count rows in the stream"
+        )));
     }
     let int_size = c.byte()? as usize;
     let off_size = c.byte()? as usize;

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bascule_core::keys::Identities;
 use bascule_core::manifest::{Manifest, SnapshotKind};
+use bascule_core::progress::Progress;
 use bascule_core::restore::{open_index, stream_chunks, RestoreError};
 use bascule_core::wal::{WalFileKind, WalName};
 use tokio::io::AsyncWriteExt;
@@ -96,6 +97,7 @@ pub(super) async fn main(c: &Controller, t: Tenant, identities: Identities, a: P
         stop: a.stop,
         accept_gap: a.accept_gap,
         archive_command: None,
+        progress: true,
     };
     let tenant = t.name.clone();
     let r = run(t, req).await?;
@@ -146,6 +148,9 @@ pub struct PitrRequest {
     /// `archive_mode` is on from the start, so that the new timeline's first
     /// files (its history file, the partial segment) are archived too.
     pub archive_command: Option<String>,
+    /// Show how far the base backup got (a bar on a terminal, lines
+    /// otherwise): the command line does; a drill shows its own line.
+    pub progress: bool,
 }
 
 #[derive(Debug)]
@@ -238,12 +243,14 @@ async fn unpack_base(tenant: &Tenant, m: &Manifest, ids: &Arc<Identities>, req: 
         .spawn()
         .context("cannot start tar")?;
     let stdin = Arc::new(tokio::sync::Mutex::new(tar.stdin.take().context("tar's standard input")?));
-    let streamed = stream_chunks(&tenant.replicated, Arc::new(m.clone()), index, ids.clone(), req.concurrency, |plain| {
+    let progress = if req.progress { Progress::bytes(format!("base backup {}", m.name), Some(m.source_bytes)) } else { Progress::hidden() };
+    let streamed = stream_chunks(&tenant.replicated, Arc::new(m.clone()), index, ids.clone(), req.concurrency, &progress, |plain| {
         let stdin = stdin.clone();
         Box::pin(async move { stdin.lock().await.write_all(&plain).await.map_err(RestoreError::sink("tar stopped reading")) })
     })
     .await;
     drop(stdin);
+    progress.finish();
     let out = tar.wait_with_output().await?;
     streamed.context("fetching the base backup")?;
     if !out.status.success() {

@@ -97,6 +97,7 @@ pub async fn main(a: Args) -> anyhow::Result<ExitCode> {
         stop: false,
         accept_gap: false,
         archive_command: a.archive_command,
+        progress: true,
     };
     let cancel = CancellationToken::new();
     if let Some(addr) = a.metrics {
@@ -145,6 +146,7 @@ pub async fn keep(c: Arc<crate::context::Controller>, cancel: CancellationToken)
                 stop: false,
                 accept_gap: false,
                 archive_command: sb.archive_command.clone(),
+                progress: false,
             };
             run(Arc::new(t), req, cancel.clone()).await
         };

@@ -147,6 +147,7 @@ impl RestoreStep {
             identities,
             concurrency: cfg.restore.concurrency,
             pg_restore: cfg.restore.pg_restore.clone(),
+            progress: false,
         };
         let t0 = std::time::Instant::now();
         let rep = restore::run(t, req).await.map_err(failed)?;
@@ -191,6 +192,7 @@ impl RestoreStep {
             stop: false,
             accept_gap: self.accept_gap,
             archive_command: None,
+            progress: false,
         };
         let tenant = t.name.clone();
         let rep = pitr::run(t, req).await.map_err(failed)?;
