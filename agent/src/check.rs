@@ -85,7 +85,7 @@ async fn source(agent: &Agent, s: &SourceConfig) -> Result<String, String> {
     match s {
         SourceConfig::PgDump(p) => {
             let (pg, _) = p.pg_config(&agent.config_file).map_err(|e| format!("{e:#}"))?;
-            let (c, _conn) = pg.connect().await.map_err(|e| cannot_connect(&e, "source"))?;
+            let (c, _conn) = pg.connect().await.map_err(|e| crate::source::cannot_connect(&e, "source"))?;
             let row = c.query_one("SELECT current_user, current_database(), current_setting('server_version')", &[]).await.map_err(err)?;
             let (user, db, version): (String, String, String) = (row.get(0), row.get(1), row.get(2));
             let prog = p.pg_dump.clone().unwrap_or_else(|| "pg_dump".into());
@@ -105,7 +105,7 @@ async fn source(agent: &Agent, s: &SourceConfig) -> Result<String, String> {
             if pg.pg().get_dbname().is_none() {
                 pg.pg_mut().dbname("postgres");
             }
-            let (c, _conn) = pg.connect().await.map_err(|e| cannot_connect(&e, "source"))?;
+            let (c, _conn) = pg.connect().await.map_err(|e| crate::source::cannot_connect(&e, "source"))?;
             let row =
                 c.query_one("SELECT current_user, rolreplication FROM pg_roles WHERE rolname = current_user", &[]).await.map_err(err)?;
             let (user, replication): (String, bool) = (row.get(0), row.get(1));
@@ -131,30 +131,6 @@ fn newer_than_scanner(version: &str) -> String {
             crate::source::NEWEST_PG_DUMP
         ),
         _ => String::new(),
-    }
-}
-
-/// What went wrong connecting, and what to do, for the section `what` of the configuration.
-fn cannot_connect(e: &bascule_core::postgres::ConnectError, what: &str) -> String {
-    use tokio_postgres::error::SqlState;
-    let code = match e {
-        bascule_core::postgres::ConnectError::Pg(p) => p.code().cloned(),
-        _ => None,
-    };
-    let db = match e {
-        bascule_core::postgres::ConnectError::Pg(p) => p.as_db_error().map(|d| d.message().to_string()),
-        _ => None,
-    };
-    let said = db.unwrap_or_else(|| e.to_string());
-    match code {
-        Some(c) if c == SqlState::INVALID_PASSWORD => {
-            format!("{said}: the password is wrong — set {what}.password ({{env: NAME}} or {{file: PATH}}) to the role's password")
-        }
-        Some(c) if c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
-            format!("{said}: the server refuses this role from this host — add a line for it to pg_hba.conf, or fix {what}.dsn")
-        }
-        Some(c) if c == SqlState::INVALID_CATALOG_NAME => format!("{said}: no such database — fix dbname in {what}.dsn"),
-        _ => format!("cannot connect: {said} — check {what}.dsn (host, port), that PostgreSQL runs, and pg_hba.conf"),
     }
 }
 
@@ -242,7 +218,7 @@ async fn heartbeat(agent: &Agent, h: &crate::config::HeartbeatConfig) -> Result<
     if let Some(p) = &h.password {
         pg.password(p.resolve(&agent.config_file, "heartbeat.password").map_err(|e| format!("{e:#}"))?.as_bytes());
     }
-    let (c, _conn) = pg.connect().await.map_err(|e| cannot_connect(&e, "heartbeat"))?;
+    let (c, _conn) = pg.connect().await.map_err(|e| crate::source::cannot_connect(&e, "heartbeat"))?;
     c.batch_execute(&format!("BEGIN; {}; ROLLBACK;", crate::heartbeat::SETUP))
         .await
         .map_err(|e| format!("cannot create or write bascule.heartbeat ({e}): GRANT CREATE ON DATABASE to the heartbeat's user"))?;

@@ -116,7 +116,7 @@ async fn restore_into_scratch(
     result: &mut RestoreTestResult,
 ) -> anyhow::Result<()> {
     let (pg, password) = src.pg_config(&agent.config_file)?;
-    let (client, _conn) = pg.connect().await.context("cannot connect to the job's database server (source.dsn)")?;
+    let (client, _conn) = pg.connect().await.map_err(|e| anyhow::anyhow!(crate::source::cannot_connect(&e, "source")))?;
     let id = layout::new_snapshot_name(chrono::Utc::now()); // `<time>-<8 random hex digits>`
     let scratch = format!("bascule_restore_test_{}", &id[id.len() - 8..]);
     if let Err(e) = client.batch_execute(&format!("CREATE DATABASE \"{scratch}\"")).await {

@@ -28,7 +28,8 @@ fn says(o: &Output, wants: &[&str]) {
 fn a_missing_bucket_is_named_with_its_fix() {
     let s = Scenario::start(10);
     let yaml = agent_yaml(&s);
-    let broken = yaml.replace(&format!("s3://{}/fleet", s.b.bucket), "s3://mairie-sauvegardes/fleet");
+    let b = format!("name: provider-b\n    url: s3://{}/fleet", s.b.bucket);
+    let broken = yaml.replace(&b, "name: provider-b\n    url: s3://mairie-sauvegardes/fleet");
     assert_ne!(broken, yaml);
     set_agent_yaml(&s, &broken);
     let o = run(&mut s.agent(&["check"]));
@@ -55,17 +56,30 @@ fn libfaketime() -> std::path::PathBuf {
 #[test]
 fn a_clock_off_by_minutes_is_named_with_its_fix() {
     let s = Scenario::start(10);
+    // the agent alone runs with the faked clock: `env` goes right before it
+    // (inside `setpriv`, whose semaphore would otherwise belong to root)
     let skewed = |offset: &str| {
-        run(s
-            .agent(&["check"])
-            .env("LD_PRELOAD", libfaketime())
-            .env("FAKETIME", offset)
-            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1"))
+        let base = s.agent(&["check"]);
+        let agent = bascule_tests::bin("bascule-agent");
+        let mut args: Vec<std::ffi::OsString> = std::iter::once(base.get_program()).chain(base.get_args()).map(Into::into).collect();
+        let at = args.iter().position(|a| *a == *agent.as_os_str()).unwrap();
+        let mut faked: Vec<std::ffi::OsString> = vec!["env".into(), "FAKETIME_DONT_FAKE_MONOTONIC=1".into(), format!("FAKETIME={offset}").into()];
+        faked.push(format!("LD_PRELOAD={}", libfaketime().display()).into());
+        args.splice(at..at, faked);
+        let mut c = Command::new(&args[0]);
+        c.args(&args[1..]);
+        for (k, v) in base.get_envs() {
+            if let Some(v) = v {
+                c.env(k, v);
+            }
+        }
+        run(&mut c)
     };
     let o = skewed("+5m");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     says(&o, &["FAILED  provider provider-a: this machine's clock is 30", "s from the provider's: set up NTP"]);
-    // far enough that the provider refuses the request's signature
+    // hours behind: said the same way (a provider that refuses the request's
+    // time gets the same advice from its error code, RequestTimeTooSkewed)
     let o = skewed("-2h");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     says(&o, &["FAILED  provider provider-a", "clock", "set up NTP"]);

@@ -140,6 +140,9 @@ fn check_names_a_wrong_password_and_a_missing_database() {
     let (code, out) = check("a-wrong-one");
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("FAILED  job nightly source: password authentication failed") && out.contains("set source.password"), "{out}");
+    // the nightly run says the same
+    let o = run(s.agent(&["snapshot", "--job", "nightly"]).env("BASCULE_TEST_PGPASSWORD", "a-wrong-one"));
+    assert!(!o.status.success() && text(&o).contains("the password is wrong — set source.password"), "{}", text(&o));
     let (code, out) = check("the-right-one");
     assert_eq!(code, Some(0), "{out}");
     bascule_tests::write(&s.path("agent.yaml"), &with_password.replace("dbname=mairie", "dbname=mairie_typo"));

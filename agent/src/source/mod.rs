@@ -170,3 +170,27 @@ impl SourceConfig {
         }
     }
 }
+
+/// What went wrong connecting, and what to do, for the section `what` of the configuration.
+pub fn cannot_connect(e: &bascule_core::postgres::ConnectError, what: &str) -> String {
+    use tokio_postgres::error::SqlState;
+    let code = match e {
+        bascule_core::postgres::ConnectError::Pg(p) => p.code().cloned(),
+        _ => None,
+    };
+    let db = match e {
+        bascule_core::postgres::ConnectError::Pg(p) => p.as_db_error().map(|d| d.message().to_string()),
+        _ => None,
+    };
+    let said = db.unwrap_or_else(|| e.to_string());
+    match code {
+        Some(c) if c == SqlState::INVALID_PASSWORD => {
+            format!("{said}: the password is wrong — set {what}.password ({{env: NAME}} or {{file: PATH}}) to the role's password")
+        }
+        Some(c) if c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
+            format!("{said}: the server refuses this role from this host — add a line for it to pg_hba.conf, or fix {what}.dsn")
+        }
+        Some(c) if c == SqlState::INVALID_CATALOG_NAME => format!("{said}: no such database — fix dbname in {what}.dsn"),
+        _ => format!("cannot connect: {said} — check {what}.dsn (host, port), that PostgreSQL runs, and pg_hba.conf"),
+    }
+}

@@ -52,7 +52,7 @@ impl PgDumpSource {
 
     pub(super) async fn start(&self, config_file: &Path) -> anyhow::Result<Running> {
         let (pg, password) = self.pg_config(config_file)?;
-        let (client, conn) = pg.connect().await.context("cannot connect to the source database (source.dsn)")?;
+        let (client, conn) = pg.connect().await.map_err(|e| anyhow::anyhow!(super::cannot_connect(&e, "source")))?;
         tokio::spawn(async move {
             if let Ok(Err(e)) = conn.await {
                 tracing::warn!(error = %e, "Source database connection ended");

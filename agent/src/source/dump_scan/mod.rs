@@ -72,6 +72,8 @@ pub struct DumpScan {
     tail: Vec<u8>,
     large_objects: u64,
     head_max: usize,
+    /// Owners, and roles named in privileges (see `roles`).
+    roles: std::collections::BTreeSet<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -151,6 +153,7 @@ impl Default for DumpScan {
             tail: Vec::new(),
             large_objects: 0,
             head_max: HEAD_MAX,
+            roles: Default::default(),
         }
     }
 }
@@ -270,14 +273,22 @@ impl DumpScan {
         };
         while self.toc_left > 0 {
             let start = c.at;
-            if let Some((id, name)) = parse_entry(&mut c, h).map_err(|e| e.keeping(start))? {
+            let entry = parse_entry(&mut c, h).map_err(|e| e.keeping(start))?;
+            if let Some((id, name)) = entry.table_data {
                 self.data_ids.insert(id, self.names.len() as u32);
                 self.names.push(name);
                 self.rows.push(0);
             }
+            self.roles.extend(entry.roles);
             self.toc_left -= 1;
         }
         Ok(c.at)
+    }
+
+    /// The roles the dump names: owners and those its privileges name
+    /// (empty until the table of contents is read).
+    pub fn roles(&self) -> Vec<String> {
+        self.roles.iter().cloned().collect()
     }
 
     /// The row count of every table and the number of large objects, or why
@@ -341,9 +352,16 @@ fn parse_header(c: &mut Cur) -> Result<Header, Short> {
     Ok(Header { version, int_size, off_size })
 }
 
-/// One table-of-contents entry; `Some((dump id, "schema.table"))` for a
-/// table's data.
-fn parse_entry(c: &mut Cur, h: Header) -> Result<Option<(i64, String)>, Short> {
+/// What bascule keeps of a table-of-contents entry.
+struct Entry {
+    /// `(dump id, "schema.table")` for a table's data.
+    table_data: Option<(i64, String)>,
+    /// Its owner and the roles its privileges name.
+    roles: Vec<String>,
+}
+
+/// One table-of-contents entry.
+fn parse_entry(c: &mut Cur, h: Header) -> Result<Entry, Short> {
     let id = c.int(h.int_size)?;
     let _had_dumper = c.int(h.int_size)?;
     let _table_oid = c.str(h.int_size)?;
@@ -351,8 +369,9 @@ fn parse_entry(c: &mut Cur, h: Header) -> Result<Option<(i64, String)>, Short> {
     let tag = c.str(h.int_size)?;
     let desc = c.str(h.int_size)?;
     let _section = c.int(h.int_size)?;
-    for _ in 0..3 {
-        c.str(h.int_size)?; // definition, drop statement, copy statement
+    let defn = c.str(h.int_size)?;
+    for _ in 0..2 {
+        c.str(h.int_size)?; // drop statement, copy statement
     }
     let namespace = c.str(h.int_size)?;
     let _tablespace = c.str(h.int_size)?;
@@ -362,15 +381,20 @@ fn parse_entry(c: &mut Cur, h: Header) -> Result<Option<(i64, String)>, Short> {
     if h.version >= (1, 16) {
         c.int(h.int_size)?; // relkind
     }
-    let _owner = c.str(h.int_size)?;
+    let owner = c.str(h.int_size)?;
     let _with_oids = c.str(h.int_size)?;
     while c.str(h.int_size)?.is_some() {} // dependencies, up to a NULL
                                           // the data's offset: a flag byte, then the offset
     c.take(1 + h.off_size)?;
-    Ok(match (desc.as_deref(), tag, namespace) {
+    let mut roles: Vec<String> = owner.into_iter().filter(|o| !o.is_empty()).collect();
+    if matches!(desc.as_deref(), Some("ACL" | "DEFAULT ACL")) {
+        roles.extend(defn.as_deref().map(roles::acl_roles).unwrap_or_default());
+    }
+    let table_data = match (desc.as_deref(), tag, namespace) {
         (Some("TABLE DATA"), Some(table), Some(schema)) => Some((id, format!("{schema}.{table}"))),
         _ => None,
-    })
+    };
+    Ok(Entry { table_data, roles })
 }
 
 /// Bytes of a table's data kept to find its end marker.
@@ -396,6 +420,8 @@ fn end_marker_lines(tail: &[u8]) -> u64 {
 fn count_lines(b: &[u8]) -> u64 {
     b.iter().filter(|x| **x == b'\n').count() as u64
 }
+
+mod roles;
 
 #[cfg(test)]
 mod tests;
