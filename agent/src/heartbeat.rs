@@ -23,7 +23,8 @@ pub async fn run(agent: Arc<Agent>, cancel: CancellationToken) {
             if let Some(p) = &cfg.password {
                 pg.password(p.resolve(&agent.config_file, "heartbeat.password")?.as_bytes());
             }
-            let (client, _conn) = pg.connect().await.map_err(|e| anyhow::anyhow!("heartbeat: {}", crate::source::cannot_connect(&e, "heartbeat")))?;
+            let (client, _conn) =
+                pg.connect().await.map_err(|e| anyhow::anyhow!("heartbeat: {}", crate::source::cannot_connect(&e, "heartbeat")))?;
             client.batch_execute(SETUP).await?;
             let mut seq: i64 = client.query_one("SELECT coalesce(max(seq), 0) FROM bascule.heartbeat", &[]).await?.get(0);
             let beat = client.prepare(BEAT).await?;

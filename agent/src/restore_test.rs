@@ -144,7 +144,10 @@ async fn restore_into_scratch(
         let m = Arc::new(m.clone());
         let target = Dsn { conninfo: conninfo(&pg, &scratch, None), password: password.clone() };
         let progress = bascule_core::progress::Progress::bytes(format!("restore test of {}", m.name), Some(m.source_bytes));
-        let to = PgRestore { prog: &prog, target: &target, progress: &progress };
+        // a scratch copy, dropped afterwards: owned by the job's role, which may
+        // not be a superuser (privileges are kept: their roles are on this server)
+        let keep = bascule_core::postgres::Keep { owners: false, privileges: true };
+        let to = PgRestore { prog: &prog, target: &target, progress: &progress, keep };
         let restored = pg_restore(replicated, m.clone(), index.clone(), ids, agent.config.upload.concurrency, to).await;
         progress.finish();
         restored?;

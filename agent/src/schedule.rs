@@ -9,8 +9,8 @@ use chrono::{DateTime, Local};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use bascule_core::progress::Progress;
 use crate::Agent;
+use bascule_core::progress::Progress;
 
 /// How long running jobs get to stop after a shutdown request.
 const STOP_DEADLINE: Duration = Duration::from_secs(30);

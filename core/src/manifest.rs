@@ -158,6 +158,16 @@ pub struct Index {
     pub row_counts: BTreeMap<String, u64>,
     /// Free-form facts about the source (server version, database name…).
     pub source: BTreeMap<String, String>,
+    /// The roles that own the dump's objects, read from its table of
+    /// contents: a restore that keeps owners needs them on its target.
+    /// Empty when unknown (a dump the scanner could not read, an export
+    /// from before this field).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<String>,
+    /// The roles its privileges name (grantees, grantors): a restore that
+    /// keeps privileges needs them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grantees: Vec<String>,
 }
 
 /// Where one chunk of the stream lies.
@@ -244,6 +254,8 @@ mod tests {
             stream_hash: String::new(),
             row_counts: BTreeMap::new(),
             source: BTreeMap::new(),
+            owners: Vec::new(),
+            grantees: Vec::new(),
         };
         assert!(index(0, 0, 1000, 0).check_refs(&m, "i").is_ok());
         assert!(index(1, 0, 10, 0).check_refs(&m, "i").is_err(), "no such pack");
@@ -263,6 +275,8 @@ mod tests {
             stream_hash: String::new(),
             row_counts: BTreeMap::new(),
             source: BTreeMap::new(),
+            owners: Vec::new(),
+            grantees: Vec::new(),
         };
         let at = |segment, offset, len| ChunkAt { segment, offset, len };
         assert_eq!(i.chunks().collect::<Vec<_>>(), vec![at(3, 100, 10), at(3, 110, 20), at(1, 0, 5)]);

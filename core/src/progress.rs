@@ -42,10 +42,9 @@ impl Progress {
     fn with(what: String, total: Option<u64>, terminal: bool) -> Progress {
         let bar = terminal.then(|| {
             let (bar, template) = match total {
-                Some(t) => (
-                    ProgressBar::new(t),
-                    "{prefix} [{bar:30}] {bytes}/{total_bytes} {percent}% ({bytes_per_sec}, {eta} left) {msg}",
-                ),
+                Some(t) => {
+                    (ProgressBar::new(t), "{prefix} [{bar:30}] {bytes}/{total_bytes} {percent}% ({bytes_per_sec}, {eta} left) {msg}")
+                }
                 None => (ProgressBar::new_spinner(), "{spinner} {prefix}: {elapsed_precise} {bytes} read ({bytes_per_sec}) {msg}"),
             };
             bar.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "));

@@ -129,8 +129,18 @@ impl PgCluster {
 
     /// The schema of `db` (for checking views, functions and types came back).
     pub fn schema(&self, db: &str) -> String {
+        self.schema_dump(db, &["--no-owner"])
+    }
+
+    /// The schema of `db` with owners, privileges, default privileges and
+    /// comments: what a faithful restore keeps.
+    pub fn schema_with_owners(&self, db: &str) -> String {
+        self.schema_dump(db, &[])
+    }
+
+    fn schema_dump(&self, db: &str, extra: &[&str]) -> String {
         let mut c = Command::new(self.tool("pg_dump"));
-        c.args(["--schema-only", "--no-owner", "-d", &self.dsn(db)]);
+        c.arg("--schema-only").args(extra).args(["-d", &self.dsn(db)]);
         ok(&mut c).lines().filter(|l| !l.starts_with("--") && !l.starts_with("\\")).collect::<Vec<_>>().join("\n")
     }
 

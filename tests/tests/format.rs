@@ -158,14 +158,19 @@ fn index() -> impl Strategy<Value = Index> {
     );
     let counts = proptest::collection::btree_map(text(), any::<u64>(), 0..6);
     let source = proptest::collection::btree_map(text(), text(), 0..4);
-    (segments, extents, hash(), counts, source).prop_map(|(segments, extents, stream_hash, row_counts, source)| Index {
-        format: bascule_core::manifest::FORMAT,
-        segments,
-        extents,
-        stream_hash,
-        row_counts,
-        source,
-    })
+    let roles = (proptest::collection::vec(text(), 0..3), proptest::collection::vec(text(), 0..3));
+    (segments, extents, hash(), counts, source, roles).prop_map(
+        |(segments, extents, stream_hash, row_counts, source, (owners, grantees))| Index {
+            format: bascule_core::manifest::FORMAT,
+            segments,
+            extents,
+            stream_hash,
+            row_counts,
+            source,
+            owners,
+            grantees,
+        },
+    )
 }
 
 fn restore_test() -> impl Strategy<Value = RestoreTestResult> {

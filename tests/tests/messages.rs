@@ -63,7 +63,8 @@ fn a_clock_off_by_minutes_is_named_with_its_fix() {
         let agent = bascule_tests::bin("bascule-agent");
         let mut args: Vec<std::ffi::OsString> = std::iter::once(base.get_program()).chain(base.get_args()).map(Into::into).collect();
         let at = args.iter().position(|a| *a == *agent.as_os_str()).unwrap();
-        let mut faked: Vec<std::ffi::OsString> = vec!["env".into(), "FAKETIME_DONT_FAKE_MONOTONIC=1".into(), format!("FAKETIME={offset}").into()];
+        let mut faked: Vec<std::ffi::OsString> =
+            vec!["env".into(), "FAKETIME_DONT_FAKE_MONOTONIC=1".into(), format!("FAKETIME={offset}").into()];
         faked.push(format!("LD_PRELOAD={}", libfaketime().display()).into());
         args.splice(at..at, faked);
         let mut c = Command::new(&args[0]);
@@ -154,7 +155,8 @@ fn on_a_terminal_a_restore_shows_a_bar_and_sentences_and_without_one_plain_lines
     assert!(s.snapshot().status.success());
     let cmd = s.controller(&["restore", "--snapshot", "latest"]);
     let out = s.path("export.dump");
-    let mut line: Vec<String> = std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| a.to_string_lossy().into_owned()).collect();
+    let mut line: Vec<String> =
+        std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| a.to_string_lossy().into_owned()).collect();
     line.extend(["--identity".into(), s.path("customer.key").display().to_string(), "--output".into(), out.display().to_string()]);
     let quoted: Vec<String> = line.iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect();
     // `script` gives the command a terminal and copies what it shows
@@ -163,7 +165,15 @@ fn on_a_terminal_a_restore_shows_a_bar_and_sentences_and_without_one_plain_lines
     says(&o, &["writing snapshot", "chunks) to", "100%", "[==", "stream hash verified"]);
     // without a terminal: the sentence as a plain log line, no bar, no escape codes
     std::fs::remove_file(&out).unwrap();
-    let o = run(&mut s.controller(&["restore", "--snapshot", "latest", "--output", out.to_str().unwrap(), "--identity", s.path("customer.key").to_str().unwrap()]));
+    let o = run(&mut s.controller(&[
+        "restore",
+        "--snapshot",
+        "latest",
+        "--output",
+        out.to_str().unwrap(),
+        "--identity",
+        s.path("customer.key").to_str().unwrap(),
+    ]));
     assert!(o.status.success(), "{}", text(&o));
     says(&o, &[" INFO writing snapshot"]);
     assert!(!text(&o).contains("[==") && !text(&o).contains('\u{1b}'), "{}", text(&o));

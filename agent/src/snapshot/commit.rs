@@ -41,6 +41,8 @@ pub(super) async fn commit(
         extents: packer.extents(&entries),
         stream_hash,
         row_counts: facts.row_counts,
+        owners: facts.owners,
+        grantees: facts.grantees,
         source: facts.source,
     };
     let index_json = serde_json::to_vec(&index)?;

@@ -29,9 +29,9 @@ pub use packer::SEGMENT_SIZE;
 
 use crate::chunk_id::ChunkId;
 use crate::config::JobConfig;
-use bascule_core::progress::Progress;
 use crate::source::{Running, SourceFacts};
 use crate::Agent;
+use bascule_core::progress::Progress;
 use known::{Known, Tables};
 use packer::Packer;
 use session::Session;
@@ -216,7 +216,8 @@ async fn export(session: &Arc<Session>, job: &JobConfig, progress: &Progress) ->
                 chain.update(hash.as_bytes());
                 source_bytes += chunk.len() as u64;
             }
-            progress.set(source_bytes, || format!("{} new sealed", bascule_core::progress::human(session.new_bytes.load(Ordering::Relaxed))));
+            progress
+                .set(source_bytes, || format!("{} new sealed", bascule_core::progress::human(session.new_bytes.load(Ordering::Relaxed))));
         }
         packer.finish().await
     }

@@ -36,6 +36,9 @@ pub enum SourceConfig {
 pub struct SourceFacts {
     pub row_counts: BTreeMap<String, u64>,
     pub source: BTreeMap<String, String>,
+    /// The roles that own a pg_dump export's objects, and those its privileges name.
+    pub owners: Vec<String>,
+    pub grantees: Vec<String>,
     /// For a base backup: the WAL range it needs.
     pub wal: Option<bascule_core::wal::WalRange>,
 }

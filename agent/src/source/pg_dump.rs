@@ -84,6 +84,7 @@ impl PgDumpSource {
         running.dump_done = Some(done_tx);
         running.facts = Some(tokio::spawn(async move {
             let _ = done_rx.await;
+            let (owners, grantees) = scan.lock().expect("lock").roles();
             let row_counts = if !count {
                 BTreeMap::new()
             } else {
@@ -91,7 +92,9 @@ impl PgDumpSource {
                 match from_stream {
                     Ok(counts) => counts,
                     Err(why) => {
-                        tracing::warn!("Cannot count rows in the dump's stream ({why}); counting rows with SQL in the dump's snapshot instead");
+                        tracing::warn!(
+                            "Cannot count rows in the dump's stream ({why}); counting rows with SQL in the dump's snapshot instead"
+                        );
                         count_rows(&client).await?
                     }
                 }
@@ -101,7 +104,7 @@ impl PgDumpSource {
             source.insert("server_version".into(), version);
             source.insert("database".into(), db);
             source.insert("snapshot".into(), snapshot);
-            Ok(SourceFacts { row_counts, source, wal: None })
+            Ok(SourceFacts { row_counts, source, wal: None, owners, grantees })
         }));
         Ok(running)
     }

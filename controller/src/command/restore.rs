@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bascule_core::keys::Identities;
 use bascule_core::manifest::{Manifest, SnapshotKind};
-use bascule_core::postgres::{compare_row_counts, pg_restore, PgRestore};
+use bascule_core::postgres::{compare_row_counts, missing_roles, missing_roles_advice, pg_restore, Keep, PgRestore};
 use bascule_core::progress::Progress;
 use bascule_core::restore::{open_index, stream_chunks, RestoreError};
 use tokio::io::AsyncWriteExt;
@@ -45,6 +45,15 @@ pub struct Args {
     /// on this machine: remove the file when done.
     #[arg(long, conflicts_with_all = ["target", "pitr"])]
     output: Option<PathBuf>,
+    /// Do not give the restored objects their owners: everything is owned
+    /// by the role --target connects as (for a server whose roles differ).
+    /// By default owners are kept, and a role the target lacks is reported
+    /// before anything is restored.
+    #[arg(long)]
+    no_owner: bool,
+    /// Do not restore privileges (GRANT/REVOKE, default privileges).
+    #[arg(long)]
+    no_privileges: bool,
     #[command(flatten)]
     pitr: pitr::PitrArgs,
 }
@@ -83,6 +92,7 @@ pub async fn main(a: Args) -> anyhow::Result<ExitCode> {
         concurrency,
         pg_restore: c.config.restore.pg_restore.clone(),
         progress: true,
+        keep: Keep { owners: !a.no_owner, privileges: !a.no_privileges },
     };
     let t0 = Instant::now();
     let r = run(&t, req).await?;
@@ -135,6 +145,8 @@ pub struct RestoreRequest {
     /// Show how far it got (a bar on a terminal, lines otherwise): the
     /// command line does; a drill shows its own line.
     pub progress: bool,
+    /// Owners and privileges kept.
+    pub keep: Keep,
 }
 
 #[derive(Debug)]
@@ -196,7 +208,12 @@ pub async fn extract(tenant: &Tenant, wanted: &str, ids: Identities, concurrency
     let index = Arc::new(open_index(&tenant.replicated, &m, &ids).await?);
     let m = Arc::new(m);
     let progress = Progress::bytes(format!("snapshot {name}"), Some(m.source_bytes));
-    progress.phase(&format!("writing snapshot {name} ({}, {} chunks) to {}", bascule_core::progress::human(m.source_bytes), index.chunk_count(), out.display()));
+    progress.phase(&format!(
+        "writing snapshot {name} ({}, {} chunks) to {}",
+        bascule_core::progress::human(m.source_bytes),
+        index.chunk_count(),
+        out.display()
+    ));
     let mut partial = out.as_os_str().to_owned();
     partial.push(".partial");
     let partial = PathBuf::from(partial);
@@ -238,6 +255,10 @@ pub async fn run(tenant: &Tenant, req: RestoreRequest) -> anyhow::Result<Restore
     let ids = Arc::new(req.identities);
     let index = Arc::new(open_index(&tenant.replicated, &m, &ids).await?);
     let m = Arc::new(m);
+    let missing = missing_roles(&index, &req.target, req.keep).await.context("checking the roles the export needs")?;
+    if !missing.is_empty() {
+        bail!("snapshot {name}: {}", missing_roles_advice(&missing));
+    }
     let progress = if req.progress { Progress::bytes(format!("restore of {name}"), Some(m.source_bytes)) } else { Progress::hidden() };
     progress.phase(&format!(
         "restoring snapshot {name} ({}, {} chunks, taken {}) from the providers into {}",
@@ -249,7 +270,7 @@ pub async fn run(tenant: &Tenant, req: RestoreRequest) -> anyhow::Result<Restore
 
     let t0 = Instant::now();
     let prog = req.pg_restore.clone().unwrap_or_else(|| PathBuf::from("pg_restore"));
-    let to = PgRestore { prog: &prog, target: &req.target, progress: &progress };
+    let to = PgRestore { prog: &prog, target: &req.target, progress: &progress, keep: req.keep };
     let served = pg_restore(&tenant.replicated, m.clone(), index.clone(), ids, req.concurrency, to).await;
     progress.finish();
     let served = served?;

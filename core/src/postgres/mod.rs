@@ -27,7 +27,7 @@ pub enum CheckError {
     Dsn(#[from] dsn::BadDsn),
     #[error("cannot connect to the restored database: {0}")]
     Connect(#[source] ConnectError),
-    #[error("counting rows: {0}")]
+    #[error("querying the target: {0}")]
     Query(#[from] tokio_postgres::Error),
 }
 
@@ -52,6 +52,53 @@ pub async fn count_rows(client: &tokio_postgres::Client) -> Result<BTreeMap<Stri
     let lo: i64 = client.query_one("SELECT count(*) FROM pg_largeobject_metadata", &[]).await?.get(0);
     counts.insert(LARGE_OBJECTS.into(), lo as u64);
     Ok(counts)
+}
+
+/// What a restore keeps of the export besides the data: its objects'
+/// owners and their privileges (both by default, as `pg_restore` does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep {
+    pub owners: bool,
+    pub privileges: bool,
+}
+
+impl Default for Keep {
+    fn default() -> Keep {
+        Keep { owners: true, privileges: true }
+    }
+}
+
+/// Before anything is restored: the roles the export's owners (when kept)
+/// and privileges (when kept) name that the target server lacks. An export
+/// that recorded none (older, or read by SQL) is not checked.
+pub async fn missing_roles(index: &Index, dsn: &Dsn, keep: Keep) -> Result<Vec<String>, CheckError> {
+    let mut needed: std::collections::BTreeSet<&String> = std::collections::BTreeSet::new();
+    if keep.owners {
+        needed.extend(&index.owners);
+    }
+    if keep.privileges {
+        needed.extend(&index.grantees);
+    }
+    if needed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (client, _conn) = dsn.config()?.connect().await.map_err(CheckError::Connect)?;
+    let have: std::collections::BTreeSet<String> =
+        client.query("SELECT rolname FROM pg_roles", &[]).await?.iter().map(|r| r.get(0)).collect();
+    Ok(needed.into_iter().filter(|r| !have.contains(*r)).cloned().collect())
+}
+
+/// What to tell the operator when `missing` roles are not on the target.
+pub fn missing_roles_advice(missing: &[String]) -> String {
+    let create: Vec<String> = missing.iter().map(|r| format!("CREATE ROLE {};", quote_ident(r))).collect();
+    format!(
+        "the target server lacks {} role(s) this export's objects are owned by or granted to: {}. Nothing was restored. \
+         Create them first ({}), or restore without owners (--no-owner: everything owned by the restoring role) \
+         and/or privileges (--no-privileges)",
+        missing.len(),
+        missing.join(", "),
+        create.join(" ")
+    )
 }
 
 /// Every table's row count in a database against an export's index.

@@ -19,6 +19,7 @@ pub struct PgRestore<'a> {
     pub prog: &'a Path,
     pub target: &'a super::Dsn,
     pub progress: &'a crate::progress::Progress,
+    pub keep: super::Keep,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,15 +56,21 @@ pub async fn pg_restore(
     concurrency: usize,
     to: PgRestore<'_>,
 ) -> Result<BTreeMap<String, u64>, PgRestoreError> {
-    let PgRestore { prog, target, progress } = to;
+    let PgRestore { prog, target, progress, keep } = to;
     let mut cmd = tokio::process::Command::new(prog);
     crate::child::clean(&mut cmd);
     if let Some(p) = &target.password {
         cmd.env("PGPASSWORD", p);
     }
+    if !keep.owners {
+        cmd.arg("--no-owner");
+    }
+    if !keep.privileges {
+        cmd.arg("--no-privileges");
+    }
     let mut child = cmd
         // one transaction: a restore that fails leaves the target database as it was
-        .args(["--no-owner", "--exit-on-error", "--single-transaction", "--no-password", "--dbname"])
+        .args(["--exit-on-error", "--single-transaction", "--no-password", "--dbname"])
         .arg(&target.conninfo)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

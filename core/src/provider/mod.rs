@@ -222,9 +222,7 @@ fn advice(e: &object_store::Error, bucket: Option<&protection::BucketApi>) -> Op
         ));
     }
     if has(&["RequestTimeTooSkewed", "Date is too far", "too far in the past", "too far in the future", "time too skewed"]) {
-        return Some(
-            "the provider refuses the request's time: this machine's clock is off — set up NTP (timedatectl set-ntp true)".into(),
-        );
+        return Some("the provider refuses the request's time: this machine's clock is off — set up NTP (timedatectl set-ntp true)".into());
     }
     if has(&["InvalidAccessKeyId", "SignatureDoesNotMatch", "No such key", "Forbidden: No such key"]) {
         return Some(
@@ -234,9 +232,7 @@ fn advice(e: &object_store::Error, bucket: Option<&protection::BucketApi>) -> Op
         );
     }
     if has(&["AccessDenied", "403 Forbidden"]) {
-        return Some(format!(
-            "the provider refuses this request: check the credentials allow writing, reading and deleting in {name}"
-        ));
+        return Some(format!("the provider refuses this request: check the credentials allow writing, reading and deleting in {name}"));
     }
     if has(&["error sending request", "Connection refused", "dns error", "error trying to connect", "operation timed out", "timed out"]) {
         return Some(format!(

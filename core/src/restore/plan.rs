@@ -137,6 +137,8 @@ mod tests {
             extents,
             stream_hash: String::new(),
             row_counts: Default::default(),
+            owners: Vec::new(),
+            grantees: Vec::new(),
             source: Default::default(),
         }
     }

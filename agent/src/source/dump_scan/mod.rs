@@ -73,7 +73,8 @@ pub struct DumpScan {
     large_objects: u64,
     head_max: usize,
     /// Owners, and roles named in privileges (see `roles`).
-    roles: std::collections::BTreeSet<String>,
+    owners: std::collections::BTreeSet<String>,
+    grantees: std::collections::BTreeSet<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -153,7 +154,8 @@ impl Default for DumpScan {
             tail: Vec::new(),
             large_objects: 0,
             head_max: HEAD_MAX,
-            roles: Default::default(),
+            owners: Default::default(),
+            grantees: Default::default(),
         }
     }
 }
@@ -279,16 +281,17 @@ impl DumpScan {
                 self.names.push(name);
                 self.rows.push(0);
             }
-            self.roles.extend(entry.roles);
+            self.owners.extend(entry.owner);
+            self.grantees.extend(entry.grantees);
             self.toc_left -= 1;
         }
         Ok(c.at)
     }
 
-    /// The roles the dump names: owners and those its privileges name
-    /// (empty until the table of contents is read).
-    pub fn roles(&self) -> Vec<String> {
-        self.roles.iter().cloned().collect()
+    /// The roles that own the dump's objects, and those its privileges
+    /// name (empty until the table of contents is read).
+    pub fn roles(&self) -> (Vec<String>, Vec<String>) {
+        (self.owners.iter().cloned().collect(), self.grantees.iter().cloned().collect())
     }
 
     /// The row count of every table and the number of large objects, or why
@@ -356,8 +359,9 @@ fn parse_header(c: &mut Cur) -> Result<Header, Short> {
 struct Entry {
     /// `(dump id, "schema.table")` for a table's data.
     table_data: Option<(i64, String)>,
-    /// Its owner and the roles its privileges name.
-    roles: Vec<String>,
+    owner: Option<String>,
+    /// The roles its privileges name.
+    grantees: Vec<String>,
 }
 
 /// One table-of-contents entry.
@@ -386,15 +390,16 @@ fn parse_entry(c: &mut Cur, h: Header) -> Result<Entry, Short> {
     while c.str(h.int_size)?.is_some() {} // dependencies, up to a NULL
                                           // the data's offset: a flag byte, then the offset
     c.take(1 + h.off_size)?;
-    let mut roles: Vec<String> = owner.into_iter().filter(|o| !o.is_empty()).collect();
-    if matches!(desc.as_deref(), Some("ACL" | "DEFAULT ACL")) {
-        roles.extend(defn.as_deref().map(roles::acl_roles).unwrap_or_default());
-    }
+    let owner = owner.filter(|o| !o.is_empty());
+    let grantees = match desc.as_deref() {
+        Some("ACL" | "DEFAULT ACL") => defn.as_deref().map(roles::acl_roles).unwrap_or_default(),
+        _ => Vec::new(),
+    };
     let table_data = match (desc.as_deref(), tag, namespace) {
         (Some("TABLE DATA"), Some(table), Some(schema)) => Some((id, format!("{schema}.{table}"))),
         _ => None,
     };
-    Ok(Entry { table_data, roles })
+    Ok(Entry { table_data, owner, grantees })
 }
 
 /// Bytes of a table's data kept to find its end marker.

@@ -132,7 +132,10 @@ mod tests {
     #[test]
     fn the_roles_of_pg_dumps_privilege_statements() {
         assert_eq!(acl_roles("GRANT SELECT ON TABLE public.citoyens TO lecteur;\n"), ["lecteur"]);
-        assert_eq!(acl_roles("REVOKE ALL ON SCHEMA public FROM PUBLIC;\nGRANT ALL ON SCHEMA public TO \"Élus \"\"2026\"\"\";\n"), ["Élus \"2026\""]);
+        assert_eq!(
+            acl_roles("REVOKE ALL ON SCHEMA public FROM PUBLIC;\nGRANT ALL ON SCHEMA public TO \"Élus \"\"2026\"\"\";\n"),
+            ["Élus \"2026\""]
+        );
         assert_eq!(
             acl_roles("SET SESSION AUTHORIZATION greffe;\nGRANT SELECT(nom),UPDATE(nom) ON TABLE public.\"TO\" TO agent_accueil WITH GRANT OPTION;\nRESET SESSION AUTHORIZATION;\n"),
             ["greffe", "agent_accueil"]

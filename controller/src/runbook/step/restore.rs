@@ -42,6 +42,13 @@ pub struct RestoreStep {
     /// the newest the signed HEADs name).
     #[serde(default)]
     pub wal: String,
+    /// Export restore: do not give objects their owners (all owned by the
+    /// target's role), for a target whose roles differ.
+    #[serde(default)]
+    pub no_owner: bool,
+    /// Export restore: do not restore privileges.
+    #[serde(default)]
+    pub no_privileges: bool,
 }
 
 /// The identity file a step names, read now, kept in memory only.
@@ -148,6 +155,7 @@ impl RestoreStep {
             concurrency: cfg.restore.concurrency,
             pg_restore: cfg.restore.pg_restore.clone(),
             progress: false,
+            keep: bascule_core::postgres::Keep { owners: !self.no_owner, privileges: !self.no_privileges },
         };
         let t0 = std::time::Instant::now();
         let rep = restore::run(t, req).await.map_err(failed)?;
