@@ -57,10 +57,10 @@ pub enum Error {
         provider: String,
         key: String,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
         /// What the error most likely means and what to do, when the
         /// provider's answer says (see `provider::advice`).
-        advice: Option<String>,
+        advice: Option<Box<String>>,
     },
     #[error("{key}: no provider took it ({reasons})")]
     Unwritten { key: String, reasons: String },
@@ -78,7 +78,7 @@ impl Error {
     /// For a provider's error, what it most likely means and what to do.
     pub fn advice(&self) -> Option<&str> {
         match self {
-            Error::Store { advice, .. } => advice.as_deref(),
+            Error::Store { advice, .. } => advice.as_deref().map(String::as_str),
             _ => None,
         }
     }

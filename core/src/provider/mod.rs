@@ -264,8 +264,8 @@ impl Replica {
     }
 
     fn err(&self, key: &str, source: object_store::Error) -> Error {
-        let advice = advice(&source, self.bucket.as_deref());
-        Error::Store { provider: self.provider.clone(), key: key.into(), source, advice }
+        let advice = advice(&source, self.bucket.as_deref()).map(Box::new);
+        Error::Store { provider: self.provider.clone(), key: key.into(), source: Box::new(source), advice }
     }
 
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
