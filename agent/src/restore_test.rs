@@ -147,7 +147,7 @@ async fn restore_into_scratch(
         // a scratch copy, dropped afterwards: owned by the job's role, which may
         // not be a superuser (privileges are kept: their roles are on this server)
         let keep = bascule_core::postgres::Keep { owners: false, privileges: true };
-        let to = PgRestore { prog: &prog, target: &target, progress: &progress, keep };
+        let to = PgRestore { prog: &prog, target: &target, progress: &progress, keep, map_roles: &Default::default() };
         let restored = pg_restore(replicated, m.clone(), index.clone(), ids, agent.config.upload.concurrency, to).await;
         progress.finish();
         restored?;

@@ -74,6 +74,27 @@ fn owners_and_privileges_survive_and_a_missing_role_is_named_before_anything_is_
     assert!(text(&o).contains("identical to the export"), "{}", text(&o));
     assert_eq!(other.psql("ailleurs", "SELECT tableowner FROM pg_tables WHERE tablename = 'registre'"), "bascule");
     assert_eq!(other.data_fingerprint("ailleurs"), s.pg.data_fingerprint("mairie"));
+    // roles named otherwise there: mapped, owners and privileges follow
+    other.psql("postgres", "CREATE ROLE gestion; CREATE ROLE lecture");
+    other.createdb("renomme");
+    let mut c = s.controller(&["restore", "--snapshot", "latest"]);
+    c.arg("--identity").arg(&key).args(["--target", &other.dsn("renomme")]);
+    c.args(["--map-role", "greffier=gestion", "--map-role", "Lecteur Élu=lecture", "--map-role", "accueil=lecture"]);
+    let o = run(&mut c);
+    assert!(o.status.success(), "{}", text(&o));
+    let renamed =
+        s.pg.schema_with_owners("mairie")
+            .replace("\"Lecteur Élu\"", "lecture")
+            .replace("greffier", "gestion")
+            .replace("accueil", "lecture");
+    assert_eq!(other.schema_with_owners("renomme"), renamed);
+    let o = run(s
+        .controller(&["restore", "--snapshot", "latest", "--map-role", "greffier"])
+        .arg("--identity")
+        .arg(&key)
+        .args(["--target", &other.dsn("renomme")]));
+    assert!(!o.status.success() && text(&o).contains("expected OLD=NEW"), "{}", text(&o));
+
     // the roles created, a plain restore keeps everything there too
     other.psql("postgres", "CREATE ROLE greffier; CREATE ROLE \"Lecteur Élu\"; CREATE ROLE accueil");
     other.createdb("fidele");

@@ -3,7 +3,6 @@
 //! A source runs as a child process whose standard output is read by the
 //! chunker; nothing of the stream is staged on disk.
 mod command;
-mod dump_scan;
 pub mod fuzz;
 mod pg_basebackup;
 mod pg_dump;
@@ -18,8 +17,8 @@ use anyhow::Context;
 use bascule_core::manifest::SnapshotKind;
 use serde::Deserialize;
 
+pub use bascule_core::postgres::dump::NEWEST_PG_DUMP;
 pub use command::CommandSource;
-pub use dump_scan::NEWEST_PG_DUMP;
 pub use pg_basebackup::PgBasebackupSource;
 pub use pg_dump::PgDumpSource;
 
@@ -60,6 +59,12 @@ pub struct Running {
 /// Something that follows a source's stream as the chunker reads it.
 trait Scan: Send {
     fn feed(&mut self, bytes: &[u8]);
+}
+
+impl Scan for bascule_core::postgres::dump::DumpScan {
+    fn feed(&mut self, bytes: &[u8]) {
+        bascule_core::postgres::dump::DumpScan::feed(self, bytes)
+    }
 }
 
 /// Passes the stream through, showing every byte to a [`Scan`].
@@ -185,7 +190,14 @@ pub fn cannot_connect(e: &bascule_core::postgres::ConnectError, what: &str) -> S
         bascule_core::postgres::ConnectError::Pg(p) => p.as_db_error().map(|d| d.message().to_string()),
         _ => None,
     };
-    let said = db.unwrap_or_else(|| e.to_string());
+    let said = db.unwrap_or_else(|| {
+        let mut chain: Vec<&(dyn std::error::Error + 'static)> = vec![e];
+        while let Some(next) = chain.last().and_then(|c| c.source()) {
+            chain.push(next);
+        }
+        bascule_core::logging::one_line(chain)
+    });
+    let tls = said.to_lowercase().contains("certificate");
     match code {
         Some(c) if c == SqlState::INVALID_PASSWORD => {
             format!("{said}: the password is wrong — set {what}.password ({{env: NAME}} or {{file: PATH}}) to the role's password")
@@ -194,6 +206,12 @@ pub fn cannot_connect(e: &bascule_core::postgres::ConnectError, what: &str) -> S
             format!("{said}: the server refuses this role from this host — add a line for it to pg_hba.conf, or fix {what}.dsn")
         }
         Some(c) if c == SqlState::INVALID_CATALOG_NAME => format!("{said}: no such database — fix dbname in {what}.dsn"),
-        _ => format!("cannot connect: {said} — check {what}.dsn (host, port), that PostgreSQL runs, and pg_hba.conf"),
+        _ if tls => format!(
+            "cannot connect to the {what} database: {said} — the server's certificate does not verify: fix sslrootcert \
+             (the CA that signed it) or the host name in {what}.dsn"
+        ),
+        _ => {
+            format!("cannot connect to the {what} database: {said} — check {what}.dsn (host, port), that PostgreSQL runs, and pg_hba.conf")
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! The dump is uncompressed on purpose: zstd runs per chunk after
 //! content-defined chunking, which only finds yesterday's bytes in an
 //! uncompressed stream. Row counts are read in the stream itself as it
-//! passes (each table's `COPY` lines, see `dump_scan`): exactly what the dump
+//! passes (each table's `COPY` lines, see `bascule_core::postgres::dump`): exactly what the dump
 //! holds, without a second scan of the database. A stream the scanner cannot
 //! read is counted with SQL instead, in the very snapshot the dump reads
 //! (`pg_export_snapshot()` + `pg_dump --snapshot`), kept open until the end.
@@ -15,9 +15,9 @@ use anyhow::Context;
 use bascule_core::config::SecretRef;
 use serde::Deserialize;
 
-use super::dump_scan::DumpScan;
 use super::{Running, Scanned, SourceFacts};
 use bascule_core::postgres::count_rows;
+use bascule_core::postgres::dump::DumpScan;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,7 +71,7 @@ impl PgDumpSource {
         }
         let mut running = Running::spawn(cmd, format!("{}", prog.display()))?;
 
-        // Rows are counted in the stream as it passes (see `dump_scan`); if
+        // Rows are counted in the stream as it passes (see `bascule_core::postgres::dump`); if
         // it cannot be read, with SQL in the exported snapshot, which stays
         // open until the dump has finished.
         let scan = Arc::new(Mutex::new(DumpScan::default()));

@@ -54,6 +54,10 @@ pub struct Args {
     /// Do not restore privileges (GRANT/REVOKE, default privileges).
     #[arg(long)]
     no_privileges: bool,
+    /// Give role OLD's objects and privileges to role NEW of the target
+    /// instead (repeatable), for a target whose roles are named otherwise.
+    #[arg(long = "map-role", value_name = "OLD=NEW", value_parser = role_pair)]
+    map_role: Vec<(String, String)>,
     #[command(flatten)]
     pitr: pitr::PitrArgs,
 }
@@ -93,6 +97,7 @@ pub async fn main(a: Args) -> anyhow::Result<ExitCode> {
         pg_restore: c.config.restore.pg_restore.clone(),
         progress: true,
         keep: Keep { owners: !a.no_owner, privileges: !a.no_privileges },
+        map_roles: role_map(a.map_role)?,
     };
     let t0 = Instant::now();
     let r = run(&t, req).await?;
@@ -147,6 +152,27 @@ pub struct RestoreRequest {
     pub progress: bool,
     /// Owners and privileges kept.
     pub keep: Keep,
+    /// Roles renamed on the way.
+    pub map_roles: BTreeMap<String, String>,
+}
+
+/// `OLD=NEW`.
+fn role_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((old, new)) if !old.is_empty() && !new.is_empty() => Ok((old.to_string(), new.to_string())),
+        _ => Err(format!("{s:?}: expected OLD=NEW, two role names")),
+    }
+}
+
+/// The renames, each old role once.
+pub fn role_map(pairs: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut map = BTreeMap::new();
+    for (old, new) in pairs {
+        if let Some(before) = map.insert(old.clone(), new.clone()) {
+            bail!("--map-role maps {old} twice (to {before} and to {new})");
+        }
+    }
+    Ok(map)
 }
 
 #[derive(Debug)]
@@ -255,7 +281,7 @@ pub async fn run(tenant: &Tenant, req: RestoreRequest) -> anyhow::Result<Restore
     let ids = Arc::new(req.identities);
     let index = Arc::new(open_index(&tenant.replicated, &m, &ids).await?);
     let m = Arc::new(m);
-    let missing = missing_roles(&index, &req.target, req.keep).await.context("checking the roles the export needs")?;
+    let missing = missing_roles(&index, &req.target, req.keep, &req.map_roles).await.context("checking the roles the export needs")?;
     if !missing.is_empty() {
         bail!("snapshot {name}: {}", missing_roles_advice(&missing));
     }
@@ -270,7 +296,7 @@ pub async fn run(tenant: &Tenant, req: RestoreRequest) -> anyhow::Result<Restore
 
     let t0 = Instant::now();
     let prog = req.pg_restore.clone().unwrap_or_else(|| PathBuf::from("pg_restore"));
-    let to = PgRestore { prog: &prog, target: &req.target, progress: &progress, keep: req.keep };
+    let to = PgRestore { prog: &prog, target: &req.target, progress: &progress, keep: req.keep, map_roles: &req.map_roles };
     let served = pg_restore(&tenant.replicated, m.clone(), index.clone(), ids, req.concurrency, to).await;
     progress.finish();
     let served = served?;

@@ -2,6 +2,7 @@
 //! controller (restore): row counts, and `pg_restore` fed from a stream.
 pub mod connect;
 pub mod dsn;
+pub mod dump;
 mod pg_restore;
 
 use std::collections::BTreeMap;
@@ -71,13 +72,14 @@ impl Default for Keep {
 /// Before anything is restored: the roles the export's owners (when kept)
 /// and privileges (when kept) name that the target server lacks. An export
 /// that recorded none (older, or read by SQL) is not checked.
-pub async fn missing_roles(index: &Index, dsn: &Dsn, keep: Keep) -> Result<Vec<String>, CheckError> {
+/// `map` renames roles on the way (`--map-role`).
+pub async fn missing_roles(index: &Index, dsn: &Dsn, keep: Keep, map: &BTreeMap<String, String>) -> Result<Vec<String>, CheckError> {
     let mut needed: std::collections::BTreeSet<&String> = std::collections::BTreeSet::new();
     if keep.owners {
-        needed.extend(&index.owners);
+        needed.extend(index.owners.iter().map(|r| map.get(r).unwrap_or(r)));
     }
     if keep.privileges {
-        needed.extend(&index.grantees);
+        needed.extend(index.grantees.iter().map(|r| map.get(r).unwrap_or(r)));
     }
     if needed.is_empty() {
         return Ok(Vec::new());
@@ -93,8 +95,8 @@ pub fn missing_roles_advice(missing: &[String]) -> String {
     let create: Vec<String> = missing.iter().map(|r| format!("CREATE ROLE {};", quote_ident(r))).collect();
     format!(
         "the target server lacks {} role(s) this export's objects are owned by or granted to: {}. Nothing was restored. \
-         Create them first ({}), or restore without owners (--no-owner: everything owned by the restoring role) \
-         and/or privileges (--no-privileges)",
+         Create them first ({}), map them to roles the target has (--map-role old=new), or restore without \
+         owners (--no-owner: everything owned by the restoring role) and/or privileges (--no-privileges)",
         missing.len(),
         missing.join(", "),
         create.join(" ")

@@ -20,6 +20,8 @@ pub struct PgRestore<'a> {
     pub target: &'a super::Dsn,
     pub progress: &'a crate::progress::Progress,
     pub keep: super::Keep,
+    /// Roles renamed on the way (`--map-role old=new`).
+    pub map_roles: &'a BTreeMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,11 @@ pub enum PgRestoreError {
     Wait(#[source] std::io::Error),
 }
 
+/// Renaming roles failed: the archive could not be read as pg_restore would.
+fn renaming(why: String) -> RestoreError {
+    RestoreError::Sink { what: "renaming roles (--map-role)".into(), source: std::io::Error::other(why) }
+}
+
 /// Streams the snapshot into `pg_restore --dbname target` in one transaction
 /// (a failed check kills `pg_restore` before it commits anything). Returns
 /// the ciphertext bytes each provider served.
@@ -56,7 +63,7 @@ pub async fn pg_restore(
     concurrency: usize,
     to: PgRestore<'_>,
 ) -> Result<BTreeMap<String, u64>, PgRestoreError> {
-    let PgRestore { prog, target, progress, keep } = to;
+    let PgRestore { prog, target, progress, keep, map_roles } = to;
     let mut cmd = tokio::process::Command::new(prog);
     crate::child::clean(&mut cmd);
     if let Some(p) = &target.password {
@@ -91,13 +98,23 @@ pub async fn pg_restore(
         s
     });
     let name = m.name.clone();
+    let rename = (!map_roles.is_empty()).then(|| Arc::new(std::sync::Mutex::new(super::dump::RoleMap::new(map_roles.clone()))));
     let streamed = stream_chunks(replicated, m, index, ids, concurrency, progress, |plain| {
         let stdin = stdin.clone();
+        let rename = rename.clone();
         Box::pin(async move {
+            let plain = match rename {
+                Some(r) => r.lock().unwrap_or_else(|e| e.into_inner()).feed(plain).map_err(renaming)?,
+                None => plain,
+            };
             stdin.lock().await.write_all(&plain).await.map_err(RestoreError::sink("pg_restore stopped reading (see its error below)"))
         })
     })
     .await;
+    let streamed = match (streamed, &rename) {
+        (Ok(s), Some(r)) => r.lock().unwrap_or_else(|e| e.into_inner()).finish().map_err(renaming).map(|()| s),
+        (s, _) => s,
+    };
     if streamed.is_err() {
         // never let pg_restore commit what it read before the bad object
         let _ = child.start_kill();

@@ -49,6 +49,10 @@ pub struct RestoreStep {
     /// Export restore: do not restore privileges.
     #[serde(default)]
     pub no_privileges: bool,
+    /// Export restore: roles renamed on the way (`old: new`), for a target
+    /// whose roles are named otherwise.
+    #[serde(default)]
+    pub map_roles: std::collections::BTreeMap<String, String>,
 }
 
 /// The identity file a step names, read now, kept in memory only.
@@ -156,6 +160,7 @@ impl RestoreStep {
             pg_restore: cfg.restore.pg_restore.clone(),
             progress: false,
             keep: bascule_core::postgres::Keep { owners: !self.no_owner, privileges: !self.no_privileges },
+            map_roles: self.map_roles.clone(),
         };
         let t0 = std::time::Instant::now();
         let rep = restore::run(t, req).await.map_err(failed)?;

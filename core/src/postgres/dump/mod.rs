@@ -18,7 +18,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 use std::collections::{BTreeMap, HashMap};
 
-use bascule_core::postgres::LARGE_OBJECTS;
+use super::LARGE_OBJECTS;
 
 /// Versions this scanner reads: (1, 12) to (1, 16).
 const OLDEST: (u8, u8) = (1, 12);
@@ -160,8 +160,9 @@ impl Default for DumpScan {
     }
 }
 
-impl super::Scan for DumpScan {
-    fn feed(&mut self, mut bytes: &[u8]) {
+impl DumpScan {
+    /// The next bytes of the stream.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             match self.state {
                 State::Failed(_) => return,
@@ -360,8 +361,13 @@ struct Entry {
     /// `(dump id, "schema.table")` for a table's data.
     table_data: Option<(i64, String)>,
     owner: Option<String>,
-    /// The roles its privileges name.
+    /// The roles its privileges (or its policy) name.
     grantees: Vec<String>,
+    desc: Option<String>,
+    /// Where its definition and its owner stand in the bytes parsed (each
+    /// field whole, its length included): what `rewrite` replaces.
+    defn_at: std::ops::Range<usize>,
+    owner_at: std::ops::Range<usize>,
 }
 
 /// One table-of-contents entry.
@@ -373,7 +379,9 @@ fn parse_entry(c: &mut Cur, h: Header) -> Result<Entry, Short> {
     let tag = c.str(h.int_size)?;
     let desc = c.str(h.int_size)?;
     let _section = c.int(h.int_size)?;
+    let defn_start = c.at;
     let defn = c.str(h.int_size)?;
+    let defn_at = defn_start..c.at;
     for _ in 0..2 {
         c.str(h.int_size)?; // drop statement, copy statement
     }
@@ -385,21 +393,23 @@ fn parse_entry(c: &mut Cur, h: Header) -> Result<Entry, Short> {
     if h.version >= (1, 16) {
         c.int(h.int_size)?; // relkind
     }
+    let owner_start = c.at;
     let owner = c.str(h.int_size)?;
+    let owner_at = owner_start..c.at;
     let _with_oids = c.str(h.int_size)?;
     while c.str(h.int_size)?.is_some() {} // dependencies, up to a NULL
                                           // the data's offset: a flag byte, then the offset
     c.take(1 + h.off_size)?;
     let owner = owner.filter(|o| !o.is_empty());
-    let grantees = match desc.as_deref() {
-        Some("ACL" | "DEFAULT ACL") => defn.as_deref().map(roles::acl_roles).unwrap_or_default(),
+    let grantees = match (desc.as_deref(), defn.as_deref()) {
+        (Some(d @ ("ACL" | "DEFAULT ACL" | "POLICY")), Some(sql)) => roles::role_spans(d, sql).into_iter().map(|(r, _)| r).collect(),
         _ => Vec::new(),
     };
-    let table_data = match (desc.as_deref(), tag, namespace) {
+    let table_data = match (desc.as_deref(), tag, namespace.clone()) {
         (Some("TABLE DATA"), Some(table), Some(schema)) => Some((id, format!("{schema}.{table}"))),
         _ => None,
     };
-    Ok(Entry { table_data, owner, grantees })
+    Ok(Entry { table_data, owner, grantees, desc, defn_at, owner_at })
 }
 
 /// Bytes of a table's data kept to find its end marker.
@@ -426,7 +436,10 @@ fn count_lines(b: &[u8]) -> u64 {
     b.iter().filter(|x| **x == b'\n').count() as u64
 }
 
+mod rewrite;
 mod roles;
+
+pub use rewrite::RoleMap;
 
 #[cfg(test)]
 mod tests;

@@ -7,9 +7,11 @@
 //! the list to create instead of failing half way.
 // Parses what a source wrote: total, no panic.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
+use std::ops::Range;
 
-/// A token of pg_dump's SQL: a bare word (upper-cased), a quoted identifier
-/// (as written), a string literal, or punctuation.
+/// A token of pg_dump's SQL: a bare word, a quoted identifier (as
+/// written, quotes undone), a string literal, or punctuation; with where it
+/// stands in the text.
 #[derive(Debug, PartialEq)]
 enum Tok {
     Word(String),
@@ -18,74 +20,90 @@ enum Tok {
     Punct(char),
 }
 
-fn tokens(sql: &str) -> Vec<Tok> {
+fn tokens(sql: &str) -> Vec<(Tok, Range<usize>)> {
     let mut out = Vec::new();
-    let mut it = sql.chars().peekable();
-    while let Some(c) = it.next() {
-        match c {
-            c if c.is_whitespace() => {}
-            '"' => {
+    let mut it = sql.char_indices().peekable();
+    while let Some((at, c)) = it.next() {
+        let tok = match c {
+            c if c.is_whitespace() => continue,
+            '"' | '\'' => {
                 let mut s = String::new();
-                while let Some(c) = it.next() {
-                    if c == '"' {
-                        if it.peek() == Some(&'"') {
+                while let Some((_, n)) = it.next() {
+                    if n == c {
+                        if it.peek().map(|p| p.1) == Some(c) {
                             it.next();
                         } else {
                             break;
                         }
                     }
-                    s.push(c);
+                    s.push(n);
                 }
-                out.push(Tok::Quoted(s));
-            }
-            '\'' => {
-                while let Some(c) = it.next() {
-                    if c == '\'' {
-                        if it.peek() == Some(&'\'') {
-                            it.next();
-                        } else {
-                            break;
-                        }
-                    }
+                if c == '"' {
+                    Tok::Quoted(s)
+                } else {
+                    Tok::Literal
                 }
-                out.push(Tok::Literal);
             }
             c if c.is_alphanumeric() || c == '_' => {
                 let mut s = String::from(c);
-                while let Some(&n) = it.peek() {
+                while let Some(&(_, n)) = it.peek() {
                     if !(n.is_alphanumeric() || n == '_' || n == '$') {
                         break;
                     }
                     s.push(n);
                     it.next();
                 }
-                out.push(Tok::Word(s));
+                Tok::Word(s)
             }
-            c => out.push(Tok::Punct(c)),
-        }
+            c => Tok::Punct(c),
+        };
+        let end = it.peek().map(|p| p.0).unwrap_or(sql.len());
+        out.push((tok, at..end));
     }
     out
 }
 
-fn is_word(t: &Tok, w: &str) -> bool {
-    matches!(t, Tok::Word(s) if s.eq_ignore_ascii_case(w))
+fn is_word(t: &(Tok, Range<usize>), w: &str) -> bool {
+    matches!(&t.0, Tok::Word(s) if s.eq_ignore_ascii_case(w))
 }
 
-/// The role a token names: a quoted identifier as written, a bare one
-/// folded to lower case as PostgreSQL does; `PUBLIC` is no role.
-fn role(t: &Tok) -> Option<String> {
-    match t {
-        Tok::Quoted(s) => Some(s.clone()),
-        Tok::Word(s) if !s.eq_ignore_ascii_case("public") => Some(s.to_lowercase()),
+/// The role a token names, with where: a quoted identifier as written, a
+/// bare one folded to lower case as PostgreSQL does; `PUBLIC` is no role.
+fn role(t: &(Tok, Range<usize>)) -> Option<(String, Range<usize>)> {
+    match &t.0 {
+        Tok::Quoted(s) => Some((s.clone(), t.1.clone())),
+        Tok::Word(s) if !s.eq_ignore_ascii_case("public") => Some((s.to_lowercase(), t.1.clone())),
         _ => None,
     }
 }
 
-/// The roles named in an `ACL` or `DEFAULT ACL` entry's SQL.
-pub fn acl_roles(sql: &str) -> Vec<String> {
+/// The roles of a comma-separated list starting at `list`, up to a word of `stop`.
+fn role_list(list: &[(Tok, Range<usize>)], stop: &[&str], out: &mut Vec<(String, Range<usize>)>) {
+    for t in list {
+        if stop.iter().any(|w| is_word(t, w)) {
+            break;
+        }
+        if is_word(t, "GROUP") {
+            continue;
+        }
+        out.extend(role(t));
+    }
+}
+
+/// The roles named in the SQL of an `ACL`, `DEFAULT ACL` or `POLICY`
+/// entry (`desc`), with where each stands.
+pub fn role_spans(desc: &str, sql: &str) -> Vec<(String, Range<usize>)> {
     let mut roles = Vec::new();
-    for stmt in tokens(sql).split(|t| *t == Tok::Punct(';')) {
+    let toks = tokens(sql);
+    for stmt in toks.split(|t| t.0 == Tok::Punct(';')) {
         let Some(first) = stmt.first() else { continue };
+        if desc == "POLICY" {
+            // CREATE POLICY p ON t [AS …] [FOR …] TO r, … [USING (…)] [WITH CHECK (…)]
+            if let Some(at) = stmt.iter().position(|t| is_word(t, "TO")) {
+                role_list(stmt.get(at + 1..).unwrap_or_default(), &["USING", "WITH"], &mut roles);
+            }
+            continue;
+        }
         if is_word(first, "SET") {
             // SET SESSION AUTHORIZATION r (a grantor other than the owner)
             if let [_, session, authorization, r] = stmt {
@@ -112,17 +130,26 @@ pub fn acl_roles(sql: &str) -> Vec<String> {
             _ => continue,
         };
         let Some(at) = rest.iter().rposition(|t| is_word(t, keyword)) else { continue };
-        for t in rest.get(at + 1..).unwrap_or_default() {
-            if is_word(t, "WITH") || is_word(t, "CASCADE") || is_word(t, "RESTRICT") || is_word(t, "GRANTED") {
-                break;
-            }
-            if is_word(t, "GROUP") {
-                continue;
-            }
-            roles.extend(role(t));
-        }
+        role_list(rest.get(at + 1..).unwrap_or_default(), &["WITH", "CASCADE", "RESTRICT", "GRANTED"], &mut roles);
     }
     roles
+}
+
+#[cfg(test)]
+/// The roles named in an `ACL` or `DEFAULT ACL` entry's SQL.
+pub fn acl_roles(sql: &str) -> Vec<String> {
+    role_spans("ACL", sql).into_iter().map(|(r, _)| r).collect()
+}
+
+/// `sql` with every role `map` names replaced (quoted) by its new name.
+pub fn map_roles(desc: &str, sql: &str, map: &std::collections::BTreeMap<String, String>) -> String {
+    let mut out = sql.to_string();
+    for (r, at) in role_spans(desc, sql).into_iter().rev() {
+        if let Some(new) = map.get(&r) {
+            out.replace_range(at, &super::super::quote_ident(new));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -147,6 +174,13 @@ mod tests {
         assert_eq!(acl_roles("GRANT USAGE ON SCHEMA s TO GROUP compta;"), ["compta"]);
         assert_eq!(acl_roles("COMMENT ON TABLE t IS 'GRANT x TO y';"), Vec::<String>::new());
         assert_eq!(acl_roles("GRANT ALL ON FUNCTION f('TO') TO Admin_Local"), ["admin_local"]);
+        assert_eq!(role_spans("POLICY", "CREATE POLICY p ON public.t FOR SELECT TO accueil, \"Élus\" USING ((commune = 'x'));").len(), 2);
+        let map: std::collections::BTreeMap<String, String> =
+            [("lecteur".to_string(), "Lecture Mairie".to_string()), ("greffe".into(), "greffe2".into())].into();
+        assert_eq!(
+            map_roles("ACL", "SET SESSION AUTHORIZATION greffe;\nGRANT SELECT ON TABLE public.lecteur TO lecteur;\nRESET SESSION AUTHORIZATION;", &map),
+            "SET SESSION AUTHORIZATION \"greffe2\";\nGRANT SELECT ON TABLE public.lecteur TO \"Lecture Mairie\";\nRESET SESSION AUTHORIZATION;"
+        );
         // whatever bytes: no panic
         for junk in ["\"", "'", "GRANT", "SET SESSION AUTHORIZATION", "ALTER DEFAULT PRIVILEGES FOR ROLE", ";;;TO"] {
             let _ = acl_roles(junk);

@@ -1,5 +1,4 @@
 //! The dump scanner against real and hand-made archives.
-use super::super::Scan;
 use super::*;
 
 /// Writes archives the way pg_dump does (4-byte integers, 8-byte offsets).
@@ -36,8 +35,12 @@ impl Writer {
         self.str(Some("mairie")).str(Some("15.8")).str(Some("15.8"))
     }
     fn entry(&mut self, minor: u8, id: i64, desc: &str, schema: Option<&str>, tag: &str, deps: &[&str]) -> &mut Self {
+        self.entry_with(minor, id, desc, schema, tag, "", deps)
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn entry_with(&mut self, minor: u8, id: i64, desc: &str, schema: Option<&str>, tag: &str, defn: &str, deps: &[&str]) -> &mut Self {
         self.int(id).int(1).str(Some("1259")).str(Some("16384")).str(Some(tag)).str(Some(desc)).int(2);
-        self.str(Some("")).str(Some("")).str(Some("COPY …;\n")).str(schema).str(Some(""));
+        self.str(Some(defn)).str(Some("")).str(Some("COPY …;\n")).str(schema).str(Some(""));
         if minor >= 14 {
             self.str(Some("heap"));
         }
@@ -62,8 +65,9 @@ impl Writer {
 
 fn archive(minor: u8) -> Vec<u8> {
     let mut w = Writer::default();
-    w.header(minor, false).int(7);
+    w.header(minor, false).int(8);
     w.entry(minor, 1, "ENCODING", None, "ENCODING", &[]);
+    w.entry_with(minor, 2, "ACL", Some("public"), "TABLE citoyens", "GRANT SELECT ON TABLE public.citoyens TO mairie, lecteur;\n", &[]);
     w.entry(minor, 7, "TABLE", Some("public"), "citoyens", &["3"]);
     w.entry(minor, 20, "TABLE DATA", Some("public"), "citoyens", &["7"]);
     w.entry(minor, 21, "TABLE DATA", Some("état civil"), "actes vides", &[]);
@@ -136,4 +140,30 @@ fn refuses_what_it_cannot_read() {
     let at = odd.iter().rposition(|b| *b == BLK_BLOBS).unwrap();
     odd[at] = 9;
     assert!(scan(&odd, 7).unwrap_err().contains("unknown kind 9"));
+}
+
+#[test]
+fn renamed_roles_leave_an_archive_that_reads_the_same() {
+    let map: BTreeMap<String, String> = [("mairie".to_string(), "Mairie \"Nouvelle\"".to_string())].into();
+    for minor in [12, 16] {
+        let a = archive(minor);
+        for piece in [1, 7, 64, a.len()] {
+            let mut rw = RoleMap::new(map.clone());
+            let mut out = Vec::new();
+            for c in a.chunks(piece) {
+                out.extend(rw.feed(c.to_vec()).unwrap());
+            }
+            rw.finish().unwrap();
+            assert_eq!(rw.renamed, 8, "every entry is owned by mairie");
+            let mut s = DumpScan::default();
+            s.feed(&out);
+            assert_eq!(s.counts(), scan(&a, a.len()), "1.{minor} in pieces of {piece}");
+            assert_eq!(s.roles(), (vec!["Mairie \"Nouvelle\"".to_string()], vec!["Mairie \"Nouvelle\"".to_string(), "lecteur".into()]));
+        }
+    }
+    // cut inside the table of contents: said at the end
+    let a = archive(15);
+    let mut rw = RoleMap::new(map);
+    assert!(rw.feed(a[..40].to_vec()).unwrap().is_empty());
+    assert!(rw.finish().unwrap_err().contains("table of contents"));
 }
