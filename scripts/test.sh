@@ -2,7 +2,7 @@
 # Runs bascule's whole test suite, installing what it needs when missing:
 # the PostgreSQL server, the age, zstd, jq, faketime and time command-line tools, Chromium
 # (for the drill report's rendering test), promtool (Debian packages),
-# Garage (the S3 server that stands for each provider) and cargo-nextest.
+# Garage (the S3 server that stands for each provider), cargo-deb and cargo-nextest.
 # Needs root (or sudo) only for what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +38,10 @@ fi
 if ! command -v garage >/dev/null; then
   echo "==> installing Garage (S3 server for the tests; builds from source, several minutes)"
   cargo install --locked garage --version 2.5.0
+fi
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "==> installing cargo-deb (builds the Debian packages the tests install)"
+  cargo install --locked cargo-deb --version 3.8.0
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "==> installing cargo-nextest"

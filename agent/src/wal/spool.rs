@@ -45,6 +45,9 @@ pub fn write_durably(tmp: &Path, dest: &Path, bytes: &[u8]) -> std::io::Result<(
         // a stale file (or a link planted there) is unlinked, never followed
         let _ = std::fs::remove_file(&t);
         let mut f = bascule_core::config::create_exclusive(&t, 0o640)?;
+        // whatever the umask (PostgreSQL's is 0077): a shared spool's other
+        // account (the agent, or wal-push as postgres) reads it by its group
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o640))?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&t, dest)?;
@@ -64,11 +67,23 @@ pub fn record_body(bytes: &[u8]) -> Option<WalRecord> {
 }
 
 impl Spool {
-    /// Opens (creating) the spool's folders.
+    /// Opens (creating) the spool's folders. In a shared spool (its folder
+    /// setgid, as the Debian package makes it: the agent's account and
+    /// PostgreSQL's share its group), a folder created here is made
+    /// group-writable whatever the umask.
     pub fn open(dir: &Path) -> anyhow::Result<Spool> {
+        use std::os::unix::fs::PermissionsExt;
         let s = Spool { dir: dir.into() };
-        for d in [s.dir.clone(), s.tmp(), s.dir.join(".sealed"), s.dir.join(".sent"), s.dir.join(".durable")] {
-            std::fs::create_dir_all(&d).with_context(|| format!("cannot create the WAL spool folder {}", d.display()))?;
+        std::fs::create_dir_all(&s.dir).with_context(|| format!("cannot create the WAL spool folder {}", s.dir.display()))?;
+        let shared = std::fs::metadata(&s.dir).map(|m| m.permissions().mode() & 0o2000 != 0).unwrap_or(false);
+        for d in [s.tmp(), s.dir.join(".sealed"), s.dir.join(".sent"), s.dir.join(".durable")] {
+            match std::fs::create_dir(&d) {
+                Ok(()) if shared => std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o2770))
+                    .with_context(|| format!("cannot make the WAL spool folder {} group-writable", d.display()))?,
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot create the WAL spool folder {}", d.display())),
+            }
         }
         Ok(s)
     }
