@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 mod archiving;
 pub mod bench;
 pub mod browser;
+pub mod dataset;
 pub mod fuzz;
 mod garage;
 pub mod http;

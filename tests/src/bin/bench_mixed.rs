@@ -1,0 +1,117 @@
+//! Export and restore on a realistic database (`dataset::load_mixed`: text
+//! with accents, jsonb, bytea, numeric, foreign keys, several indexes per
+//! table), against the export's floor (`pg_dump -Fc -Z0 > /dev/null`) and
+//! the restores a user would run instead: `age -d | zstd -d | pg_restore`
+//! and `pg_restore -j 2` from a local plaintext dump. Interleaved, medians,
+//! ratios. Run it with `./scripts/bench.sh mixed [MEGABYTES]` (default 1100).
+use std::process::Command;
+use std::time::Duration;
+
+use bascule_tests::bench::{field, fresh_tenant_config, median, timed, timed_rss};
+use bascule_tests::{bin, ok, Scenario};
+
+fn reps() -> usize {
+    std::env::var("BASCULE_BENCH_REPS").ok().and_then(|r| r.parse().ok()).unwrap_or(3)
+}
+
+fn main() {
+    let mb: u32 = std::env::args().nth(1).map(|a| a.parse().expect("megabytes")).unwrap_or(1100);
+    let s = Scenario::start(1000);
+    bascule_tests::dataset::load_mixed(&s.pg, "mixte", mb);
+    let yaml = std::fs::read_to_string(s.path("agent.yaml")).unwrap();
+    std::fs::write(s.path("agent.yaml"), yaml.replace("dbname=mairie", "dbname=mixte")).unwrap();
+    let dsn = s.pg.dsn("mixte");
+    let pg_dump = s.pg.tool("pg_dump");
+    let agent = bin("bascule-agent");
+
+    // the export's floor, and bascule's export, interleaved (each repetition
+    // of bascule's to a fresh tenant, so that nothing already sent helps)
+    let (mut t_floor, mut t_export) = (Vec::new(), Vec::new());
+    let (mut dump_bytes, mut rss) = (0, 0);
+    for i in 0..reps() {
+        let floor = format!("{} -Fc -Z0 -d '{dsn}' > /dev/null", pg_dump.display());
+        t_floor.push(timed("pg_dump -Fc -Z0 > /dev/null", Command::new("bash").arg("-c").arg(floor)).0);
+        let cfg = if i == 0 { s.path("agent.yaml") } else { fresh_tenant_config(&s, &format!("mixte-{i}")) };
+        let args = [agent.as_os_str(), "snapshot".as_ref(), "--job".as_ref(), "nightly".as_ref(), "--config".as_ref(), cfg.as_os_str()];
+        let (t, r, out) = timed_rss("bascule export", &args);
+        if i == 0 {
+            (dump_bytes, rss) = (field(&out, "source_bytes"), r);
+        }
+        t_export.push(t);
+    }
+
+    // the baselines' inputs: a plaintext dump, and the same encrypted
+    let plain = s.path("mixte.dump");
+    let sealed = s.path("mixte.dump.age");
+    ok(Command::new(&pg_dump).args(["-Fc", "-Z0", "-f"]).arg(&plain).args(["-d", &dsn]));
+    ok(Command::new("bash").arg("-c").arg(format!(
+        "set -o pipefail; zstd -3 -T2 -q -c {} | age -r {} > {}",
+        plain.display(),
+        s.recipient,
+        sealed.display()
+    )));
+    let pg_restore = s.pg.tool("pg_restore");
+    let (mut t_restore, mut t_pipeline, mut t_parallel) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..reps() {
+        let db = format!("r_bascule_{i}");
+        s.pg.createdb(&db);
+        let mut c = s.controller(&["restore"]);
+        c.arg("--identity").arg(s.path("customer.key")).args(["--target", &s.pg.dsn(&db)]);
+        let out = timed("bascule restore", &mut c).1;
+        let t = out
+            .split("chunks) in ")
+            .nth(1)
+            .and_then(|r| r.split('s').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(Duration::from_secs_f64)
+            .unwrap_or_else(|| panic!("no restore time in:\n{out}"));
+        t_restore.push(t);
+        s.pg.psql("postgres", &format!("DROP DATABASE {db}"));
+
+        let db = format!("r_pipeline_{i}");
+        s.pg.createdb(&db);
+        let pipeline = format!(
+            "set -o pipefail; age -d -i {} < {} | zstd -d -q | {} --exit-on-error --single-transaction -d '{}'",
+            s.path("customer.key").display(),
+            sealed.display(),
+            pg_restore.display(),
+            s.pg.dsn(&db)
+        );
+        t_pipeline.push(timed("age -d | zstd -d | pg_restore", Command::new("bash").arg("-c").arg(pipeline)).0);
+        s.pg.psql("postgres", &format!("DROP DATABASE {db}"));
+
+        let db = format!("r_parallel_{i}");
+        s.pg.createdb(&db);
+        let mut c = Command::new(&pg_restore);
+        c.args(["-j", "2", "--exit-on-error", "-d", &s.pg.dsn(&db)]).arg(&plain);
+        t_parallel.push(timed("pg_restore -j 2 from a local plaintext dump", &mut c).0);
+        s.pg.psql("postgres", &format!("DROP DATABASE {db}"));
+    }
+    let (floor, export) = (median(t_floor), median(t_export));
+    let (restore, pipeline, parallel) = (median(t_restore), median(t_pipeline), median(t_parallel));
+    let mib = dump_bytes as f64 / (1024.0 * 1024.0);
+    println!();
+    println!("bascule benchmark, mixed dataset: dump {mib:.0} MiB, two Garage providers on loopback, {} repetitions (medians)", reps());
+    println!();
+    println!("| measure | bascule | baseline | ratio | target |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| export to two providers | {:.1} s | {:.1} s `pg_dump -Fc -Z0 > /dev/null` | {:.2}× time | ≤ 1.05× |",
+        export.as_secs_f64(),
+        floor.as_secs_f64(),
+        export.as_secs_f64() / floor.as_secs_f64()
+    );
+    println!(
+        "| restore (fetch, verify, pg_restore) | {:.1} s | {:.1} s `age -d \\| zstd -d \\| pg_restore` | {:.2}× time | ≤ 0.8× |",
+        restore.as_secs_f64(),
+        pipeline.as_secs_f64(),
+        restore.as_secs_f64() / pipeline.as_secs_f64()
+    );
+    println!(
+        "| restore against a parallel one | {:.1} s | {:.1} s `pg_restore -j 2` from a local plaintext dump | {:.2}× time | ≤ 1.0× |",
+        restore.as_secs_f64(),
+        parallel.as_secs_f64(),
+        restore.as_secs_f64() / parallel.as_secs_f64()
+    );
+    println!("| agent peak RSS | {:.0} MiB (dump {mib:.0} MiB) | | | < 64 MiB for 2 GB |", rss as f64 / 1024.0);
+}
