@@ -40,6 +40,17 @@ pub fn field(out: &str, name: &str) -> u64 {
         .unwrap()
 }
 
+/// The fetch-and-restore time `bascule-controller restore` prints, apart
+/// from its row-count check (`… chunks) in 12.3s; …`).
+pub fn restore_phase(out: &str) -> Duration {
+    out.split("chunks) in ")
+        .nth(1)
+        .and_then(|r| r.split('s').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(Duration::from_secs_f64)
+        .unwrap_or_else(|| panic!("no restore time in:\n{out}"))
+}
+
 pub fn du(path: &Path) -> u64 {
     let out = ok(Command::new("du").arg("-sb").arg(path));
     out.split_whitespace().next().unwrap().parse().unwrap()

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use bascule_tests::bench::{du, field, fresh_tenant_config, median, scripted_upload, timed, timed_rss, REPS};
+use bascule_tests::bench::{du, field, fresh_tenant_config, median, restore_phase, scripted_upload, timed, timed_rss, REPS};
 use bascule_tests::{bin, ok, run, text, Scenario};
 
 /// What one run measured.
@@ -113,14 +113,7 @@ fn restore(s: &Scenario, f: &mut Figures) {
         let mut c = s.controller(&["restore"]);
         c.arg("--identity").arg(s.path("customer.key")).args(["--target", &s.pg.dsn(&db)]);
         let (t_all, out) = timed("bascule restore", &mut c);
-        // the controller prints the fetch-and-restore phase apart from its row-count check
-        let t = out
-            .split("chunks) in ")
-            .nth(1)
-            .and_then(|r| r.split('s').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(Duration::from_secs_f64)
-            .unwrap_or_else(|| panic!("no restore time in:\n{out}"));
+        let t = restore_phase(&out);
         t_restores.push(t);
         t_checks.push(t_all.saturating_sub(t));
         s.pg.psql("postgres", &format!("DROP DATABASE {db}"));

@@ -5,9 +5,8 @@
 //! and `pg_restore -j 2` from a local plaintext dump. Interleaved, medians,
 //! ratios. Run it with `./scripts/bench.sh mixed [MEGABYTES]` (default 1100).
 use std::process::Command;
-use std::time::Duration;
 
-use bascule_tests::bench::{field, fresh_tenant_config, median, timed, timed_rss};
+use bascule_tests::bench::{field, fresh_tenant_config, median, restore_phase, timed, timed_rss};
 use bascule_tests::{bin, ok, Scenario};
 
 fn reps() -> usize {
@@ -58,13 +57,7 @@ fn main() {
         let mut c = s.controller(&["restore"]);
         c.arg("--identity").arg(s.path("customer.key")).args(["--target", &s.pg.dsn(&db)]);
         let out = timed("bascule restore", &mut c).1;
-        let t = out
-            .split("chunks) in ")
-            .nth(1)
-            .and_then(|r| r.split('s').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(Duration::from_secs_f64)
-            .unwrap_or_else(|| panic!("no restore time in:\n{out}"));
+        let t = restore_phase(&out);
         t_restore.push(t);
         s.pg.psql("postgres", &format!("DROP DATABASE {db}"));
 
