@@ -26,7 +26,7 @@ pub fn load_mixed(pg: &PgCluster, db: &str, megabytes: u32) {
            FROM generate_series(1, 35000) g JOIN mots a ON a.i = g % 18 JOIN mots b ON b.i = (g / 18) % 18;
          CREATE TABLE habitants (id bigint PRIMARY KEY, commune_id int NOT NULL, nom text NOT NULL, prenom text, naissance date NOT NULL,
                                  adresse text NOT NULL, email text, infos jsonb NOT NULL, cree_le timestamptz NOT NULL);
-         INSERT INTO habitants SELECT g, 1 + g * 7919 % 35000, n.nom || '-' || p.nom, CASE WHEN g % 11 = 0 THEN NULL ELSE p.prenom END,
+         INSERT INTO habitants SELECT g, 1 + g::bigint * 7919 % 35000, n.nom || '-' || p.nom, CASE WHEN g % 11 = 0 THEN NULL ELSE p.prenom END,
                 date '1930-01-01' + (g * 31 % 33000), g % 300 || ', rue de l''Église, ' || l.lieu,
                 CASE WHEN g % 4 = 0 THEN NULL ELSE lower(p.prenom) || '.' || g || '@mairie-' || lower(l.lieu) || '.fr' END,
                 jsonb_build_object('foyer', g % 7, 'vœux', 'année ' || (2000 + g % 26), 'quartier', l.lieu, 'électeur', g % 3 > 0),
@@ -34,7 +34,7 @@ pub fn load_mixed(pg: &PgCluster, db: &str, megabytes: u32) {
            FROM generate_series(1, {habitants}) g JOIN mots n ON n.i = g % 18 JOIN mots p ON p.i = (g / 18) % 18 JOIN mots l ON l.i = (g / 324) % 18;
          CREATE TABLE actes (id bigint PRIMARY KEY, habitant_id bigint NOT NULL, nature text NOT NULL, statut statut_acte NOT NULL,
                              montant numeric(12, 2), signe_le timestamptz NOT NULL, piece bytea NOT NULL, texte text);
-         INSERT INTO actes SELECT g, 1 + g * 104729 % {habitants}, (ARRAY['naissance','mariage','décès','reconnaissance','PACS'])[1 + g % 5],
+         INSERT INTO actes SELECT g, 1 + g::bigint * 104729 % {habitants}, (ARRAY['naissance','mariage','décès','reconnaissance','PACS'])[1 + g % 5],
                 (ARRAY['brouillon','validé','signé','archivé']::statut_acte[])[1 + g % 4], CASE WHEN g % 3 = 0 THEN NULL ELSE (g % 100000) / 100.0 END,
                 timestamptz '2010-01-01 09:00+01' + (g * 61 % 500000000) * interval '1 second', decode(md5(g::text), 'hex') || decode(md5((g + 1)::text), 'hex'),
                 'Délibération n°' || g || ' du conseil municipal de ' || l.lieu || ' : ' || repeat('considérant l''intérêt général, ', 1 + g % 3)
