@@ -63,7 +63,7 @@ async fn provider(r: &bascule_core::provider::Replica) -> Result<String, String>
     let key = format!("check/{}-{}", crate::hostname(), chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default());
     let body = Bytes::from(format!("bascule-agent check {key}"));
     r.put(&key, body.clone()).await.map_err(|e| match e.advice() {
-        Some(a) => format!("cannot write: {a}"),
+        Some(a) => format!("cannot write: {a} (the provider said: {})", e.to_string().chars().take(300).collect::<String>()),
         None => format!(
             "cannot write ({e}): check the provider's credentials allow writing to the bucket, the bucket exists, and the endpoint is reachable"
         ),

@@ -121,7 +121,7 @@ async fn restore_into_scratch(
     let scratch = format!("bascule_restore_test_{}", &id[id.len() - 8..]);
     if let Err(e) = client.batch_execute(&format!("CREATE DATABASE \"{scratch}\"")).await {
         if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
-            let role = pg.pg().get_user().unwrap_or("the job's role").to_string();
+            let role = pg.pg().get_user().map(bascule_core::postgres::quote_ident).unwrap_or("the job's role".into());
             bail!(
                 "role {role} may not create databases, and the restore test restores into a scratch database it creates \
                  and drops: as a superuser, run `ALTER ROLE {role} CREATEDB;` (or give source.dsn a role that has it)"

@@ -146,7 +146,7 @@ fn a_restore_test_role_without_createdb_is_named_with_its_fix() {
     let key = s.path("customer.key");
     let o = run(&mut s.agent(&["restore-test", "--job", "nightly", "--identity", key.to_str().unwrap()]));
     assert!(!o.status.success(), "{}", text(&o));
-    says(&o, &["role greffe may not create databases", "ALTER ROLE greffe CREATEDB"]);
+    says(&o, &["role \"greffe\" may not create databases", "ALTER ROLE \"greffe\" CREATEDB;"]);
 }
 
 #[test]

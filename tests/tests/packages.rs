@@ -56,12 +56,21 @@ fn the_debian_packages_install_with_their_account_modes_and_hardened_units() {
     assert!(fields[2].parse::<u32>().unwrap() < 1000, "a system account: {account}");
     assert_eq!(fields[6], "/usr/sbin/nologin", "{account}");
 
-    assert_eq!(mode_owner_group("/etc/bascule"), (0o750, "root".into(), "bascule".into()));
-    for f in ["/etc/bascule/agent.yaml", "/etc/bascule/controller.yaml"] {
-        assert_eq!(mode_owner_group(f), (0o640, "root".into(), "bascule".into()), "{f}");
+    assert_eq!(mode_owner_group("/etc/bascule"), (0o755, "root".into(), "root".into()));
+    // agent.yaml holds no secret: PostgreSQL's archive_command reads it (group bascule-wal);
+    // controller.yaml, and the secret files an administrator adds, are for the group bascule only
+    assert_eq!(mode_owner_group("/etc/bascule/agent.yaml"), (0o640, "root".into(), "bascule-wal".into()));
+    assert_eq!(mode_owner_group("/etc/bascule/controller.yaml"), (0o640, "root".into(), "bascule".into()));
+    assert_eq!(mode_owner_group("/var/lib/bascule-agent"), (0o750, "bascule".into(), "bascule-wal".into()));
+    assert_eq!(mode_owner_group("/var/lib/bascule-agent/wal-spool"), (0o2770, "bascule".into(), "bascule-wal".into()));
+    assert_eq!(mode_owner_group("/var/lib/bascule-agent/wal-spool/.tmp"), (0o2770, "bascule".into(), "bascule-wal".into()));
+    for d in [".sealed", ".sent", ".durable"] {
+        let d = format!("/var/lib/bascule-agent/wal-spool/{d}");
+        assert_eq!(mode_owner_group(&d), (0o2750, "bascule".into(), "bascule-wal".into()), "{d}: postgres may read, not write");
     }
-    assert_eq!(mode_owner_group("/var/lib/bascule-agent"), (0o750, "bascule".into(), "bascule".into()));
-    assert_eq!(mode_owner_group("/var/lib/bascule-agent/wal-spool"), (0o2770, "bascule".into(), "bascule".into()));
+    let groups = |user: &str| ok(Command::new("id").args(["-nG", user]));
+    assert!(!groups("postgres").split_whitespace().any(|g| g == "bascule"), "postgres must not read bascule's secrets");
+    assert!(groups("postgres").split_whitespace().any(|g| g == "bascule-wal"));
     assert_eq!(mode_owner_group("/var/lib/bascule-controller"), (0o750, "bascule".into(), "bascule".into()));
     let conffiles = ok(Command::new("dpkg-query").args(["--showformat=${Conffiles}", "--show", "bascule-agent"]));
     assert!(conffiles.contains("/etc/bascule/agent.yaml"), "an edited configuration survives upgrades: {conffiles}");
@@ -95,7 +104,10 @@ fn the_debian_packages_install_with_their_account_modes_and_hardened_units() {
         as_user("postgres", &format!("umask 077; /usr/bin/bascule-agent wal-push --config /etc/bascule/agent.yaml {}", segment.display()));
     assert!(push.status.success(), "wal-push as postgres into the packaged spool:\n{}", text(&push));
     let spooled = "/var/lib/bascule-agent/wal-spool/000000010000000000000007";
-    assert_eq!(mode_owner_group(spooled), (0o640, "postgres".into(), "bascule".into()));
+    assert_eq!(mode_owner_group(spooled), (0o640, "postgres".into(), "bascule-wal".into()));
     let agent = as_user("bascule", &format!("cmp {spooled} {} && rm {spooled}", segment.display()));
     assert!(agent.status.success(), "the agent's account reads and removes what PostgreSQL spooled:\n{}", text(&agent));
+    // and PostgreSQL's account cannot write where the agent keeps what it shipped
+    let planted = as_user("postgres", "touch /var/lib/bascule-agent/wal-spool/.sent/x");
+    assert!(!planted.status.success(), "postgres wrote into .sent:\n{}", text(&planted));
 }

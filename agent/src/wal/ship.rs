@@ -123,8 +123,8 @@ fn prepare(agent: &Agent, spool: &Spool, name: &WalName, sequence: u64) -> anyho
         return Ok(None);
     }
     let t0 = std::time::Instant::now();
-    let data = std::fs::read(&raw).with_context(|| raw.display().to_string())?;
-    let archived_at: chrono::DateTime<chrono::Utc> = std::fs::metadata(&raw)?.modified().unwrap_or_else(|_| SystemTime::now()).into();
+    let (data, written) = super::spool::read_spooled(&raw).with_context(|| raw.display().to_string())?;
+    let archived_at: chrono::DateTime<chrono::Utc> = written.into();
     let sealed = seal::seal(&data, &agent.config.recipients)?;
     let object = ObjectRef::of(name.object_key(), &sealed);
     let record = WalRecord {
@@ -153,7 +153,10 @@ fn commit(spool: &Spool, p: Prepared) -> anyhow::Result<()> {
     let tmp = spool.tmp();
     let (t_sealed, t_record) = (tmp.join(format!("{}.sealed", p.name)), tmp.join(format!("{}.rec", p.name)));
     for (path, bytes) in [(&t_sealed, &p.sealed), (&t_record, &p.record)] {
-        let mut f = std::fs::File::create(path).with_context(|| path.display().to_string())?;
+        // the temporary folder is shared with PostgreSQL's account: a file
+        // (or a link) planted there is unlinked, never followed
+        let _ = std::fs::remove_file(path);
+        let mut f = bascule_core::config::create_exclusive(path, 0o640).with_context(|| path.display().to_string())?;
         std::io::Write::write_all(&mut f, bytes).with_context(|| path.display().to_string())?;
         f.sync_all()?;
     }

@@ -59,6 +59,31 @@ pub fn write_durably(tmp: &Path, dest: &Path, bytes: &[u8]) -> std::io::Result<(
     result
 }
 
+/// The most a file PostgreSQL archives may hold (its largest WAL segment).
+const WAL_FILE_MAX: u64 = 1 << 30;
+
+/// A file `wal-push` spooled, read by the agent: in a spool shared with
+/// PostgreSQL's account, whatever is there may have been planted by it, so
+/// a link is not followed, anything but a regular file is refused (a FIFO
+/// would block, `/dev/zero` would never end) and so is one over 1 GiB.
+/// Returns its bytes and when it was written.
+pub fn read_spooled(path: &Path) -> std::io::Result<(Vec<u8>, std::time::SystemTime)> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(flags.bits() as i32).open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() || meta.len() > WAL_FILE_MAX {
+        return Err(std::io::Error::other("not a regular file of at most 1 GiB: refusing it (was it planted in the spool?)"));
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    f.take(WAL_FILE_MAX + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > WAL_FILE_MAX {
+        return Err(std::io::Error::other("grew past 1 GiB while read: refusing it"));
+    }
+    Ok((data, meta.modified().unwrap_or_else(|_| std::time::SystemTime::now())))
+}
+
 /// The body of a record in the spool (written by this agent; the signature
 /// is checked by readers of the providers, not here).
 pub fn record_body(bytes: &[u8]) -> Option<WalRecord> {
@@ -69,8 +94,10 @@ pub fn record_body(bytes: &[u8]) -> Option<WalRecord> {
 impl Spool {
     /// Opens (creating) the spool's folders. In a shared spool (its folder
     /// setgid, as the Debian package makes it: the agent's account and
-    /// PostgreSQL's share its group), a folder created here is made
-    /// group-writable whatever the umask.
+    /// PostgreSQL's share its group `bascule-wal`), the temporary folder is
+    /// made group-writable whatever the umask (`wal-push` writes there and in
+    /// the spool itself); the others only group-readable: PostgreSQL's
+    /// account may read what the agent did with a file, never write it.
     pub fn open(dir: &Path) -> anyhow::Result<Spool> {
         use std::os::unix::fs::PermissionsExt;
         let s = Spool { dir: dir.into() };
@@ -78,8 +105,11 @@ impl Spool {
         let shared = std::fs::metadata(&s.dir).map(|m| m.permissions().mode() & 0o2000 != 0).unwrap_or(false);
         for d in [s.tmp(), s.dir.join(".sealed"), s.dir.join(".sent"), s.dir.join(".durable")] {
             match std::fs::create_dir(&d) {
-                Ok(()) if shared => std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o2770))
-                    .with_context(|| format!("cannot make the WAL spool folder {} group-writable", d.display()))?,
+                Ok(()) if shared => {
+                    let mode = if d == s.tmp() { 0o2770 } else { 0o2750 };
+                    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode))
+                        .with_context(|| format!("cannot set the mode of the WAL spool folder {}", d.display()))?
+                }
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e).with_context(|| format!("cannot create the WAL spool folder {}", d.display())),
@@ -250,6 +280,26 @@ impl Spool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spooled_file_is_read_only_if_it_is_a_regular_file() {
+        let d = tempfile::tempdir().unwrap();
+        let good = d.path().join("000000010000000000000001");
+        std::fs::write(&good, b"wal").unwrap();
+        assert_eq!(read_spooled(&good).unwrap().0, b"wal");
+        // what another account could plant in a shared spool
+        let key = d.path().join("agent.key");
+        std::fs::write(&key, b"secret").unwrap();
+        let link = d.path().join("000000010000000000000002");
+        std::os::unix::fs::symlink(&key, &link).unwrap();
+        assert!(read_spooled(&link).is_err(), "a link is not followed");
+        let zero = d.path().join("000000010000000000000003");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert!(read_spooled(&zero).is_err());
+        let fifo = d.path().join("000000010000000000000004");
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
+        assert!(read_spooled(&fifo).unwrap_err().to_string().contains("not a regular file"), "a FIFO neither blocks nor is read");
+    }
 
     #[test]
     fn push_is_idempotent_and_refuses_other_content() {

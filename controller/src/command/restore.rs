@@ -159,8 +159,10 @@ pub struct RestoreRequest {
 /// `OLD=NEW`.
 fn role_pair(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
-        Some((old, new)) if !old.is_empty() && !new.is_empty() => Ok((old.to_string(), new.to_string())),
-        _ => Err(format!("{s:?}: expected OLD=NEW, two role names")),
+        Some((old, new)) if !old.is_empty() && !new.is_empty() && old.len() <= 63 && new.len() <= 63 => {
+            Ok((old.to_string(), new.to_string()))
+        }
+        _ => Err(format!("{s:?}: expected OLD=NEW, two role names (PostgreSQL's are 1 to 63 bytes)")),
     }
 }
 

@@ -98,7 +98,11 @@ pub fn missing_roles_advice(missing: &[String]) -> String {
          Create them first ({}), map them to roles the target has (--map-role old=new), or restore without \
          owners (--no-owner: everything owned by the restoring role) and/or privileges (--no-privileges)",
         missing.len(),
-        missing.join(", "),
+        missing
+            .iter()
+            .map(|r| if r.chars().all(|c| c.is_alphanumeric() || c == '_' || c == ' ') { r.clone() } else { format!("{r:?}") })
+            .collect::<Vec<_>>()
+            .join(", "),
         create.join(" ")
     )
 }

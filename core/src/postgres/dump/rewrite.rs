@@ -85,7 +85,7 @@ impl RoleMap {
             let e = parse_entry(&mut c, h)?;
             let before = self.patches.len();
             if let Some(new) = e.owner.as_ref().and_then(|o| self.map.get(o)) {
-                self.patches.push((e.owner_at.clone(), encode(new, h.int_size)));
+                self.patches.push((e.owner_at.clone(), encode(new, h.int_size)?));
             }
             if let Some(d @ ("ACL" | "DEFAULT ACL" | "POLICY")) = e.desc.as_deref() {
                 let raw = buf.get(e.defn_at.clone()).and_then(|f| f.get(1 + h.int_size..)).unwrap_or_default();
@@ -94,7 +94,7 @@ impl RoleMap {
                 };
                 let mapped = roles::map_roles(d, sql, &self.map);
                 if mapped != sql {
-                    self.patches.push((e.defn_at.clone(), encode(&mapped, h.int_size)));
+                    self.patches.push((e.defn_at.clone(), encode(&mapped, h.int_size)?));
                 }
             }
             if self.patches.len() > before {
@@ -126,12 +126,15 @@ impl RoleMap {
 
 /// An archive string: its length as an archive integer (a sign byte, then
 /// `int_size` bytes, least significant first), then its bytes.
-fn encode(s: &str, int_size: usize) -> Vec<u8> {
-    let mut out = vec![0u8];
+fn encode(s: &str, int_size: usize) -> Result<Vec<u8>, Short> {
     let len = s.len() as u64;
+    if int_size < 8 && len >> (8 * int_size) != 0 {
+        return Err(Short::Bad(format!("a renamed field of {len} bytes does not fit the archive's {int_size}-byte integers")));
+    }
+    let mut out = vec![0u8];
     out.extend((0..int_size).map(|i| if i < 8 { (len >> (8 * i)) as u8 } else { 0 }));
     out.extend_from_slice(s.as_bytes());
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -140,7 +143,8 @@ mod tests {
 
     #[test]
     fn an_encoded_string_reads_back() {
-        let e = encode("Élus", 4);
+        let e = encode("Élus", 4).ok().unwrap();
+        assert!(encode(&"x".repeat(300), 1).is_err());
         let mut c = Cur { b: &e, at: 0 };
         assert!(matches!(c.str(4), Ok(Some(s)) if s == "Élus"));
         assert_eq!(c.at, e.len());

@@ -77,13 +77,25 @@ fn role(t: &(Tok, Range<usize>)) -> Option<(String, Range<usize>)> {
     }
 }
 
-/// The roles of a comma-separated list starting at `list`, up to a word of `stop`.
-fn role_list(list: &[(Tok, Range<usize>)], stop: &[&str], out: &mut Vec<(String, Range<usize>)>) {
-    for t in list {
-        if stop.iter().any(|w| is_word(t, w)) {
+/// The roles of a comma-separated list, up to what follows it: `USING`
+/// or `WITH` (a policy's expressions, `WITH GRANT OPTION`), `GRANTED BY`, or
+/// `CASCADE`/`RESTRICT` as the statement's last word after a role (not
+/// after a comma). pg_dump writes
+/// unreserved keywords unquoted, so a role may be named `cascade` or
+/// `granted`: only those places end the list.
+fn role_list(list: &[(Tok, Range<usize>)], out: &mut Vec<(String, Range<usize>)>) {
+    for (i, t) in list.iter().enumerate() {
+        let next = list.get(i + 1);
+        let ends = is_word(t, "USING")
+            || is_word(t, "WITH")
+            || (is_word(t, "GRANTED") && next.is_some_and(|n| is_word(n, "BY")))
+            || ((is_word(t, "CASCADE") || is_word(t, "RESTRICT"))
+                && next.is_none()
+                && i.checked_sub(1).and_then(|p| list.get(p)).is_some_and(|p| p.0 != Tok::Punct(',')));
+        if ends {
             break;
         }
-        if is_word(t, "GROUP") {
+        if is_word(t, "GROUP") && next.is_some_and(|n| n.0 != Tok::Punct(',')) {
             continue;
         }
         out.extend(role(t));
@@ -98,9 +110,11 @@ pub fn role_spans(desc: &str, sql: &str) -> Vec<(String, Range<usize>)> {
     for stmt in toks.split(|t| t.0 == Tok::Punct(';')) {
         let Some(first) = stmt.first() else { continue };
         if desc == "POLICY" {
-            // CREATE POLICY p ON t [AS …] [FOR …] TO r, … [USING (…)] [WITH CHECK (…)]
-            if let Some(at) = stmt.iter().position(|t| is_word(t, "TO")) {
-                role_list(stmt.get(at + 1..).unwrap_or_default(), &["USING", "WITH"], &mut roles);
+            // CREATE POLICY p ON t [AS …] [FOR …] [TO r, …] [USING (…)] [WITH CHECK (…)]:
+            // a TO inside the expressions (an interval's `year to month`) is not the roles'
+            let head = stmt.iter().position(|t| is_word(t, "USING") || is_word(t, "WITH")).unwrap_or(stmt.len());
+            if let Some(at) = stmt.get(..head).unwrap_or_default().iter().position(|t| is_word(t, "TO")) {
+                role_list(stmt.get(at + 1..head).unwrap_or_default(), &mut roles);
             }
             continue;
         }
@@ -130,7 +144,7 @@ pub fn role_spans(desc: &str, sql: &str) -> Vec<(String, Range<usize>)> {
             _ => continue,
         };
         let Some(at) = rest.iter().rposition(|t| is_word(t, keyword)) else { continue };
-        role_list(rest.get(at + 1..).unwrap_or_default(), &["WITH", "CASCADE", "RESTRICT", "GRANTED"], &mut roles);
+        role_list(rest.get(at + 1..).unwrap_or_default(), &mut roles);
     }
     roles
 }
@@ -143,12 +157,22 @@ pub fn acl_roles(sql: &str) -> Vec<String> {
 
 /// `sql` with every role `map` names replaced (quoted) by its new name.
 pub fn map_roles(desc: &str, sql: &str, map: &std::collections::BTreeMap<String, String>) -> String {
-    let mut out = sql.to_string();
-    for (r, at) in role_spans(desc, sql).into_iter().rev() {
-        if let Some(new) = map.get(&r) {
-            out.replace_range(at, &super::super::quote_ident(new));
+    let mut spans = role_spans(desc, sql);
+    spans.sort_by_key(|(_, at)| at.start);
+    spans.dedup_by_key(|(_, at)| at.start);
+    // built forward, each span once and after the last: never a panic
+    let mut out = String::with_capacity(sql.len());
+    let mut done = 0;
+    for (r, at) in spans {
+        let (Some(new), Some(before)) = (map.get(&r), sql.get(done..at.start)) else { continue };
+        if at.start < done {
+            continue;
         }
+        out.push_str(before);
+        out.push_str(&super::super::quote_ident(new));
+        done = at.end;
     }
+    out.push_str(sql.get(done..).unwrap_or_default());
     out
 }
 
@@ -172,6 +196,15 @@ mod tests {
             ["bascule", "lecteur", "Mairie"]
         );
         assert_eq!(acl_roles("GRANT USAGE ON SCHEMA s TO GROUP compta;"), ["compta"]);
+        // unreserved keywords pg_dump writes unquoted, as role names
+        assert_eq!(
+            acl_roles("GRANT SELECT ON TABLE t TO cascade, granted, \"group\", restrict;"),
+            ["cascade", "granted", "group", "restrict"]
+        );
+        assert_eq!(acl_roles("REVOKE ALL ON TABLE t FROM greffe CASCADE;"), ["greffe"]);
+        assert_eq!(acl_roles("GRANT r1 TO r2 GRANTED BY r3;"), ["r2"]);
+        // a policy for PUBLIC: the TO of an interval is no role
+        assert!(role_spans("POLICY", "CREATE POLICY p ON t USING ((d > (now() - '1 year'::interval year to month)));").is_empty());
         assert_eq!(acl_roles("COMMENT ON TABLE t IS 'GRANT x TO y';"), Vec::<String>::new());
         assert_eq!(acl_roles("GRANT ALL ON FUNCTION f('TO') TO Admin_Local"), ["admin_local"]);
         assert_eq!(role_spans("POLICY", "CREATE POLICY p ON public.t FOR SELECT TO accueil, \"Élus\" USING ((commune = 'x'));").len(), 2);
