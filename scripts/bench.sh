@@ -4,7 +4,7 @@
 #   ./scripts/bench.sh [PGBENCH_SCALE]        nightly exports: throughput, restore, memory, bytes sent
 #   ./scripts/bench.sh wal [PGBENCH_SCALE]    continuous archiving: TPS, archive lag, base backup, PITR
 #   ./scripts/bench.sh standby [PGBENCH_SCALE]  failover: site B rebuilt vs its warm standby promoted (default 100)
-#   ./scripts/bench.sh mixed [MEGABYTES]      a realistic database (default 1100 MB of dump): export vs its
+#   ./scripts/bench.sh mixed [MEGABYTES]      a realistic database (default 2000: about 1 GiB of dump): export vs its
 #                                             floor, restore vs the hand pipeline and pg_restore -j 2
 # BASCULE_BENCH_KEEP=DIR keeps the three nights' dumps in DIR.
 # Default scale 50. Installs what it compares against when missing (rclone,
@@ -17,7 +17,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 bench=bench
 if [ "${1:-}" = wal ]; then bench=bench_wal; shift; fi
 if [ "${1:-}" = standby ]; then bench=bench_standby; shift; set -- "${1:-100}"; fi
-if [ "${1:-}" = mixed ]; then bench=bench_mixed; shift; set -- "${1:-1100}"; fi
+if [ "${1:-}" = mixed ]; then bench=bench_mixed; shift; set -- "${1:-2000}"; fi
 SUDO=()
 if [ "$(id -u)" != 0 ]; then SUDO=(sudo); fi
 missing=()

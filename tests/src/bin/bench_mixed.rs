@@ -3,7 +3,7 @@
 //! table), against the export's floor (`pg_dump -Fc -Z0 > /dev/null`) and
 //! the restores a user would run instead: `age -d | zstd -d | pg_restore`
 //! and `pg_restore -j 2` from a local plaintext dump. Interleaved, medians,
-//! ratios. Run it with `./scripts/bench.sh mixed [MEGABYTES]` (default 1100).
+//! ratios. Run it with `./scripts/bench.sh mixed [MEGABYTES]` (default 2000, about 1.05 GiB of dump).
 use std::process::Command;
 
 use bascule_tests::bench::{field, fresh_tenant_config, median, restore_phase, timed, timed_rss};
@@ -14,7 +14,7 @@ fn reps() -> usize {
 }
 
 fn main() {
-    let mb: u32 = std::env::args().nth(1).map(|a| a.parse().expect("megabytes")).unwrap_or(1100);
+    let mb: u32 = std::env::args().nth(1).map(|a| a.parse().expect("megabytes")).unwrap_or(2000);
     let s = Scenario::start(1000);
     bascule_tests::dataset::load_mixed(&s.pg, "mixte", mb);
     let yaml = std::fs::read_to_string(s.path("agent.yaml")).unwrap();
