@@ -200,9 +200,35 @@ impl Scenario {
 
     /// Waits until PostgreSQL archived `name` and both providers hold it.
     pub fn wait_on_both(&self, name: &str, timeout: Duration) {
-        wait_until(&format!("{name} archived on both providers"), timeout, || {
-            self.archiver().last_archived.as_str() >= name && self.wal_on(&self.a).contains(name) && self.wal_on(&self.b).contains(name)
-        });
+        let t0 = std::time::Instant::now();
+        let done =
+            || self.archiver().last_archived.as_str() >= name && self.wal_on(&self.a).contains(name) && self.wal_on(&self.b).contains(name);
+        while !done() {
+            if t0.elapsed() > timeout {
+                panic!("{}", self.why_not_archived(name, timeout));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// What stands between `name` and both providers: what PostgreSQL's
+    /// archiver says, what each provider holds, the spool, the logs' ends.
+    fn why_not_archived(&self, name: &str, timeout: Duration) -> String {
+        let a = self.archiver();
+        let tail = |t: String, n: usize| t.lines().rev().take(n).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let listing = text(&run(Command::new("ls").args(["-laR"]).arg(self.spool())));
+        format!(
+            "timed out after {}s waiting for {name} archived on both providers\narchiver: archived {}, last {:?}, failed {}\n\
+             provider-a holds {:?}\nprovider-b holds {:?}\nspool:\n{listing}\ndaemon log:\n{}\nPostgreSQL log:\n{}",
+            timeout.as_secs(),
+            a.archived,
+            a.last_archived,
+            a.failed,
+            self.wal_on(&self.a),
+            self.wal_on(&self.b),
+            tail(self.daemon_log(), 40),
+            tail(self.pg.log(), 20)
+        )
     }
 
     /// Waits until both providers hold the WAL file `name` (whichever site archived it).
