@@ -127,16 +127,7 @@ impl Scenario {
         let mut yaml = std::fs::read_to_string(&cfg).unwrap();
         yaml.push_str(&format!("serve:\n  listen: 127.0.0.1:{port}\n  interval: 1s\n{extra}"));
         crate::write(&cfg, &yaml);
-        let log = std::fs::File::create(self.path("serve.log")).unwrap();
-        let child = Command::new(crate::bin("bascule-controller"))
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start bascule-controller serve");
-        (KillOnDrop(child), format!("http://127.0.0.1:{port}"))
+        (crate::spawn_serve(&cfg, &self.path("serve.log")), format!("http://127.0.0.1:{port}"))
     }
 
     /// `drill run` of a one-step runbook promoting the standby in `pgdata`

@@ -69,6 +69,20 @@ pub fn which(name: &str, extra: &[PathBuf]) -> Option<PathBuf> {
 /// A child process killed (SIGKILL) on drop.
 pub struct KillOnDrop(pub Child);
 
+/// Starts `bascule-controller serve --config cfg`, its output in `log`.
+pub fn spawn_serve(cfg: &Path, log: &Path) -> KillOnDrop {
+    let log = std::fs::File::create(log).unwrap();
+    let child = Command::new(bin("bascule-controller"))
+        .args(["serve", "--config"])
+        .arg(cfg)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start bascule-controller serve");
+    KillOnDrop(child)
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();

@@ -13,7 +13,7 @@
 //! put back as they were.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use bascule_core::keys::AgentKey;
@@ -386,18 +386,10 @@ fn serve(w: &World, extra: &str) -> (KillOnDrop, String) {
         std::fs::read_to_string(w.s.path("controller.yaml")).unwrap().replace(&state, &w.s.path("serve-state").display().to_string())
             + &format!("serve:\n  listen: 127.0.0.1:{port}\n  interval: 1s\n  deep_interval: 1s\n{extra}");
     std::fs::write(&cfg, yaml).unwrap();
-    let log = std::fs::File::create(w.s.path("serve.log")).unwrap();
-    let child = Command::new(bin("bascule-controller"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let serve = bascule_tests::spawn_serve(&cfg, &w.s.path("serve.log"));
     let base = format!("http://127.0.0.1:{port}");
     wait_until("serve to answer", Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-    (KillOnDrop(child), base)
+    (serve, base)
 }
 
 /// After the cases: serve is alive, still cycling, and (where its monitor

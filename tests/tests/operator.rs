@@ -91,16 +91,7 @@ fn serve(dir: &Path, runbooks: &Path, tokens: &[String]) -> (KillOnDrop, String,
         dir,
         &format!("serve:\n  listen: 127.0.0.1:{port}\n  interval: 1s\n  runbooks_dir: {}\n  tokens:\n{lines}", runbooks.display()),
     );
-    let log = std::fs::File::create(dir.join("serve.log")).unwrap();
-    let child = Command::new(bin("bascule-controller"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let guard = KillOnDrop(child);
+    let guard = bascule_tests::spawn_serve(&cfg, &dir.join("serve.log"));
     let base = format!("http://127.0.0.1:{port}");
     wait_until("serve", MINUTE, || curl("GET", &format!("{base}/healthz"), None, None, &[]).0 == 200);
     (guard, base, cfg)
