@@ -33,6 +33,50 @@ pub struct ControllerConfig {
     pub serve: ServeConfig,
     /// A warm standby `serve` keeps fed (as `bascule-controller standby`).
     pub standby: Option<StandbyConfig>,
+    /// Where drills, the audit log, rollback marks and leases live: an
+    /// SQLite file under `state_dir` without this; PostgreSQL with it, shared
+    /// by several `serve` replicas (see the README's "Running the controller
+    /// at scale").
+    pub state: Option<StateConfig>,
+}
+
+/// The PostgreSQL state store.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// A connection string (`host=… dbname=… user=…` or a URI), with libpq's
+    /// TLS fields (`sslmode=verify-full sslrootcert=…`); never a password.
+    pub postgres: String,
+    /// The role's password, `{env: NAME}` or `{file: /path}`.
+    pub password: Option<bascule_core::config::SecretRef>,
+    /// How long a replica holds a tenant or a drill without renewing it: a
+    /// killed replica's work is taken over after this (and one cycle).
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: std::time::Duration,
+    /// This replica's name in the leases (default: host name and process id;
+    /// on Kubernetes, the pod's name).
+    pub replica: Option<String>,
+}
+
+fn default_lease() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
+}
+
+impl StateConfig {
+    /// The connection, its password resolved.
+    pub fn connect(&self, file: &Path) -> anyhow::Result<bascule_core::postgres::connect::Connect> {
+        let mut c = bascule_core::postgres::connect::Connect::parse(&self.postgres)
+            .map_err(|e| anyhow::anyhow!("{}: state.postgres: {e}", file.display()))?;
+        if let Some(p) = &self.password {
+            c.password(p.resolve(file, "state.password")?);
+        }
+        Ok(c)
+    }
+
+    /// This replica's name.
+    pub fn replica_name(&self) -> String {
+        self.replica.clone().unwrap_or_else(|| format!("{}-{}", crate::os_user::hostname(), std::process::id()))
+    }
 }
 
 /// The warm standby of one tenant (the vendor's own SaaS: its identity is
@@ -337,6 +381,18 @@ impl ControllerConfig {
         }
         if cfg.prune.concurrency == 0 || cfg.prune.concurrency > 256 {
             return Err(bad("prune.concurrency must be between 1 and 256".into()));
+        }
+        if let Some(s) = &cfg.state {
+            let parsed = bascule_core::postgres::connect::Connect::parse(&s.postgres).map_err(|e| bad(format!("state.postgres: {e}")))?;
+            if parsed.pg().get_password().is_some() {
+                return Err(bad("state.postgres holds a password: give it as state.password ({env: NAME} or {file: /path})".into()));
+            }
+            if s.lease < std::time::Duration::from_secs(2) || s.lease > std::time::Duration::from_secs(600) {
+                return Err(bad("state.lease must be between 2s and 10m".into()));
+            }
+            if s.replica.as_ref().is_some_and(|r| r.is_empty() || r.len() > 128 || r.chars().any(char::is_control)) {
+                return Err(bad("state.replica must be 1 to 128 printable characters".into()));
+            }
         }
         if let Some(sb) = &cfg.standby {
             if !cfg.tenants.iter().any(|t| t.name == sb.tenant) {

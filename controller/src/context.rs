@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
-use bascule_core::head::{RevokedMarks, RollbackGuard};
+use bascule_core::head::{FileMarks, Marks, RevokedMarks, RollbackGuard};
 use bascule_core::keys::AgentKey;
 use bascule_core::provider::{Provider, Replicated};
 
 use crate::config::ControllerConfig;
-use crate::state::Store;
+use crate::state::fleet::{Fleet, PgMarks};
+use crate::state::{Pg, Store};
 use crate::tenant::Tenant;
 
 /// The reports' own prefix on the providers (a name no tenant may take).
@@ -25,6 +26,9 @@ pub struct Controller {
     providers: Vec<Provider>,
     /// `<tenant>@<provider>` → its guard.
     guards: Mutex<HashMap<String, Arc<RollbackGuard>>>,
+    /// Where the guards keep their marks: files under state_dir, or the
+    /// PostgreSQL state store.
+    marks: Arc<dyn Marks>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -42,7 +46,15 @@ impl Controller {
     pub fn new(config: ControllerConfig, file: &Path) -> anyhow::Result<Arc<Controller>> {
         let providers = config.providers.iter().map(|p| Provider::build(p, file)).collect::<Result<Vec<_>, _>>()?;
         std::fs::create_dir_all(&config.state_dir).with_context(|| format!("state_dir {}", config.state_dir.display()))?;
-        Ok(Arc::new(Controller { config, file: file.into(), providers, guards: Mutex::default() }))
+        let marks: Arc<dyn Marks> = match &config.state {
+            None => Arc::new(FileMarks::new(&config.state_dir)),
+            Some(s) => {
+                // the schema is checked (and brought up to date) before anything else
+                Store::open_postgres(Pg::open(s.connect(file)?)?, &config.state_dir)?;
+                Arc::new(PgMarks(Pg::open(s.connect(file)?)?))
+            }
+        };
+        Ok(Arc::new(Controller { config, file: file.into(), providers, guards: Mutex::default(), marks }))
     }
 
     pub fn providers(&self) -> &[Provider] {
@@ -56,7 +68,7 @@ impl Controller {
         if let Some(g) = guards.get(&name) {
             return Ok(g.clone());
         }
-        let g = Arc::new(RollbackGuard::load(&self.config.state_dir, &name)?);
+        let g = Arc::new(RollbackGuard::with(self.marks.clone(), &name)?);
         guards.insert(name, g.clone());
         Ok(g)
     }
@@ -84,8 +96,18 @@ impl Controller {
         self.config.report_key()
     }
 
-    /// The drill store.
+    /// The drill store (a connection of its own).
     pub fn store(&self) -> anyhow::Result<Store> {
-        Store::open(&self.config.drill_store())
+        match &self.config.state {
+            None => Store::open(&self.config.drill_store()),
+            Some(s) => Store::open_postgres(Pg::open(s.connect(&self.file)?)?, &self.config.state_dir),
+        }
+    }
+
+    /// The leases of a replica sharing the PostgreSQL state (none with the
+    /// SQLite store: one process holds everything).
+    pub fn fleet(&self) -> anyhow::Result<Option<Fleet>> {
+        let Some(s) = &self.config.state else { return Ok(None) };
+        Ok(Some(Fleet::new(Pg::open(s.connect(&self.file)?)?, s.replica_name(), s.lease)))
     }
 }

@@ -72,6 +72,8 @@ pub enum Error {
     Missing { key: String },
     #[error("{key}: no provider holds a good copy: {reasons}")]
     NoGoodCopy { key: String, reasons: String },
+    #[error("rollback mark {name}: {reason}")]
+    Mark { name: String, reason: String },
 }
 
 impl Error {

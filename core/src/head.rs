@@ -46,44 +46,90 @@ impl Signed for Head {
     }
 }
 
-/// Remembers, in a small file per tenant and provider, the highest HEAD
-/// sequence ever seen, so that a provider replaying an old (validly signed)
+/// Where rollback marks are kept: one small file per tenant and provider
+/// under a state folder ([`FileMarks`]), or a shared database (the
+/// controller's PostgreSQL state). Both only ever raise a mark.
+pub trait Marks: Send + Sync + std::fmt::Debug {
+    /// The stored mark of `name` (0 when none).
+    fn read(&self, name: &str) -> Result<u64>;
+    /// Stores `sequence` as the mark of `name` unless the stored one is
+    /// higher, atomically against every other writer.
+    fn raise(&self, name: &str, sequence: u64) -> Result<()>;
+}
+
+/// Marks in files: `<dir>/<name>.head-seen`, raised under a file lock.
+#[derive(Debug, Clone)]
+pub struct FileMarks {
+    dir: PathBuf,
+}
+
+impl FileMarks {
+    pub fn new(dir: &Path) -> FileMarks {
+        FileMarks { dir: dir.to_path_buf() }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.head-seen"))
+    }
+}
+
+impl Marks for FileMarks {
+    fn read(&self, name: &str) -> Result<u64> {
+        let path = self.path(name);
+        match std::fs::read_to_string(&path) {
+            Ok(s) => s.trim().parse().map_err(|_| Error::ConfigValue {
+                file: path.clone(),
+                message: "not a sequence number; delete it only if you trust both providers' current HEAD".into(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(Error::io(&path, e)),
+        }
+    }
+
+    fn raise(&self, name: &str, sequence: u64) -> Result<()> {
+        let lock_path = self.dir.join(format!(".{name}.head-seen.lock"));
+        let lock =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+        lock.lock().map_err(|e| Error::io(&lock_path, e))?;
+        // under the lock: the stored mark is re-read, and only a higher one written
+        if sequence > self.read(name)? {
+            crate::config::write_atomic(&self.path(name), format!("{sequence}\n").as_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+/// Remembers the highest HEAD sequence ever seen per tenant and provider
+/// (in [`Marks`]), so that a provider replaying an old (validly signed)
 /// HEAD is refused.
 ///
 /// The mark only rises, whoever holds it: every check reads the stored mark,
-/// and raising it re-reads the stored mark under a lock and writes only a
-/// higher one, so two holders (two processes, or two tasks of one) can never
-/// lower what the other raised.
+/// and raising it writes only a higher one, atomically, so two holders (two
+/// processes, or two tasks of one) can never lower what the other raised.
 #[derive(Debug)]
 pub struct RollbackGuard {
-    path: PathBuf,
-    lock: PathBuf,
+    marks: std::sync::Arc<dyn Marks>,
+    name: String,
     /// The highest mark this holder read or wrote.
     seen: AtomicU64,
 }
 
 impl RollbackGuard {
-    /// The guard of `name` (`<tenant>@<provider>`) under `state_dir`.
+    /// The guard of `name` (`<tenant>@<provider>`) in files under `state_dir`.
     pub fn load(state_dir: &Path, name: &str) -> Result<Self> {
-        let g = RollbackGuard {
-            path: state_dir.join(format!("{name}.head-seen")),
-            lock: state_dir.join(format!(".{name}.head-seen.lock")),
-            seen: AtomicU64::new(0),
-        };
+        RollbackGuard::with(std::sync::Arc::new(FileMarks::new(state_dir)), name)
+    }
+
+    /// The guard of `name` with its marks kept in `marks`.
+    pub fn with(marks: std::sync::Arc<dyn Marks>, name: &str) -> Result<Self> {
+        let g = RollbackGuard { marks, name: name.to_string(), seen: AtomicU64::new(0) };
         g.stored()?;
         Ok(g)
     }
 
     /// The stored mark (and this holder's, if higher).
     fn stored(&self) -> Result<u64> {
-        let stored = match std::fs::read_to_string(&self.path) {
-            Ok(s) => s.trim().parse().map_err(|_| Error::ConfigValue {
-                file: self.path.clone(),
-                message: "not a sequence number; delete it only if you trust both providers' current HEAD".into(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(Error::io(&self.path, e)),
-        };
+        let stored = self.marks.read(&self.name)?;
         Ok(self.seen.fetch_max(stored, Ordering::SeqCst).max(stored))
     }
 
@@ -107,14 +153,8 @@ impl RollbackGuard {
         if sequence <= self.seen.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let lock =
-            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&self.lock).map_err(|e| Error::io(&self.lock, e))?;
-        lock.lock().map_err(|e| Error::io(&self.lock, e))?;
-        // under the lock: the stored mark is re-read, and only a higher one written
-        if sequence > self.stored()? {
-            crate::config::write_atomic(&self.path, format!("{sequence}\n").as_bytes())?;
-            self.seen.fetch_max(sequence, Ordering::SeqCst);
-        }
+        self.marks.raise(&self.name, sequence)?;
+        self.seen.fetch_max(sequence, Ordering::SeqCst);
         Ok(())
     }
 }

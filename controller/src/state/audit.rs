@@ -2,10 +2,13 @@
 //! each row carries the BLAKE3 of the previous row's hash and its own
 //! content, so that `drill audit --verify` finds a row changed behind
 //! SQLite's back.
-use rusqlite::{params, OptionalExtension};
-
+use super::db::{p, Db};
 use super::records::now;
 use super::Store;
+
+/// The advisory lock appends take in PostgreSQL ("bascule" and 2): replicas
+/// append one at a time, so the chain never forks.
+const AUDIT_LOCK: i64 = 0x6261_7363_756c_6502;
 
 /// The hash of the row before the first.
 pub(super) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -40,36 +43,38 @@ impl Store {
     /// Appends rows `(actor, event, detail)` in one transaction (one sync to
     /// disk for all); returns the sequence of the last.
     pub fn audit_many(&mut self, drill: Option<i64>, rows: &[(&str, &str, &str)]) -> anyhow::Result<i64> {
-        let tx = self.conn.transaction()?;
-        let last: Option<(i64, String)> =
-            tx.query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
-        let (mut seq, mut prev) = last.unwrap_or((0, GENESIS.to_string()));
-        let at = now();
-        for (actor, event, detail) in rows {
-            seq += 1;
-            let row =
-                AuditRow { seq, at: at.clone(), drill, actor: actor.to_string(), event: event.to_string(), detail: detail.to_string() };
-            let hash = row_hash(&prev, &row);
-            tx.execute(
-                "INSERT INTO audit (seq, at, drill, actor, event, detail, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![row.seq, row.at, row.drill, row.actor, row.event, row.detail, prev, hash],
-            )?;
-            prev = hash;
-        }
-        tx.commit()?;
-        Ok(seq)
+        self.db.write_tx(Some(AUDIT_LOCK), |db| {
+            let last = db.query_opt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", p![])?;
+            let (mut seq, mut prev) = match last {
+                Some(r) => (r.int(0)?, r.text(1)?),
+                None => (0, GENESIS.to_string()),
+            };
+            let at = now();
+            for (actor, event, detail) in rows {
+                seq += 1;
+                let row =
+                    AuditRow { seq, at: at.clone(), drill, actor: actor.to_string(), event: event.to_string(), detail: detail.to_string() };
+                let hash = row_hash(&prev, &row);
+                db.execute(
+                    "INSERT INTO audit (seq, at, drill, actor, event, detail, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    p![row.seq, row.at, row.drill, row.actor, row.event, row.detail, prev, hash.as_str()],
+                )?;
+                prev = hash;
+            }
+            Ok(seq)
+        })
     }
 
     /// Checks the whole chain; returns the number of rows, or where it breaks.
     pub fn verify_audit(&self) -> anyhow::Result<Result<u64, String>> {
-        let mut stmt = self.conn.prepare("SELECT seq, at, drill, actor, event, detail, prev, hash FROM audit ORDER BY seq")?;
-        let rows = stmt.query_map([], |r| {
+        let rows = self.db.query("SELECT seq, at, drill, actor, event, detail, prev, hash FROM audit ORDER BY seq", p![])?;
+        let rows = rows.iter().map(|r| -> anyhow::Result<_> {
             Ok((
-                AuditRow { seq: r.get(0)?, at: r.get(1)?, drill: r.get(2)?, actor: r.get(3)?, event: r.get(4)?, detail: r.get(5)? },
-                r.get::<_, String>(6)?,
-                r.get::<_, String>(7)?,
+                AuditRow { seq: r.int(0)?, at: r.text(1)?, drill: r.opt_int(2)?, actor: r.text(3)?, event: r.text(4)?, detail: r.text(5)? },
+                r.text(6)?,
+                r.text(7)?,
             ))
-        })?;
+        });
         let mut expected_prev = GENESIS.to_string();
         let mut n = 0u64;
         for row in rows {

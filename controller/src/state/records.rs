@@ -1,6 +1,5 @@
 //! What the drill store holds, as the rest of the controller reads it.
-use std::str::FromStr;
-
+use super::db::Row;
 use crate::model::{DrillStatus, Measures, Mode, Outcome};
 
 pub(super) fn now() -> String {
@@ -9,15 +8,6 @@ pub(super) fn now() -> String {
 
 pub(super) fn parse_time(s: &str) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&chrono::Utc)).unwrap_or_default()
-}
-
-/// A column holding one of the words of [`crate::model`].
-pub(super) fn word<T: FromStr>(r: &rusqlite::Row, i: usize) -> rusqlite::Result<T>
-where
-    T::Err: std::error::Error + Send + Sync + 'static,
-{
-    let s: String = r.get(i)?;
-    s.parse().map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 /// A drill as stored.
@@ -42,26 +32,26 @@ pub(super) const DRILL_COLUMNS: &str = "id, runbook, runbook_file, runbook_hash,
      rto_target_ms, rpo_target_ms, rto_ms, rpo_ms, cut_at, recovery_point";
 
 impl DrillRow {
-    pub(super) fn from_row(r: &rusqlite::Row) -> rusqlite::Result<DrillRow> {
+    pub(super) fn from_row(r: &Row) -> anyhow::Result<DrillRow> {
         let ms = |v: Option<i64>| v.map(|v| std::time::Duration::from_millis(v.max(0) as u64));
         Ok(DrillRow {
-            id: r.get(0)?,
-            runbook: r.get(1)?,
-            runbook_file: r.get(2)?,
-            runbook_hash: r.get(3)?,
-            mode: word(r, 4)?,
-            started_by: r.get(5)?,
-            host: r.get(6)?,
-            started_at: parse_time(&r.get::<_, String>(7)?),
-            finished_at: r.get::<_, Option<String>>(8)?.map(|t| parse_time(&t)),
-            status: word(r, 9)?,
-            rto_target: ms(r.get(10)?).unwrap_or_default(),
-            rpo_target: ms(r.get(11)?),
+            id: r.int(0)?,
+            runbook: r.text(1)?,
+            runbook_file: r.text(2)?,
+            runbook_hash: r.text(3)?,
+            mode: r.word(4)?,
+            started_by: r.text(5)?,
+            host: r.text(6)?,
+            started_at: parse_time(&r.text(7)?),
+            finished_at: r.opt_text(8)?.map(|t| parse_time(&t)),
+            status: r.word(9)?,
+            rto_target: ms(r.opt_int(10)?).unwrap_or_default(),
+            rpo_target: ms(r.opt_int(11)?),
             measures: Measures {
-                rto: ms(r.get(12)?),
-                rpo: ms(r.get(13)?),
-                cut: r.get::<_, Option<String>>(14)?.map(|t| parse_time(&t)),
-                recovery_point: r.get::<_, Option<String>>(15)?.map(|t| parse_time(&t)),
+                rto: ms(r.opt_int(12)?),
+                rpo: ms(r.opt_int(13)?),
+                cut: r.opt_text(14)?.map(|t| parse_time(&t)),
+                recovery_point: r.opt_text(15)?.map(|t| parse_time(&t)),
             },
         })
     }

@@ -136,7 +136,7 @@ pub fn build(store: &Store, id: i64) -> anyhow::Result<Report> {
     let cut_step = ran.as_ref().and_then(|l| {
         l.steps().into_iter().find(|(_, s)| s.rto == Some(crate::runbook::step::RtoMarker::Start)).map(|(_, s)| s.id.clone())
     });
-    let projected = match (&ran, store.path().and_then(std::path::Path::parent)) {
+    let projected = match (&ran, Some(store.state_dir())) {
         (Some(l), Some(state_dir)) => {
             let vars: std::collections::BTreeMap<String, String> = store.variables(d.id)?.into_iter().collect();
             let mut values = l.defaults();

@@ -1,0 +1,246 @@
+//! Several `serve` processes on one PostgreSQL state: who is alive, who
+//! holds which tenant and which drill, and the shared rollback marks.
+//!
+//! A lease (table `leases`) names its holder, an epoch and an expiry. Each
+//! monitor cycle a replica says it is alive, renews what it holds, gives
+//! back what it holds above its fair share (the tenants divided by the
+//! replicas alive), and claims free or expired leases up to that share with
+//! `FOR UPDATE SKIP LOCKED`, so that two replicas claiming at once never
+//! wait for each other nor take the same row. Each change of holder raises
+//! the epoch; a write made under a lease names the epoch it holds, and is
+//! refused once another replica has taken the lease over. A holder that can
+//! no longer renew (its database unreachable) stops on its own when its
+//! lease runs out by its own clock, measured from before it asked.
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bascule_core::head::Marks;
+
+use super::db::{p, Db};
+use super::Pg;
+
+/// What a replica holds: name → (epoch, valid until, by this process's clock).
+pub type Held = BTreeMap<String, (i64, Instant)>;
+
+/// Lease kinds.
+pub const TENANT: &str = "tenant";
+pub const DRILL: &str = "drill";
+
+pub struct Fleet {
+    pg: Pg,
+    me: String,
+    lease: Duration,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Fleet({})", self.me)
+    }
+}
+
+/// PostgreSQL's interval for a duration.
+fn interval(d: Duration) -> String {
+    format!("{} milliseconds", d.as_millis())
+}
+
+impl Fleet {
+    /// A connection of its own for the leases (the store is migrated first,
+    /// by [`super::Store::open_postgres`]).
+    pub fn new(pg: Pg, me: String, lease: Duration) -> Fleet {
+        Fleet { pg, me, lease }
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Says this replica is alive (and when it started, the first time).
+    pub fn heartbeat(&self) -> anyhow::Result<()> {
+        self.pg.execute(
+            "INSERT INTO replicas (id, host) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET seen_at = now()",
+            p![self.me.as_str(), crate::os_user::hostname()],
+        )?;
+        Ok(())
+    }
+
+    /// Gives back every lease and leaves (a clean stop: the others take
+    /// over at their next cycle, not after the lease time).
+    pub fn leave(&self) -> anyhow::Result<u64> {
+        let n = self.pg.execute(
+            "UPDATE leases SET holder = NULL, expires_at = '-infinity' WHERE holder = ?1 AND kind = ?2",
+            p![self.me.as_str(), TENANT],
+        )?;
+        self.pg.execute("DELETE FROM replicas WHERE id = ?1", p![self.me.as_str()])?;
+        Ok(n)
+    }
+
+    /// Makes sure a lease row exists for each name.
+    pub fn add(&self, kind: &str, names: &[String]) -> anyhow::Result<()> {
+        for chunk in names.chunks(1000) {
+            let values: Vec<String> = (0..chunk.len()).map(|i| format!("(?1, ?{})", i + 2)).collect();
+            let mut params = p![kind];
+            params.extend(chunk.iter().map(|n| n.as_str().into()));
+            self.pg.execute(&format!("INSERT INTO leases (kind, name) VALUES {} ON CONFLICT DO NOTHING", values.join(", ")), params)?;
+        }
+        Ok(())
+    }
+
+    /// The replicas alive (seen within the lease time).
+    pub fn alive(&self) -> anyhow::Result<i64> {
+        let r =
+            self.pg.query_opt("SELECT count(*) FROM replicas WHERE seen_at > now() - (?1::text)::interval", p![interval(self.lease)])?;
+        Ok(r.context("count")?.int(0)?.max(1))
+    }
+
+    /// One round: alive, renew, give back above the fair share of `total`,
+    /// claim up to it. Returns what this replica holds now.
+    pub fn balance(&self, kind: &str, total: usize) -> anyhow::Result<Held> {
+        let asked = Instant::now();
+        self.heartbeat()?;
+        let lease = interval(self.lease);
+        let rows = self.pg.query(
+            "UPDATE leases SET expires_at = now() + (?3::text)::interval WHERE kind = ?1 AND holder = ?2 RETURNING name, epoch",
+            p![kind, self.me.as_str(), lease.as_str()],
+        )?;
+        let until = asked + self.lease;
+        let mut held: Held = rows.iter().map(|r| Ok((r.text(0)?, (r.int(1)?, until)))).collect::<anyhow::Result<_>>()?;
+        let share = (total as i64 + self.alive()? - 1) / self.alive()?.max(1);
+        let share = usize::try_from(share).unwrap_or(total);
+        if held.len() > share {
+            let give: Vec<String> = held.keys().rev().take(held.len() - share).cloned().collect();
+            for name in &give {
+                self.pg.execute(
+                    "UPDATE leases SET holder = NULL, expires_at = '-infinity' WHERE kind = ?1 AND name = ?2 AND holder = ?3",
+                    p![kind, name.as_str(), self.me.as_str()],
+                )?;
+                held.remove(name);
+            }
+        } else if held.len() < share {
+            let rows = self.pg.query(
+                "WITH free AS (
+                     SELECT kind, name FROM leases
+                     WHERE kind = ?1 AND (holder IS NULL OR expires_at < now())
+                     ORDER BY name LIMIT ?3 FOR UPDATE SKIP LOCKED)
+                 UPDATE leases l SET holder = ?2, epoch = l.epoch + 1, expires_at = now() + (?4::text)::interval
+                 FROM free WHERE l.kind = free.kind AND l.name = free.name
+                 RETURNING l.name, l.epoch",
+                p![kind, self.me.as_str(), (share - held.len()) as i64, lease.as_str()],
+            )?;
+            for r in &rows {
+                held.insert(r.text(0)?, (r.int(1)?, until));
+            }
+        }
+        Ok(held)
+    }
+
+    /// Takes lease `name` if it is free, expired or new; returns its epoch.
+    pub fn claim(&self, kind: &str, name: &str) -> anyhow::Result<Option<i64>> {
+        let r = self.pg.query_opt(
+            "INSERT INTO leases (kind, name, holder, epoch, expires_at) VALUES (?1, ?2, ?3, 1, now() + (?4::text)::interval)
+             ON CONFLICT (kind, name) DO UPDATE SET holder = excluded.holder, epoch = leases.epoch + 1, expires_at = excluded.expires_at
+                 WHERE leases.holder IS NULL OR leases.expires_at < now()
+             RETURNING epoch",
+            p![kind, name, self.me.as_str(), interval(self.lease)],
+        )?;
+        r.map(|r| r.int(0)).transpose()
+    }
+
+    /// Renews a lease held at `epoch`; false when it was taken over.
+    pub fn renew(&self, kind: &str, name: &str, epoch: i64) -> anyhow::Result<bool> {
+        let n = self.pg.execute(
+            "UPDATE leases SET expires_at = now() + (?5::text)::interval WHERE kind = ?1 AND name = ?2 AND holder = ?3 AND epoch = ?4",
+            p![kind, name, self.me.as_str(), epoch, interval(self.lease)],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Gives back a lease held at `epoch`.
+    pub fn release(&self, kind: &str, name: &str, epoch: i64) -> anyhow::Result<()> {
+        self.pg.execute(
+            "UPDATE leases SET holder = NULL, expires_at = '-infinity' WHERE kind = ?1 AND name = ?2 AND holder = ?3 AND epoch = ?4",
+            p![kind, name, self.me.as_str(), epoch],
+        )?;
+        Ok(())
+    }
+
+    /// Unfinished drills whose holder's lease ran out (or that have none).
+    pub fn orphaned_drills(&self) -> anyhow::Result<Vec<i64>> {
+        let rows = self.pg.query(
+            "SELECT d.id FROM drills d LEFT JOIN leases l ON l.kind = ?1 AND l.name = d.id::text
+             WHERE d.finished_at IS NULL AND (l.holder IS NULL OR l.expires_at < now()) ORDER BY d.id",
+            p![DRILL],
+        )?;
+        rows.iter().map(|r| r.int(0)).collect()
+    }
+
+    /// Who holds each tenant now: name → holder.
+    pub fn holders(&self, kind: &str) -> anyhow::Result<BTreeMap<String, String>> {
+        let rows =
+            self.pg.query("SELECT name, holder FROM leases WHERE kind = ?1 AND holder IS NOT NULL AND expires_at > now()", p![kind])?;
+        rows.iter().map(|r| Ok((r.text(0)?, r.text(1)?))).collect()
+    }
+
+    /// Keeps the monitor's reading of a tenant on a provider, if this replica
+    /// still holds the tenant at `epoch` (false: refused, taken over).
+    pub fn keep_view(&self, tenant: &str, provider: &str, view: &str, epoch: i64) -> anyhow::Result<bool> {
+        let n = self.pg.execute(
+            "INSERT INTO monitor_state (tenant, provider, view, holder, epoch)
+             SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (
+                 SELECT 1 FROM leases WHERE kind = 'tenant' AND name = ?1 AND holder = ?4 AND epoch = ?5)
+             ON CONFLICT (tenant, provider) DO UPDATE
+                 SET view = excluded.view, holder = excluded.holder, epoch = excluded.epoch, updated_at = now()",
+            p![tenant, provider, view, self.me.as_str(), epoch],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Every tenant's last reading, whichever replica made it:
+    /// (tenant, provider, view as JSON, holder).
+    pub fn views(&self) -> anyhow::Result<Vec<(String, String, String, String)>> {
+        let rows = self.pg.query("SELECT tenant, provider, view, holder FROM monitor_state ORDER BY tenant, provider", p![])?;
+        rows.iter().map(|r| Ok((r.text(0)?, r.text(1)?, r.text(2)?, r.text(3)?))).collect()
+    }
+
+    /// Claims scheduled work `key` (a drill due at a given minute): true
+    /// for the one replica that gets it.
+    pub fn claim_work(&self, key: &str) -> anyhow::Result<bool> {
+        let n =
+            self.pg.execute("INSERT INTO work (key, holder) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING", p![key, self.me.as_str()])?;
+        Ok(n == 1)
+    }
+}
+
+/// Rollback marks in PostgreSQL, shared by every replica.
+#[derive(Debug)]
+pub struct PgMarks(pub Pg);
+
+impl Marks for PgMarks {
+    fn read(&self, name: &str) -> bascule_core::Result<u64> {
+        let mark = |reason: String| bascule_core::Error::Mark { name: name.to_string(), reason };
+        let r = self.0.query_opt("SELECT sequence FROM head_marks WHERE name = ?1", p![name]).map_err(|e| mark(format!("{e:#}")))?;
+        match r {
+            None => Ok(0),
+            Some(r) => Ok(u64::try_from(r.int(0).map_err(|e| mark(format!("{e:#}")))?).unwrap_or(0)),
+        }
+    }
+
+    fn raise(&self, name: &str, sequence: u64) -> bascule_core::Result<()> {
+        let seq = i64::try_from(sequence)
+            .map_err(|_| bascule_core::Error::Mark { name: name.to_string(), reason: format!("{sequence} is too large") })?;
+        // the conditional upsert keeps the greater, whoever writes at once
+        self.0
+            .execute(
+                "INSERT INTO head_marks (name, sequence) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET sequence = excluded.sequence, raised_at = now()
+                     WHERE head_marks.sequence < excluded.sequence",
+                p![name, seq],
+            )
+            .map_err(|e| bascule_core::Error::Mark { name: name.to_string(), reason: format!("{e:#}") })?;
+        Ok(())
+    }
+}
