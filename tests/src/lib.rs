@@ -121,3 +121,27 @@ pub fn flip(rt: &tokio::runtime::Runtime, r: &bascule_core::provider::Replica, k
     b[i] ^= 0x01;
     rt.block_on(r.put(key, b.into())).unwrap();
 }
+
+/// Writes each tenant's HEAD, signed by `key`, at `sequence`, on every
+/// provider of `providers` (YAML), 64 at a time.
+pub fn put_heads(rt: &tokio::runtime::Runtime, providers: &str, names: &[String], key: &bascule_core::keys::AgentKey, sequence: u64) {
+    use futures::StreamExt;
+    let cfgs: Vec<bascule_core::provider::ProviderConfig> = bascule_core::config::parse_yaml(providers, Path::new("test")).unwrap();
+    let built: Vec<_> = cfgs.iter().map(|c| bascule_core::provider::Provider::build(c, Path::new("test")).unwrap()).collect();
+    rt.block_on(async {
+        let puts = built.iter().flat_map(|p| names.iter().map(move |n| (p, n))).map(|(p, n)| {
+            let head = bascule_core::head::Head {
+                format: 1,
+                tenant: n.clone(),
+                sequence,
+                latest_snapshot: None,
+                latest_wal: Some("000000010000000000000042".into()),
+                agent_time: chrono::Utc::now(),
+                restore_test: None,
+            };
+            let bytes = bascule_core::signed::sign(bascule_core::signed::Kind::Head, &head, key);
+            async move { p.tenant(n).put("HEAD", bytes.into()).await.unwrap() }
+        });
+        futures::stream::iter(puts).buffer_unordered(64).collect::<Vec<()>>().await;
+    });
+}

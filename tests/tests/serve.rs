@@ -304,24 +304,7 @@ fn the_monitor_watches_two_thousand_tenants_within_its_interval() {
     let cfgs: Vec<bascule_core::provider::ProviderConfig> = bascule_core::config::parse_yaml(&providers, Path::new("test")).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let t0 = std::time::Instant::now();
-    rt.block_on(async {
-        use futures::StreamExt;
-        let built: Vec<_> = cfgs.iter().map(|c| bascule_core::provider::Provider::build(c, Path::new("test")).unwrap()).collect();
-        let puts = built.iter().flat_map(|p| names.iter().map(move |n| (p, n))).map(|(p, n)| {
-            let head = bascule_core::head::Head {
-                format: 1,
-                tenant: n.clone(),
-                sequence: 7,
-                latest_snapshot: None,
-                latest_wal: Some("000000010000000000000042".into()),
-                agent_time: chrono::Utc::now(),
-                restore_test: None,
-            };
-            let bytes = bascule_core::signed::sign(bascule_core::signed::Kind::Head, &head, &key);
-            async move { p.tenant(n).put("HEAD", bytes.into()).await.unwrap() }
-        });
-        futures::stream::iter(puts).buffer_unordered(64).collect::<Vec<()>>().await;
-    });
+    bascule_tests::put_heads(&rt, &providers, &names, &key, 7);
     println!("{} signed HEADs written in {:.1} s", 2 * TENANTS, t0.elapsed().as_secs_f64());
     // one provider serves a HEAD of the last tenant signed by a key that is not its agent's
     rt.block_on(async {

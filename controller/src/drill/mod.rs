@@ -16,7 +16,8 @@ use crate::context::Controller;
 use crate::model::Mode;
 use crate::runbook::step::DrillContext;
 use crate::runbook::Loaded;
-use crate::state::{NewDrill, Store};
+use crate::state::fleet::{Fleet, DRILL};
+use crate::state::{Fence, NewDrill, Store};
 
 /// The person behind an actor: `api:bob` is bob's token, `alice@host` the
 /// OS account alice (on whichever host).
@@ -41,20 +42,70 @@ pub fn may_answer(loaded: &Loaded, mode: Mode, started_by: &str, approved: bool,
     Ok(())
 }
 
-/// Held while a drill runs, so that no second controller resumes it.
-pub fn lock(c: &Controller, id: i64) -> anyhow::Result<std::fs::File> {
+/// Held while a drill runs, so that no second controller runs it too: a
+/// file lock under state_dir, or, with a shared state, the drill's lease
+/// (renewed while the drill runs, given back when it stops).
+pub enum Hold {
+    File(#[allow(dead_code)] std::fs::File),
+    Lease { fleet: Arc<Fleet>, epoch: i64 },
+}
+
+/// Takes the drill's lock or lease.
+pub fn lock(c: &Controller, id: i64) -> anyhow::Result<Hold> {
+    if let Some(fleet) = c.fleet()? {
+        return match fleet.claim(DRILL, &id.to_string())? {
+            Some(epoch) => Ok(Hold::Lease { fleet: Arc::new(fleet), epoch }),
+            None => {
+                let by = fleet.holder(DRILL, &id.to_string())?.unwrap_or_else(|| "another replica".into());
+                anyhow::bail!("drill {id} is running in another controller process ({by})")
+            }
+        };
+    }
     let path = c.config.state_dir.join(format!("drill-{id}.lock"));
     let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| path.display().to_string())?;
     match f.try_lock() {
-        Ok(()) => Ok(f),
+        Ok(()) => Ok(Hold::File(f)),
         Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!("drill {id} is running in another controller process"),
         Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| path.display().to_string()),
     }
 }
 
-/// Whether a controller process holds the drill's lock.
+/// Whether a controller process holds the drill's lock (or lease).
 pub fn is_running(c: &Controller, id: i64) -> bool {
-    lock(c, id).is_err()
+    match c.fleet() {
+        Ok(Some(f)) => f.holder(DRILL, &id.to_string()).map_or(true, |h| h.is_some()),
+        Ok(None) => lock(c, id).is_err(),
+        Err(_) => true,
+    }
+}
+
+/// Renews the drill's lease while it runs; cancels the drill if the lease
+/// is lost (taken over, or not renewed within its time).
+fn keep_lease(fleet: Arc<Fleet>, id: i64, epoch: i64, drill: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let every = fleet.lease() / 3;
+        let mut renewed = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(every).await;
+            let f = fleet.clone();
+            let r = tokio::task::spawn_blocking(move || f.renew(DRILL, &id.to_string(), epoch)).await;
+            match r {
+                Ok(Ok(true)) => renewed = std::time::Instant::now(),
+                Ok(Ok(false)) => {
+                    tracing::error!(drill = id, epoch, "The drill's lease was taken over by another replica; stopping it here");
+                    drill.cancel();
+                    return;
+                }
+                Ok(Err(e)) => tracing::warn!(drill = id, error = format!("{e:#}"), "Cannot renew the drill's lease"),
+                Err(_) => return,
+            }
+            if renewed.elapsed() >= fleet.lease() {
+                tracing::error!(drill = id, "The drill's lease ran out without renewal; stopping it here");
+                drill.cancel();
+                return;
+            }
+        }
+    })
 }
 
 /// A drill recorded in the store and locked by this process, ready to run.
@@ -67,7 +118,7 @@ pub struct Started {
     actor: String,
     /// Run only the rollback (`drill abort`).
     abort: bool,
-    _lock: std::fs::File,
+    hold: Hold,
 }
 
 /// Records a new drill of `loaded` with its variables (each one the
@@ -98,7 +149,10 @@ pub fn start(c: &Arc<Controller>, loaded: Arc<Loaded>, mode: Mode, vars: &[(Stri
         store.set_variable(id, k, v)?;
     }
     let lock = lock(c, id)?;
-    Ok(Started { id, controller: c.clone(), loaded, mode, store, actor: actor.into(), abort: false, _lock: lock })
+    if let Hold::Lease { fleet, epoch } = &lock {
+        store.fence(Fence { drill: id, holder: fleet.me().to_string(), epoch: *epoch });
+    }
+    Ok(Started { id, controller: c.clone(), loaded, mode, store, actor: actor.into(), abort: false, hold: lock })
 }
 
 /// An unfinished drill, to continue (`drill resume`) or roll back (`drill
@@ -110,6 +164,9 @@ pub fn resume(c: &Arc<Controller>, id: i64, abort: bool, actor: &str) -> anyhow:
         anyhow::bail!("drill {id} is over ({}); see `drill report {id}`", d.status);
     }
     let lock = lock(c, id)?;
+    if let Hold::Lease { fleet, epoch } = &lock {
+        store.fence(Fence { drill: id, holder: fleet.me().to_string(), epoch: *epoch });
+    }
     let file = PathBuf::from(&d.runbook_file);
     let loaded = Arc::new(crate::runbook::load(&file)?);
     if loaded.hash != d.runbook_hash {
@@ -123,7 +180,23 @@ pub fn resume(c: &Arc<Controller>, id: i64, abort: bool, actor: &str) -> anyhow:
     store.audit(Some(id), actor, if abort { "drill-abort" } else { "drill-resume" }, &format!("was {}", d.status))?;
     let done = store.steps(id)?.len();
     eprintln!("drill {id}: {} {} ({} step(s) had ended)", if abort { "aborting" } else { "resuming" }, d.runbook, done);
-    Ok(Started { id, controller: c.clone(), loaded, mode: d.mode, store, actor: actor.into(), abort, _lock: lock })
+    Ok(Started { id, controller: c.clone(), loaded, mode: d.mode, store, actor: actor.into(), abort, hold: lock })
+}
+
+/// Gives the drill's lease back when the run ends, however it ends.
+struct Release<'a>(&'a Hold, i64, Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        if let Some(k) = self.2.take() {
+            k.abort();
+        }
+        if let Hold::Lease { fleet, epoch } = self.0 {
+            if let Err(e) = fleet.release(DRILL, &self.1.to_string(), *epoch) {
+                tracing::warn!(drill = self.1, error = format!("{e:#}"), "Cannot give the drill's lease back; it runs out on its own");
+            }
+        }
+    }
 }
 
 impl Started {
@@ -141,6 +214,13 @@ impl Started {
         let reports_dir = c.config.state_dir.join("reports");
         let overrides = self.store.variables(self.id)?;
         let store = Arc::new(Mutex::new(self.store));
+        // with a shared state: the lease renewed while the drill runs, given back after
+        let cancel = cancel.child_token();
+        let keeper = match &self.hold {
+            Hold::Lease { fleet, epoch } => Some(keep_lease(fleet.clone(), self.id, *epoch, cancel.clone())),
+            Hold::File(_) => None,
+        };
+        let _release = Release(&self.hold, self.id, keeper);
         let mut ctx = DrillContext::new(self.id, self.loaded, self.actor, Some(c.clone()), store.clone(), overrides)?;
         ctx.interactive = interactive;
         ctx.mode = self.mode;

@@ -6,6 +6,7 @@
 //! | route | role |
 //! |---|---|
 //! | `GET /healthz` | none |
+//! | `GET /readyz` (the state store answers) | none |
 //! | `GET /metrics` | none, or viewer with `serve.metrics_token: true` |
 //! | `GET /v1/tenants`, `GET /v1/drills`, `GET /v1/drills/{id}` | viewer |
 //! | `POST /v1/drills`, `POST /v1/drills/{id}/approve` | operator |
@@ -42,6 +43,8 @@ pub struct Api {
     /// Drills the API starts run in the service's tasks.
     pub tasks: Tasks,
     pub guard: Arc<Guard>,
+    /// With a shared state: every replica's view of its tenants.
+    pub fleet: Option<Arc<crate::state::fleet::Fleet>>,
 }
 
 /// The largest request body read; a larger one is answered 413.
@@ -158,6 +161,7 @@ impl Api {
 pub fn router(api: Api) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .route("/v1/tenants", get(tenants))
         .route("/v1/drills", get(list_drills).post(start_drill))
@@ -185,8 +189,26 @@ async fn metrics(State(api): State<Api>, call: Call) -> Result<Response, ApiErro
 async fn tenants(State(api): State<Api>, call: Call) -> Result<Response, ApiError> {
     let who = api.allow(&call, Role::Viewer)?;
     api.audit(&who, &call, StatusCode::OK, "");
-    let view = api.view.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let view = match &api.fleet {
+        None => api.view.read().unwrap_or_else(|e| e.into_inner()).clone(),
+        // whichever replica watches a tenant, every replica shows it
+        Some(f) => f
+            .views()
+            .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?
+            .into_iter()
+            .filter_map(|(_, v, _)| serde_json::from_str::<TenantView>(&v).ok())
+            .collect(),
+    };
     Ok(Json(view).into_response())
+}
+
+/// Ready when the state store answers (a replica without it can neither
+/// hold a tenant nor record a drill).
+async fn ready(State(api): State<Api>) -> Response {
+    match api.store().audit_head() {
+        Ok(_) => "ready\n".into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("the state store does not answer: {e:#}\n")).into_response(),
+    }
 }
 
 async fn list_drills(State(api): State<Api>, call: Call) -> Result<Response, ApiError> {

@@ -108,7 +108,17 @@ pub static CYCLE_SECONDS: LazyLock<Gauge> =
     LazyLock::new(|| register_gauge!("bascule_monitor_cycle_seconds", "Duration of the last monitor cycle").unwrap());
 pub static LAST_CYCLE: LazyLock<Gauge> =
     LazyLock::new(|| register_gauge!("bascule_monitor_last_cycle_timestamp_seconds", "When the last monitor cycle ended").unwrap());
-pub static TENANTS: LazyLock<IntGauge> = LazyLock::new(|| register_int_gauge!("bascule_monitor_tenants", "Tenants watched").unwrap());
+pub static TENANTS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("bascule_monitor_tenants", "Tenants this process watches (its leases, with a shared state)").unwrap()
+});
+pub static TENANT_HELD: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "bascule_tenant_held",
+        "1 for each tenant this process watches, labelled with the replica (with a shared state, each tenant is held by one replica)",
+        &["tenant", "replica"]
+    )
+    .unwrap()
+});
 pub static API_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("bascule_api_requests_total", "API requests by route and status", &["route", "status"]).unwrap()
 });
@@ -184,6 +194,7 @@ pub fn register() {
     LazyLock::force(&CYCLE_SECONDS);
     LazyLock::force(&LAST_CYCLE);
     LazyLock::force(&TENANTS);
+    LazyLock::force(&TENANT_HELD);
     LazyLock::force(&API_REQUESTS);
     LazyLock::force(&API_REFUSALS);
     LazyLock::force(&PROJECTED_RTO);
@@ -193,6 +204,34 @@ pub fn register() {
     LazyLock::force(&STANDBY_UP);
     LazyLock::force(&STANDBY_BEHIND);
     LazyLock::force(&API_HANDSHAKES_FAILED);
+}
+
+/// Drops a tenant's series once another replica watches it (the union of
+/// the replicas' metrics names each tenant once; counters stay).
+pub fn forget_tenant(tenant: &str, replica: &str, providers: &[String], kinds: &[&str]) {
+    let _ = TENANT_HELD.remove_label_values(&[tenant, replica]);
+    for p in providers {
+        let _ = REPLICATION_LAG.remove_label_values(&[tenant, p]);
+        let _ = LAST_WAL.remove_label_values(&[tenant, p]);
+        let _ = OBJECTS_MISSING.remove_label_values(&[tenant, p]);
+        for k in kinds {
+            let _ = LAST_SNAPSHOT.remove_label_values(&[tenant, p, k]);
+        }
+    }
+    for g in [
+        &RESTORE_TEST_LAST_SUCCESS,
+        &PRUNE_LAST_RUN,
+        &PRUNE_FREED,
+        &PRUNE_UNVERIFIED,
+        &PRUNE_REFUSED_LISTS,
+        &PROJECTED_RTO,
+        &VERIFY_LAST_RUN,
+    ] {
+        let _ = g.remove_label_values(&[tenant]);
+    }
+    for g in [&RESTORE_TEST_PASSED, &VERIFY_PROBLEMS] {
+        let _ = g.remove_label_values(&[tenant]);
+    }
 }
 
 pub fn ts(t: chrono::DateTime<chrono::Utc>) -> f64 {

@@ -64,8 +64,10 @@ pub fn drill_metrics(store: &Store) -> anyhow::Result<()> {
 
 /// The monitor: every `serve.interval`, a cycle over every tenant, then the
 /// drill metrics; until cancelled.
-async fn monitor_loop(c: Arc<Controller>, store: Arc<Mutex<Store>>, mut monitor: monitor::Monitor, cancel: CancellationToken) {
+async fn monitor_loop(c: Arc<Controller>, store: Arc<Mutex<Store>>, mut monitor: monitor::Monitor, tasks: Tasks) {
     let interval = c.config.serve.interval;
+    let cancel = tasks.cancel.clone();
+    let mut tried = std::collections::HashMap::new();
     loop {
         let started = tokio::time::Instant::now();
         let cycle = tokio::select! {
@@ -88,12 +90,43 @@ async fn monitor_loop(c: Arc<Controller>, store: Arc<Mutex<Store>>, mut monitor:
                 "The monitor cycle took longer than its interval"
             );
         }
+        if let Some(f) = monitor.fleet() {
+            take_over_drills(&c, f, &tasks, &mut tried);
+        }
         if let Err(e) = drill_metrics(&store.lock().unwrap_or_else(|e| e.into_inner())) {
             tracing::error!(error = format!("{e:#}"), "Cannot read the drill store");
         }
         tokio::select! {
             _ = tokio::time::sleep_until(started + interval) => {}
             _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// With a shared state: resumes, here, each unfinished drill whose holder
+/// stopped renewing its lease (a replica killed mid-step). A drill that
+/// cannot be resumed is tried again after ten minutes.
+fn take_over_drills(
+    c: &Arc<Controller>,
+    fleet: &crate::state::fleet::Fleet,
+    tasks: &Tasks,
+    tried: &mut std::collections::HashMap<i64, std::time::Instant>,
+) {
+    let orphans = match fleet.orphaned_drills() {
+        Ok(o) => o,
+        Err(e) => return tracing::error!(error = format!("{e:#}"), "Cannot look for drills to take over"),
+    };
+    tried.retain(|_, at| at.elapsed() < Duration::from_secs(600));
+    for id in orphans {
+        if tried.insert(id, std::time::Instant::now()).is_some() {
+            continue;
+        }
+        match crate::drill::resume(c, id, false, &format!("serve:{}", fleet.me())) {
+            Ok(s) => {
+                tracing::warn!(drill = id, replica = fleet.me(), "Taking over a drill whose holder stopped; resuming it here");
+                schedule::spawn_drill(tasks, s);
+            }
+            Err(e) => tracing::warn!(drill = id, error = format!("{e:#}"), "Cannot take over the drill"),
         }
     }
 }
@@ -153,16 +186,34 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tls:
 pub async fn run(c: Arc<Controller>) -> anyhow::Result<()> {
     metrics::register();
     let tasks = Tasks { cancel: CancellationToken::new(), tracker: TaskTracker::new() };
-    let monitor = monitor::Monitor::new(&c)?;
+    let fleet = c.fleet()?.map(Arc::new);
+    if let Some(f) = &fleet {
+        f.heartbeat()?;
+        tracing::info!(replica = f.me(), lease = ?f.lease(), "Sharing the PostgreSQL state with the other replicas");
+    }
+    let monitor = monitor::Monitor::new(&c, fleet.clone())?;
     let view = monitor.view.clone();
+    let watched = monitor.watched.clone();
     let store = Arc::new(Mutex::new(c.store()?));
-    tasks.tracker.spawn(monitor_loop(c.clone(), store.clone(), monitor, tasks.cancel.clone()));
-    schedule::start(&c, &tasks)?;
+    if let Some((f, held, n)) = monitor.leases() {
+        // a first round before the first cycle, then on its own clock
+        *held.write().unwrap_or_else(|e| e.into_inner()) = f.balance(crate::state::fleet::TENANT, n)?;
+        tasks.tracker.spawn(monitor::keep_leases(f, held, n, tasks.cancel.clone()));
+    }
+    tasks.tracker.spawn(monitor_loop(c.clone(), store.clone(), monitor, tasks.clone()));
+    schedule::start(&c, &tasks, fleet.clone(), watched)?;
     tasks.tracker.spawn(crate::command::pitr::standby::keep(c.clone(), tasks.cancel.clone()));
     let guard = Arc::new(guard::Guard::default());
     tasks.tracker.spawn(flush_loop(guard.clone(), store.clone(), tasks.cancel.clone()));
-    let app = api::router(api::Api { controller: c.clone(), store: store.clone(), view, tasks: tasks.clone(), guard: guard.clone() })
-        .into_make_service_with_connect_info::<api::Peer>();
+    let app = api::router(api::Api {
+        controller: c.clone(),
+        store: store.clone(),
+        view,
+        tasks: tasks.clone(),
+        guard: guard.clone(),
+        fleet: fleet.clone(),
+    })
+    .into_make_service_with_connect_info::<api::Peer>();
     let listen = c.config.serve.listen;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let shutdown = {
@@ -188,6 +239,13 @@ pub async fn run(c: Arc<Controller>) -> anyhow::Result<()> {
     tasks.tracker.close();
     if tokio::time::timeout(STOP_DEADLINE, tasks.tracker.wait()).await.is_err() {
         tracing::error!("Tasks did not stop within {STOP_DEADLINE:?}; exiting anyway (an unfinished drill is resumed with `drill resume`)");
+    }
+    if let Some(f) = &fleet {
+        // the others take the tenants over at their next cycle, not after the lease time
+        match f.leave() {
+            Ok(n) => tracing::info!(tenants = n, "Gave the leases back"),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "Cannot give the leases back; they run out on their own"),
+        }
     }
     Ok(served?)
 }

@@ -18,10 +18,11 @@ use serde::Serialize;
 
 use super::metrics::{self as m, ts};
 use crate::context::Controller;
+use crate::state::fleet::{Fleet, Held, TENANT};
 use crate::tenant::{HeadRead, HeadState, Tenant};
 
 /// What the API shows of one tenant on one provider.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct ProviderView {
     pub provider: String,
     /// `ok`, `absent`, `unreachable: …`, `refused: …`.
@@ -35,9 +36,12 @@ pub struct ProviderView {
     pub restore_test: Option<bascule_core::restore_test::RestoreTestSummary>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TenantView {
     pub tenant: String,
+    /// The replica that watches the tenant (with a shared state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_by: Option<String>,
     pub providers: Vec<ProviderView>,
     /// How long a restore would take now, at the throughput the last one
     /// measured (none before a first restore).
@@ -62,14 +66,28 @@ struct Watched {
     state_dir: std::path::PathBuf,
     projected: Option<f64>,
     last_deep: Option<Instant>,
+    /// The epoch of this process's lease on the tenant (0 without a shared
+    /// state); none while another replica holds it.
+    epoch: Option<i64>,
+    /// The view last written to the shared state.
+    kept: Option<String>,
 }
 
 pub struct Monitor {
+    /// The leases, with a shared state.
+    fleet: Option<Arc<Fleet>>,
+    /// This process's name in `bascule_tenant_held`.
+    replica: String,
+    /// What the last round of leases gave ([`keep_leases`] renews them).
+    held: Arc<RwLock<Held>>,
     providers: Vec<Provider>,
     tenants: Vec<Watched>,
     concurrency: usize,
     deep_interval: Duration,
     pub view: Arc<RwLock<Vec<TenantView>>>,
+    /// The tenants this process watches now (the scheduled prune and
+    /// verify run for these).
+    pub watched: Arc<RwLock<BTreeSet<String>>>,
 }
 
 /// Counts of one cycle, for the log and the tests.
@@ -84,7 +102,7 @@ pub struct Cycle {
 }
 
 impl Monitor {
-    pub fn new(c: &Controller) -> anyhow::Result<Monitor> {
+    pub fn new(c: &Controller, fleet: Option<Arc<Fleet>>) -> anyhow::Result<Monitor> {
         let providers: Vec<Provider> = c.providers().to_vec();
         let mut tenants = Vec::new();
         for t in &c.config.tenants {
@@ -105,26 +123,103 @@ impl Monitor {
                 last_deep: None,
                 state_dir: c.config.state_dir.clone(),
                 projected: None,
+                epoch: None,
+                kept: None,
             });
         }
-        m::TENANTS.set(tenants.len() as i64);
+        if let Some(f) = &fleet {
+            f.set_names(TENANT, &tenants.iter().map(|t| t.name.clone()).collect::<Vec<_>>())?;
+        }
+        let replica = fleet.as_ref().map_or_else(crate::os_user::hostname, |f| f.me().to_string());
         Ok(Monitor {
+            fleet,
+            replica,
+            held: Default::default(),
             providers,
             tenants,
             concurrency: c.config.serve.concurrency,
             deep_interval: c.config.serve.deep_interval,
             view: Default::default(),
+            watched: Default::default(),
         })
     }
 
-    /// One pass over every tenant.
+    /// Which tenants this process watches this cycle: all of them, or those
+    /// its leases hold (renewed and claimed first). A tenant newly held is
+    /// read afresh; one no longer held leaves this process's metrics.
+    fn hold(&mut self, now: Instant) {
+        let held = self.fleet.as_ref().map(|_| self.held.read().unwrap_or_else(|e| e.into_inner()).clone());
+        let held = held.as_ref();
+        let providers: Vec<String> = self.providers.iter().map(|p| p.name.clone()).collect();
+        for t in &mut self.tenants {
+            let holds = held.map_or(Some(0), |h| h.get(&t.name).filter(|(_, until)| *until > now).map(|(e, _)| *e));
+            if holds == t.epoch {
+                continue;
+            }
+            match holds {
+                Some(_) => {
+                    for p in &mut t.per {
+                        p.etag = None;
+                        p.head = None;
+                    }
+                    t.changed = true;
+                    t.last_deep = None;
+                    t.kept = None;
+                    m::TENANT_HELD.with_label_values(&[&t.name, &self.replica]).set(1);
+                }
+                None => forget(t, &self.replica, &providers),
+            }
+            t.epoch = holds;
+        }
+        let watched: BTreeSet<String> = self.tenants.iter().filter(|t| t.epoch.is_some()).map(|t| t.name.clone()).collect();
+        m::TENANTS.set(watched.len() as i64);
+        *self.watched.write().unwrap_or_else(|e| e.into_inner()) = watched;
+    }
+
+    /// The leases, with a shared state.
+    pub fn fleet(&self) -> Option<&Fleet> {
+        self.fleet.as_deref()
+    }
+
+    /// What [`keep_leases`] needs: the leases, where to publish what they
+    /// hold, and how many tenants there are.
+    pub fn leases(&self) -> Option<(Arc<Fleet>, Arc<RwLock<Held>>, usize)> {
+        self.fleet.as_ref().map(|f| (f.clone(), self.held.clone(), self.tenants.len()))
+    }
+
+    /// Writes each watched tenant's view that changed to the shared state;
+    /// a write refused means another replica took the tenant over.
+    fn keep_views(&mut self) {
+        let Some(f) = &self.fleet else { return };
+        let providers: Vec<String> = self.providers.iter().map(|p| p.name.clone()).collect();
+        for t in self.tenants.iter_mut() {
+            let Some(epoch) = t.epoch else { continue };
+            let view = serde_json::to_string(&tenant_view(t, Some(&self.replica))).unwrap_or_default();
+            if t.kept.as_ref() == Some(&view) {
+                continue;
+            }
+            match f.keep_view(&t.name, &view, epoch) {
+                Ok(true) => t.kept = Some(view),
+                Ok(false) => {
+                    tracing::warn!(tenant = %t.name, epoch, "Another replica took this tenant over; leaving it");
+                    forget(t, &self.replica, &providers);
+                    t.epoch = None;
+                }
+                Err(e) => tracing::error!(tenant = %t.name, error = format!("{e:#}"), "Cannot write the tenant's view to the state store"),
+            }
+        }
+    }
+
+    /// One pass over every tenant this process watches.
     pub async fn cycle(&mut self) -> Cycle {
         let t0 = Instant::now();
+        self.hold(t0);
         let providers = &self.providers;
         let deep_interval = self.deep_interval;
         // the futures made first (a closure inside the stream would make the
         // task's future not Send for every lifetime)
-        let checks: Vec<_> = self.tenants.iter_mut().map(|t| check_tenant(t, providers, deep_interval)).collect();
+        let checks: Vec<_> =
+            self.tenants.iter_mut().filter(|t| t.epoch.is_some()).map(|t| check_tenant(t, providers, deep_interval)).collect();
         let results: Vec<TenantCheck> = futures::stream::iter(checks).buffer_unordered(self.concurrency).collect().await;
         let mut c = Cycle { tenants: results.len(), ..Default::default() };
         // a provider is up when it answered at least one request, or was asked nothing
@@ -147,20 +242,55 @@ impl Monitor {
             let up = if ok + err == 0 { p.tenant("reports").healthcheck().await.is_ok() } else { ok > 0 };
             m::PROVIDER_UP.with_label_values(&[&p.name]).set(up as i64);
         }
-        *self.view.write().expect("lock") = self
-            .tenants
-            .iter()
-            .map(|t| TenantView {
-                tenant: t.name.clone(),
-                providers: t.per.iter().map(|p| p.view.clone()).collect(),
-                projected_rto_seconds: t.projected,
-            })
-            .collect();
+        self.keep_views();
+        let held_by = self.fleet.as_ref().map(|f| f.me());
+        *self.view.write().expect("lock") = self.tenants.iter().filter(|t| t.epoch.is_some()).map(|t| tenant_view(t, held_by)).collect();
         c.took = t0.elapsed();
         m::CYCLE_SECONDS.set(c.took.as_secs_f64());
         m::LAST_CYCLE.set(ts(chrono::Utc::now()));
         c
     }
+}
+
+/// Keeps this replica's tenant leases, every third of the lease time and
+/// whatever a monitor cycle takes: alive, renewed, given back above the fair
+/// share, claimed up to it. When the state store cannot be reached, what was
+/// held runs out by this process's clock, and the monitor stops watching it.
+pub async fn keep_leases(fleet: Arc<Fleet>, held: Arc<RwLock<Held>>, tenants: usize, cancel: tokio_util::sync::CancellationToken) {
+    loop {
+        let f = fleet.clone();
+        match tokio::task::spawn_blocking(move || f.balance(TENANT, tenants)).await {
+            Ok(Ok(h)) => *held.write().unwrap_or_else(|e| e.into_inner()) = h,
+            Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "Cannot renew the leases in the state store"),
+            Err(_) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(fleet.lease() / 3) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+fn tenant_view(t: &Watched, held_by: Option<&str>) -> TenantView {
+    TenantView {
+        tenant: t.name.clone(),
+        held_by: held_by.map(str::to_string),
+        providers: t.per.iter().map(|p| p.view.clone()).collect(),
+        projected_rto_seconds: t.projected,
+    }
+}
+
+/// Another replica watches `t` now: its series leave this process's metrics.
+fn forget(t: &mut Watched, replica: &str, providers: &[String]) {
+    let mut kinds: BTreeSet<&str> = t.snapshots.values().map(|(k, _, _)| k.as_str()).collect();
+    kinds.extend(["pg_dump", "command", "basebackup"]);
+    m::forget_tenant(&t.name, replica, providers, &kinds.into_iter().collect::<Vec<_>>());
+    for p in &mut t.per {
+        p.etag = None;
+        p.head = None;
+        p.view = ProviderView { provider: p.view.provider.clone(), status: "held by another replica".into(), ..Default::default() };
+    }
+    t.kept = None;
 }
 
 /// Refusals, per provider (answered, HEAD changed), listings compared.

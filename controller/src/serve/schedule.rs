@@ -8,6 +8,7 @@ use bascule_core::schedule::Schedule;
 use super::{metrics, Tasks};
 use crate::context::Controller;
 use crate::runbook;
+use crate::state::fleet::Fleet;
 
 /// Runs `work` at every tick of `sched`, until the service stops.
 fn on_schedule<F, Fut>(tasks: &Tasks, sched: Schedule, what: String, mut work: F)
@@ -33,7 +34,7 @@ where
 
 /// Starts every scheduled task of the configuration. A scheduled runbook is
 /// validated now: a broken one stops `serve` at start, not at 3 a.m.
-pub(super) fn start(c: &Arc<Controller>, tasks: &Tasks) -> anyhow::Result<()> {
+pub(super) fn start(c: &Arc<Controller>, tasks: &Tasks, fleet: Option<Arc<Fleet>>, watched: Watched) -> anyhow::Result<()> {
     for entry in &c.config.serve.schedule {
         let file = if entry.runbook.is_absolute() {
             entry.runbook.clone()
@@ -41,9 +42,24 @@ pub(super) fn start(c: &Arc<Controller>, tasks: &Tasks) -> anyhow::Result<()> {
             c.file.parent().unwrap_or(Path::new(".")).join(&entry.runbook)
         };
         runbook::load(&file)?;
-        let (c, mode, tasks_in) = (c.clone(), entry.mode, tasks.clone());
+        let (c, mode, tasks_in, fleet) = (c.clone(), entry.mode, tasks.clone(), fleet.clone());
         let vars: Vec<(String, String)> = entry.vars.clone().into_iter().collect();
         on_schedule(tasks, entry.cron.clone(), format!("drill {}", file.display()), move || {
+            // with a shared state every replica sees the drill due: the first to claim it runs it
+            if let Some(f) = &fleet {
+                let key = format!("drill {} at {}", file.display(), chrono::Utc::now().format("%Y-%m-%dT%H:%MZ"));
+                match f.claim_work(&key) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::info!(runbook = %file.display(), "Scheduled drill started by another replica");
+                        return std::future::ready(());
+                    }
+                    Err(e) => {
+                        tracing::error!(runbook = %file.display(), error = format!("{e:#}"), "Scheduled drill not started");
+                        return std::future::ready(());
+                    }
+                }
+            }
             let started = runbook::load(&file)
                 .map_err(anyhow::Error::from)
                 .and_then(|l| crate::drill::start(&c, Arc::new(l), mode, &vars, "schedule"));
@@ -55,24 +71,36 @@ pub(super) fn start(c: &Arc<Controller>, tasks: &Tasks) -> anyhow::Result<()> {
                 }
                 Err(e) => tracing::error!(runbook = %file.display(), error = format!("{e:#}"), "Scheduled drill not started"),
             }
-            async {}
+            std::future::ready(())
         });
     }
+    let shared = fleet.is_some();
     if let Some(v) = &c.config.serve.verify_sample {
-        let (c2, slices) = (c.clone(), v.slices);
+        let (c2, slices, watched2) = (c.clone(), v.slices, shared.then(|| watched.clone()));
         on_schedule(tasks, v.cron.clone(), "sampled verify".into(), move || {
             let c = c2.clone();
-            async move { verify_sample(&c, slices).await }
+            let only = held(&watched2);
+            async move { verify_sample(&c, slices, only.as_ref()).await }
         });
     }
     if let Some(cron) = &c.config.prune.cron {
-        let c2 = c.clone();
+        let (c2, watched2) = (c.clone(), shared.then(|| watched.clone()));
         on_schedule(tasks, cron.clone(), "prune".into(), move || {
             let c = c2.clone();
-            async move { prune_all(&c).await }
+            let only = held(&watched2);
+            async move { prune_all(&c, only.as_ref()).await }
         });
     }
     Ok(())
+}
+
+/// The tenants this process watches, shared with the monitor.
+pub type Watched = Arc<std::sync::RwLock<std::collections::BTreeSet<String>>>;
+
+/// With a shared state, the tenants this replica holds now (scheduled work
+/// on a tenant is its holder's); all of them otherwise.
+fn held(w: &Option<Watched>) -> Option<std::collections::BTreeSet<String>> {
+    w.as_ref().map(|w| w.read().unwrap_or_else(|e| e.into_inner()).clone())
 }
 
 /// Runs a started drill in a task of the service.
@@ -87,10 +115,10 @@ pub(super) fn spawn_drill(tasks: &Tasks, started: crate::drill::Started) {
 }
 
 /// One scheduled verify of every tenant, reading back today's slice.
-pub async fn verify_sample(c: &Controller, slices: u64) {
+pub async fn verify_sample(c: &Controller, slices: u64, only: Option<&std::collections::BTreeSet<String>>) {
     use crate::command::verify;
     let read = verify::ReadData::today(slices);
-    for t in &c.config.tenants {
+    for t in c.config.tenants.iter().filter(|t| only.is_none_or(|o| o.contains(&t.name))) {
         let result = async {
             let tenant = c.tenant(&t.name)?;
             verify::run(&tenant, read, c.config.restore.concurrency).await
@@ -112,8 +140,8 @@ pub async fn verify_sample(c: &Controller, slices: u64) {
 }
 
 /// One scheduled prune of every tenant.
-pub async fn prune_all(c: &Controller) {
-    for t in &c.config.tenants {
+pub async fn prune_all(c: &Controller, only: Option<&std::collections::BTreeSet<String>>) {
+    for t in c.config.tenants.iter().filter(|t| only.is_none_or(|o| o.contains(&t.name))) {
         let result = async {
             let tenant = c.tenant(&t.name)?;
             crate::command::prune::run(c, &tenant, false, chrono::Utc::now()).await

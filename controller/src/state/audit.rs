@@ -43,7 +43,11 @@ impl Store {
     /// Appends rows `(actor, event, detail)` in one transaction (one sync to
     /// disk for all); returns the sequence of the last.
     pub fn audit_many(&mut self, drill: Option<i64>, rows: &[(&str, &str, &str)]) -> anyhow::Result<i64> {
+        let fence = self.fence.as_ref().filter(|f| drill == Some(f.drill));
         self.db.write_tx(Some(AUDIT_LOCK), |db| {
+            if let Some(f) = fence {
+                super::check_fence(db, f)?;
+            }
             let last = db.query_opt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", p![])?;
             let (mut seq, mut prev) = match last {
                 Some(r) => (r.int(0)?, r.text(1)?),

@@ -132,7 +132,7 @@ pub trait Db: Send {
             Dialect::Postgres => {
                 self.batch("BEGIN")?;
                 if let Some(key) = lock {
-                    if let Err(e) = self.query("SELECT pg_advisory_xact_lock(?1)", p![key]) {
+                    if let Err(e) = self.execute("SELECT pg_advisory_xact_lock(?1)", p![key]) {
                         let _ = self.batch("ROLLBACK");
                         return Err(e);
                     }

@@ -79,14 +79,16 @@ impl Fleet {
         Ok(n)
     }
 
-    /// Makes sure a lease row exists for each name.
-    pub fn add(&self, kind: &str, names: &[String]) -> anyhow::Result<()> {
-        for chunk in names.chunks(1000) {
-            let values: Vec<String> = (0..chunk.len()).map(|i| format!("(?1, ?{})", i + 2)).collect();
-            let mut params = p![kind];
-            params.extend(chunk.iter().map(|n| n.as_str().into()));
-            self.pg.execute(&format!("INSERT INTO leases (kind, name) VALUES {} ON CONFLICT DO NOTHING", values.join(", ")), params)?;
-        }
+    /// Makes the leases of `kind` the given names: a row for each new one,
+    /// none left for a name no longer configured.
+    pub fn set_names(&self, kind: &str, names: &[String]) -> anyhow::Result<()> {
+        // names are checked words (no line break): one parameter holds them all
+        let all = names.join("\n");
+        self.pg.execute(
+            "INSERT INTO leases (kind, name) SELECT ?1, unnest(string_to_array(?2, chr(10))) ON CONFLICT DO NOTHING",
+            p![kind, all.as_str()],
+        )?;
+        self.pg.execute("DELETE FROM leases WHERE kind = ?1 AND NOT (name = ANY(string_to_array(?2, chr(10))))", p![kind, all])?;
         Ok(())
     }
 
@@ -109,15 +111,17 @@ impl Fleet {
         )?;
         let until = asked + self.lease;
         let mut held: Held = rows.iter().map(|r| Ok((r.text(0)?, (r.int(1)?, until)))).collect::<anyhow::Result<_>>()?;
-        let share = (total as i64 + self.alive()? - 1) / self.alive()?.max(1);
+        let alive = self.alive()?;
+        let share = (total as i64 + alive - 1) / alive;
         let share = usize::try_from(share).unwrap_or(total);
         if held.len() > share {
             let give: Vec<String> = held.keys().rev().take(held.len() - share).cloned().collect();
+            self.pg.execute(
+                "UPDATE leases SET holder = NULL, expires_at = '-infinity'
+                 WHERE kind = ?1 AND holder = ?2 AND name = ANY(string_to_array(?3, chr(10)))",
+                p![kind, self.me.as_str(), give.join("\n")],
+            )?;
             for name in &give {
-                self.pg.execute(
-                    "UPDATE leases SET holder = NULL, expires_at = '-infinity' WHERE kind = ?1 AND name = ?2 AND holder = ?3",
-                    p![kind, name.as_str(), self.me.as_str()],
-                )?;
                 held.remove(name);
             }
         } else if held.len() < share {
@@ -168,6 +172,15 @@ impl Fleet {
         Ok(())
     }
 
+    /// Who holds lease `name` now (unexpired), if anyone.
+    pub fn holder(&self, kind: &str, name: &str) -> anyhow::Result<Option<String>> {
+        let r = self.pg.query_opt(
+            "SELECT holder FROM leases WHERE kind = ?1 AND name = ?2 AND holder IS NOT NULL AND expires_at > now()",
+            p![kind, name],
+        )?;
+        r.map(|r| r.text(0)).transpose()
+    }
+
     /// Unfinished drills whose holder's lease ran out (or that have none).
     pub fn orphaned_drills(&self) -> anyhow::Result<Vec<i64>> {
         let rows = self.pg.query(
@@ -185,25 +198,25 @@ impl Fleet {
         rows.iter().map(|r| Ok((r.text(0)?, r.text(1)?))).collect()
     }
 
-    /// Keeps the monitor's reading of a tenant on a provider, if this replica
-    /// still holds the tenant at `epoch` (false: refused, taken over).
-    pub fn keep_view(&self, tenant: &str, provider: &str, view: &str, epoch: i64) -> anyhow::Result<bool> {
+    /// Keeps the monitor's reading of a tenant, if this replica still holds
+    /// the tenant at `epoch` (false: refused, taken over).
+    pub fn keep_view(&self, tenant: &str, view: &str, epoch: i64) -> anyhow::Result<bool> {
         let n = self.pg.execute(
-            "INSERT INTO monitor_state (tenant, provider, view, holder, epoch)
-             SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (
-                 SELECT 1 FROM leases WHERE kind = 'tenant' AND name = ?1 AND holder = ?4 AND epoch = ?5)
-             ON CONFLICT (tenant, provider) DO UPDATE
+            "INSERT INTO monitor_state (tenant, view, holder, epoch)
+             SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (
+                 SELECT 1 FROM leases WHERE kind = 'tenant' AND name = ?1 AND holder = ?3 AND epoch = ?4)
+             ON CONFLICT (tenant) DO UPDATE
                  SET view = excluded.view, holder = excluded.holder, epoch = excluded.epoch, updated_at = now()",
-            p![tenant, provider, view, self.me.as_str(), epoch],
+            p![tenant, view, self.me.as_str(), epoch],
         )?;
         Ok(n == 1)
     }
 
     /// Every tenant's last reading, whichever replica made it:
-    /// (tenant, provider, view as JSON, holder).
-    pub fn views(&self) -> anyhow::Result<Vec<(String, String, String, String)>> {
-        let rows = self.pg.query("SELECT tenant, provider, view, holder FROM monitor_state ORDER BY tenant, provider", p![])?;
-        rows.iter().map(|r| Ok((r.text(0)?, r.text(1)?, r.text(2)?, r.text(3)?))).collect()
+    /// (tenant, view as JSON, holder).
+    pub fn views(&self) -> anyhow::Result<Vec<(String, String, String)>> {
+        let rows = self.pg.query("SELECT tenant, view, holder FROM monitor_state ORDER BY tenant", p![])?;
+        rows.iter().map(|r| Ok((r.text(0)?, r.text(1)?, r.text(2)?))).collect()
     }
 
     /// Claims scheduled work `key` (a drill due at a given minute): true

@@ -66,6 +66,37 @@ pub struct Store {
     db: Backend,
     /// The controller's state_dir (restore rates, reports).
     state_dir: PathBuf,
+    /// The drill lease this store's writes are made under, if any.
+    fence: Option<Fence>,
+}
+
+/// A drill's lease as its holder saw it when it took it: a write under it
+/// is refused once another replica has taken the lease (a higher epoch).
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub drill: i64,
+    pub holder: String,
+    pub epoch: i64,
+}
+
+/// Refuses the write unless the drill's lease is still `f`'s (the row is
+/// held until the write commits, so no takeover slips in between).
+fn check_fence(db: &impl Db, f: &Fence) -> anyhow::Result<()> {
+    let row = db.query_opt("SELECT holder, epoch FROM leases WHERE kind = 'drill' AND name = ?1 FOR SHARE", p![f.drill.to_string()])?;
+    let (holder, epoch) = match row {
+        Some(r) => (r.opt_text(0)?.unwrap_or_default(), r.int(1)?),
+        None => (String::new(), 0),
+    };
+    if holder != f.holder || epoch != f.epoch {
+        anyhow::bail!(
+            "drill {}: this process's lease (epoch {} as {}) was taken over (now epoch {epoch}, {}): its writes are refused",
+            f.drill,
+            f.epoch,
+            f.holder,
+            if holder.is_empty() { "released".to_string() } else { format!("held by {holder}") }
+        );
+    }
+    Ok(())
 }
 
 impl Store {
@@ -81,14 +112,33 @@ impl Store {
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;").context("preparing the drill store")?;
         let db = Backend::Sqlite(Sqlite(conn));
         migrate::migrate(&db).with_context(|| format!("the drill store {}", path.display()))?;
-        Ok(Store { db, state_dir: path.parent().map(Path::to_path_buf).unwrap_or_default() })
+        Ok(Store { db, state_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(), fence: None })
     }
 
     /// The PostgreSQL store (migrated to this binary's schema if behind).
     pub fn open_postgres(pg: Pg, state_dir: &Path) -> anyhow::Result<Store> {
         let db = Backend::Postgres(pg);
         migrate::migrate(&db).context("the PostgreSQL state store (state.postgres)")?;
-        Ok(Store { db, state_dir: state_dir.to_path_buf() })
+        Ok(Store { db, state_dir: state_dir.to_path_buf(), fence: None })
+    }
+
+    /// Makes every drill write of this store depend on the drill's lease
+    /// (PostgreSQL only).
+    pub fn fence(&mut self, f: Fence) {
+        if self.shared() {
+            self.fence = Some(f);
+        }
+    }
+
+    /// Runs a write, under the fence if there is one.
+    fn write<R>(&self, f: impl FnOnce(&Backend) -> anyhow::Result<R>) -> anyhow::Result<R> {
+        match &self.fence {
+            None => f(&self.db),
+            Some(fence) => self.db.write_tx(None, |db| {
+                check_fence(db, fence)?;
+                f(db)
+            }),
+        }
     }
 
     /// The controller's state_dir, for what stays in local files.
@@ -139,7 +189,7 @@ impl Store {
     }
 
     pub fn set_status(&mut self, drill: i64, actor: &str, status: DrillStatus) -> anyhow::Result<()> {
-        self.db.execute("UPDATE drills SET status = ?2 WHERE id = ?1", p![drill, status.as_str()])?;
+        self.write(|db| db.execute("UPDATE drills SET status = ?2 WHERE id = ?1", p![drill, status.as_str()]))?;
         self.audit(Some(drill), actor, "drill-status", status.as_str())?;
         Ok(())
     }
@@ -147,18 +197,20 @@ impl Store {
     /// The drill's end: its status (`passed`, `failed`, `aborted`) and measures.
     pub fn finish_drill(&mut self, drill: i64, actor: &str, status: DrillStatus, m: &Measures) -> anyhow::Result<()> {
         let ts = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-        self.db.execute(
-            "UPDATE drills SET finished_at = ?2, status = ?3, rto_ms = ?4, rpo_ms = ?5, cut_at = ?6, recovery_point = ?7 WHERE id = ?1",
-            p![
-                drill,
-                now(),
-                status.as_str(),
-                m.rto.map(|d| d.as_millis() as i64),
-                m.rpo.map(|d| d.as_millis() as i64),
-                ts(m.cut),
-                ts(m.recovery_point)
-            ],
-        )?;
+        self.write(|db| {
+            db.execute(
+                "UPDATE drills SET finished_at = ?2, status = ?3, rto_ms = ?4, rpo_ms = ?5, cut_at = ?6, recovery_point = ?7 WHERE id = ?1",
+                p![
+                    drill,
+                    now(),
+                    status.as_str(),
+                    m.rto.map(|d| d.as_millis() as i64),
+                    m.rpo.map(|d| d.as_millis() as i64),
+                    ts(m.cut),
+                    ts(m.recovery_point)
+                ],
+            )
+        })?;
         let fmt = |d: Option<std::time::Duration>| d.map(|d| format!("{:.1}s", d.as_secs_f64())).unwrap_or("not measured".into());
         self.audit(Some(drill), actor, "drill-finished", &format!("{status}; RTO {}, RPO {}", fmt(m.rto), fmt(m.rpo)))?;
         Ok(())
@@ -166,27 +218,29 @@ impl Store {
 
     /// A step's end, kept so that `drill resume` does not run it again.
     pub fn finish_step(&mut self, drill: i64, actor: &str, r: &StepRecord) -> anyhow::Result<()> {
-        let seq = self.db.query_opt("SELECT count(*) FROM steps WHERE drill = ?1", p![drill])?.context("count")?.int(0)?;
-        self.db.execute(
-            "INSERT INTO steps (drill, step, stage, kind, started_at, finished_at, attempts, outcome, output, recovery_point, seq)
+        self.write(|db| {
+            let seq = db.query_opt("SELECT count(*) FROM steps WHERE drill = ?1", p![drill])?.context("count")?.int(0)?;
+            db.execute(
+                "INSERT INTO steps (drill, step, stage, kind, started_at, finished_at, attempts, outcome, output, recovery_point, seq)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (drill, step) DO UPDATE SET stage = excluded.stage, kind = excluded.kind, started_at = excluded.started_at,
                  finished_at = excluded.finished_at, attempts = excluded.attempts, outcome = excluded.outcome,
                  output = excluded.output, recovery_point = excluded.recovery_point, seq = excluded.seq",
-            p![
-                drill,
-                r.id.as_str(),
-                r.stage.as_str(),
-                r.kind.as_str(),
-                r.started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                r.finished.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                r.attempts,
-                r.outcome.as_str(),
-                r.output.as_str(),
-                r.recovery_point.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
-                seq
-            ],
-        )?;
+                p![
+                    drill,
+                    r.id.as_str(),
+                    r.stage.as_str(),
+                    r.kind.as_str(),
+                    r.started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    r.finished.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    r.attempts,
+                    r.outcome.as_str(),
+                    r.output.as_str(),
+                    r.recovery_point.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+                    seq
+                ],
+            )
+        })?;
         let summary: String = r.output.lines().last().unwrap_or_default().chars().take(200).collect();
         self.audit(
             Some(drill),
@@ -222,10 +276,12 @@ impl Store {
 
     /// A variable's value for this drill (from `--var` or a step's `save_as`).
     pub fn set_variable(&mut self, drill: i64, name: &str, value: &str) -> anyhow::Result<()> {
-        self.db.execute(
+        self.write(|db| {
+            db.execute(
             "INSERT INTO variables (drill, name, value) VALUES (?1, ?2, ?3) ON CONFLICT (drill, name) DO UPDATE SET value = excluded.value",
             p![drill, name, value],
-        )?;
+        )
+        })?;
         Ok(())
     }
 
@@ -273,20 +329,22 @@ impl Store {
         ok: bool,
         output: &str,
     ) -> anyhow::Result<()> {
-        self.db.execute(
-            "INSERT INTO attempts (drill, step, attempt, started_at, finished_at, outcome, output) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+        self.write(|db| {
+            db.execute(
+                "INSERT INTO attempts (drill, step, attempt, started_at, finished_at, outcome, output) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (drill, step, attempt) DO UPDATE SET started_at = excluded.started_at, finished_at = excluded.finished_at,
                  outcome = excluded.outcome, output = excluded.output",
-            p![
-                drill,
-                step,
-                attempt,
-                started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                now(),
-                if ok { "passed" } else { "failed" },
-                output
-            ],
-        )?;
+                p![
+                    drill,
+                    step,
+                    attempt,
+                    started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    now(),
+                    if ok { "passed" } else { "failed" },
+                    output
+                ],
+            )
+        })?;
         Ok(())
     }
 

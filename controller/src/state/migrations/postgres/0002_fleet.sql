@@ -41,16 +41,15 @@ CREATE TABLE leases (
 );
 CREATE INDEX leases_by_holder ON leases (holder, kind);
 
--- The monitor's last reading of each tenant on each provider, written by
--- the tenant's holder only (its epoch), read by every replica's API.
+-- The monitor's last reading of each tenant (both providers, as JSON),
+-- written by the tenant's holder only (its epoch), read by every replica's
+-- API.
 CREATE TABLE monitor_state (
-    tenant TEXT NOT NULL,
-    provider TEXT NOT NULL,
+    tenant TEXT PRIMARY KEY,
     view TEXT NOT NULL,
     holder TEXT NOT NULL,
     epoch BIGINT NOT NULL,
-    updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    PRIMARY KEY (tenant, provider)
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
 -- Scheduled work that runs once however many replicas see it due (a
