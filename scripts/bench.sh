@@ -6,6 +6,8 @@
 #   ./scripts/bench.sh standby [PGBENCH_SCALE]  failover: site B rebuilt vs its warm standby promoted (default 100)
 #   ./scripts/bench.sh mixed [MEGABYTES]      a realistic database (default 2000: about 1 GiB of dump): export vs its
 #                                             floor, restore vs the hand pipeline and pg_restore -j 2
+#   ./scripts/bench.sh fleet [TENANTS]        the controller on a PostgreSQL state, one replica then three (default
+#                                             35000 tenants): cycles, CPU, memory, takeover, the nightly prune
 # BASCULE_BENCH_KEEP=DIR keeps the three nights' dumps in DIR.
 # Default scale 50. Installs what it compares against when missing (rclone,
 # restic, GNU time, pgbackrest, age, zstd from Debian's packages), plus what
@@ -18,6 +20,7 @@ bench=bench
 if [ "${1:-}" = wal ]; then bench=bench_wal; shift; fi
 if [ "${1:-}" = standby ]; then bench=bench_standby; shift; set -- "${1:-100}"; fi
 if [ "${1:-}" = mixed ]; then bench=bench_mixed; shift; set -- "${1:-2000}"; fi
+if [ "${1:-}" = fleet ]; then bench=bench_fleet; shift; set -- "${1:-35000}"; fi
 SUDO=()
 if [ "$(id -u)" != 0 ]; then SUDO=(sudo); fi
 missing=()

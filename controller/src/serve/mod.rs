@@ -64,7 +64,13 @@ pub fn drill_metrics(store: &Store) -> anyhow::Result<()> {
 
 /// The monitor: every `serve.interval`, a cycle over every tenant, then the
 /// drill metrics; until cancelled.
-async fn monitor_loop(c: Arc<Controller>, store: Arc<Mutex<Store>>, mut monitor: monitor::Monitor, tasks: Tasks) {
+async fn monitor_loop(
+    c: Arc<Controller>,
+    store: Arc<Mutex<Store>>,
+    mut monitor: monitor::Monitor,
+    tasks: Tasks,
+    gained: Arc<tokio::sync::Notify>,
+) {
     let interval = c.config.serve.interval;
     let cancel = tasks.cancel.clone();
     let mut tried = std::collections::HashMap::new();
@@ -98,6 +104,8 @@ async fn monitor_loop(c: Arc<Controller>, store: Arc<Mutex<Store>>, mut monitor:
         }
         tokio::select! {
             _ = tokio::time::sleep_until(started + interval) => {}
+            // tenants just taken over (a replica stopped): read them now
+            _ = gained.notified() => {}
             _ = cancel.cancelled() => return,
         }
     }
@@ -195,12 +203,13 @@ pub async fn run(c: Arc<Controller>) -> anyhow::Result<()> {
     let view = monitor.view.clone();
     let watched = monitor.watched.clone();
     let store = Arc::new(Mutex::new(c.store()?));
+    let gained = Arc::new(tokio::sync::Notify::new());
     if let Some((f, held, n)) = monitor.leases() {
         // a first round before the first cycle, then on its own clock
         *held.write().unwrap_or_else(|e| e.into_inner()) = f.balance(crate::state::fleet::TENANT, n)?;
-        tasks.tracker.spawn(monitor::keep_leases(f, held, n, tasks.cancel.clone()));
+        tasks.tracker.spawn(monitor::keep_leases(f, held, n, gained.clone(), tasks.cancel.clone()));
     }
-    tasks.tracker.spawn(monitor_loop(c.clone(), store.clone(), monitor, tasks.clone()));
+    tasks.tracker.spawn(monitor_loop(c.clone(), store.clone(), monitor, tasks.clone(), gained));
     schedule::start(&c, &tasks, fleet.clone(), watched)?;
     tasks.tracker.spawn(crate::command::pitr::standby::keep(c.clone(), tasks.cancel.clone()));
     let guard = Arc::new(guard::Guard::default());

@@ -218,8 +218,19 @@ impl Monitor {
         let deep_interval = self.deep_interval;
         // the futures made first (a closure inside the stream would make the
         // task's future not Send for every lifetime)
-        let checks: Vec<_> =
-            self.tenants.iter_mut().filter(|t| t.epoch.is_some()).map(|t| check_tenant(t, providers, deep_interval)).collect();
+        let held = self.fleet.as_ref().map(|_| &*self.held);
+        let checks: Vec<_> = self
+            .tenants
+            .iter_mut()
+            .filter(|t| t.epoch.is_some())
+            .map(|t| async move {
+                // given back meanwhile (another replica joined): left to its new holder
+                if held.is_some_and(|h| !h.read().unwrap_or_else(|e| e.into_inner()).contains_key(&t.name)) {
+                    return (0, Vec::new(), false);
+                }
+                check_tenant(t, providers, deep_interval).await
+            })
+            .collect();
         let results: Vec<TenantCheck> = futures::stream::iter(checks).buffer_unordered(self.concurrency).collect().await;
         let mut c = Cycle { tenants: results.len(), ..Default::default() };
         // a provider is up when it answered at least one request, or was asked nothing
@@ -256,11 +267,26 @@ impl Monitor {
 /// whatever a monitor cycle takes: alive, renewed, given back above the fair
 /// share, claimed up to it. When the state store cannot be reached, what was
 /// held runs out by this process's clock, and the monitor stops watching it.
-pub async fn keep_leases(fleet: Arc<Fleet>, held: Arc<RwLock<Held>>, tenants: usize, cancel: tokio_util::sync::CancellationToken) {
+/// A tenant newly claimed wakes the monitor (`gained`), so that a killed
+/// replica's tenants are read at once, not at the next interval.
+pub async fn keep_leases(
+    fleet: Arc<Fleet>,
+    held: Arc<RwLock<Held>>,
+    tenants: usize,
+    gained: Arc<tokio::sync::Notify>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
     loop {
         let f = fleet.clone();
         match tokio::task::spawn_blocking(move || f.balance(TENANT, tenants)).await {
-            Ok(Ok(h)) => *held.write().unwrap_or_else(|e| e.into_inner()) = h,
+            Ok(Ok(h)) => {
+                let mut old = held.write().unwrap_or_else(|e| e.into_inner());
+                let new = h.keys().any(|k| !old.contains_key(k));
+                *old = h;
+                if new {
+                    gained.notify_one();
+                }
+            }
             Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "Cannot renew the leases in the state store"),
             Err(_) => return,
         }

@@ -169,6 +169,10 @@ impl Pg {
             connect.pg_mut().connect_timeout(Duration::from_secs(10));
         }
         connect.pg_mut().application_name("bascule-controller");
+        if connect.pg().get_options().is_none() {
+            // IF NOT EXISTS and the like are not news for the controller's log
+            connect.pg_mut().options("-c client_min_messages=warning");
+        }
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("a runtime for the state store")?;
         let (jobs, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
