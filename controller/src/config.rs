@@ -384,6 +384,18 @@ impl ControllerConfig {
         }
         if let Some(s) = &cfg.state {
             let parsed = bascule_core::postgres::connect::Connect::parse(&s.postgres).map_err(|e| bad(format!("state.postgres: {e}")))?;
+            let local = parsed.pg().get_hosts().iter().all(|h| match h {
+                tokio_postgres::config::Host::Unix(_) => true,
+                tokio_postgres::config::Host::Tcp(name) => {
+                    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                }
+            }) && parsed.pg().get_hostaddrs().iter().all(std::net::IpAddr::is_loopback);
+            use bascule_core::postgres::connect::SslMode;
+            if !local && !matches!(parsed.mode(), SslMode::VerifyCa | SslMode::VerifyFull) {
+                return Err(bad("state.postgres: a server beyond this machine is reached with sslmode=verify-full (and sslrootcert): \
+                     whoever answers unverified could hand out leases and lower rollback marks"
+                    .into()));
+            }
             if parsed.pg().get_password().is_some() {
                 return Err(bad("state.postgres holds a password: give it as state.password ({env: NAME} or {file: /path})".into()));
             }

@@ -29,12 +29,32 @@ pub struct Controller {
     /// Where the guards keep their marks: files under state_dir, or the
     /// PostgreSQL state store.
     marks: Arc<dyn Marks>,
+    /// The same, with a shared state (revoked-key marks live there too).
+    shared: Option<Arc<PgMarks>>,
 }
 
 impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Controller({})", self.file.display())
     }
+}
+
+/// A controller moving to a shared state brings its marks along: each
+/// `<tenant>@<provider>.head-seen` file under state_dir raises the shared
+/// mark (never lowers it), at every start, so that no replica accepts an
+/// old HEAD this process had already refused.
+fn adopt_file_marks(pg: &PgMarks, config: &ControllerConfig) -> anyhow::Result<()> {
+    let files = FileMarks::new(&config.state_dir);
+    for t in &config.tenants {
+        for p in &config.providers {
+            let name = format!("{}@{}", t.name, p.name);
+            let seen = files.read(&name)?;
+            if seen > 0 {
+                pg.raise(&name, seen)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Controller {
@@ -46,15 +66,17 @@ impl Controller {
     pub fn new(config: ControllerConfig, file: &Path) -> anyhow::Result<Arc<Controller>> {
         let providers = config.providers.iter().map(|p| Provider::build(p, file)).collect::<Result<Vec<_>, _>>()?;
         std::fs::create_dir_all(&config.state_dir).with_context(|| format!("state_dir {}", config.state_dir.display()))?;
-        let marks: Arc<dyn Marks> = match &config.state {
-            None => Arc::new(FileMarks::new(&config.state_dir)),
+        let (marks, shared): (Arc<dyn Marks>, _) = match &config.state {
+            None => (Arc::new(FileMarks::new(&config.state_dir)), None),
             Some(s) => {
                 // the schema is checked (and brought up to date) before anything else
                 Store::open_postgres(Pg::open(s.connect(file)?)?, &config.state_dir)?;
-                Arc::new(PgMarks(Pg::open(s.connect(file)?)?))
+                let pg = Arc::new(PgMarks(Pg::open(s.connect(file)?)?));
+                adopt_file_marks(&pg, &config)?;
+                (pg.clone() as Arc<dyn Marks>, Some(pg))
             }
         };
-        Ok(Arc::new(Controller { config, file: file.into(), providers, guards: Mutex::default(), marks }))
+        Ok(Arc::new(Controller { config, file: file.into(), providers, guards: Mutex::default(), marks, shared }))
     }
 
     pub fn providers(&self) -> &[Provider] {
@@ -81,8 +103,19 @@ impl Controller {
         })?;
         let replicas = self.providers.iter().map(|p| p.tenant(name)).collect();
         let guards: Vec<Arc<RollbackGuard>> = self.providers.iter().map(|p| self.guard(name, &p.name)).collect::<Result<_, _>>()?;
-        let revoked =
-            RevokedMarks::load(&self.config.state_dir, name, &t.verify_keys, || guards.iter().try_fold(0, |m, g| Ok(g.seen()?.max(m))))?;
+        let seen = || guards.iter().try_fold(0, |m, g| Ok(g.seen()?.max(m)));
+        let revoked = match &self.shared {
+            None => RevokedMarks::load(&self.config.state_dir, name, &t.verify_keys, seen)?,
+            Some(pg) => {
+                let keys: Vec<String> = t.verify_keys.iter().filter(|k| k.revoked_at.is_some()).map(|k| k.key.to_string()).collect();
+                if keys.is_empty() {
+                    RevokedMarks::default()
+                } else {
+                    let from_file = RevokedMarks::in_file(&self.config.state_dir, name)?;
+                    RevokedMarks::from_marks(pg.revoked(name, &keys, &from_file, seen)?)
+                }
+            }
+        };
         Ok(Tenant { name: name.into(), replicated: Replicated::new(replicas), keys: t.verify_keys.clone(), guards, revoked })
     }
 

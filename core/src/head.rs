@@ -130,7 +130,13 @@ impl RollbackGuard {
     /// The stored mark (and this holder's, if higher).
     fn stored(&self) -> Result<u64> {
         let stored = self.marks.read(&self.name)?;
-        Ok(self.seen.fetch_max(stored, Ordering::SeqCst).max(stored))
+        let held = self.seen.fetch_max(stored, Ordering::SeqCst);
+        if stored < held {
+            // the store lost what this holder had raised (restored from an old
+            // copy, changed by hand): raised again, so that no other holder goes by it
+            self.marks.raise(&self.name, held)?;
+        }
+        Ok(held.max(stored))
     }
 
     /// The highest sequence seen, by this holder or any other.
@@ -251,6 +257,21 @@ impl RevokedMarks {
             crate::config::write_atomic(&path, &text)?;
         }
         Ok(RevokedMarks { marks })
+    }
+
+    /// Marks kept elsewhere (the controller's shared state): key → mark.
+    pub fn from_marks(marks: std::collections::BTreeMap<String, u64>) -> RevokedMarks {
+        RevokedMarks { marks }
+    }
+
+    /// The marks recorded in `<state_dir>/<tenant>.revoked-marks`, if any.
+    pub fn in_file(state_dir: &Path, tenant: &str) -> Result<std::collections::BTreeMap<String, u64>> {
+        let path = state_dir.join(format!("{tenant}.revoked-marks"));
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::ConfigValue { file: path.clone(), message: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(Error::io(&path, e)),
+        }
     }
 
     /// Refuses a HEAD that revoked key `by` signed above its mark.

@@ -167,3 +167,27 @@ fn errors_are_said_once_and_logs_are_lines_for_people_or_json_for_machines() {
     assert_eq!(v["level"], "INFO");
     assert!(v["verify_key"].as_str().unwrap().starts_with("ed25519:"), "{v}");
 }
+
+#[test]
+fn a_shared_state_beyond_this_machine_needs_verified_tls_and_no_inline_password() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let good = std::fs::read_to_string(root.join("configs/controller.yaml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("controller.yaml");
+    let with = |state: &str| {
+        write(&path, &format!("{good}\nstate:\n{state}"));
+        bascule_controller::config::ControllerConfig::load(&path)
+    };
+    let e = with("  postgres: \"host=pg.internal dbname=bascule user=bascule\"\n").unwrap_err().to_string();
+    assert!(e.contains("sslmode=verify-full"), "{e}");
+    let e = with("  postgres: \"host=pg.internal dbname=bascule user=bascule sslmode=require\"\n").unwrap_err().to_string();
+    assert!(e.contains("sslmode=verify-full"), "{e}");
+    with("  postgres: \"host=pg.internal dbname=bascule user=bascule sslmode=verify-full sslrootcert=/etc/ca.crt\"\n").unwrap();
+    with("  postgres: \"host=127.0.0.1 dbname=bascule user=bascule\"\n").unwrap();
+    let e = with("  postgres: \"postgresql://bascule:hunter2@127.0.0.1/bascule\"\n").unwrap_err().to_string();
+    assert!(e.contains("state.password") && !e.contains("hunter2"), "{e}");
+    let e = with("  postgres: \"host=127.0.0.1 dbname=bascule\"\n  lease: 1s\n").unwrap_err().to_string();
+    assert!(e.contains("state.lease"), "{e}");
+    let e = with("  postgres: \"host=127.0.0.1 dbname=bascule\"\n  password: hunter2\n").unwrap_err().to_string();
+    assert!(e.contains("{env: NAME}") && !e.contains("hunter2"), "{e}");
+}

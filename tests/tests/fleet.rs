@@ -76,7 +76,7 @@ fn leases_fence_writes_marks_only_rise_and_the_schema_is_versioned() {
     let mut store = open();
     // a second open finds the schema up to date; a newer one is refused
     drop(open());
-    assert_eq!(pg.psql("bascule_state", "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"), "1,2");
+    assert_eq!(pg.psql("bascule_state", "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"), "1,2,3");
 
     // a drill's lease: held by a, refused to b until it runs out, then b's
     let id = store
@@ -96,7 +96,7 @@ fn leases_fence_writes_marks_only_rise_and_the_schema_is_versioned() {
     let b = Fleet::new(Pg::open(connect(&dsn)).unwrap(), "b".into(), lease);
     let ea = a.claim(DRILL, &id.to_string()).unwrap().expect("a takes the free lease");
     assert_eq!(b.claim(DRILL, &id.to_string()).unwrap(), None, "b cannot take a lease a holds");
-    store.fence(Fence { drill: id, holder: "a".into(), epoch: ea });
+    store.fence(Fence { drill: id, holder: "a".into(), epoch: ea, lost: None });
     store.set_variable(id, "x", "1").unwrap();
     store.record_attempt(id, "s", 1, chrono::Utc::now(), true, "ok").unwrap();
     std::thread::sleep(lease + Duration::from_millis(500));
@@ -109,7 +109,7 @@ fn leases_fence_writes_marks_only_rise_and_the_schema_is_versioned() {
     assert!(store.set_status(id, "alice", bascule_controller::model::DrillStatus::Failed).is_err());
     assert!(!a.renew(DRILL, &id.to_string(), ea).unwrap(), "a's renewal is refused");
     let mut sb = open();
-    sb.fence(Fence { drill: id, holder: "b".into(), epoch: eb });
+    sb.fence(Fence { drill: id, holder: "b".into(), epoch: eb, lost: None });
     sb.set_variable(id, "x", "3").unwrap();
     assert_eq!(open().variables(id).unwrap(), vec![("x".to_string(), "3".to_string())]);
     assert_eq!(open().attempts(id, "s").unwrap().len(), 1, "the stale attempt was not written");
@@ -137,6 +137,22 @@ fn leases_fence_writes_marks_only_rise_and_the_schema_is_versioned() {
     assert_eq!(m.read("u@p").unwrap(), 39 * 8 + 7, "a lower raise changes nothing");
     let o = run(&mut pg.cmd("psql", &["-X", "-d", &dsn, "-c", "UPDATE head_marks SET sequence = 1 WHERE name = 'u@p'"]));
     assert!(!o.status.success() && text(&o).contains("cannot go down"), "{}", text(&o));
+    for sql in ["DELETE FROM head_marks", "TRUNCATE head_marks"] {
+        let o = run(&mut pg.cmd("psql", &["-X", "-d", &dsn, "-c", sql]));
+        assert!(!o.status.success() && text(&o).contains("not deleted"), "{sql}: {}", text(&o));
+    }
+    // a mark the store lost (restored from an old copy) is raised again by a holder that saw more
+    let g = bascule_core::head::RollbackGuard::with(std::sync::Arc::new(PgMarks(Pg::open(connect(&dsn)).unwrap())), "v@p").unwrap();
+    g.observe(50).unwrap();
+    pg.psql("bascule_state", "ALTER TABLE head_marks DISABLE TRIGGER USER; UPDATE head_marks SET sequence = 2 WHERE name = 'v@p'; ALTER TABLE head_marks ENABLE TRIGGER USER");
+    assert_eq!(g.seen().unwrap(), 50);
+    assert_eq!(m.read("v@p").unwrap(), 50, "the holder raised the lost mark again");
+
+    // a revoked key's mark: the first replica to record it wins, every replica reads the same
+    let keys = vec!["ed25519:old".to_string()];
+    let first = m.revoked("t", &keys, &BTreeMap::new(), || Ok(40)).unwrap();
+    let later = PgMarks(Pg::open(connect(&dsn)).unwrap()).revoked("t", &keys, &BTreeMap::new(), || Ok(45)).unwrap();
+    assert_eq!((first["ed25519:old"], later["ed25519:old"]), (40, 40));
 
     // the audit log is append-only in PostgreSQL too
     for sql in ["UPDATE audit SET detail = 'x' WHERE seq = 1", "DELETE FROM audit", "TRUNCATE audit"] {

@@ -120,6 +120,8 @@ async fn run_step(step: &Step, stage: &str, d: &Drill, cancel: &CancellationToke
     let mut recovery_point = None;
     let (outcome, output) = loop {
         n += 1;
+        // with a shared state, nothing runs once another replica took the drill over
+        d.ctx.store().check_held()?;
         let at = chrono::Utc::now();
         let result = attempt(step, d, timeout.saturating_sub(t0.elapsed()), timeout, cancel).await;
         let (ok, out) = match result {

@@ -79,30 +79,38 @@ pub fn is_running(c: &Controller, id: i64) -> bool {
     }
 }
 
-/// Renews the drill's lease while it runs; cancels the drill if the lease
-/// is lost (taken over, or not renewed within its time).
+/// Renews the drill's lease while it runs; cancels the drill when the lease
+/// is lost (taken over), or when it could not be renewed before it runs out
+/// by this process's clock (counted from before each renewal was asked, a
+/// sixth of the lease short), whatever a slow call to the store is doing.
 fn keep_lease(fleet: Arc<Fleet>, id: i64, epoch: i64, drill: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let every = fleet.lease() / 3;
-        let mut renewed = std::time::Instant::now();
+        let lease = fleet.lease();
+        let mut deadline = tokio::time::Instant::now() + lease - lease / 6;
         loop {
-            tokio::time::sleep(every).await;
+            tokio::select! {
+                _ = tokio::time::sleep(lease / 3) => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = drill.cancelled() => return,
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::error!(drill = id, "The drill's lease could not be renewed in time; stopping it here");
+                drill.cancel();
+                return;
+            }
+            let asked = tokio::time::Instant::now();
             let f = fleet.clone();
-            let r = tokio::task::spawn_blocking(move || f.renew(DRILL, &id.to_string(), epoch)).await;
-            match r {
-                Ok(Ok(true)) => renewed = std::time::Instant::now(),
-                Ok(Ok(false)) => {
+            let renew = tokio::task::spawn_blocking(move || f.renew(DRILL, &id.to_string(), epoch));
+            match tokio::time::timeout_at(deadline, renew).await {
+                Ok(Ok(Ok(true))) => deadline = asked + lease - lease / 6,
+                Ok(Ok(Ok(false))) => {
                     tracing::error!(drill = id, epoch, "The drill's lease was taken over by another replica; stopping it here");
                     drill.cancel();
                     return;
                 }
-                Ok(Err(e)) => tracing::warn!(drill = id, error = format!("{e:#}"), "Cannot renew the drill's lease"),
-                Err(_) => return,
-            }
-            if renewed.elapsed() >= fleet.lease() {
-                tracing::error!(drill = id, "The drill's lease ran out without renewal; stopping it here");
-                drill.cancel();
-                return;
+                Ok(Ok(Err(e))) => tracing::warn!(drill = id, error = format!("{e:#}"), "Cannot renew the drill's lease"),
+                Ok(Err(_)) => return,
+                Err(_) => {}
             }
         }
     })
@@ -150,7 +158,7 @@ pub fn start(c: &Arc<Controller>, loaded: Arc<Loaded>, mode: Mode, vars: &[(Stri
     }
     let lock = lock(c, id)?;
     if let Hold::Lease { fleet, epoch } = &lock {
-        store.fence(Fence { drill: id, holder: fleet.me().to_string(), epoch: *epoch });
+        store.fence(Fence { drill: id, holder: fleet.me().to_string(), epoch: *epoch, lost: None });
     }
     Ok(Started { id, controller: c.clone(), loaded, mode, store, actor: actor.into(), abort: false, hold: lock })
 }
@@ -165,7 +173,7 @@ pub fn resume(c: &Arc<Controller>, id: i64, abort: bool, actor: &str) -> anyhow:
     }
     let lock = lock(c, id)?;
     if let Hold::Lease { fleet, epoch } = &lock {
-        store.fence(Fence { drill: id, holder: fleet.me().to_string(), epoch: *epoch });
+        store.fence(Fence { drill: id, holder: fleet.me().to_string(), epoch: *epoch, lost: None });
     }
     let file = PathBuf::from(&d.runbook_file);
     let loaded = Arc::new(crate::runbook::load(&file)?);
@@ -213,9 +221,11 @@ impl Started {
         let key = c.report_key()?;
         let reports_dir = c.config.state_dir.join("reports");
         let overrides = self.store.variables(self.id)?;
-        let store = Arc::new(Mutex::new(self.store));
         // with a shared state: the lease renewed while the drill runs, given back after
         let cancel = cancel.child_token();
+        let mut store = self.store;
+        store.stop_on_lost_lease(cancel.clone());
+        let store = Arc::new(Mutex::new(store));
         let keeper = match &self.hold {
             Hold::Lease { fleet, epoch } => Some(keep_lease(fleet.clone(), self.id, *epoch, cancel.clone())),
             Hold::File(_) => None,

@@ -194,7 +194,10 @@ async fn tenants(State(api): State<Api>, call: Call) -> Result<Response, ApiErro
         // whichever replica watches a tenant, every replica shows it
         Some(f) => f
             .views()
-            .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?
+            .map_err(|e| {
+                tracing::error!(error = format!("{e:#}"), "Cannot read the tenants' views from the state store");
+                ApiError(StatusCode::SERVICE_UNAVAILABLE, "the state store does not answer (see the log)".into())
+            })?
             .into_iter()
             .filter_map(|(_, v, _)| serde_json::from_str::<TenantView>(&v).ok())
             .collect(),
@@ -207,7 +210,11 @@ async fn tenants(State(api): State<Api>, call: Call) -> Result<Response, ApiErro
 async fn ready(State(api): State<Api>) -> Response {
     match api.store().audit_head() {
         Ok(_) => "ready\n".into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("the state store does not answer: {e:#}\n")).into_response(),
+        Err(e) => {
+            // the details (host, role, certificate) go to the log, not to whoever asks
+            tracing::error!(error = format!("{e:#}"), "Not ready: the state store does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "the state store does not answer (see the log)\n").into_response()
+        }
     }
 }
 

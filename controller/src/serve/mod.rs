@@ -196,21 +196,23 @@ pub async fn run(c: Arc<Controller>) -> anyhow::Result<()> {
     let tasks = Tasks { cancel: CancellationToken::new(), tracker: TaskTracker::new() };
     let fleet = c.fleet()?.map(Arc::new);
     if let Some(f) = &fleet {
-        f.heartbeat()?;
+        f.join()?;
         tracing::info!(replica = f.me(), lease = ?f.lease(), "Sharing the PostgreSQL state with the other replicas");
     }
     let monitor = monitor::Monitor::new(&c, fleet.clone())?;
     let view = monitor.view.clone();
-    let watched = monitor.watched.clone();
+    let held = monitor.held();
     let store = Arc::new(Mutex::new(c.store()?));
     let gained = Arc::new(tokio::sync::Notify::new());
-    if let Some((f, held, n)) = monitor.leases() {
-        // a first round before the first cycle, then on its own clock
-        *held.write().unwrap_or_else(|e| e.into_inner()) = f.balance(crate::state::fleet::TENANT, n)?;
-        tasks.tracker.spawn(monitor::keep_leases(f, held, n, gained.clone(), tasks.cancel.clone()));
+    if let Some(mut l) = monitor.leases() {
+        // a connection of their own (API reads and view writes never delay a
+        // renewal); a first round before the first cycle, then on their own clock
+        l.fleet = Arc::new(c.fleet()?.context("the state store")?);
+        l.balance()?;
+        tasks.tracker.spawn(monitor::keep_leases(l, gained.clone(), tasks.cancel.clone()));
     }
     tasks.tracker.spawn(monitor_loop(c.clone(), store.clone(), monitor, tasks.clone(), gained));
-    schedule::start(&c, &tasks, fleet.clone(), watched)?;
+    schedule::start(&c, &tasks, fleet.clone(), held)?;
     tasks.tracker.spawn(crate::command::pitr::standby::keep(c.clone(), tasks.cancel.clone()));
     let guard = Arc::new(guard::Guard::default());
     tasks.tracker.spawn(flush_loop(guard.clone(), store.clone(), tasks.cancel.clone()));

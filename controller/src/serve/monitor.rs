@@ -76,6 +76,8 @@ struct Watched {
 pub struct Monitor {
     /// The leases, with a shared state.
     fleet: Option<Arc<Fleet>>,
+    /// The configured tenants, joined by line breaks (what the leases claim).
+    names: Arc<String>,
     /// This process's name in `bascule_tenant_held`.
     replica: String,
     /// What the last round of leases gave ([`keep_leases`] renews them).
@@ -85,9 +87,6 @@ pub struct Monitor {
     concurrency: usize,
     deep_interval: Duration,
     pub view: Arc<RwLock<Vec<TenantView>>>,
-    /// The tenants this process watches now (the scheduled prune and
-    /// verify run for these).
-    pub watched: Arc<RwLock<BTreeSet<String>>>,
 }
 
 /// Counts of one cycle, for the log and the tests.
@@ -127,12 +126,14 @@ impl Monitor {
                 kept: None,
             });
         }
+        let names = Arc::new(tenants.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join("\n"));
         if let Some(f) = &fleet {
-            f.set_names(TENANT, &tenants.iter().map(|t| t.name.clone()).collect::<Vec<_>>())?;
+            f.add_names(TENANT, &names)?;
         }
         let replica = fleet.as_ref().map_or_else(crate::os_user::hostname, |f| f.me().to_string());
         Ok(Monitor {
             fleet,
+            names,
             replica,
             held: Default::default(),
             providers,
@@ -140,7 +141,6 @@ impl Monitor {
             concurrency: c.config.serve.concurrency,
             deep_interval: c.config.serve.deep_interval,
             view: Default::default(),
-            watched: Default::default(),
         })
     }
 
@@ -171,9 +171,12 @@ impl Monitor {
             }
             t.epoch = holds;
         }
-        let watched: BTreeSet<String> = self.tenants.iter().filter(|t| t.epoch.is_some()).map(|t| t.name.clone()).collect();
-        m::TENANTS.set(watched.len() as i64);
-        *self.watched.write().unwrap_or_else(|e| e.into_inner()) = watched;
+        m::TENANTS.set(self.tenants.iter().filter(|t| t.epoch.is_some()).count() as i64);
+    }
+
+    /// What the leases hold (valid until, by this process's clock).
+    pub fn held(&self) -> Arc<RwLock<Held>> {
+        self.held.clone()
     }
 
     /// The leases, with a shared state.
@@ -183,8 +186,13 @@ impl Monitor {
 
     /// What [`keep_leases`] needs: the leases, where to publish what they
     /// hold, and how many tenants there are.
-    pub fn leases(&self) -> Option<(Arc<Fleet>, Arc<RwLock<Held>>, usize)> {
-        self.fleet.as_ref().map(|f| (f.clone(), self.held.clone(), self.tenants.len()))
+    pub fn leases(&self) -> Option<Leases> {
+        self.fleet.as_ref().map(|f| Leases {
+            fleet: f.clone(),
+            held: self.held.clone(),
+            names: self.names.clone(),
+            total: self.tenants.len(),
+        })
     }
 
     /// Writes each watched tenant's view that changed to the shared state;
@@ -263,22 +271,34 @@ impl Monitor {
     }
 }
 
+/// What keeps the tenant leases: their own connection to the state, where
+/// to publish what they hold, the configured tenants.
+pub struct Leases {
+    pub fleet: Arc<Fleet>,
+    pub held: Arc<RwLock<Held>>,
+    pub names: Arc<String>,
+    pub total: usize,
+}
+
+impl Leases {
+    /// One round now (before the first cycle).
+    pub fn balance(&self) -> anyhow::Result<()> {
+        *self.held.write().unwrap_or_else(|e| e.into_inner()) = self.fleet.balance(TENANT, &self.names, self.total)?;
+        Ok(())
+    }
+}
+
 /// Keeps this replica's tenant leases, every third of the lease time and
 /// whatever a monitor cycle takes: alive, renewed, given back above the fair
 /// share, claimed up to it. When the state store cannot be reached, what was
 /// held runs out by this process's clock, and the monitor stops watching it.
 /// A tenant newly claimed wakes the monitor (`gained`), so that a killed
 /// replica's tenants are read at once, not at the next interval.
-pub async fn keep_leases(
-    fleet: Arc<Fleet>,
-    held: Arc<RwLock<Held>>,
-    tenants: usize,
-    gained: Arc<tokio::sync::Notify>,
-    cancel: tokio_util::sync::CancellationToken,
-) {
+pub async fn keep_leases(l: Leases, gained: Arc<tokio::sync::Notify>, cancel: tokio_util::sync::CancellationToken) {
+    let Leases { fleet, held, names, total } = l;
     loop {
-        let f = fleet.clone();
-        match tokio::task::spawn_blocking(move || f.balance(TENANT, tenants)).await {
+        let (f, names) = (fleet.clone(), names.clone());
+        match tokio::task::spawn_blocking(move || f.balance(TENANT, &names, total)).await {
             Ok(Ok(h)) => {
                 let mut old = held.write().unwrap_or_else(|e| e.into_inner());
                 let new = h.keys().any(|k| !old.contains_key(k));

@@ -1,19 +1,19 @@
 //! Scheduled work of `serve`, each on its cron (local time), in tasks of
 //! the service's tracker: drills, the daily sampled verify, the prune.
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use bascule_core::schedule::Schedule;
 
 use super::{metrics, Tasks};
 use crate::context::Controller;
 use crate::runbook;
-use crate::state::fleet::Fleet;
+use crate::state::fleet::{Fleet, Held};
 
 /// Runs `work` at every tick of `sched`, until the service stops.
 fn on_schedule<F, Fut>(tasks: &Tasks, sched: Schedule, what: String, mut work: F)
 where
-    F: FnMut() -> Fut + Send + 'static,
+    F: FnMut(chrono::DateTime<chrono::Local>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     let cancel = tasks.cancel.clone();
@@ -25,7 +25,7 @@ where
                 _ = cancel.cancelled() => return,
             }
             tokio::select! {
-                _ = work() => {}
+                _ = work(next) => {}
                 _ = cancel.cancelled() => return,
             }
         }
@@ -34,7 +34,7 @@ where
 
 /// Starts every scheduled task of the configuration. A scheduled runbook is
 /// validated now: a broken one stops `serve` at start, not at 3 a.m.
-pub(super) fn start(c: &Arc<Controller>, tasks: &Tasks, fleet: Option<Arc<Fleet>>, watched: Watched) -> anyhow::Result<()> {
+pub(super) fn start(c: &Arc<Controller>, tasks: &Tasks, fleet: Option<Arc<Fleet>>, held: Arc<RwLock<Held>>) -> anyhow::Result<()> {
     for entry in &c.config.serve.schedule {
         let file = if entry.runbook.is_absolute() {
             entry.runbook.clone()
@@ -44,10 +44,12 @@ pub(super) fn start(c: &Arc<Controller>, tasks: &Tasks, fleet: Option<Arc<Fleet>
         runbook::load(&file)?;
         let (c, mode, tasks_in, fleet) = (c.clone(), entry.mode, tasks.clone(), fleet.clone());
         let vars: Vec<(String, String)> = entry.vars.clone().into_iter().collect();
-        on_schedule(tasks, entry.cron.clone(), format!("drill {}", file.display()), move || {
-            // with a shared state every replica sees the drill due: the first to claim it runs it
+        on_schedule(tasks, entry.cron.clone(), format!("drill {}", file.display()), move |tick| {
+            // with a shared state every replica sees the drill due: the first to claim
+            // this tick of this runbook runs it (replicas share a time zone)
             if let Some(f) = &fleet {
-                let key = format!("drill {} at {}", file.display(), chrono::Utc::now().format("%Y-%m-%dT%H:%MZ"));
+                let name = runbook::load(&file).map(|l| l.runbook.name).unwrap_or_else(|_| file.display().to_string());
+                let key = format!("drill {name} at {}", tick.with_timezone(&chrono::Utc).format("%Y-%m-%dT%H:%M:%SZ"));
                 match f.claim_work(&key) {
                     Ok(true) => {}
                     Ok(false) => {
@@ -76,31 +78,31 @@ pub(super) fn start(c: &Arc<Controller>, tasks: &Tasks, fleet: Option<Arc<Fleet>
     }
     let shared = fleet.is_some();
     if let Some(v) = &c.config.serve.verify_sample {
-        let (c2, slices, watched2) = (c.clone(), v.slices, shared.then(|| watched.clone()));
-        on_schedule(tasks, v.cron.clone(), "sampled verify".into(), move || {
+        let (c2, slices, held2) = (c.clone(), v.slices, shared.then(|| held.clone()));
+        on_schedule(tasks, v.cron.clone(), "sampled verify".into(), move |_| {
             let c = c2.clone();
-            let only = held(&watched2);
-            async move { verify_sample(&c, slices, only.as_ref()).await }
+            let held = held2.clone();
+            async move { verify_sample(&c, slices, held.as_deref()).await }
         });
     }
     if let Some(cron) = &c.config.prune.cron {
-        let (c2, watched2) = (c.clone(), shared.then(|| watched.clone()));
-        on_schedule(tasks, cron.clone(), "prune".into(), move || {
+        let (c2, held2) = (c.clone(), shared.then(|| held.clone()));
+        on_schedule(tasks, cron.clone(), "prune".into(), move |_| {
             let c = c2.clone();
-            let only = held(&watched2);
-            async move { prune_all(&c, only.as_ref()).await }
+            let held = held2.clone();
+            async move { prune_all(&c, held.as_deref()).await }
         });
     }
     Ok(())
 }
 
-/// The tenants this process watches, shared with the monitor.
-pub type Watched = Arc<std::sync::RwLock<std::collections::BTreeSet<String>>>;
-
-/// With a shared state, the tenants this replica holds now (scheduled work
-/// on a tenant is its holder's); all of them otherwise.
-fn held(w: &Option<Watched>) -> Option<std::collections::BTreeSet<String>> {
-    w.as_ref().map(|w| w.read().unwrap_or_else(|e| e.into_inner()).clone())
+/// With a shared state, whether this replica holds `tenant` now (its
+/// lease valid by this process's clock): scheduled work on a tenant is its
+/// holder's, checked before each tenant. Without, every tenant is this
+/// process's.
+fn holds(held: Option<&RwLock<Held>>, tenant: &str) -> bool {
+    let now = std::time::Instant::now();
+    held.is_none_or(|h| h.read().unwrap_or_else(|e| e.into_inner()).get(tenant).is_some_and(|(_, until)| *until > now))
 }
 
 /// Runs a started drill in a task of the service.
@@ -115,10 +117,13 @@ pub(super) fn spawn_drill(tasks: &Tasks, started: crate::drill::Started) {
 }
 
 /// One scheduled verify of every tenant, reading back today's slice.
-pub async fn verify_sample(c: &Controller, slices: u64, only: Option<&std::collections::BTreeSet<String>>) {
+pub async fn verify_sample(c: &Controller, slices: u64, held: Option<&RwLock<Held>>) {
     use crate::command::verify;
     let read = verify::ReadData::today(slices);
-    for t in c.config.tenants.iter().filter(|t| only.is_none_or(|o| o.contains(&t.name))) {
+    for t in &c.config.tenants {
+        if !holds(held, &t.name) {
+            continue;
+        }
         let result = async {
             let tenant = c.tenant(&t.name)?;
             verify::run(&tenant, read, c.config.restore.concurrency).await
@@ -140,8 +145,11 @@ pub async fn verify_sample(c: &Controller, slices: u64, only: Option<&std::colle
 }
 
 /// One scheduled prune of every tenant.
-pub async fn prune_all(c: &Controller, only: Option<&std::collections::BTreeSet<String>>) {
-    for t in c.config.tenants.iter().filter(|t| only.is_none_or(|o| o.contains(&t.name))) {
+pub async fn prune_all(c: &Controller, held: Option<&RwLock<Held>>) {
+    for t in &c.config.tenants {
+        if !holds(held, &t.name) {
+            continue;
+        }
         let result = async {
             let tenant = c.tenant(&t.name)?;
             crate::command::prune::run(c, &tenant, false, chrono::Utc::now()).await

@@ -34,6 +34,28 @@ fn row_hash(prev: &str, r: &AuditRow) -> String {
     h.finalize().to_hex().to_string()
 }
 
+/// Appends rows chained to the newest, inside the caller's transaction
+/// (which holds the audit lock); returns the sequence of the last.
+fn append(db: &impl Db, drill: Option<i64>, rows: &[(&str, &str, &str)]) -> anyhow::Result<i64> {
+    let last = db.query_opt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", p![])?;
+    let (mut seq, mut prev) = match last {
+        Some(r) => (r.int(0)?, r.text(1)?),
+        None => (0, GENESIS.to_string()),
+    };
+    let at = now();
+    for (actor, event, detail) in rows {
+        seq += 1;
+        let row = AuditRow { seq, at: at.clone(), drill, actor: actor.to_string(), event: event.to_string(), detail: detail.to_string() };
+        let hash = row_hash(&prev, &row);
+        db.execute(
+            "INSERT INTO audit (seq, at, drill, actor, event, detail, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            p![row.seq, row.at, row.drill, row.actor, row.event, row.detail, prev, hash.as_str()],
+        )?;
+        prev = hash;
+    }
+    Ok(seq)
+}
+
 impl Store {
     /// Appends an audit row chained to the previous one; returns its sequence.
     pub fn audit(&mut self, drill: Option<i64>, actor: &str, event: &str, detail: &str) -> anyhow::Result<i64> {
@@ -48,24 +70,25 @@ impl Store {
             if let Some(f) = fence {
                 super::check_fence(db, f)?;
             }
-            let last = db.query_opt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", p![])?;
-            let (mut seq, mut prev) = match last {
-                Some(r) => (r.int(0)?, r.text(1)?),
-                None => (0, GENESIS.to_string()),
-            };
-            let at = now();
-            for (actor, event, detail) in rows {
-                seq += 1;
-                let row =
-                    AuditRow { seq, at: at.clone(), drill, actor: actor.to_string(), event: event.to_string(), detail: detail.to_string() };
-                let hash = row_hash(&prev, &row);
-                db.execute(
-                    "INSERT INTO audit (seq, at, drill, actor, event, detail, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    p![row.seq, row.at, row.drill, row.actor, row.event, row.detail, prev, hash.as_str()],
-                )?;
-                prev = hash;
+            append(db, drill, rows)
+        })
+    }
+
+    /// A write of drill `drill` and its audit row, in one transaction (under
+    /// the fence, if any): both are written, or neither.
+    pub(super) fn write_audited<R>(
+        &self,
+        drill: i64,
+        row: (&str, &str, &str),
+        f: impl FnOnce(&super::Backend) -> anyhow::Result<R>,
+    ) -> anyhow::Result<R> {
+        self.db.write_tx(Some(AUDIT_LOCK), |db| {
+            if let Some(fence) = &self.fence {
+                super::check_fence(db, fence)?;
             }
-            Ok(seq)
+            let r = f(db)?;
+            append(db, Some(drill), &[row])?;
+            Ok(r)
         })
     }
 

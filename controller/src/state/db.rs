@@ -130,7 +130,7 @@ pub trait Db: Send {
         match self.dialect() {
             Dialect::Sqlite => self.batch("BEGIN IMMEDIATE")?,
             Dialect::Postgres => {
-                self.batch("BEGIN")?;
+                self.batch("BEGIN ISOLATION LEVEL READ COMMITTED")?;
                 if let Some(key) = lock {
                     if let Err(e) = self.execute("SELECT pg_advisory_xact_lock(?1)", p![key]) {
                         let _ = self.batch("ROLLBACK");

@@ -79,16 +79,36 @@ impl Fleet {
         Ok(n)
     }
 
-    /// Makes the leases of `kind` the given names: a row for each new one,
-    /// none left for a name no longer configured.
-    pub fn set_names(&self, kind: &str, names: &[String]) -> anyhow::Result<()> {
+    /// Makes sure a lease row exists for each of `names` (joined by line
+    /// breaks). Rows are never deleted here: replicas whose configurations
+    /// differ (a rolling update) each claim only the names they configure.
+    pub fn add_names(&self, kind: &str, names: &str) -> anyhow::Result<()> {
         // names are checked words (no line break): one parameter holds them all
-        let all = names.join("\n");
         self.pg.execute(
             "INSERT INTO leases (kind, name) SELECT ?1, unnest(string_to_array(?2, chr(10))) ON CONFLICT DO NOTHING",
-            p![kind, all.as_str()],
+            p![kind, names],
         )?;
-        self.pg.execute("DELETE FROM leases WHERE kind = ?1 AND NOT (name = ANY(string_to_array(?2, chr(10))))", p![kind, all])?;
+        Ok(())
+    }
+
+    /// Says this replica starts: refused while a process of the same name
+    /// is alive (two processes under one name would both pass the fences).
+    pub fn join(&self) -> anyhow::Result<()> {
+        let r = self.pg.query_opt(
+            "INSERT INTO replicas (id, host) VALUES (?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET seen_at = now(), started_at = now(), host = excluded.host
+                 WHERE replicas.seen_at < now() - (?3::text)::interval
+             RETURNING id",
+            p![self.me.as_str(), crate::os_user::hostname(), interval(self.lease)],
+        )?;
+        if r.is_none() {
+            anyhow::bail!(
+                "another controller process runs as replica {:?} (seen within the lease time, {:?}): give each replica its own \
+                 state.replica, or wait that long after a crash",
+                self.me,
+                self.lease
+            );
+        }
         Ok(())
     }
 
@@ -99,15 +119,17 @@ impl Fleet {
         Ok(r.context("count")?.int(0)?.max(1))
     }
 
-    /// One round: alive, renew, give back above the fair share of `total`,
-    /// claim up to it. Returns what this replica holds now.
-    pub fn balance(&self, kind: &str, total: usize) -> anyhow::Result<Held> {
+    /// One round: alive, renew, give back above the fair share of the
+    /// `names` (joined by line breaks; `total` of them) this replica
+    /// configures, claim up to it. Returns what this replica holds now.
+    pub fn balance(&self, kind: &str, names: &str, total: usize) -> anyhow::Result<Held> {
         let asked = Instant::now();
         self.heartbeat()?;
         let lease = interval(self.lease);
         let rows = self.pg.query(
-            "UPDATE leases SET expires_at = now() + (?3::text)::interval WHERE kind = ?1 AND holder = ?2 RETURNING name, epoch",
-            p![kind, self.me.as_str(), lease.as_str()],
+            "UPDATE leases SET expires_at = now() + (?3::text)::interval
+             WHERE kind = ?1 AND holder = ?2 AND name = ANY(string_to_array(?4, chr(10))) RETURNING name, epoch",
+            p![kind, self.me.as_str(), lease.as_str(), names],
         )?;
         let until = asked + self.lease;
         let mut held: Held = rows.iter().map(|r| Ok((r.text(0)?, (r.int(1)?, until)))).collect::<anyhow::Result<_>>()?;
@@ -129,11 +151,12 @@ impl Fleet {
                 "WITH free AS (
                      SELECT kind, name FROM leases
                      WHERE kind = ?1 AND (holder IS NULL OR expires_at < now())
+                       AND name = ANY(string_to_array(?5, chr(10)))
                      ORDER BY name LIMIT ?3 FOR UPDATE SKIP LOCKED)
                  UPDATE leases l SET holder = ?2, epoch = l.epoch + 1, expires_at = now() + (?4::text)::interval
                  FROM free WHERE l.kind = free.kind AND l.name = free.name
                  RETURNING l.name, l.epoch",
-                p![kind, self.me.as_str(), (share - held.len()) as i64, lease.as_str()],
+                p![kind, self.me.as_str(), (share - held.len()) as i64, lease.as_str(), names],
             )?;
             for r in &rows {
                 held.insert(r.text(0)?, (r.int(1)?, until));
@@ -181,14 +204,25 @@ impl Fleet {
         r.map(|r| r.text(0)).transpose()
     }
 
-    /// Unfinished drills whose holder's lease ran out (or that have none).
+    /// Unfinished drills whose holder, a `serve` replica, stopped renewing
+    /// their lease (killed) at least `grace` ago: long enough for a holder
+    /// that lost touch to have stopped the drill by its own clock. A drill
+    /// whose lease was given back (a clean stop, a drill that stopped on an
+    /// error), never leased (a start that failed), or held by a command-line
+    /// `drill run` is left to an operator (`drill resume`).
     pub fn orphaned_drills(&self) -> anyhow::Result<Vec<i64>> {
         let rows = self.pg.query(
-            "SELECT d.id FROM drills d LEFT JOIN leases l ON l.kind = ?1 AND l.name = d.id::text
-             WHERE d.finished_at IS NULL AND (l.holder IS NULL OR l.expires_at < now()) ORDER BY d.id",
-            p![DRILL],
+            "SELECT d.id FROM drills d JOIN leases l ON l.kind = ?1 AND l.name = d.id::text
+             WHERE d.finished_at IS NULL AND l.holder IN (SELECT id FROM replicas)
+               AND l.expires_at < now() - (?2::text)::interval ORDER BY d.id",
+            p![DRILL, interval(self.grace())],
         )?;
         rows.iter().map(|r| r.int(0)).collect()
+    }
+
+    /// How long after a drill lease ran out another replica takes it over.
+    pub fn grace(&self) -> Duration {
+        (self.lease / 2).max(Duration::from_secs(5))
     }
 
     /// Who holds each tenant now: name → holder.
@@ -206,7 +240,8 @@ impl Fleet {
              SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (
                  SELECT 1 FROM leases WHERE kind = 'tenant' AND name = ?1 AND holder = ?3 AND epoch = ?4)
              ON CONFLICT (tenant) DO UPDATE
-                 SET view = excluded.view, holder = excluded.holder, epoch = excluded.epoch, updated_at = now()",
+                 SET view = excluded.view, holder = excluded.holder, epoch = excluded.epoch, updated_at = now()
+                 WHERE monitor_state.epoch <= excluded.epoch",
             p![tenant, view, self.me.as_str(), epoch],
         )?;
         Ok(n == 1)
@@ -231,6 +266,38 @@ impl Fleet {
 /// Rollback marks in PostgreSQL, shared by every replica.
 #[derive(Debug)]
 pub struct PgMarks(pub Pg);
+
+impl PgMarks {
+    /// The marks of `tenant`'s revoked `keys`: those recorded (by any
+    /// replica, or in this replica's file `from_file`) stay; a key met revoked
+    /// for the first time gets `seen`, unless another replica recorded it first.
+    pub fn revoked(
+        &self,
+        tenant: &str,
+        keys: &[String],
+        from_file: &BTreeMap<String, u64>,
+        seen: impl Fn() -> bascule_core::Result<u64>,
+    ) -> anyhow::Result<BTreeMap<String, u64>> {
+        let insert = "INSERT INTO revoked_marks (tenant, key, mark) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING";
+        for (k, m) in from_file {
+            self.0.execute(insert, p![tenant, k.as_str(), i64::try_from(*m).unwrap_or(i64::MAX)])?;
+        }
+        let recorded = |pg: &Pg| -> anyhow::Result<BTreeMap<String, u64>> {
+            let rows = pg.query("SELECT key, mark FROM revoked_marks WHERE tenant = ?1", p![tenant])?;
+            rows.iter().map(|r| Ok((r.text(0)?, u64::try_from(r.int(1)?).unwrap_or(0)))).collect()
+        };
+        let mut marks = recorded(&self.0)?;
+        let new: Vec<&String> = keys.iter().filter(|k| !marks.contains_key(*k)).collect();
+        if !new.is_empty() {
+            let now = i64::try_from(seen()?).unwrap_or(i64::MAX);
+            for k in new {
+                self.0.execute(insert, p![tenant, k.as_str(), now])?;
+            }
+            marks = recorded(&self.0)?;
+        }
+        Ok(marks.into_iter().filter(|(k, _)| keys.contains(k)).collect())
+    }
+}
 
 impl Marks for PgMarks {
     fn read(&self, name: &str) -> bascule_core::Result<u64> {

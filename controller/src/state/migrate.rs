@@ -28,6 +28,7 @@ const SQLITE: &[Migration] = &[Migration { version: 1, name: "drills", sql: incl
 const POSTGRES: &[Migration] = &[
     Migration { version: 1, name: "drills", sql: include_str!("migrations/postgres/0001_drills.sql") },
     Migration { version: 2, name: "fleet", sql: include_str!("migrations/postgres/0002_fleet.sql") },
+    Migration { version: 3, name: "revoked marks", sql: include_str!("migrations/postgres/0003_revoked_marks.sql") },
 ];
 
 /// The advisory lock migrations take in PostgreSQL ("bascule" and 1).
@@ -40,8 +41,9 @@ pub fn migrations(d: Dialect) -> &'static [Migration] {
     }
 }
 
+/// Over the SQL with Unix line ends (a checkout with CRLF is the same SQL).
 fn checksum(sql: &str) -> String {
-    blake3::hash(sql.as_bytes()).to_hex().to_string()
+    blake3::hash(sql.replace("\r\n", "\n").as_bytes()).to_hex().to_string()
 }
 
 /// Brings the store to this binary's newest version; returns the versions

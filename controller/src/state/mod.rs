@@ -77,6 +77,8 @@ pub struct Fence {
     pub drill: i64,
     pub holder: String,
     pub epoch: i64,
+    /// Cancelled when a write finds the lease lost: the drill stops here.
+    pub lost: Option<tokio_util::sync::CancellationToken>,
 }
 
 /// Refuses the write unless the drill's lease is still `f`'s (the row is
@@ -88,6 +90,9 @@ fn check_fence(db: &impl Db, f: &Fence) -> anyhow::Result<()> {
         None => (String::new(), 0),
     };
     if holder != f.holder || epoch != f.epoch {
+        if let Some(t) = &f.lost {
+            t.cancel();
+        }
         anyhow::bail!(
             "drill {}: this process's lease (epoch {} as {}) was taken over (now epoch {epoch}, {}): its writes are refused",
             f.drill,
@@ -127,6 +132,22 @@ impl Store {
     pub fn fence(&mut self, f: Fence) {
         if self.shared() {
             self.fence = Some(f);
+        }
+    }
+
+    /// Stops the drill (cancels `t`) when a write finds its lease lost.
+    pub fn stop_on_lost_lease(&mut self, t: tokio_util::sync::CancellationToken) {
+        if let Some(f) = &mut self.fence {
+            f.lost = Some(t);
+        }
+    }
+
+    /// Fails (and stops the drill) unless this store's drill lease still
+    /// holds: checked before each attempt of a step.
+    pub fn check_held(&self) -> anyhow::Result<()> {
+        match &self.fence {
+            None => Ok(()),
+            Some(f) => self.db.write_tx(None, |db| check_fence(db, f)),
         }
     }
 
@@ -189,15 +210,18 @@ impl Store {
     }
 
     pub fn set_status(&mut self, drill: i64, actor: &str, status: DrillStatus) -> anyhow::Result<()> {
-        self.write(|db| db.execute("UPDATE drills SET status = ?2 WHERE id = ?1", p![drill, status.as_str()]))?;
-        self.audit(Some(drill), actor, "drill-status", status.as_str())?;
+        self.write_audited(drill, (actor, "drill-status", status.as_str()), |db| {
+            db.execute("UPDATE drills SET status = ?2 WHERE id = ?1", p![drill, status.as_str()])
+        })?;
         Ok(())
     }
 
     /// The drill's end: its status (`passed`, `failed`, `aborted`) and measures.
     pub fn finish_drill(&mut self, drill: i64, actor: &str, status: DrillStatus, m: &Measures) -> anyhow::Result<()> {
         let ts = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-        self.write(|db| {
+        let fmt = |d: Option<std::time::Duration>| d.map(|d| format!("{:.1}s", d.as_secs_f64())).unwrap_or("not measured".into());
+        let detail = format!("{status}; RTO {}, RPO {}", fmt(m.rto), fmt(m.rpo));
+        self.write_audited(drill, (actor, "drill-finished", &detail), |db| {
             db.execute(
                 "UPDATE drills SET finished_at = ?2, status = ?3, rto_ms = ?4, rpo_ms = ?5, cut_at = ?6, recovery_point = ?7 WHERE id = ?1",
                 p![
@@ -211,21 +235,22 @@ impl Store {
                 ],
             )
         })?;
-        let fmt = |d: Option<std::time::Duration>| d.map(|d| format!("{:.1}s", d.as_secs_f64())).unwrap_or("not measured".into());
-        self.audit(Some(drill), actor, "drill-finished", &format!("{status}; RTO {}, RPO {}", fmt(m.rto), fmt(m.rpo)))?;
         Ok(())
     }
 
     /// A step's end, kept so that `drill resume` does not run it again.
     pub fn finish_step(&mut self, drill: i64, actor: &str, r: &StepRecord) -> anyhow::Result<()> {
-        self.write(|db| {
+        let summary: String = r.output.lines().last().unwrap_or_default().chars().take(200).collect();
+        let detail = format!("{} {} after {} attempt(s): {summary}", r.id, r.outcome, r.attempts);
+        let event = if r.stage == "on_failure" { "rollback-step" } else { "step" };
+        self.write_audited(drill, (actor, event, &detail), |db| {
             let seq = db.query_opt("SELECT count(*) FROM steps WHERE drill = ?1", p![drill])?.context("count")?.int(0)?;
             db.execute(
                 "INSERT INTO steps (drill, step, stage, kind, started_at, finished_at, attempts, outcome, output, recovery_point, seq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-             ON CONFLICT (drill, step) DO UPDATE SET stage = excluded.stage, kind = excluded.kind, started_at = excluded.started_at,
-                 finished_at = excluded.finished_at, attempts = excluded.attempts, outcome = excluded.outcome,
-                 output = excluded.output, recovery_point = excluded.recovery_point, seq = excluded.seq",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (drill, step) DO UPDATE SET stage = excluded.stage, kind = excluded.kind, started_at = excluded.started_at,
+                     finished_at = excluded.finished_at, attempts = excluded.attempts, outcome = excluded.outcome,
+                     output = excluded.output, recovery_point = excluded.recovery_point, seq = excluded.seq",
                 p![
                     drill,
                     r.id.as_str(),
@@ -241,13 +266,6 @@ impl Store {
                 ],
             )
         })?;
-        let summary: String = r.output.lines().last().unwrap_or_default().chars().take(200).collect();
-        self.audit(
-            Some(drill),
-            actor,
-            if r.stage == "on_failure" { "rollback-step" } else { "step" },
-            &format!("{} {} after {} attempt(s): {summary}", r.id, r.outcome, r.attempts),
-        )?;
         Ok(())
     }
 

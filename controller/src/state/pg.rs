@@ -31,7 +31,7 @@ impl ToSql for Value {
             (Value::Int(v), &Type::BOOL) => (*v != 0).to_sql(ty, out),
             (Value::Bool(b), &Type::BOOL) => b.to_sql(ty, out),
             (Value::Bool(b), &Type::INT8) => (*b as i64).to_sql(ty, out),
-            (Value::Text(s), _) => s.as_str().to_sql(ty, out),
+            (Value::Text(s), ty) if <&str as ToSql>::accepts(ty) => s.as_str().to_sql(ty, out),
             (v, ty) => Err(format!("{v:?} cannot be a parameter of type {ty}").into()),
         }
     }
@@ -106,25 +106,37 @@ impl Conn {
         self.client.as_ref().context("no connection")
     }
 
-    /// Runs `f` with the client, within [`CALL_TIMEOUT`].
+    /// Runs `f` with the client, within [`CALL_TIMEOUT`]. The connection is
+    /// only polled during a call, so a server that restarted in between shows
+    /// up as a failed call on a connection now closed: outside a transaction,
+    /// that call is made once more on a new connection.
     fn run<R>(
         &mut self,
-        f: impl for<'c> FnOnce(
+        f: impl for<'c> Fn(
             &'c tokio_postgres::Client,
             &'c mut HashMap<String, tokio_postgres::Statement>,
         ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<R>> + 'c>>,
     ) -> anyhow::Result<R> {
-        self.client()?;
-        let Conn { rt, client, statements, .. } = self;
-        let client = client.as_ref().context("no connection")?;
-        match rt.block_on(async { tokio::time::timeout(CALL_TIMEOUT, f(client, statements)).await }) {
-            Ok(r) => r,
-            Err(_) => {
-                self.client = None;
-                self.statements.clear();
-                anyhow::bail!("the PostgreSQL state store did not answer within {CALL_TIMEOUT:?}")
+        for retry in [false, true] {
+            self.client()?;
+            let Conn { rt, client, statements, .. } = self;
+            let c = client.as_ref().context("no connection")?;
+            match rt.block_on(async { tokio::time::timeout(CALL_TIMEOUT, f(c, statements)).await }) {
+                Ok(Err(e)) if !retry && !self.in_tx && self.client.as_ref().is_some_and(tokio_postgres::Client::is_closed) => {
+                    tracing::warn!(error = format!("{e:#}"), "The connection to the PostgreSQL state store was lost; connecting again");
+                }
+                Ok(r) => return r,
+                Err(_) => {
+                    // the server ends the statement itself (statement_timeout), and an
+                    // idle transaction (idle_in_transaction_session_timeout)
+                    self.client = None;
+                    self.statements.clear();
+                    self.in_tx = false;
+                    anyhow::bail!("the PostgreSQL state store did not answer within {CALL_TIMEOUT:?}")
+                }
             }
         }
+        anyhow::bail!("the PostgreSQL state store's connection was lost twice in a row")
     }
 }
 
@@ -170,9 +182,15 @@ impl Pg {
         }
         connect.pg_mut().application_name("bascule-controller");
         if connect.pg().get_options().is_none() {
-            // IF NOT EXISTS and the like are not news for the controller's log
-            connect.pg_mut().options("-c client_min_messages=warning");
+            // IF NOT EXISTS and the like are not news for the controller's log; the
+            // server ends what would outlast a call, so that no session holds a lock
+            // for a caller that gave up
+            connect.pg_mut().options(
+                "-c client_min_messages=warning -c statement_timeout=50s -c lock_timeout=40s \
+                 -c idle_in_transaction_session_timeout=55s -c default_transaction_isolation=read\\ committed",
+            );
         }
+        connect.pg_mut().keepalives(true).keepalives_idle(Duration::from_secs(20));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("a runtime for the state store")?;
         let (jobs, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
@@ -209,6 +227,7 @@ impl Db for Pg {
         let sql = sql.to_string();
         self.call(move |c| {
             c.run(|client, cache| {
+                let (sql, params) = (sql.clone(), params.clone());
                 Box::pin(async move {
                     let st = prepared(client, cache, &sql).await?;
                     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
@@ -222,6 +241,7 @@ impl Db for Pg {
         let sql = sql.to_string();
         self.call(move |c| {
             c.run(|client, cache| {
+                let (sql, params) = (sql.clone(), params.clone());
                 Box::pin(async move {
                     let st = prepared(client, cache, &sql).await?;
                     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
@@ -240,8 +260,11 @@ impl Db for Pg {
         let sql = sql.to_string();
         self.call(move |c| {
             let word = sql.trim().to_ascii_uppercase();
-            let r = c.run(|client, _| Box::pin(async move { client.batch_execute(&sql).await.map_err(pg_error) }));
-            if word == "BEGIN" {
+            let r = c.run(|client, _| {
+                let sql = sql.clone();
+                Box::pin(async move { client.batch_execute(&sql).await.map_err(pg_error) })
+            });
+            if word.starts_with("BEGIN") {
                 c.in_tx = r.is_ok();
             } else if word == "COMMIT" || word == "ROLLBACK" {
                 c.in_tx = false;

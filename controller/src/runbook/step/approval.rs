@@ -91,12 +91,17 @@ impl ApprovalStep {
                     }
                 }
             }
-            if let Some((approved, who)) = ctx.approval()? {
-                return if approved {
-                    Ok(StepOutcome::text(format!("approved by {who}")))
-                } else {
-                    Err(StepError::Failed(format!("rejected by {who}")))
-                };
+            match ctx.approval() {
+                Ok(Some((approved, who))) => {
+                    return if approved {
+                        Ok(StepOutcome::text(format!("approved by {who}")))
+                    } else {
+                        Err(StepError::Failed(format!("rejected by {who}")))
+                    };
+                }
+                Ok(None) => {}
+                // a state store that restarts is no answer: ask again until the step's timeout
+                Err(e) => tracing::warn!(step = %step.id, error = %e, "Cannot read the approval from the drill store; asking again"),
             }
             if deadline.is_some_and(|t| Instant::now() >= t) {
                 let waited = humantime_serde::re::humantime::format_duration(step.timeout.unwrap_or_default());
