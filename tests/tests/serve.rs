@@ -376,3 +376,45 @@ fn the_monitor_watches_two_thousand_tenants_within_its_interval() {
     let log = std::fs::read_to_string(d.path().join("serve.log")).unwrap();
     assert!(log.contains("refused=1 errors=0"), "{}", &log[log.len().saturating_sub(2000)..]);
 }
+
+#[test]
+fn a_drill_stopped_by_sigterm_stops_everything_its_step_started() {
+    let d = tempfile::tempdir().unwrap();
+    let (operator, operator_line) = token("bob", "operator");
+    let runbooks = d.path().join("runbooks");
+    std::fs::create_dir(&runbooks).unwrap();
+    let pidfile = d.path().join("grandchild.pid");
+    // the step's shell starts a process of its own, then waits
+    write(
+        &runbooks.join("long.yaml"),
+        &format!(
+            "name: long\ntargets: {{ rto: 1h }}\nstages:\n  - name: only\n    steps:\n      - id: wait\n        shell: {{ command: \"sleep 600 & echo $! > {}; wait\" }}\n        timeout: 20m\n",
+            pidfile.display()
+        ),
+    );
+    let port = free_port();
+    let cfg = d.path().join("controller.yaml");
+    write(
+        &cfg,
+        &format!(
+            "state_dir: {d}/state\n{p}tenants: []\nserve:\n  listen: 127.0.0.1:{port}\n  interval: 1s\n  runbooks_dir: {rb}\n  tokens:\n    {operator_line}\n",
+            d = d.path().display(),
+            p = file_providers(d.path()),
+            rb = runbooks.display()
+        ),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let server = serve(&cfg, d.path(), &base, &[]);
+    let (code, body) = curl("POST", &format!("{base}/v1/drills"), Some(&operator), Some(r#"{"runbook":"long"}"#), &[]);
+    assert_eq!(code, 202, "{body}");
+    wait_until("the step started its process", MINUTE, || std::fs::read_to_string(&pidfile).is_ok_and(|s| !s.trim().is_empty()));
+    let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    ok(Command::new("kill").args(["-TERM", &server.0.id().to_string()]));
+    wait_until("the step's own process is stopped with the drill", MINUTE, || {
+        // gone, or a zombie waiting for nobody
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+    });
+    drop(server);
+}

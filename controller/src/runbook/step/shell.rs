@@ -70,9 +70,15 @@ impl ShellStep {
         let mut file = unlinked_file().map_err(|e| format!("cannot create the output file: {e}"))?;
         let clone = || file.try_clone().map_err(|e| format!("cannot share the output file: {e}"));
         c.stdout(clone()?).stderr(clone()?);
+        // a group of its own: a cancelled step stops with everything it started
+        c.process_group(0);
+        let mut child = c.spawn().map_err(|e| format!("cannot run sh: {e}"))?;
         let status = tokio::select! {
-            s = c.status() => s.map_err(|e| format!("cannot run sh: {e}"))?,
-            _ = cancel.cancelled() => return Err(StepError::Cancelled),
+            s = child.wait() => s.map_err(|e| format!("cannot run sh: {e}"))?,
+            _ = cancel.cancelled() => {
+                stop_group(&mut child).await;
+                return Err(StepError::Cancelled);
+            }
         };
         let mut text = Vec::new();
         file.seek(SeekFrom::Start(0)).and_then(|_| file.read_to_end(&mut text)).map_err(|e| format!("cannot read the output: {e}"))?;
@@ -82,6 +88,18 @@ impl ShellStep {
         } else {
             Err(StepError::Failed(format!("{status} — {}", text.trim())))
         }
+    }
+}
+
+/// SIGTERM to the step's process group, SIGKILL 5 s later if its shell
+/// still runs.
+async fn stop_group(child: &mut tokio::process::Child) {
+    use rustix::process::{kill_process_group, Pid, Signal};
+    let Some(pid) = child.id().and_then(|p| Pid::from_raw(p as i32)) else { return };
+    let _ = kill_process_group(pid, Signal::TERM);
+    if tokio::time::timeout(std::time::Duration::from_secs(5), child.wait()).await.is_err() {
+        let _ = kill_process_group(pid, Signal::KILL);
+        let _ = child.wait().await;
     }
 }
 
