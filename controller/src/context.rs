@@ -90,7 +90,7 @@ impl Controller {
         if let Some(g) = guards.get(&name) {
             return Ok(g.clone());
         }
-        let g = Arc::new(RollbackGuard::with(self.marks.clone(), &name)?);
+        let g = Arc::new(RollbackGuard::lazy(self.marks.clone(), &name));
         guards.insert(name, g.clone());
         Ok(g)
     }

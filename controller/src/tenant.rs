@@ -42,6 +42,15 @@ pub enum HeadRead {
     Unreachable(Error),
 }
 
+/// A HEAD fetched and opened, its guard not yet checked.
+pub enum HeadFetch {
+    NotModified,
+    Absent,
+    Opened(Head, Option<String>),
+    Refused(Error),
+    Unreachable(Error),
+}
+
 /// Listings of each provider: (provider, objects and sizes, or why not).
 pub type Listings = Vec<(String, bascule_core::Result<BTreeMap<String, u64>>)>;
 
@@ -62,6 +71,26 @@ impl Tenant {
         guard.check(provider, &h)?;
         guard.observe(h.sequence)?;
         Ok(h)
+    }
+
+    /// Provider `i`'s HEAD unless it still has the entity tag `etag`, its
+    /// signature and signer checked but not yet its rollback guard (the
+    /// monitor checks a whole cycle's HEADs against their guards at once:
+    /// [`RollbackGuard::accept_many`]).
+    pub async fn fetch_head(&self, i: usize, etag: Option<&str>) -> HeadFetch {
+        match self.replicated.replicas[i].get_if_changed(layout::HEAD, etag, Head::MAX_LEN).await {
+            Ok(Fetched::NotModified) => HeadFetch::NotModified,
+            Ok(Fetched::Absent) => HeadFetch::Absent,
+            Ok(Fetched::Changed { bytes, etag }) => {
+                let opened = Head::open_by(&bytes, &self.keys, &self.name, layout::HEAD)
+                    .and_then(|(h, by)| self.revoked.check(&self.replicated.replicas[i].provider, &by, &h).map(|()| h));
+                match opened {
+                    Ok(h) => HeadFetch::Opened(h, etag),
+                    Err(e) => HeadFetch::Refused(e),
+                }
+            }
+            Err(e) => HeadFetch::Unreachable(e),
+        }
     }
 
     /// Provider `i`'s HEAD unless it still has the entity tag `etag`.

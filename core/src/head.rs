@@ -55,6 +55,18 @@ pub trait Marks: Send + Sync + std::fmt::Debug {
     /// Stores `sequence` as the mark of `name` unless the stored one is
     /// higher, atomically against every other writer.
     fn raise(&self, name: &str, sequence: u64) -> Result<()>;
+
+    /// Raises each `(name, sequence)` as [`Marks::raise`] does; returns the
+    /// marks after, in order (a store that can do it in one statement does).
+    fn raise_many(&self, items: &[(&str, u64)]) -> Result<Vec<u64>> {
+        items
+            .iter()
+            .map(|(name, seq)| {
+                self.raise(name, *seq)?;
+                self.read(name)
+            })
+            .collect()
+    }
 }
 
 /// Marks in files: `<dir>/<name>.head-seen`, raised under a file lock.
@@ -120,11 +132,40 @@ impl RollbackGuard {
         RollbackGuard::with(std::sync::Arc::new(FileMarks::new(state_dir)), name)
     }
 
-    /// The guard of `name` with its marks kept in `marks`.
+    /// The guard of `name` with its marks kept in `marks` (read now).
     pub fn with(marks: std::sync::Arc<dyn Marks>, name: &str) -> Result<Self> {
-        let g = RollbackGuard { marks, name: name.to_string(), seen: AtomicU64::new(0) };
+        let g = RollbackGuard::lazy(marks, name);
         g.stored()?;
         Ok(g)
+    }
+
+    /// The same, read at the first check only (a fleet of tenants starts
+    /// without one read each).
+    pub fn lazy(marks: std::sync::Arc<dyn Marks>, name: &str) -> Self {
+        RollbackGuard { marks, name: name.to_string(), seen: AtomicU64::new(0) }
+    }
+
+    /// Checks and raises at once, for many guards sharing one store (a
+    /// monitor's cycle): each `(guard, provider, head)` is refused when below
+    /// the mark, else its mark is raised to it. One call to the store for all.
+    pub fn accept_many(items: &[(&RollbackGuard, &str, &Head)]) -> Result<Vec<Result<()>>> {
+        let Some((first, _, _)) = items.first() else { return Ok(Vec::new()) };
+        // what each holder saw goes back too: a store that lost a mark gets it again
+        let asks: Vec<(&str, u64)> =
+            items.iter().map(|(g, _, h)| (g.name.as_str(), h.sequence.max(g.seen.load(Ordering::SeqCst)))).collect();
+        let marks = first.marks.raise_many(&asks)?;
+        Ok(items
+            .iter()
+            .zip(marks)
+            .map(|((g, provider, h), mark)| {
+                g.seen.fetch_max(mark, Ordering::SeqCst);
+                if h.sequence < mark {
+                    Err(Error::Rollback { provider: provider.to_string(), found: h.sequence, seen: mark })
+                } else {
+                    Ok(())
+                }
+            })
+            .collect())
     }
 
     /// The stored mark (and this holder's, if higher).

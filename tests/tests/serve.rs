@@ -411,10 +411,21 @@ fn a_drill_stopped_by_sigterm_stops_everything_its_step_started() {
     let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
     assert!(Path::new(&format!("/proc/{pid}")).exists());
     ok(Command::new("kill").args(["-TERM", &server.0.id().to_string()]));
-    wait_until("the step's own process is stopped with the drill", MINUTE, || {
+    let gone = || {
         // gone, or a zombie waiting for nobody
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map_or(true, |s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
-    });
+    };
+    let t0 = std::time::Instant::now();
+    while !gone() && t0.elapsed() < MINUTE {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stopped = gone();
+    let _ = Command::new("kill").args(["-KILL", &pid]).status();
+    assert!(
+        stopped,
+        "the step's own process outlived its drill:\n{}",
+        std::fs::read_to_string(d.path().join("serve.log")).unwrap_or_default()
+    );
     drop(server);
 }

@@ -139,8 +139,10 @@ fn take_over_drills(
     }
 }
 
-async fn shutdown_signal(cancel: CancellationToken) {
-    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+/// Waits for SIGTERM or Ctrl-C (`term` is registered before anything
+/// starts: a signal that comes early is not the default action, death
+/// without stopping the drills' steps).
+async fn shutdown_signal(term: std::io::Result<tokio::signal::unix::Signal>, cancel: CancellationToken) {
     let Ok(mut term) = term else {
         tracing::error!("Cannot listen for SIGTERM; stop with Ctrl-C");
         let _ = tokio::signal::ctrl_c().await;
@@ -192,6 +194,7 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tls:
 }
 
 pub async fn run(c: Arc<Controller>) -> anyhow::Result<()> {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
     metrics::register();
     let tasks = Tasks { cancel: CancellationToken::new(), tracker: TaskTracker::new() };
     let fleet = c.fleet()?.map(Arc::new);
@@ -229,7 +232,7 @@ pub async fn run(c: Arc<Controller>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let shutdown = {
         let cancel = tasks.cancel.clone();
-        async move { shutdown_signal(cancel).await }
+        async move { shutdown_signal(term, cancel).await }
     };
     let served = match &c.config.serve.tls {
         Some(t) => {

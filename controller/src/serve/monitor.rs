@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use bascule_core::head::Head;
+use bascule_core::head::{Head, RollbackGuard};
 use bascule_core::manifest::Manifest;
 use bascule_core::provider::Provider;
 use bascule_core::signed::Signed;
@@ -19,7 +19,7 @@ use serde::Serialize;
 use super::metrics::{self as m, ts};
 use crate::context::Controller;
 use crate::state::fleet::{Fleet, Held, TENANT};
-use crate::tenant::{HeadRead, HeadState, Tenant};
+use crate::tenant::{HeadFetch, HeadRead, HeadState, Tenant};
 
 /// What the API shows of one tenant on one provider.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
@@ -195,25 +195,37 @@ impl Monitor {
         })
     }
 
-    /// Writes each watched tenant's view that changed to the shared state;
-    /// a write refused means another replica took the tenant over.
+    /// Writes each watched tenant's view that changed to the shared state,
+    /// a thousand to a statement; a write refused means another replica took
+    /// the tenant over.
     fn keep_views(&mut self) {
         let Some(f) = &self.fleet else { return };
         let providers: Vec<String> = self.providers.iter().map(|p| p.name.clone()).collect();
-        for t in self.tenants.iter_mut() {
+        let mut changed: Vec<(usize, String, i64)> = Vec::new();
+        for (i, t) in self.tenants.iter().enumerate() {
             let Some(epoch) = t.epoch else { continue };
+            // one line of JSON (line breaks inside strings are escaped)
             let view = serde_json::to_string(&tenant_view(t, Some(&self.replica))).unwrap_or_default();
-            if t.kept.as_ref() == Some(&view) {
-                continue;
+            if t.kept.as_ref() != Some(&view) {
+                changed.push((i, view, epoch));
             }
-            match f.keep_view(&t.name, &view, epoch) {
-                Ok(true) => t.kept = Some(view),
-                Ok(false) => {
-                    tracing::warn!(tenant = %t.name, epoch, "Another replica took this tenant over; leaving it");
-                    forget(t, &self.replica, &providers);
-                    t.epoch = None;
-                }
-                Err(e) => tracing::error!(tenant = %t.name, error = format!("{e:#}"), "Cannot write the tenant's view to the state store"),
+        }
+        if changed.is_empty() {
+            return;
+        }
+        let rows: Vec<(&str, String, i64)> = changed.iter().map(|(i, v, e)| (self.tenants[*i].name.as_str(), v.clone(), *e)).collect();
+        let refused: BTreeSet<String> = match f.keep_views(&rows) {
+            Ok(r) => r.into_iter().collect(),
+            Err(e) => return tracing::error!(error = format!("{e:#}"), "Cannot write the tenants' views to the state store"),
+        };
+        for (i, view, epoch) in changed {
+            let t = &mut self.tenants[i];
+            if refused.contains(&t.name) {
+                tracing::warn!(tenant = %t.name, epoch, "Another replica took this tenant over; leaving it");
+                forget(t, &self.replica, &providers);
+                t.epoch = None;
+            } else {
+                t.kept = Some(view);
             }
         }
     }
@@ -227,19 +239,52 @@ impl Monitor {
         // the futures made first (a closure inside the stream would make the
         // task's future not Send for every lifetime)
         let held = self.fleet.as_ref().map(|_| &*self.held);
-        let checks: Vec<_> = self
-            .tenants
-            .iter_mut()
-            .filter(|t| t.epoch.is_some())
-            .map(|t| async move {
-                // given back meanwhile (another replica joined): left to its new holder
-                if held.is_some_and(|h| !h.read().unwrap_or_else(|e| e.into_inner()).contains_key(&t.name)) {
-                    return (0, Vec::new(), false);
+        // 1. every watched tenant's HEADs, fetched and opened, many at once
+        let watched: Vec<usize> = (0..self.tenants.len())
+            .filter(|&i| self.tenants[i].epoch.is_some())
+            // given back meanwhile (another replica joined): left to its new holder
+            .filter(|&i| held.is_none_or(|h| h.read().unwrap_or_else(|e| e.into_inner()).contains_key(&self.tenants[i].name)))
+            .collect();
+        let tenants = &self.tenants;
+        let fetches: Vec<_> = watched
+            .iter()
+            .map(|&i| async move {
+                let t = &tenants[i];
+                let mut out = Vec::with_capacity(providers.len());
+                for p in 0..providers.len() {
+                    out.push(t.tenant.fetch_head(p, t.per[p].etag.as_deref()).await);
                 }
-                check_tenant(t, providers, deep_interval).await
+                (i, out)
             })
             .collect();
-        let results: Vec<TenantCheck> = futures::stream::iter(checks).buffer_unordered(self.concurrency).collect().await;
+        let fetched: Vec<(usize, Vec<HeadFetch>)> = futures::stream::iter(fetches).buffer_unordered(self.concurrency).collect().await;
+        // 2. their rollback guards, all in one call to the store
+        let reads = guard_all(&self.tenants, providers, fetched);
+        // 3. what they say, then the listings of those that changed, many at once
+        let mut results: Vec<TenantCheck> = Vec::with_capacity(reads.len());
+        let mut deep = Vec::new();
+        for (i, reads) in reads {
+            let t = &mut self.tenants[i];
+            let (refused, per) = apply_heads(t, providers, reads);
+            let listed = t.changed && t.last_deep.is_none_or(|d| d.elapsed() >= deep_interval);
+            if listed {
+                deep.push(i);
+            }
+            results.push((refused, per, listed));
+        }
+        let deep_set: BTreeSet<usize> = deep.into_iter().collect();
+        let listings: Vec<_> = self
+            .tenants
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| deep_set.contains(i))
+            .map(|(_, t)| async move {
+                compare_listings(t, providers).await;
+                t.changed = false;
+                t.last_deep = Some(Instant::now());
+            })
+            .collect();
+        futures::stream::iter(listings).buffer_unordered(self.concurrency).collect::<Vec<()>>().await;
         let mut c = Cycle { tenants: results.len(), ..Default::default() };
         // a provider is up when it answered at least one request, or was asked nothing
         let mut answered = vec![(0usize, 0usize); providers.len()];
@@ -342,15 +387,60 @@ fn forget(t: &mut Watched, replica: &str, providers: &[String]) {
 /// Refusals, per provider (answered, HEAD changed), listings compared.
 type TenantCheck = (usize, Vec<(bool, bool)>, bool);
 
-/// Reads the tenant's HEAD on each provider; returns the refusals, per
-/// provider (answered, changed), and whether the listings were compared.
-async fn check_tenant(t: &mut Watched, providers: &[Provider], deep_interval: Duration) -> TenantCheck {
+/// Checks the opened HEADs of a cycle against their rollback guards in one
+/// call to the store ([`RollbackGuard::accept_many`]); each fetch becomes
+/// what a guarded read gives.
+fn guard_all(tenants: &[Watched], providers: &[Provider], fetched: Vec<(usize, Vec<HeadFetch>)>) -> Vec<(usize, Vec<HeadRead>)> {
+    let mut asks = Vec::new();
+    for (i, per) in &fetched {
+        for (p, f) in per.iter().enumerate() {
+            if let HeadFetch::Opened(h, _) = f {
+                asks.push((&*tenants[*i].tenant.guards[p], providers[p].name.as_str(), h));
+            }
+        }
+    }
+    let verdicts = RollbackGuard::accept_many(&asks);
+    drop(asks);
+    let mut verdicts: std::collections::VecDeque<Result<(), Error>> = match verdicts {
+        Ok(v) => v.into(),
+        // the store did not answer: no HEAD is taken as newer this cycle
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot check the rollback marks");
+            std::iter::repeat_with(|| Err(Error::Mark { name: "(cycle)".into(), reason: e.to_string() }))
+                .take(fetched.iter().map(|(_, per)| per.iter().filter(|f| matches!(f, HeadFetch::Opened(..))).count()).sum())
+                .collect()
+        }
+    };
+    fetched
+        .into_iter()
+        .map(|(i, per)| {
+            let reads = per
+                .into_iter()
+                .map(|f| match f {
+                    HeadFetch::NotModified => HeadRead::NotModified,
+                    HeadFetch::Absent => HeadRead::Read { state: HeadState::Absent, etag: None },
+                    HeadFetch::Opened(h, etag) => match verdicts.pop_front().unwrap_or(Ok(())) {
+                        Ok(()) => HeadRead::Read { state: HeadState::Valid(h), etag },
+                        Err(e) => HeadRead::Read { state: HeadState::Refused(e), etag: None },
+                    },
+                    HeadFetch::Refused(e) => HeadRead::Read { state: HeadState::Refused(e), etag: None },
+                    HeadFetch::Unreachable(e) => HeadRead::Unreachable(e),
+                })
+                .collect();
+            (i, reads)
+        })
+        .collect()
+}
+
+/// What the tenant's HEAD on each provider said; returns the refusals and,
+/// per provider, (answered, changed).
+fn apply_heads(t: &mut Watched, providers: &[Provider], reads: Vec<HeadRead>) -> (usize, Vec<(bool, bool)>) {
     let mut refused = 0;
     let mut per_result = Vec::new();
-    for (i, p) in providers.iter().enumerate() {
+    for ((i, p), read) in providers.iter().enumerate().zip(reads) {
         let st = &mut t.per[i];
         let mut changed = false;
-        let ok = match t.tenant.read_head(i, st.etag.as_deref()).await {
+        let ok = match read {
             HeadRead::NotModified => true,
             HeadRead::Read { state: HeadState::Absent, .. } => {
                 st.head = None;
@@ -363,6 +453,12 @@ async fn check_tenant(t: &mut Watched, providers: &[Provider], deep_interval: Du
                 st.head = Some(h);
                 st.etag = etag;
                 st.view.status = "ok".into();
+                true
+            }
+            HeadRead::Read { state: HeadState::Refused(e @ Error::Mark { .. }), .. } => {
+                // the marks could not be checked (the state store): not taken, read again next time
+                st.view.status = format!("not checked: {e}");
+                st.etag = None;
                 true
             }
             HeadRead::Read { state: HeadState::Refused(e), .. } => {
@@ -390,13 +486,7 @@ async fn check_tenant(t: &mut Watched, providers: &[Provider], deep_interval: Du
         t.changed |= changed;
         per_result.push((ok, changed));
     }
-    let deep = t.changed && t.last_deep.is_none_or(|d| d.elapsed() >= deep_interval);
-    if deep {
-        compare_listings(t, providers).await;
-        t.changed = false;
-        t.last_deep = Some(Instant::now());
-    }
-    (refused, per_result, deep)
+    (refused, per_result)
 }
 
 /// What a valid HEAD says, into the view and the metrics.

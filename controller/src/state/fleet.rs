@@ -119,40 +119,50 @@ impl Fleet {
         Ok(r.context("count")?.int(0)?.max(1))
     }
 
-    /// One round: alive, renew, give back above the fair share of the
-    /// `names` (joined by line breaks; `total` of them) this replica
-    /// configures, claim up to it. Returns what this replica holds now.
+    /// One round: alive (which renews every tenant lease this replica
+    /// holds, in one write), give back above the fair share of the `names`
+    /// (joined by line breaks; `total` of them) this replica configures,
+    /// claim up to it. Returns what this replica holds now.
+    ///
+    /// A tenant lease is valid while its holder's `replicas` row was seen
+    /// within the lease time: renewing 35,000 leases is one row, not 35,000.
     pub fn balance(&self, kind: &str, names: &str, total: usize) -> anyhow::Result<Held> {
         let asked = Instant::now();
-        self.heartbeat()?;
+        let alive = self.pg.execute("UPDATE replicas SET seen_at = now() WHERE id = ?1", p![self.me.as_str()])?;
+        if alive == 0 {
+            // left (a clean stop that did not finish), or never joined: what it held is free again
+            self.join()?;
+        }
         let lease = interval(self.lease);
         let rows = self.pg.query(
-            "UPDATE leases SET expires_at = now() + (?3::text)::interval
-             WHERE kind = ?1 AND holder = ?2 AND name = ANY(string_to_array(?4, chr(10))) RETURNING name, epoch",
-            p![kind, self.me.as_str(), lease.as_str(), names],
+            "SELECT l.name, l.epoch FROM leases l JOIN unnest(string_to_array(?3, chr(10))) AS c(name) ON c.name = l.name
+             WHERE l.kind = ?1 AND l.holder = ?2",
+            p![kind, self.me.as_str(), names],
         )?;
         let until = asked + self.lease;
         let mut held: Held = rows.iter().map(|r| Ok((r.text(0)?, (r.int(1)?, until)))).collect::<anyhow::Result<_>>()?;
         let alive = self.alive()?;
-        let share = (total as i64 + alive - 1) / alive;
-        let share = usize::try_from(share).unwrap_or(total);
+        let share = usize::try_from((total as i64 + alive - 1) / alive).unwrap_or(total);
         if held.len() > share {
             let give: Vec<String> = held.keys().rev().take(held.len() - share).cloned().collect();
             self.pg.execute(
-                "UPDATE leases SET holder = NULL, expires_at = '-infinity'
-                 WHERE kind = ?1 AND holder = ?2 AND name = ANY(string_to_array(?3, chr(10)))",
+                "UPDATE leases l SET holder = NULL, expires_at = '-infinity'
+                 FROM unnest(string_to_array(?3, chr(10))) AS c(name)
+                 WHERE l.kind = ?1 AND l.holder = ?2 AND l.name = c.name",
                 p![kind, self.me.as_str(), give.join("\n")],
             )?;
             for name in &give {
                 held.remove(name);
             }
         } else if held.len() < share {
+            // free: no holder, or a holder not seen within the lease time (dead)
             let rows = self.pg.query(
                 "WITH free AS (
-                     SELECT kind, name FROM leases
-                     WHERE kind = ?1 AND (holder IS NULL OR expires_at < now())
-                       AND name = ANY(string_to_array(?5, chr(10)))
-                     ORDER BY name LIMIT ?3 FOR UPDATE SKIP LOCKED)
+                     SELECT l.kind, l.name FROM leases l
+                     JOIN unnest(string_to_array(?5, chr(10))) AS c(name) ON c.name = l.name
+                     LEFT JOIN replicas r ON r.id = l.holder AND r.seen_at > now() - (?4::text)::interval
+                     WHERE l.kind = ?1 AND r.id IS NULL
+                     ORDER BY l.name LIMIT ?3 FOR UPDATE OF l SKIP LOCKED)
                  UPDATE leases l SET holder = ?2, epoch = l.epoch + 1, expires_at = now() + (?4::text)::interval
                  FROM free WHERE l.kind = free.kind AND l.name = free.name
                  RETURNING l.name, l.epoch",
@@ -225,26 +235,30 @@ impl Fleet {
         (self.lease / 2).max(Duration::from_secs(5))
     }
 
-    /// Who holds each tenant now: name → holder.
-    pub fn holders(&self, kind: &str) -> anyhow::Result<BTreeMap<String, String>> {
-        let rows =
-            self.pg.query("SELECT name, holder FROM leases WHERE kind = ?1 AND holder IS NOT NULL AND expires_at > now()", p![kind])?;
-        rows.iter().map(|r| Ok((r.text(0)?, r.text(1)?))).collect()
-    }
-
-    /// Keeps the monitor's reading of a tenant, if this replica still holds
-    /// the tenant at `epoch` (false: refused, taken over).
-    pub fn keep_view(&self, tenant: &str, view: &str, epoch: i64) -> anyhow::Result<bool> {
-        let n = self.pg.execute(
-            "INSERT INTO monitor_state (tenant, view, holder, epoch)
-             SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (
-                 SELECT 1 FROM leases WHERE kind = 'tenant' AND name = ?1 AND holder = ?3 AND epoch = ?4)
-             ON CONFLICT (tenant) DO UPDATE
-                 SET view = excluded.view, holder = excluded.holder, epoch = excluded.epoch, updated_at = now()
-                 WHERE monitor_state.epoch <= excluded.epoch",
-            p![tenant, view, self.me.as_str(), epoch],
-        )?;
-        Ok(n == 1)
+    /// Keeps the monitor's readings of tenants (tenant, view as JSON on one
+    /// line, epoch), each only if this replica still holds the tenant at that
+    /// epoch; returns the tenants whose write was refused (taken over).
+    pub fn keep_views(&self, views: &[(&str, String, i64)]) -> anyhow::Result<Vec<String>> {
+        let mut refused = Vec::new();
+        for chunk in views.chunks(1000) {
+            let join = |f: &dyn Fn(&(&str, String, i64)) -> String| chunk.iter().map(f).collect::<Vec<_>>().join("\n");
+            let (tenants, json, epochs) = (join(&|v| v.0.to_string()), join(&|v| v.1.clone()), join(&|v| v.2.to_string()));
+            let kept = self.pg.query(
+                "INSERT INTO monitor_state (tenant, view, holder, epoch)
+                 SELECT v.tenant, v.view, ?4, v.epoch
+                 FROM unnest(string_to_array(?1, chr(10)), string_to_array(?2, chr(10)), string_to_array(?3, chr(10))::bigint[])
+                     AS v(tenant, view, epoch)
+                 WHERE EXISTS (SELECT 1 FROM leases l WHERE l.kind = 'tenant' AND l.name = v.tenant AND l.holder = ?4 AND l.epoch = v.epoch)
+                 ON CONFLICT (tenant) DO UPDATE
+                     SET view = excluded.view, holder = excluded.holder, epoch = excluded.epoch, updated_at = now()
+                     WHERE monitor_state.epoch <= excluded.epoch
+                 RETURNING tenant",
+                p![tenants, json, epochs, self.me.as_str()],
+            )?;
+            let kept: std::collections::BTreeSet<String> = kept.iter().map(|r| r.text(0)).collect::<anyhow::Result<_>>()?;
+            refused.extend(chunk.iter().filter(|v| !kept.contains(v.0)).map(|v| v.0.to_string()));
+        }
+        Ok(refused)
     }
 
     /// Every tenant's last reading, whichever replica made it:
@@ -322,5 +336,44 @@ impl Marks for PgMarks {
             )
             .map_err(|e| bascule_core::Error::Mark { name: name.to_string(), reason: format!("{e:#}") })?;
         Ok(())
+    }
+
+    /// One statement per thousand: each mark raised unless higher, the marks
+    /// after returned (the same name twice counts once, the higher).
+    fn raise_many(&self, items: &[(&str, u64)]) -> bascule_core::Result<Vec<u64>> {
+        let fail = |e: anyhow::Error| bascule_core::Error::Mark { name: "(many)".into(), reason: format!("{e:#}") };
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in items.chunks(1000) {
+            let mut want: BTreeMap<&str, u64> = BTreeMap::new();
+            for (n, s) in chunk {
+                let e = want.entry(n).or_default();
+                *e = (*e).max(*s);
+            }
+            let names: Vec<&str> = want.keys().copied().collect();
+            let seqs: Vec<String> = want.values().map(|s| i64::try_from(*s).unwrap_or(i64::MAX).to_string()).collect();
+            self.0
+                .execute(
+                    "INSERT INTO head_marks (name, sequence)
+                     SELECT * FROM unnest(string_to_array(?1, chr(10)), string_to_array(?2, chr(10))::bigint[])
+                     ON CONFLICT (name) DO UPDATE SET sequence = excluded.sequence, raised_at = now()
+                         WHERE head_marks.sequence < excluded.sequence",
+                    p![names.join("\n"), seqs.join("\n")],
+                )
+                .map_err(fail)?;
+            let rows = self
+                .0
+                .query(
+                    "SELECT m.name, m.sequence FROM head_marks m JOIN unnest(string_to_array(?1, chr(10))) AS c(name) ON c.name = m.name",
+                    p![names.join("\n")],
+                )
+                .map_err(fail)?;
+            let now: BTreeMap<String, u64> = rows
+                .iter()
+                .map(|r| Ok((r.text(0)?, u64::try_from(r.int(1)?).unwrap_or(0))))
+                .collect::<anyhow::Result<_>>()
+                .map_err(fail)?;
+            out.extend(chunk.iter().map(|(n, _)| now.get(*n).copied().unwrap_or(0)));
+        }
+        Ok(out)
     }
 }

@@ -70,16 +70,17 @@ impl ShellStep {
         let mut file = unlinked_file().map_err(|e| format!("cannot create the output file: {e}"))?;
         let clone = || file.try_clone().map_err(|e| format!("cannot share the output file: {e}"));
         c.stdout(clone()?).stderr(clone()?);
-        // a group of its own: a cancelled step stops with everything it started
+        // a group of its own: a cancelled step stops with everything it started,
+        // however the cancellation reaches it (here, or its future dropped)
         c.process_group(0);
         let mut child = c.spawn().map_err(|e| format!("cannot run sh: {e}"))?;
+        let mut group = Group(child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)));
         let status = tokio::select! {
             s = child.wait() => s.map_err(|e| format!("cannot run sh: {e}"))?,
-            _ = cancel.cancelled() => {
-                stop_group(&mut child).await;
-                return Err(StepError::Cancelled);
-            }
+            _ = cancel.cancelled() => return Err(StepError::Cancelled),
         };
+        // it ended on its own: what it left running in the background is its business
+        group.0 = None;
         let mut text = Vec::new();
         file.seek(SeekFrom::Start(0)).and_then(|_| file.read_to_end(&mut text)).map_err(|e| format!("cannot read the output: {e}"))?;
         let text = String::from_utf8_lossy(&text).to_string();
@@ -91,15 +92,20 @@ impl ShellStep {
     }
 }
 
-/// SIGTERM to the step's process group, SIGKILL 5 s later if its shell
-/// still runs.
-async fn stop_group(child: &mut tokio::process::Child) {
-    use rustix::process::{kill_process_group, Pid, Signal};
-    let Some(pid) = child.id().and_then(|p| Pid::from_raw(p as i32)) else { return };
-    let _ = kill_process_group(pid, Signal::TERM);
-    if tokio::time::timeout(std::time::Duration::from_secs(5), child.wait()).await.is_err() {
-        let _ = kill_process_group(pid, Signal::KILL);
-        let _ = child.wait().await;
+/// A step's process group while it runs: dropped before the step ended (a
+/// cancelled drill), SIGTERM to the whole group, SIGKILL 5 s later.
+struct Group(Option<rustix::process::Pid>);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        use rustix::process::{kill_process_group, Signal};
+        let Some(pid) = self.0.take() else { return };
+        if kill_process_group(pid, Signal::TERM).is_ok() {
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                let _ = kill_process_group(pid, Signal::KILL);
+            });
+        }
     }
 }
 
