@@ -53,8 +53,9 @@ pub struct StateConfig {
     /// killed replica's work is taken over after this (and one cycle).
     #[serde(default = "default_lease", with = "humantime_serde")]
     pub lease: std::time::Duration,
-    /// This replica's name in the leases (default: host name and process id;
-    /// on Kubernetes, the pod's name).
+    /// This replica's name in the leases (default: host name, process id and
+    /// six random hex digits, new at each start). A name given here is
+    /// refused while another live process holds it.
     pub replica: Option<String>,
 }
 
@@ -75,7 +76,12 @@ impl StateConfig {
 
     /// This replica's name.
     pub fn replica_name(&self) -> String {
-        self.replica.clone().unwrap_or_else(|| format!("{}-{}", crate::os_user::hostname(), std::process::id()))
+        self.replica.clone().unwrap_or_else(|| {
+            // a start of its own: a container restarted in its pod (same host name, pid 1) is a new replica
+            let mut nonce = [0u8; 3];
+            let _ = getrandom::getrandom(&mut nonce);
+            format!("{}-{}-{}", crate::os_user::hostname(), std::process::id(), hex::encode(nonce))
+        })
     }
 }
 

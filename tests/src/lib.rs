@@ -145,3 +145,12 @@ pub fn put_heads(rt: &tokio::runtime::Runtime, providers: &str, names: &[String]
         futures::stream::iter(puts).buffer_unordered(64).collect::<Vec<()>>().await;
     });
 }
+
+/// `bascule-controller token`: (the token, its config line).
+pub fn token(name: &str, role: &str) -> (String, String) {
+    let o = run(Command::new(bin("bascule-controller")).args(["token", "--name", name, "--role", role]));
+    assert!(o.status.success(), "{}", text(&o));
+    let tok = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let line = String::from_utf8_lossy(&o.stderr).lines().find(|l| l.contains("hash:")).expect("a config line").trim().to_string();
+    (tok, line)
+}

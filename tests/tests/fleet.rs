@@ -14,7 +14,7 @@ use bascule_core::head::Marks;
 use bascule_core::postgres::connect::Connect;
 use bascule_tests::http::curl;
 use bascule_tests::PgCluster;
-use bascule_tests::{bin, free_port, run, spawn_serve, text, wait_until, write, KillOnDrop};
+use bascule_tests::{bin, free_port, run, spawn_serve, text, token, wait_until, write, KillOnDrop};
 
 const TENANTS: usize = 5_000;
 const LEASE: Duration = Duration::from_secs(6);
@@ -29,15 +29,6 @@ fn state_db() -> (PgCluster, String) {
 
 fn connect(dsn: &str) -> Connect {
     Connect::parse(dsn).unwrap()
-}
-
-/// `bascule-controller token`: (the token, its config line).
-fn token(name: &str, role: &str) -> (String, String) {
-    let o = run(Command::new(bin("bascule-controller")).args(["token", "--name", name, "--role", role]));
-    assert!(o.status.success(), "{}", text(&o));
-    let tok = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    let line = String::from_utf8_lossy(&o.stderr).lines().find(|l| l.contains("hash:")).unwrap().trim().to_string();
-    (tok, line)
 }
 
 /// Each tenant a replica's /metrics says it holds.

@@ -5,18 +5,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bascule_tests::http::{curl, get, metric};
-use bascule_tests::{bin, free_port, ok, run, text, wait_until, write, KillOnDrop};
+use bascule_tests::{bin, free_port, ok, run, text, token, wait_until, write, KillOnDrop};
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-/// `bascule-controller token`: (the token, its config line).
-fn token(name: &str, role: &str) -> (String, String) {
-    let o = run(Command::new(bin("bascule-controller")).args(["token", "--name", name, "--role", role]));
-    assert!(o.status.success(), "{}", text(&o));
-    let tok = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    let line = String::from_utf8_lossy(&o.stderr).lines().find(|l| l.contains("hash:")).unwrap().trim().to_string();
-    (tok, line)
-}
 
 /// Starts `serve`; its log in `dir/serve.log`; waits for /healthz.
 fn serve(cfg: &Path, dir: &Path, base: &str, curl_extra: &[&str]) -> KillOnDrop {

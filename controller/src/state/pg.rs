@@ -218,42 +218,56 @@ impl Pg {
     }
 }
 
+/// What a statement gave: the rows it changed, or the rows it returned.
+enum Done {
+    Count(u64),
+    Rows(Vec<Row>),
+}
+
+impl Pg {
+    /// One prepared statement (cached by its text), its rows wanted or not.
+    fn statement(&self, sql: &str, params: Vec<Value>, rows: bool) -> anyhow::Result<Done> {
+        let sql = sql.to_string();
+        self.call(move |c| {
+            c.run(|client, cache| {
+                let (sql, params) = (sql.clone(), params.clone());
+                Box::pin(async move {
+                    let st = prepared(client, cache, &sql).await?;
+                    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+                    if !rows {
+                        return client.execute(&st, &refs).await.map(Done::Count).map_err(pg_error);
+                    }
+                    let got = client.query(&st, &refs).await.map_err(pg_error)?;
+                    let out = got
+                        .iter()
+                        .map(|r| {
+                            (0..r.len()).map(|i| r.try_get::<_, Value>(i).map_err(pg_error)).collect::<anyhow::Result<Vec<_>>>().map(Row)
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    Ok(Done::Rows(out))
+                })
+            })
+        })
+    }
+}
+
 impl Db for Pg {
     fn dialect(&self) -> Dialect {
         Dialect::Postgres
     }
 
     fn execute(&self, sql: &str, params: Vec<Value>) -> anyhow::Result<u64> {
-        let sql = sql.to_string();
-        self.call(move |c| {
-            c.run(|client, cache| {
-                let (sql, params) = (sql.clone(), params.clone());
-                Box::pin(async move {
-                    let st = prepared(client, cache, &sql).await?;
-                    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-                    client.execute(&st, &refs).await.map_err(pg_error)
-                })
-            })
-        })
+        match self.statement(sql, params, false)? {
+            Done::Count(n) => Ok(n),
+            Done::Rows(r) => Ok(r.len() as u64),
+        }
     }
 
     fn query(&self, sql: &str, params: Vec<Value>) -> anyhow::Result<Vec<Row>> {
-        let sql = sql.to_string();
-        self.call(move |c| {
-            c.run(|client, cache| {
-                let (sql, params) = (sql.clone(), params.clone());
-                Box::pin(async move {
-                    let st = prepared(client, cache, &sql).await?;
-                    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-                    let rows = client.query(&st, &refs).await.map_err(pg_error)?;
-                    rows.iter()
-                        .map(|r| {
-                            (0..r.len()).map(|i| r.try_get::<_, Value>(i).map_err(pg_error)).collect::<anyhow::Result<Vec<_>>>().map(Row)
-                        })
-                        .collect()
-                })
-            })
-        })
+        match self.statement(sql, params, true)? {
+            Done::Rows(r) => Ok(r),
+            Done::Count(_) => Ok(Vec::new()),
+        }
     }
 
     fn batch(&self, sql: &str) -> anyhow::Result<()> {
