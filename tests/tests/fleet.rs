@@ -258,7 +258,17 @@ fn three_replicas_share_five_thousand_tenants_and_take_over_a_killed_one() {
         LEASE.as_secs(),
         INTERVAL.as_secs()
     );
-    assert!(takeover <= LEASE + INTERVAL * 3 + Duration::from_secs(3), "takeover took {takeover:?}");
+    // within the lease, a round of the survivors' leases (a third of it), and
+    // the cycle they were in when they claimed it (measured: this machine may be loaded)
+    let cycle = survivors
+        .iter()
+        .filter_map(|(_, b)| {
+            bascule_tests::http::metric(&curl("GET", &format!("{b}/metrics"), None, None, &[]).1, "bascule_monitor_cycle_seconds")
+        })
+        .fold(0.0, f64::max);
+    let bound = LEASE + LEASE / 3 + INTERVAL + Duration::from_secs_f64(2.0 * cycle) + Duration::from_secs(2);
+    println!("takeover bound: {:.1} s (survivors' last cycle {cycle:.1} s)", bound.as_secs_f64());
+    assert!(takeover <= bound, "takeover took {takeover:?}, above {bound:?}");
 
     // the drill is resumed once, by r2 or r3, and passes
     wait_until("the drill passes after its takeover", Duration::from_secs(120), || status(&replicas[1]) == "passed");

@@ -73,7 +73,6 @@ async fn monitor_loop(
 ) {
     let interval = c.config.serve.interval;
     let cancel = tasks.cancel.clone();
-    let mut tried = std::collections::HashMap::new();
     loop {
         let started = tokio::time::Instant::now();
         let cycle = tokio::select! {
@@ -96,9 +95,6 @@ async fn monitor_loop(
                 "The monitor cycle took longer than its interval"
             );
         }
-        if let Some(f) = monitor.fleet() {
-            take_over_drills(&c, f, &tasks, &mut tried);
-        }
         if let Err(e) = drill_metrics(&store.lock().unwrap_or_else(|e| e.into_inner())) {
             tracing::error!(error = format!("{e:#}"), "Cannot read the drill store");
         }
@@ -107,6 +103,29 @@ async fn monitor_loop(
             // tenants just taken over (a replica stopped): read them now
             _ = gained.notified() => {}
             _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// With a shared state, every interval, in a thread of its own (opening a
+/// drill's store and lease waits on the database, never on the monitor):
+/// [`take_over_drills`].
+async fn takeover_loop(c: Arc<Controller>, fleet: Arc<crate::state::fleet::Fleet>, tasks: Tasks) {
+    let mut tried = std::collections::HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(c.config.serve.interval) => {}
+            _ = tasks.cancel.cancelled() => return,
+        }
+        let (c2, f2, t2) = (c.clone(), fleet.clone(), tasks.clone());
+        match tokio::task::spawn_blocking(move || {
+            take_over_drills(&c2, &f2, &t2, &mut tried);
+            tried
+        })
+        .await
+        {
+            Ok(t) => tried = t,
+            Err(_) => return,
         }
     }
 }
@@ -215,6 +234,9 @@ pub async fn run(c: Arc<Controller>) -> anyhow::Result<()> {
         tasks.tracker.spawn(monitor::keep_leases(l, gained.clone(), tasks.cancel.clone()));
     }
     tasks.tracker.spawn(monitor_loop(c.clone(), store.clone(), monitor, tasks.clone(), gained));
+    if let Some(f) = &fleet {
+        tasks.tracker.spawn(takeover_loop(c.clone(), f.clone(), tasks.clone()));
+    }
     schedule::start(&c, &tasks, fleet.clone(), held)?;
     tasks.tracker.spawn(crate::command::pitr::standby::keep(c.clone(), tasks.cancel.clone()));
     let guard = Arc::new(guard::Guard::default());
