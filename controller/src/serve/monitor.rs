@@ -70,7 +70,9 @@ struct Watched {
     /// state); none while another replica holds it.
     epoch: Option<i64>,
     /// The view last written to the shared state.
-    kept: Option<String>,
+    kept: Option<blake3::Hash>,
+    /// Something of its view may have changed since it was last kept.
+    dirty: bool,
 }
 
 pub struct Monitor {
@@ -124,6 +126,7 @@ impl Monitor {
                 projected: None,
                 epoch: None,
                 kept: None,
+                dirty: true,
             });
         }
         let names = Arc::new(tenants.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join("\n"));
@@ -165,6 +168,7 @@ impl Monitor {
                     t.changed = true;
                     t.last_deep = None;
                     t.kept = None;
+                    t.dirty = true;
                     m::TENANT_HELD.with_label_values(&[&t.name, &self.replica]).set(1);
                 }
                 None => forget(t, &self.replica, &providers),
@@ -202,12 +206,18 @@ impl Monitor {
         let Some(f) = &self.fleet else { return };
         let providers: Vec<String> = self.providers.iter().map(|p| p.name.clone()).collect();
         let mut changed: Vec<(usize, String, i64)> = Vec::new();
-        for (i, t) in self.tenants.iter().enumerate() {
+        for (i, t) in self.tenants.iter_mut().enumerate() {
             let Some(epoch) = t.epoch else { continue };
+            // a steady cycle (nothing read anew) serializes nothing
+            if !t.dirty {
+                continue;
+            }
             // one line of JSON (line breaks inside strings are escaped)
             let view = serde_json::to_string(&tenant_view(t, Some(&self.replica))).unwrap_or_default();
-            if t.kept.as_ref() != Some(&view) {
+            if t.kept != Some(blake3::hash(view.as_bytes())) {
                 changed.push((i, view, epoch));
+            } else {
+                t.dirty = false;
             }
         }
         if changed.is_empty() {
@@ -225,7 +235,8 @@ impl Monitor {
                 forget(t, &self.replica, &providers);
                 t.epoch = None;
             } else {
-                t.kept = Some(view);
+                t.kept = Some(blake3::hash(view.as_bytes()));
+                t.dirty = false;
             }
         }
     }
@@ -280,6 +291,7 @@ impl Monitor {
             .filter(|(i, _)| deep_set.contains(i))
             .map(|(_, t)| async move {
                 compare_listings(t, providers).await;
+                t.dirty = true;
                 t.changed = false;
                 t.last_deep = Some(Instant::now());
             })
@@ -382,6 +394,7 @@ fn forget(t: &mut Watched, replica: &str, providers: &[String]) {
         p.view = ProviderView { provider: p.view.provider.clone(), status: "held by another replica".into(), ..Default::default() };
     }
     t.kept = None;
+    t.dirty = true;
 }
 
 /// Refusals, per provider (answered, HEAD changed), listings compared.
@@ -440,6 +453,7 @@ fn apply_heads(t: &mut Watched, providers: &[Provider], reads: Vec<HeadRead>) ->
     for ((i, p), read) in providers.iter().enumerate().zip(reads) {
         let st = &mut t.per[i];
         let mut changed = false;
+        t.dirty |= !matches!(read, HeadRead::NotModified);
         let ok = match read {
             HeadRead::NotModified => true,
             HeadRead::Read { state: HeadState::Absent, .. } => {
