@@ -90,7 +90,7 @@ fn run(n: usize, dir: &Path, pg: &PgCluster, providers: &str, tenants: &str) -> 
     let db = format!("state_{n}");
     pg.createdb(&db);
     // the prune comes after the measures of the cycles and the takeover
-    let (cron, prune_at) = cron_in(if n > 1 { 6 } else { 24 * 60 - 5 });
+    let (cron, prune_at) = cron_in(if n > 1 { 15 } else { 24 * 60 - 5 });
     let mut replicas: Vec<Replica> = (1..=n)
         .map(|i| {
             let name = format!("r{i}");
