@@ -283,6 +283,10 @@ impl Monitor {
             }
             results.push((refused, per, listed));
         }
+        // what the HEADs say is shared before the listings (a tenant just taken
+        // over is watched again as soon as its HEADs are checked)
+        self.keep_views();
+        let providers = &self.providers;
         let deep_set: BTreeSet<usize> = deep.into_iter().collect();
         let listings: Vec<_> = self
             .tenants
