@@ -4,22 +4,27 @@
 //! most every `deep_interval`, both providers' listings of the tenant, to
 //! find objects held by one provider only and the newest snapshot of each
 //! kind. Results go to the metrics and to `GET /v1/tenants`.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+mod heads;
+mod leases;
+mod listings;
+
+use heads::{apply_heads, guard_all};
+pub use leases::{keep_leases, Leases};
+use listings::compare_listings;
+
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use bascule_core::head::{Head, RollbackGuard};
-use bascule_core::manifest::Manifest;
+use bascule_core::head::Head;
 use bascule_core::provider::Provider;
-use bascule_core::signed::Signed;
-use bascule_core::{layout, Error};
 use futures::StreamExt;
 use serde::Serialize;
 
 use super::metrics::{self as m, ts};
 use crate::context::Controller;
 use crate::state::fleet::{Fleet, Held, TENANT};
-use crate::tenant::{HeadFetch, HeadRead, HeadState, Tenant};
+use crate::tenant::{HeadFetch, Tenant};
 
 /// What the API shows of one tenant on one provider.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
@@ -332,52 +337,6 @@ impl Monitor {
     }
 }
 
-/// What keeps the tenant leases: their own connection to the state, where
-/// to publish what they hold, the configured tenants.
-pub struct Leases {
-    pub fleet: Arc<Fleet>,
-    pub held: Arc<RwLock<Held>>,
-    pub names: Arc<String>,
-    pub total: usize,
-}
-
-impl Leases {
-    /// One round now (before the first cycle).
-    pub fn balance(&self) -> anyhow::Result<()> {
-        *self.held.write().unwrap_or_else(|e| e.into_inner()) = self.fleet.balance(TENANT, &self.names, self.total)?;
-        Ok(())
-    }
-}
-
-/// Keeps this replica's tenant leases, every third of the lease time and
-/// whatever a monitor cycle takes: alive, renewed, given back above the fair
-/// share, claimed up to it. When the state store cannot be reached, what was
-/// held runs out by this process's clock, and the monitor stops watching it.
-/// A tenant newly claimed wakes the monitor (`gained`), so that a killed
-/// replica's tenants are read at once, not at the next interval.
-pub async fn keep_leases(l: Leases, gained: Arc<tokio::sync::Notify>, cancel: tokio_util::sync::CancellationToken) {
-    let Leases { fleet, held, names, total } = l;
-    loop {
-        let (f, names) = (fleet.clone(), names.clone());
-        match tokio::task::spawn_blocking(move || f.balance(TENANT, &names, total)).await {
-            Ok(Ok(h)) => {
-                let mut old = held.write().unwrap_or_else(|e| e.into_inner());
-                let new = h.keys().any(|k| !old.contains_key(k));
-                *old = h;
-                if new {
-                    gained.notify_one();
-                }
-            }
-            Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "Cannot renew the leases in the state store"),
-            Err(_) => return,
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(fleet.lease() / 3) => {}
-            _ = cancel.cancelled() => return,
-        }
-    }
-}
-
 fn tenant_view(t: &Watched, held_by: Option<&str>) -> TenantView {
     TenantView {
         tenant: t.name.clone(),
@@ -403,209 +362,3 @@ fn forget(t: &mut Watched, replica: &str, providers: &[String]) {
 
 /// Refusals, per provider (answered, HEAD changed), listings compared.
 type TenantCheck = (usize, Vec<(bool, bool)>, bool);
-
-/// Checks the opened HEADs of a cycle against their rollback guards in one
-/// call to the store ([`RollbackGuard::accept_many`]); each fetch becomes
-/// what a guarded read gives.
-fn guard_all(tenants: &[Watched], providers: &[Provider], fetched: Vec<(usize, Vec<HeadFetch>)>) -> Vec<(usize, Vec<HeadRead>)> {
-    let mut asks = Vec::new();
-    for (i, per) in &fetched {
-        for (p, f) in per.iter().enumerate() {
-            if let HeadFetch::Opened(h, _) = f {
-                asks.push((&*tenants[*i].tenant.guards[p], providers[p].name.as_str(), h));
-            }
-        }
-    }
-    let verdicts = RollbackGuard::accept_many(&asks);
-    drop(asks);
-    let mut verdicts: std::collections::VecDeque<Result<(), Error>> = match verdicts {
-        Ok(v) => v.into(),
-        // the store did not answer: no HEAD is taken as newer this cycle
-        Err(e) => {
-            tracing::error!(error = %e, "Cannot check the rollback marks");
-            std::iter::repeat_with(|| Err(Error::Mark { name: "(cycle)".into(), reason: e.to_string() }))
-                .take(fetched.iter().map(|(_, per)| per.iter().filter(|f| matches!(f, HeadFetch::Opened(..))).count()).sum())
-                .collect()
-        }
-    };
-    fetched
-        .into_iter()
-        .map(|(i, per)| {
-            let reads = per
-                .into_iter()
-                .map(|f| match f {
-                    HeadFetch::NotModified => HeadRead::NotModified,
-                    HeadFetch::Absent => HeadRead::Read { state: HeadState::Absent, etag: None },
-                    HeadFetch::Opened(h, etag) => match verdicts.pop_front().unwrap_or(Ok(())) {
-                        Ok(()) => HeadRead::Read { state: HeadState::Valid(h), etag },
-                        Err(e) => HeadRead::Read { state: HeadState::Refused(e), etag: None },
-                    },
-                    HeadFetch::Refused(e) => HeadRead::Read { state: HeadState::Refused(e), etag: None },
-                    HeadFetch::Unreachable(e) => HeadRead::Unreachable(e),
-                })
-                .collect();
-            (i, reads)
-        })
-        .collect()
-}
-
-/// What the tenant's HEAD on each provider said; returns the refusals and,
-/// per provider, (answered, changed).
-fn apply_heads(t: &mut Watched, providers: &[Provider], reads: Vec<HeadRead>) -> (usize, Vec<(bool, bool)>) {
-    let mut refused = 0;
-    let mut per_result = Vec::new();
-    for ((i, p), read) in providers.iter().enumerate().zip(reads) {
-        let st = &mut t.per[i];
-        let mut changed = false;
-        t.dirty |= !matches!(read, HeadRead::NotModified);
-        let ok = match read {
-            HeadRead::NotModified => true,
-            HeadRead::Read { state: HeadState::Absent, .. } => {
-                st.head = None;
-                st.etag = None;
-                st.view.status = "absent".into();
-                true
-            }
-            HeadRead::Read { state: HeadState::Valid(h), etag } => {
-                changed = st.head.as_ref().map(|o| o.sequence) != Some(h.sequence);
-                st.head = Some(h);
-                st.etag = etag;
-                st.view.status = "ok".into();
-                true
-            }
-            HeadRead::Read { state: HeadState::Refused(e @ Error::Mark { .. }), .. } => {
-                // the marks could not be checked (the state store): not taken, read again next time
-                st.view.status = format!("not checked: {e}");
-                st.etag = None;
-                true
-            }
-            HeadRead::Read { state: HeadState::Refused(e), .. } => {
-                let reason = match &e {
-                    Error::Rollback { .. } => "rollback",
-                    Error::BadSignature { .. } => "bad_signature",
-                    _ => "bad_head",
-                };
-                m::INTEGRITY_FAILURES.with_label_values(&[&t.name, &p.name, reason]).inc();
-                tracing::error!(tenant = %t.name, provider = %p.name, error = %e, "HEAD refused");
-                st.view.status = format!("refused: {e}");
-                // keep the last good state; read it again next time
-                st.etag = None;
-                refused += 1;
-                true
-            }
-            HeadRead::Unreachable(e) => {
-                st.view.status = format!("unreachable: {e}");
-                false
-            }
-        };
-        if let Some(h) = &st.head {
-            show_head(&t.name, &p.name, h, &mut st.view);
-        }
-        t.changed |= changed;
-        per_result.push((ok, changed));
-    }
-    (refused, per_result)
-}
-
-/// What a valid HEAD says, into the view and the metrics.
-fn show_head(tenant: &str, provider: &str, h: &Head, view: &mut ProviderView) {
-    view.sequence = Some(h.sequence);
-    view.latest_snapshot = h.latest_snapshot.clone();
-    view.latest_wal = h.latest_wal.clone();
-    view.agent_time = Some(h.agent_time);
-    view.restore_test = h.restore_test.clone();
-    if let Some(rt) = &h.restore_test {
-        m::RESTORE_TEST_PASSED.with_label_values(&[tenant]).set(rt.passed as i64);
-        if let Some(at) = rt.last_success_at {
-            let g = m::RESTORE_TEST_LAST_SUCCESS.with_label_values(&[tenant]);
-            g.set(g.get().max(ts(at)));
-        }
-    }
-    if h.latest_wal.is_some() {
-        m::LAST_WAL.with_label_values(&[tenant, provider]).set(ts(h.agent_time));
-        let lag = (chrono::Utc::now() - h.agent_time).num_milliseconds().max(0) as f64 / 1000.0;
-        m::REPLICATION_LAG.with_label_values(&[tenant, provider]).set(lag);
-    }
-}
-
-/// Lists the tenant on both providers: objects one lacks, and the newest
-/// snapshot of each kind on each (kinds from the signed manifests).
-async fn compare_listings(t: &mut Watched, providers: &[Provider]) {
-    let mut sets: Vec<Option<BTreeSet<String>>> = Vec::new();
-    let mut wal: Option<Vec<(u64, chrono::DateTime<chrono::Utc>)>> = None;
-    for (p, r) in providers.iter().zip(&t.tenant.replicated.replicas) {
-        match r.list_meta("").await {
-            Ok(l) => {
-                if wal.is_none() {
-                    let stored = l.iter().filter(|(k, _)| k.starts_with(bascule_core::wal::WAL) && !k.ends_with(".rec"));
-                    wal = Some(stored.map(|(_, v)| *v).collect());
-                }
-                sets.push(Some(l.into_keys().filter(|k| k != layout::HEAD && !k.contains(".tmp")).collect()))
-            }
-            Err(e) => {
-                tracing::warn!(tenant = %t.name, provider = %p.name, error = %e, "Cannot list");
-                sets.push(None);
-            }
-        }
-    }
-    let all: BTreeSet<&String> = sets.iter().flatten().flatten().collect();
-    for (i, p) in providers.iter().enumerate() {
-        let Some(set) = &sets[i] else { continue };
-        let missing = all.iter().filter(|k| !set.contains(k.as_str())).count();
-        m::OBJECTS_MISSING.with_label_values(&[&t.name, &p.name]).set(missing as i64);
-        t.per[i].view.objects_missing = Some(missing);
-    }
-    // kinds of snapshots not seen before
-    for key in all.iter().filter(|k| k.ends_with(".manifest")) {
-        let Some(name) = layout::manifest_name(key) else { continue };
-        if t.snapshots.contains_key(name) {
-            continue;
-        }
-        for (i, p) in providers.iter().enumerate() {
-            if !sets[i].as_ref().is_some_and(|s| s.contains(key.as_str())) {
-                continue;
-            }
-            let Ok(Some(b)) = t.tenant.replicated.replicas[i].get(key, Manifest::MAX_LEN).await else { continue };
-            match t.tenant.open_manifest(name, &b) {
-                Ok(man) => {
-                    t.snapshots.insert(name.to_string(), (man.kind.to_string(), man.started_at, man.source_bytes));
-                    break;
-                }
-                Err(_) => {
-                    m::INTEGRITY_FAILURES.with_label_values(&[&t.name, &p.name, "bad_manifest"]).inc();
-                }
-            }
-        }
-    }
-    for (i, p) in providers.iter().enumerate() {
-        let Some(set) = &sets[i] else { continue };
-        let mut newest: BTreeMap<&str, chrono::DateTime<chrono::Utc>> = BTreeMap::new();
-        for (name, (kind, at, _)) in &t.snapshots {
-            if set.contains(&layout::manifest(name)) {
-                let e = newest.entry(kind.as_str()).or_insert(*at);
-                *e = (*e).max(*at);
-            }
-        }
-        for (kind, at) in newest {
-            m::LAST_SNAPSHOT.with_label_values(&[&t.name, &p.name, kind]).set(ts(at));
-        }
-    }
-    project(t, wal.unwrap_or_default());
-}
-
-/// The projected recovery time: the last restore's throughput applied to
-/// the newest base backup and the WAL since (or the newest export).
-fn project(t: &mut Watched, wal: Vec<(u64, chrono::DateTime<chrono::Utc>)>) {
-    let newest = |base: bool| {
-        t.snapshots.values().filter(|(kind, _, _)| (kind == "basebackup") == base).max_by_key(|(_, at, _)| *at).map(|(_, at, b)| (*b, *at))
-    };
-    let bytes = crate::projection::bytes_to_restore(newest(true), newest(false).map(|(b, _)| b), wal.into_iter());
-    t.projected = match (crate::projection::load(&t.state_dir, &t.name), bytes) {
-        (Some(rate), Some(b)) => Some(crate::projection::keep(&t.state_dir, &t.name, &rate, b)),
-        _ => None,
-    };
-    match t.projected {
-        Some(p) => m::PROJECTED_RTO.with_label_values(&[&t.name]).set(p),
-        None => drop(m::PROJECTED_RTO.remove_label_values(&[&t.name])),
-    }
-}
