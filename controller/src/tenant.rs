@@ -61,16 +61,19 @@ impl Tenant {
         Head::open(bytes, &self.keys, &self.name, layout::HEAD)
     }
 
-    /// [`Tenant::open_head`], then the rollback guard of provider `i`:
-    /// refused when below the mark, else the mark is raised to it.
-    pub fn accept_head(&self, i: usize, bytes: &[u8]) -> bascule_core::Result<Head> {
+    /// Checks a HEAD provider `i` served: its envelope and signer (as
+    /// [`Tenant::open_head`]) and what a revoked signer may still sign; not
+    /// yet its rollback guard.
+    fn open_from(&self, i: usize, bytes: &[u8]) -> bascule_core::Result<Head> {
         let (h, by) = Head::open_by(bytes, &self.keys, &self.name, layout::HEAD)?;
-        let provider = &self.replicated.replicas[i].provider;
-        self.revoked.check(provider, &by, &h)?;
-        let guard = &self.guards[i];
-        guard.check(provider, &h)?;
-        guard.observe(h.sequence)?;
+        self.revoked.check(&self.replicated.replicas[i].provider, &by, &h)?;
         Ok(h)
+    }
+
+    /// Provider `i`'s rollback guard, checked and raised in one call.
+    fn guard(&self, i: usize, h: &Head) -> bascule_core::Result<()> {
+        let provider = &self.replicated.replicas[i].provider;
+        RollbackGuard::accept_many(&[(&*self.guards[i], provider.as_str(), h)])?.pop().unwrap_or(Ok(()))
     }
 
     /// Provider `i`'s HEAD unless it still has the entity tag `etag`, its
@@ -81,28 +84,26 @@ impl Tenant {
         match self.replicated.replicas[i].get_if_changed(layout::HEAD, etag, Head::MAX_LEN).await {
             Ok(Fetched::NotModified) => HeadFetch::NotModified,
             Ok(Fetched::Absent) => HeadFetch::Absent,
-            Ok(Fetched::Changed { bytes, etag }) => {
-                let opened = Head::open_by(&bytes, &self.keys, &self.name, layout::HEAD)
-                    .and_then(|(h, by)| self.revoked.check(&self.replicated.replicas[i].provider, &by, &h).map(|()| h));
-                match opened {
-                    Ok(h) => HeadFetch::Opened(h, etag),
-                    Err(e) => HeadFetch::Refused(e),
-                }
-            }
+            Ok(Fetched::Changed { bytes, etag }) => match self.open_from(i, &bytes) {
+                Ok(h) => HeadFetch::Opened(h, etag),
+                Err(e) => HeadFetch::Refused(e),
+            },
             Err(e) => HeadFetch::Unreachable(e),
         }
     }
 
-    /// Provider `i`'s HEAD unless it still has the entity tag `etag`.
+    /// Provider `i`'s HEAD unless it still has the entity tag `etag`, its
+    /// rollback guard checked and raised.
     pub async fn read_head(&self, i: usize, etag: Option<&str>) -> HeadRead {
-        match self.replicated.replicas[i].get_if_changed(layout::HEAD, etag, Head::MAX_LEN).await {
-            Ok(Fetched::NotModified) => HeadRead::NotModified,
-            Ok(Fetched::Absent) => HeadRead::Read { state: HeadState::Absent, etag: None },
-            Ok(Fetched::Changed { bytes, etag }) => match self.accept_head(i, &bytes) {
-                Ok(h) => HeadRead::Read { state: HeadState::Valid(h), etag },
+        match self.fetch_head(i, etag).await {
+            HeadFetch::NotModified => HeadRead::NotModified,
+            HeadFetch::Absent => HeadRead::Read { state: HeadState::Absent, etag: None },
+            HeadFetch::Opened(h, etag) => match self.guard(i, &h) {
+                Ok(()) => HeadRead::Read { state: HeadState::Valid(h), etag },
                 Err(e) => HeadRead::Read { state: HeadState::Refused(e), etag: None },
             },
-            Err(e) => HeadRead::Unreachable(e),
+            HeadFetch::Refused(e) => HeadRead::Read { state: HeadState::Refused(e), etag: None },
+            HeadFetch::Unreachable(e) => HeadRead::Unreachable(e),
         }
     }
 

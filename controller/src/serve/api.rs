@@ -199,7 +199,13 @@ async fn tenants(State(api): State<Api>, call: Call) -> Result<Response, ApiErro
                 ApiError(StatusCode::SERVICE_UNAVAILABLE, "the state store does not answer (see the log)".into())
             })?
             .into_iter()
-            .filter_map(|(_, v, _)| serde_json::from_str::<TenantView>(&v).ok())
+            .filter_map(|(tenant, v, holder)| match serde_json::from_str::<TenantView>(&v) {
+                Ok(view) => Some(view),
+                Err(e) => {
+                    tracing::warn!(tenant = %tenant, holder = %holder, error = %e, "A tenant's view in the state store does not parse; left out");
+                    None
+                }
+            })
             .collect(),
     };
     Ok(Json(view).into_response())

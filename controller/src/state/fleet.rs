@@ -59,15 +59,6 @@ impl Fleet {
         self.lease
     }
 
-    /// Says this replica is alive (and when it started, the first time).
-    pub fn heartbeat(&self) -> anyhow::Result<()> {
-        self.pg.execute(
-            "INSERT INTO replicas (id, host) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET seen_at = now()",
-            p![self.me.as_str(), crate::os_user::hostname()],
-        )?;
-        Ok(())
-    }
-
     /// Gives back every lease and leaves (a clean stop: the others take
     /// over at their next cycle, not after the lease time).
     pub fn leave(&self) -> anyhow::Result<u64> {
