@@ -188,6 +188,10 @@ fn a_shared_state_beyond_this_machine_needs_verified_tls_and_no_inline_password(
     assert!(e.contains("state.password") && !e.contains("hunter2"), "{e}");
     let e = with("  postgres: \"host=127.0.0.1 dbname=bascule\"\n  lease: 1s\n").unwrap_err().to_string();
     assert!(e.contains("state.lease"), "{e}");
+    let e = with("  postgres: \"host=127.0.0.1 dbname=bascule\"\n  replica: \"r1\\nr2\"\n").unwrap_err().to_string();
+    assert!(e.contains("state.replica"), "{e}");
+    // quotes and SQL in a name are only ever parameters
+    with("  postgres: \"host=127.0.0.1 dbname=bascule\"\n  replica: \"r'1; DROP TABLE leases; --é\"\n").unwrap();
     let e = with("  postgres: \"host=127.0.0.1 dbname=bascule\"\n  password: hunter2\n").unwrap_err().to_string();
     assert!(e.contains("{env: NAME}") && !e.contains("hunter2"), "{e}");
 }

@@ -105,6 +105,12 @@ fn leases_fence_writes_marks_only_rise_and_the_schema_is_versioned() {
     assert_eq!(open().variables(id).unwrap(), vec![("x".to_string(), "3".to_string())]);
     assert_eq!(open().attempts(id, "s").unwrap().len(), 1, "the stale attempt was not written");
 
+    // names with quotes, SQL and non-ASCII letters are parameters, never SQL
+    let odd = Fleet::new(Pg::open(connect(&dsn)).unwrap(), "c'; DROP TABLE leases; --é".into(), lease);
+    assert_eq!(odd.claim(DRILL, "x'); DELETE FROM drills; --").unwrap(), Some(1));
+    assert_eq!(odd.holder(DRILL, "x'); DELETE FROM drills; --").unwrap().as_deref(), Some("c'; DROP TABLE leases; --é"));
+    assert_eq!(pg.psql("bascule_state", "SELECT count(*) FROM drills"), "1");
+
     // rollback marks: eight writers at once, each with its own connection; the highest stays
     let threads: Vec<_> = (0..8u64)
         .map(|i| {
