@@ -80,6 +80,9 @@ struct Watched {
     dirty: bool,
 }
 
+/// Tenants read per round of a cycle.
+const ROUND: usize = 2000;
+
 pub struct Monitor {
     /// The leases, with a shared state.
     fleet: Option<Arc<Fleet>>,
@@ -156,8 +159,8 @@ impl Monitor {
     /// its leases hold (renewed and claimed first). A tenant newly held is
     /// read afresh; one no longer held leaves this process's metrics.
     fn hold(&mut self, now: Instant) {
-        let held = self.fleet.as_ref().map(|_| self.held.read().unwrap_or_else(|e| e.into_inner()).clone());
-        let held = held.as_ref();
+        let held = self.fleet.as_ref().map(|_| self.held.read().unwrap_or_else(|e| e.into_inner()));
+        let held = held.as_deref();
         let providers: Vec<String> = self.providers.iter().map(|p| p.name.clone()).collect();
         for t in &mut self.tenants {
             let holds = held.map_or(Some(0), |h| h.get(&t.name).filter(|(_, until)| *until > now).map(|(e, _)| *e));
@@ -246,23 +249,27 @@ impl Monitor {
         }
     }
 
-    /// One pass over every tenant this process watches.
-    pub async fn cycle(&mut self) -> Cycle {
-        let t0 = Instant::now();
-        self.hold(t0);
-        let providers = &self.providers;
-        let deep_interval = self.deep_interval;
+    /// The next round of a cycle: up to [`ROUND`] tenants this process
+    /// holds and has not read yet this cycle, those never read (just
+    /// gained) first.
+    fn next_round(&self, read: &mut [bool]) -> Vec<usize> {
+        let mut round: Vec<usize> = (0..self.tenants.len()).filter(|&i| !read[i] && self.tenants[i].epoch.is_some()).collect();
+        // stable: in the configuration's order otherwise
+        round.sort_by_key(|&i| self.tenants[i].kept.is_some());
+        round.truncate(ROUND);
+        for &i in &round {
+            read[i] = true;
+        }
+        round
+    }
+
+    /// The HEADs of tenants `round` on every provider, fetched and opened,
+    /// many at once.
+    async fn fetch_heads(&self, round: &[usize]) -> Vec<(usize, Vec<HeadFetch>)> {
+        let (tenants, providers) = (&self.tenants, &self.providers);
         // the futures made first (a closure inside the stream would make the
         // task's future not Send for every lifetime)
-        let held = self.fleet.as_ref().map(|_| &*self.held);
-        // 1. every watched tenant's HEADs, fetched and opened, many at once
-        let watched: Vec<usize> = (0..self.tenants.len())
-            .filter(|&i| self.tenants[i].epoch.is_some())
-            // given back meanwhile (another replica joined): left to its new holder
-            .filter(|&i| held.is_none_or(|h| h.read().unwrap_or_else(|e| e.into_inner()).contains_key(&self.tenants[i].name)))
-            .collect();
-        let tenants = &self.tenants;
-        let fetches: Vec<_> = watched
+        let fetches: Vec<_> = round
             .iter()
             .map(|&i| async move {
                 let t = &tenants[i];
@@ -273,39 +280,63 @@ impl Monitor {
                 (i, out)
             })
             .collect();
-        let fetched: Vec<(usize, Vec<HeadFetch>)> = futures::stream::iter(fetches).buffer_unordered(self.concurrency).collect().await;
-        // 2. their rollback guards, all in one call to the store
-        let reads = guard_all(&self.tenants, providers, fetched);
-        // 3. what they say, then the listings of those that changed, many at once
-        let mut results: Vec<TenantCheck> = Vec::with_capacity(reads.len());
-        let mut deep = Vec::new();
-        for (i, reads) in reads {
-            let t = &mut self.tenants[i];
-            let (refused, per) = apply_heads(t, providers, reads);
-            let listed = t.changed && t.last_deep.is_none_or(|d| d.elapsed() >= deep_interval);
-            if listed {
-                deep.push(i);
+        futures::stream::iter(fetches).buffer_unordered(self.concurrency).collect().await
+    }
+
+    /// One pass over every tenant this process watches: their HEADs in
+    /// rounds (the leases looked at again before each, so that tenants
+    /// gained meanwhile are read in this cycle, and those given back are not
+    /// read for nothing), each round's views shared at once; then the
+    /// listings of those whose HEAD changed.
+    pub async fn cycle(&mut self) -> Cycle {
+        let t0 = Instant::now();
+        let mut read = vec![false; self.tenants.len()];
+        let mut results: Vec<TenantCheck> = Vec::new();
+        let mut deep = BTreeSet::new();
+        loop {
+            self.hold(Instant::now());
+            let round = self.next_round(&mut read);
+            if round.is_empty() {
+                break;
             }
-            results.push((refused, per, listed));
+            let fetched = self.fetch_heads(&round).await;
+            // their rollback guards, all in one call to the store
+            let reads = guard_all(&self.tenants, &self.providers, fetched);
+            for (i, reads) in reads {
+                let t = &mut self.tenants[i];
+                let (refused, per) = apply_heads(t, &self.providers, reads);
+                let listed = t.changed && t.last_deep.is_none_or(|d| d.elapsed() >= self.deep_interval);
+                if listed {
+                    deep.insert(i);
+                }
+                results.push((refused, per, listed));
+            }
+            // what the HEADs say is shared before the listings (a tenant just
+            // taken over is watched again as soon as its HEADs are checked)
+            self.keep_views();
         }
-        // what the HEADs say is shared before the listings (a tenant just taken
-        // over is watched again as soon as its HEADs are checked)
-        self.keep_views();
         let providers = &self.providers;
-        let deep_set: BTreeSet<usize> = deep.into_iter().collect();
-        let listings: Vec<_> = self
+        let mut listed: Vec<&mut Watched> = self
             .tenants
             .iter_mut()
             .enumerate()
-            .filter(|(i, _)| deep_set.contains(i))
-            .map(|(_, t)| async move {
-                compare_listings(t, providers).await;
-                t.dirty = true;
-                t.changed = false;
-                t.last_deep = Some(Instant::now());
-            })
+            // given back since its HEADs were read: left to its new holder
+            .filter(|(i, t)| deep.contains(i) && t.epoch.is_some())
+            .map(|(_, t)| t)
             .collect();
-        futures::stream::iter(listings).buffer_unordered(self.concurrency).collect::<Vec<()>>().await;
+        // in rounds too: a listing's future is large, 35,000 of them would weigh
+        while !listed.is_empty() {
+            let round: Vec<_> = listed
+                .drain(..listed.len().min(ROUND))
+                .map(|t| async move {
+                    compare_listings(t, providers).await;
+                    t.dirty = true;
+                    t.changed = false;
+                    t.last_deep = Some(Instant::now());
+                })
+                .collect();
+            futures::stream::iter(round).buffer_unordered(self.concurrency).collect::<Vec<()>>().await;
+        }
         let mut c = Cycle { tenants: results.len(), ..Default::default() };
         // a provider is up when it answered at least one request, or was asked nothing
         let mut answered = vec![(0usize, 0usize); providers.len()];
@@ -328,8 +359,10 @@ impl Monitor {
             m::PROVIDER_UP.with_label_values(&[&p.name]).set(up as i64);
         }
         self.keep_views();
-        let held_by = self.fleet.as_ref().map(|f| f.me());
-        *self.view.write().expect("lock") = self.tenants.iter().filter(|t| t.epoch.is_some()).map(|t| tenant_view(t, held_by)).collect();
+        // with a shared state, the API reads every replica's views from it
+        if self.fleet.is_none() {
+            *self.view.write().expect("lock") = self.tenants.iter().map(|t| tenant_view(t, None)).collect();
+        }
         c.took = t0.elapsed();
         m::CYCLE_SECONDS.set(c.took.as_secs_f64());
         m::LAST_CYCLE.set(ts(chrono::Utc::now()));
