@@ -31,6 +31,8 @@ pub struct Controller {
     marks: Arc<dyn Marks>,
     /// The same, with a shared state (revoked-key marks live there too).
     shared: Option<Arc<PgMarks>>,
+    /// Tenant name → its place in the configuration.
+    index: HashMap<String, usize>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -76,7 +78,8 @@ impl Controller {
                 (pg.clone() as Arc<dyn Marks>, Some(pg))
             }
         };
-        Ok(Arc::new(Controller { config, file: file.into(), providers, guards: Mutex::default(), marks, shared }))
+        let index = config.tenants.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        Ok(Arc::new(Controller { config, file: file.into(), providers, guards: Mutex::default(), marks, shared, index }))
     }
 
     pub fn providers(&self) -> &[Provider] {
@@ -97,7 +100,7 @@ impl Controller {
 
     /// Tenant `name` of the configuration, on the shared providers.
     pub fn tenant(&self, name: &str) -> anyhow::Result<Tenant> {
-        let t = self.config.tenants.iter().find(|t| t.name == name).with_context(|| {
+        let t = self.index.get(name).map(|&i| &self.config.tenants[i]).with_context(|| {
             let names: Vec<_> = self.config.tenants.iter().map(|t| t.name.as_str()).collect();
             format!("no tenant {name:?} in {}; known: {}", self.file.display(), names.join(", "))
         })?;

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use bascule_core::schedule::Schedule;
+use futures::StreamExt as _;
 
 use super::{metrics, Tasks};
 use crate::context::Controller;
@@ -116,64 +117,89 @@ pub(super) fn spawn_drill(tasks: &Tasks, started: crate::drill::Started) {
     });
 }
 
+/// Tenants a scheduled verify or prune works on at once: each is mostly
+/// waiting on the providers, and 35,000 one after the other would not fit a
+/// night.
+fn tenants_at_once(c: &Controller) -> usize {
+    (c.config.serve.concurrency / 8).max(1)
+}
+
 /// One scheduled verify of every tenant, reading back today's slice.
 pub async fn verify_sample(c: &Controller, slices: u64, held: Option<&RwLock<Held>>) {
     use crate::command::verify;
     let read = verify::ReadData::today(slices);
-    for t in &c.config.tenants {
-        if !holds(held, &t.name) {
-            continue;
-        }
-        let result = async {
-            let tenant = c.tenant(&t.name)?;
-            verify::run(&tenant, read, c.config.restore.concurrency).await
-        }
-        .await;
-        match result {
-            Ok(r) => {
-                for p in &r.problems {
-                    metrics::INTEGRITY_FAILURES.with_label_values(&[&t.name, &p.provider, "verify"]).inc();
-                    tracing::error!(tenant = %t.name, provider = %p.provider, key = %p.key, problem = %p.what, "Scheduled verify");
-                }
-                metrics::VERIFY_PROBLEMS.with_label_values(&[&t.name]).set(r.problems.len() as i64);
-                metrics::VERIFY_LAST_RUN.with_label_values(&[&t.name]).set(metrics::ts(chrono::Utc::now()));
-                tracing::info!(tenant = %t.name, objects = r.objects_checked, bytes_read = r.bytes_read, problems = r.problems.len(), ?read, "Scheduled verify done");
+    let one = |name: &str| {
+        let name = name.to_string();
+        async move {
+            if !holds(held, &name) {
+                return;
             }
-            Err(e) => tracing::error!(tenant = %t.name, error = format!("{e:#}"), "Scheduled verify failed"),
+            let result = async {
+                let tenant = c.tenant(&name)?;
+                verify::run(&tenant, read, c.config.restore.concurrency).await
+            }
+            .await;
+            verify_done(&name, read, result);
         }
+    };
+    let runs: Vec<_> = c.config.tenants.iter().map(|t| one(&t.name)).collect();
+    futures::stream::iter(runs).buffer_unordered(tenants_at_once(c)).collect::<Vec<()>>().await;
+}
+
+fn verify_done(name: &str, read: crate::command::verify::ReadData, result: anyhow::Result<crate::command::verify::VerifyReport>) {
+    match result {
+        Ok(r) => {
+            for p in &r.problems {
+                metrics::INTEGRITY_FAILURES.with_label_values(&[name, &p.provider, "verify"]).inc();
+                tracing::error!(tenant = %name, provider = %p.provider, key = %p.key, problem = %p.what, "Scheduled verify");
+            }
+            metrics::VERIFY_PROBLEMS.with_label_values(&[name]).set(r.problems.len() as i64);
+            metrics::VERIFY_LAST_RUN.with_label_values(&[name]).set(metrics::ts(chrono::Utc::now()));
+            tracing::info!(tenant = %name, objects = r.objects_checked, bytes_read = r.bytes_read, problems = r.problems.len(), ?read, "Scheduled verify done");
+        }
+        Err(e) => tracing::error!(tenant = %name, error = format!("{e:#}"), "Scheduled verify failed"),
     }
 }
 
 /// One scheduled prune of every tenant.
 pub async fn prune_all(c: &Controller, held: Option<&RwLock<Held>>) {
-    for t in &c.config.tenants {
-        if !holds(held, &t.name) {
-            continue;
-        }
-        let result = async {
-            let tenant = c.tenant(&t.name)?;
-            crate::command::prune::run(c, &tenant, false, chrono::Utc::now()).await
-        }
-        .await;
-        match result {
-            Ok(r) => {
-                for (p, k, why) in &r.failed {
-                    tracing::error!(tenant = %t.name, provider = %p, key = %k, error = %why, "Scheduled prune could not delete");
-                }
-                metrics::PRUNE_LAST_RUN.with_label_values(&[&t.name]).set(metrics::ts(chrono::Utc::now()));
-                metrics::PRUNE_FREED.with_label_values(&[&t.name]).set(r.freed() as f64);
-                metrics::PRUNE_UNVERIFIED.with_label_values(&[&t.name]).set(r.unverified.len() as f64);
-                metrics::PRUNE_REFUSED_LISTS.with_label_values(&[&t.name]).set(r.refused_lists.len() as f64);
-                for u in &r.unverified {
-                    tracing::warn!(tenant = %t.name, manifest = %u.name, error = %u.why, "Scheduled prune: a manifest verifies on no provider; what it may name is kept");
-                }
-                for (p, k, why) in &r.refused_lists {
-                    tracing::warn!(tenant = %t.name, provider = %p, key = %k, error = %why, "Scheduled prune ignored a condemned list");
-                }
-                let gone = r.snapshots.iter().filter(|s| s.keep.is_empty()).count();
-                tracing::info!(tenant = %t.name, snapshots_deleted = gone, condemned = r.condemned.len(), freed = r.freed(), failed = r.failed.len(), "Scheduled prune done");
+    let one = |name: &str| {
+        let name = name.to_string();
+        async move {
+            if !holds(held, &name) {
+                return;
             }
-            Err(e) => tracing::error!(tenant = %t.name, error = format!("{e:#}"), "Scheduled prune failed"),
+            let result = async {
+                let tenant = c.tenant(&name)?;
+                crate::command::prune::run(c, &tenant, false, chrono::Utc::now()).await
+            }
+            .await;
+            prune_done(&name, result);
         }
+    };
+    let runs: Vec<_> = c.config.tenants.iter().map(|t| one(&t.name)).collect();
+    futures::stream::iter(runs).buffer_unordered(tenants_at_once(c)).collect::<Vec<()>>().await;
+}
+
+fn prune_done(name: &str, result: anyhow::Result<crate::command::prune::PruneReport>) {
+    match result {
+        Ok(r) => {
+            for (p, k, why) in &r.failed {
+                tracing::error!(tenant = %name, provider = %p, key = %k, error = %why, "Scheduled prune could not delete");
+            }
+            metrics::PRUNE_LAST_RUN.with_label_values(&[name]).set(metrics::ts(chrono::Utc::now()));
+            metrics::PRUNE_FREED.with_label_values(&[name]).set(r.freed() as f64);
+            metrics::PRUNE_UNVERIFIED.with_label_values(&[name]).set(r.unverified.len() as f64);
+            metrics::PRUNE_REFUSED_LISTS.with_label_values(&[name]).set(r.refused_lists.len() as f64);
+            for u in &r.unverified {
+                tracing::warn!(tenant = %name, manifest = %u.name, error = %u.why, "Scheduled prune: a manifest verifies on no provider; what it may name is kept");
+            }
+            for (p, k, why) in &r.refused_lists {
+                tracing::warn!(tenant = %name, provider = %p, key = %k, error = %why, "Scheduled prune ignored a condemned list");
+            }
+            let gone = r.snapshots.iter().filter(|s| s.keep.is_empty()).count();
+            tracing::info!(tenant = %name, snapshots_deleted = gone, condemned = r.condemned.len(), freed = r.freed(), failed = r.failed.len(), "Scheduled prune done");
+        }
+        Err(e) => tracing::error!(tenant = %name, error = format!("{e:#}"), "Scheduled prune failed"),
     }
 }
