@@ -115,7 +115,7 @@ pub struct Cycle {
 impl Monitor {
     pub fn new(c: &Controller, fleet: Option<Arc<Fleet>>) -> anyhow::Result<Monitor> {
         let providers: Vec<Provider> = c.providers().to_vec();
-        let mut tenants = Vec::new();
+        let mut tenants = Vec::with_capacity(c.config.tenants.len());
         for t in &c.config.tenants {
             let per = providers
                 .iter()
