@@ -124,26 +124,38 @@ fn tenants_at_once(c: &Controller) -> usize {
     (c.config.serve.concurrency / 8).max(1)
 }
 
+/// Runs `work` on every tenant this replica holds when its turn comes,
+/// [`tenants_at_once`] at a time.
+async fn each_held<'a, F, Fut>(c: &'a Controller, held: Option<&'a RwLock<Held>>, work: F)
+where
+    F: Fn(&'a str) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'a,
+{
+    let work = &work;
+    // the futures made first (a closure inside the stream would make the
+    // task's future not Send for every lifetime)
+    let runs: Vec<_> = c
+        .config
+        .tenants
+        .iter()
+        .map(|t| async move {
+            if holds(held, &t.name) {
+                work(&t.name).await;
+            }
+        })
+        .collect();
+    futures::stream::iter(runs).buffer_unordered(tenants_at_once(c)).collect::<Vec<()>>().await;
+}
+
 /// One scheduled verify of every tenant, reading back today's slice.
 pub async fn verify_sample(c: &Controller, slices: u64, held: Option<&RwLock<Held>>) {
     use crate::command::verify;
     let read = verify::ReadData::today(slices);
-    let one = |name: &str| {
-        let name = name.to_string();
-        async move {
-            if !holds(held, &name) {
-                return;
-            }
-            let result = async {
-                let tenant = c.tenant(&name)?;
-                verify::run(&tenant, read, c.config.restore.concurrency).await
-            }
-            .await;
-            verify_done(&name, read, result);
-        }
-    };
-    let runs: Vec<_> = c.config.tenants.iter().map(|t| one(&t.name)).collect();
-    futures::stream::iter(runs).buffer_unordered(tenants_at_once(c)).collect::<Vec<()>>().await;
+    each_held(c, held, |name| async move {
+        let result = async { verify::run(&c.tenant(name)?, read, c.config.restore.concurrency).await }.await;
+        verify_done(name, read, result);
+    })
+    .await;
 }
 
 fn verify_done(name: &str, read: crate::command::verify::ReadData, result: anyhow::Result<crate::command::verify::VerifyReport>) {
@@ -163,22 +175,11 @@ fn verify_done(name: &str, read: crate::command::verify::ReadData, result: anyho
 
 /// One scheduled prune of every tenant.
 pub async fn prune_all(c: &Controller, held: Option<&RwLock<Held>>) {
-    let one = |name: &str| {
-        let name = name.to_string();
-        async move {
-            if !holds(held, &name) {
-                return;
-            }
-            let result = async {
-                let tenant = c.tenant(&name)?;
-                crate::command::prune::run(c, &tenant, false, chrono::Utc::now()).await
-            }
-            .await;
-            prune_done(&name, result);
-        }
-    };
-    let runs: Vec<_> = c.config.tenants.iter().map(|t| one(&t.name)).collect();
-    futures::stream::iter(runs).buffer_unordered(tenants_at_once(c)).collect::<Vec<()>>().await;
+    each_held(c, held, |name| async move {
+        let result = async { crate::command::prune::run(c, &c.tenant(name)?, false, chrono::Utc::now()).await }.await;
+        prune_done(name, result);
+    })
+    .await;
 }
 
 fn prune_done(name: &str, result: anyhow::Result<crate::command::prune::PruneReport>) {
