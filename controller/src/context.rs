@@ -119,7 +119,7 @@ impl Controller {
                 }
             }
         };
-        Ok(Tenant { name: name.into(), replicated: Replicated::new(replicas), keys: t.verify_keys.clone(), guards, revoked })
+        Ok(Tenant { name: name.into(), replicated: Replicated::new(replicas), keys: t.verify_keys.to_vec(), guards, revoked })
     }
 
     /// Where signed reports go: `reports/` on both providers.

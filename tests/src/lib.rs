@@ -124,10 +124,15 @@ pub fn flip(rt: &tokio::runtime::Runtime, r: &bascule_core::provider::Replica, k
 
 /// Writes each tenant's HEAD, signed by `key`, at `sequence`, on every
 /// provider of `providers` (YAML), 64 at a time.
+/// The providers of a `providers:` YAML list, built.
+pub fn providers_of(yaml: &str) -> Vec<bascule_core::provider::Provider> {
+    let cfgs: Vec<bascule_core::provider::ProviderConfig> = bascule_core::config::parse_yaml(yaml, Path::new("test")).unwrap();
+    cfgs.iter().map(|c| bascule_core::provider::Provider::build(c, Path::new("test")).unwrap()).collect()
+}
+
 pub fn put_heads(rt: &tokio::runtime::Runtime, providers: &str, names: &[String], key: &bascule_core::keys::AgentKey, sequence: u64) {
     use futures::StreamExt;
-    let cfgs: Vec<bascule_core::provider::ProviderConfig> = bascule_core::config::parse_yaml(providers, Path::new("test")).unwrap();
-    let built: Vec<_> = cfgs.iter().map(|c| bascule_core::provider::Provider::build(c, Path::new("test")).unwrap()).collect();
+    let built = providers_of(providers);
     rt.block_on(async {
         let puts = built.iter().flat_map(|p| names.iter().map(move |n| (p, n))).map(|(p, n)| {
             let head = bascule_core::head::Head {

@@ -31,6 +31,8 @@ pub struct Fleet {
     pg: Pg,
     me: String,
     lease: Duration,
+    /// The statistics refreshed after the first views were kept.
+    analyzed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -48,7 +50,7 @@ impl Fleet {
     /// A connection of its own for the leases (the store is migrated first,
     /// by [`super::Store::open_postgres`]).
     pub fn new(pg: Pg, me: String, lease: Duration) -> Fleet {
-        Fleet { pg, me, lease }
+        Fleet { pg, me, lease, analyzed: Default::default() }
     }
 
     pub fn me(&self) -> &str {
@@ -262,6 +264,10 @@ impl Fleet {
             )?;
             let kept: std::collections::BTreeSet<String> = kept.iter().map(|r| r.text(0)).collect::<anyhow::Result<_>>()?;
             refused.extend(chunk.iter().filter(|v| !kept.contains(v.0)).map(|v| v.0.to_string()));
+        }
+        // the first views (after the first round's marks) filled these tables from few rows
+        if !self.analyzed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            self.analyze();
         }
         Ok(refused)
     }

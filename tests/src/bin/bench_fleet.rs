@@ -183,10 +183,9 @@ fn run(n: usize, dir: &Path, pg: &PgCluster, providers: &str, tenants: &str) -> 
 /// at once as the monitor does, from this process alone. Returns (seconds,
 /// this process's CPU seconds).
 fn floor(rt: &tokio::runtime::Runtime, providers: &str, names: &[String]) -> (f64, f64) {
-    use bascule_core::provider::{Fetched, Provider, ProviderConfig};
+    use bascule_core::provider::{Fetched, Provider};
     use futures::StreamExt;
-    let cfgs: Vec<ProviderConfig> = bascule_core::config::parse_yaml(providers, Path::new("bench")).unwrap();
-    let built: Vec<Provider> = cfgs.iter().map(|c| Provider::build(c, Path::new("bench")).unwrap()).collect();
+    let built: Vec<Provider> = bascule_tests::providers_of(providers);
     let pass = |tags: Vec<Vec<Option<String>>>| {
         let built = &built;
         let gets = names.iter().zip(tags).map(move |(n, tags)| async move {

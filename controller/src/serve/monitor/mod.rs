@@ -84,8 +84,6 @@ struct Watched {
 const ROUND: usize = 2000;
 
 pub struct Monitor {
-    /// The shared state's statistics refreshed after the first round.
-    analyzed: bool,
     /// The leases, with a shared state.
     fleet: Option<Arc<Fleet>>,
     /// The configured tenants, joined by line breaks (what the leases claim).
@@ -154,7 +152,6 @@ impl Monitor {
             concurrency: c.config.serve.concurrency,
             deep_interval: c.config.serve.deep_interval,
             view: Default::default(),
-            analyzed: false,
         })
     }
 
@@ -317,13 +314,6 @@ impl Monitor {
             // what the HEADs say is shared before the listings (a tenant just
             // taken over is watched again as soon as its HEADs are checked)
             self.keep_views();
-            if !self.analyzed {
-                // the first round filled the marks and views from few rows
-                if let Some(f) = &self.fleet {
-                    f.analyze();
-                }
-                self.analyzed = true;
-            }
         }
         let providers = &self.providers;
         let mut listed: Vec<&mut Watched> = self
