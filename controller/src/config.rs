@@ -134,7 +134,8 @@ pub struct ServeConfig {
     /// How often every tenant's HEAD is read on both providers.
     #[serde(default = "default_interval", with = "humantime_serde")]
     pub interval: std::time::Duration,
-    /// Requests to the providers at once.
+    /// Requests to the providers at once; scheduled prunes and verifies
+    /// work on an eighth as many tenants at once.
     #[serde(default = "default_monitor_concurrency")]
     pub concurrency: usize,
     /// How often, at most, a tenant whose HEAD changed is listed on both

@@ -117,9 +117,9 @@ pub(super) fn spawn_drill(tasks: &Tasks, started: crate::drill::Started) {
     });
 }
 
-/// Tenants a scheduled verify or prune works on at once: each is mostly
-/// waiting on the providers, and 35,000 one after the other would not fit a
-/// night.
+/// Tenants a scheduled verify or prune works on at once (4 with the
+/// default concurrency of 32, 8 with 64): each is mostly waiting on the
+/// providers, and 35,000 one after the other would not fit a night.
 fn tenants_at_once(c: &Controller) -> usize {
     (c.config.serve.concurrency / 8).max(1)
 }
