@@ -221,7 +221,7 @@ pub async fn run(c: Arc<Controller>) -> anyhow::Result<()> {
         f.join()?;
         tracing::info!(replica = f.me(), lease = ?f.lease(), "Sharing the PostgreSQL state with the other replicas");
     }
-    let monitor = monitor::Monitor::new(&c, fleet.clone())?;
+    let monitor = monitor::Monitor::new(c.clone(), fleet.clone())?;
     let view = monitor.view.clone();
     let held = monitor.held();
     let store = Arc::new(Mutex::new(c.store()?));

@@ -4,6 +4,8 @@ use bascule_core::head::{Head, RollbackGuard};
 use bascule_core::provider::Provider;
 use bascule_core::Error;
 
+use std::collections::BTreeMap;
+
 use super::{ProviderView, Watched};
 use crate::serve::metrics::{self as m, ts};
 use crate::tenant::{HeadFetch, HeadRead, HeadState};
@@ -11,12 +13,16 @@ use crate::tenant::{HeadFetch, HeadRead, HeadState};
 /// Checks the opened HEADs of a cycle against their rollback guards in one
 /// call to the store ([`RollbackGuard::accept_many`]); each fetch becomes
 /// what a guarded read gives.
-pub(super) fn guard_all(tenants: &[Watched], providers: &[Provider], fetched: Vec<(usize, Vec<HeadFetch>)>) -> Vec<(usize, Vec<HeadRead>)> {
+pub(super) fn guard_all(
+    tenants: &BTreeMap<usize, Watched>,
+    providers: &[Provider],
+    fetched: Vec<(usize, Vec<HeadFetch>)>,
+) -> Vec<(usize, Vec<HeadRead>)> {
     let mut asks = Vec::new();
     for (i, per) in &fetched {
         for (p, f) in per.iter().enumerate() {
             if let HeadFetch::Opened(h, _) = f {
-                asks.push((&*tenants[*i].tenant.guards[p], providers[p].name.as_str(), h));
+                asks.push((&*tenants[i].tenant.guards[p], providers[p].name.as_str(), h));
             }
         }
     }
@@ -65,14 +71,13 @@ pub(super) fn apply_heads(t: &mut Watched, providers: &[Provider], reads: Vec<He
         let ok = match read {
             HeadRead::NotModified => true,
             HeadRead::Read { state: HeadState::Absent, .. } => {
-                st.head = None;
                 st.etag = None;
-                st.view.status = "absent".into();
+                st.view = ProviderView { provider: std::mem::take(&mut st.view.provider), status: "absent".into(), ..Default::default() };
                 true
             }
             HeadRead::Read { state: HeadState::Valid(h), etag } => {
-                changed = st.head.as_ref().map(|o| o.sequence) != Some(h.sequence);
-                st.head = Some(h);
+                changed = st.view.sequence != Some(h.sequence);
+                take_head(h, &mut st.view);
                 st.etag = etag;
                 st.view.status = "ok".into();
                 true
@@ -102,8 +107,8 @@ pub(super) fn apply_heads(t: &mut Watched, providers: &[Provider], reads: Vec<He
                 false
             }
         };
-        if let Some(h) = &st.head {
-            show_head(&t.name, &p.name, h, &mut st.view);
+        if st.view.sequence.is_some() {
+            show_head(&t.name, &p.name, &st.view);
         }
         t.changed |= changed;
         per_result.push((ok, changed));
@@ -111,23 +116,28 @@ pub(super) fn apply_heads(t: &mut Watched, providers: &[Provider], reads: Vec<He
     (refused, per_result)
 }
 
-/// What a valid HEAD says, into the view and the metrics.
-fn show_head(tenant: &str, provider: &str, h: &Head, view: &mut ProviderView) {
+/// What a valid HEAD says, into the view.
+fn take_head(h: Head, view: &mut ProviderView) {
     view.sequence = Some(h.sequence);
-    view.latest_snapshot = h.latest_snapshot.clone();
-    view.latest_wal = h.latest_wal.clone();
+    view.latest_snapshot = h.latest_snapshot;
+    view.latest_wal = h.latest_wal;
     view.agent_time = Some(h.agent_time);
-    view.restore_test = h.restore_test.clone();
-    if let Some(rt) = &h.restore_test {
+    view.restore_test = h.restore_test;
+}
+
+/// What the last valid HEAD said (kept in the view), into the metrics.
+fn show_head(tenant: &str, provider: &str, view: &ProviderView) {
+    let Some(agent_time) = view.agent_time else { return };
+    if let Some(rt) = &view.restore_test {
         m::RESTORE_TEST_PASSED.with_label_values(&[tenant]).set(rt.passed as i64);
         if let Some(at) = rt.last_success_at {
             let g = m::RESTORE_TEST_LAST_SUCCESS.with_label_values(&[tenant]);
             g.set(g.get().max(ts(at)));
         }
     }
-    if h.latest_wal.is_some() {
-        m::LAST_WAL.with_label_values(&[tenant, provider]).set(ts(h.agent_time));
-        let lag = (chrono::Utc::now() - h.agent_time).num_milliseconds().max(0) as f64 / 1000.0;
+    if view.latest_wal.is_some() {
+        m::LAST_WAL.with_label_values(&[tenant, provider]).set(ts(agent_time));
+        let lag = (chrono::Utc::now() - agent_time).num_milliseconds().max(0) as f64 / 1000.0;
         m::REPLICATION_LAG.with_label_values(&[tenant, provider]).set(lag);
     }
 }

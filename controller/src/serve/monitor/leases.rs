@@ -29,6 +29,7 @@ impl Leases {
 pub async fn keep_leases(l: Leases, gained: Arc<tokio::sync::Notify>, cancel: tokio_util::sync::CancellationToken) {
     let Leases { fleet, held, names, total } = l;
     loop {
+        let started = std::time::Instant::now();
         let (f, names) = (fleet.clone(), names.clone());
         match tokio::task::spawn_blocking(move || f.balance(TENANT, &names, total)).await {
             Ok(Ok(h)) => {
@@ -43,7 +44,9 @@ pub async fn keep_leases(l: Leases, gained: Arc<tokio::sync::Notify>, cancel: to
             Err(_) => return,
         }
         tokio::select! {
-            _ = tokio::time::sleep(fleet.lease() / 3) => {}
+            // a third of the lease from the round's start, not its end: a slow
+            // round does not leave what is held to run out before the next
+            _ = tokio::time::sleep((fleet.lease() / 3).saturating_sub(started.elapsed())) => {}
             _ = cancel.cancelled() => return,
         }
     }

@@ -1,6 +1,7 @@
 //! Both providers' listings of a tenant: objects one lacks, the newest
 //! snapshot of each kind, the projected recovery time.
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use bascule_core::layout;
 use bascule_core::manifest::Manifest;
@@ -12,7 +13,7 @@ use crate::serve::metrics::{self as m, ts};
 
 /// Lists the tenant on both providers: objects one lacks, and the newest
 /// snapshot of each kind on each (kinds from the signed manifests).
-pub(super) async fn compare_listings(t: &mut Watched, providers: &[Provider]) {
+pub(super) async fn compare_listings(t: &mut Watched, providers: &[Provider], state_dir: &Path) {
     let mut sets: Vec<Option<BTreeSet<String>>> = Vec::new();
     let mut wal: Option<Vec<(u64, chrono::DateTime<chrono::Utc>)>> = None;
     for (p, r) in providers.iter().zip(&t.tenant.replicated.replicas) {
@@ -72,18 +73,18 @@ pub(super) async fn compare_listings(t: &mut Watched, providers: &[Provider]) {
             m::LAST_SNAPSHOT.with_label_values(&[&t.name, &p.name, kind]).set(ts(at));
         }
     }
-    project(t, wal.unwrap_or_default());
+    project(t, state_dir, wal.unwrap_or_default());
 }
 
 /// The projected recovery time: the last restore's throughput applied to
 /// the newest base backup and the WAL since (or the newest export).
-fn project(t: &mut Watched, wal: Vec<(u64, chrono::DateTime<chrono::Utc>)>) {
+fn project(t: &mut Watched, state_dir: &Path, wal: Vec<(u64, chrono::DateTime<chrono::Utc>)>) {
     let newest = |base: bool| {
         t.snapshots.values().filter(|(kind, _, _)| (kind == "basebackup") == base).max_by_key(|(_, at, _)| *at).map(|(_, at, b)| (*b, *at))
     };
     let bytes = crate::projection::bytes_to_restore(newest(true), newest(false).map(|(b, _)| b), wal.into_iter());
-    t.projected = match (crate::projection::load(&t.state_dir, &t.name), bytes) {
-        (Some(rate), Some(b)) => Some(crate::projection::keep(&t.state_dir, &t.name, &rate, b)),
+    t.projected = match (crate::projection::load(state_dir, &t.name), bytes) {
+        (Some(rate), Some(b)) => Some(crate::projection::keep(state_dir, &t.name, &rate, b)),
         _ => None,
     };
     match t.projected {

@@ -12,11 +12,10 @@ use heads::{apply_heads, guard_all};
 pub use leases::{keep_leases, Leases};
 use listings::compare_listings;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use bascule_core::head::Head;
 use bascule_core::provider::Provider;
 use futures::StreamExt;
 use serde::Serialize;
@@ -53,9 +52,10 @@ pub struct TenantView {
     pub projected_rto_seconds: Option<f64>,
 }
 
+/// What the last valid HEAD said is in `view` (its sequence, snapshot,
+/// WAL, time and restore test): the HEAD itself is not kept.
 struct PerProvider {
     etag: Option<String>,
-    head: Option<Head>,
     view: ProviderView,
 }
 
@@ -67,13 +67,11 @@ struct Watched {
     /// Snapshot name → (kind, start time, bytes), from verified manifests.
     snapshots: HashMap<String, (String, chrono::DateTime<chrono::Utc>, u64)>,
     changed: bool,
-    /// Where the last restore's throughput is kept.
-    state_dir: std::path::PathBuf,
     projected: Option<f64>,
     last_deep: Option<Instant>,
     /// The epoch of this process's lease on the tenant (0 without a shared
-    /// state); none while another replica holds it.
-    epoch: Option<i64>,
+    /// state).
+    epoch: i64,
     /// The view last written to the shared state.
     kept: Option<blake3::Hash>,
     /// Something of its view may have changed since it was last kept.
@@ -84,6 +82,7 @@ struct Watched {
 const ROUND: usize = 2000;
 
 pub struct Monitor {
+    c: Arc<Controller>,
     /// The leases, with a shared state.
     fleet: Option<Arc<Fleet>>,
     /// The configured tenants, joined by line breaks (what the leases claim).
@@ -93,7 +92,10 @@ pub struct Monitor {
     /// What the last round of leases gave ([`keep_leases`] renews them).
     held: Arc<RwLock<Held>>,
     providers: Vec<Provider>,
-    tenants: Vec<Watched>,
+    /// The tenants this process watches (those its leases hold), by their
+    /// place in the configuration; one given back is dropped, so that a
+    /// replica weighs its share of the fleet, not the whole of it.
+    tenants: BTreeMap<usize, Watched>,
     concurrency: usize,
     deep_interval: Duration,
     pub view: Arc<RwLock<Vec<TenantView>>>,
@@ -111,79 +113,87 @@ pub struct Cycle {
 }
 
 impl Monitor {
-    pub fn new(c: &Controller, fleet: Option<Arc<Fleet>>) -> anyhow::Result<Monitor> {
+    pub fn new(c: Arc<Controller>, fleet: Option<Arc<Fleet>>) -> anyhow::Result<Monitor> {
         let providers: Vec<Provider> = c.providers().to_vec();
-        let mut tenants = Vec::with_capacity(c.config.tenants.len());
-        for t in &c.config.tenants {
-            let per = providers
-                .iter()
-                .map(|p| PerProvider {
-                    etag: None,
-                    head: None,
-                    view: ProviderView { provider: p.name.clone(), status: "not read yet".into(), ..Default::default() },
-                })
-                .collect();
-            tenants.push(Watched {
-                name: t.name.clone(),
-                tenant: c.tenant(&t.name)?,
-                per,
-                snapshots: HashMap::new(),
-                changed: false,
-                last_deep: None,
-                state_dir: c.config.state_dir.clone(),
-                projected: None,
-                epoch: None,
-                kept: None,
-                dirty: true,
-            });
-        }
-        let names = Arc::new(tenants.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join("\n"));
+        let names = Arc::new(c.config.tenants.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join("\n"));
         if let Some(f) = &fleet {
             f.add_names(TENANT, &names)?;
         }
         let replica = fleet.as_ref().map_or_else(crate::os_user::hostname, |f| f.me().to_string());
-        Ok(Monitor {
+        let mut m = Monitor {
+            c: c.clone(),
             fleet,
             names,
             replica,
             held: Default::default(),
             providers,
-            tenants,
+            tenants: BTreeMap::new(),
             concurrency: c.config.serve.concurrency,
             deep_interval: c.config.serve.deep_interval,
             view: Default::default(),
+        };
+        // alone, every tenant is watched from the start (an error is the configuration's)
+        if m.fleet.is_none() {
+            for i in 0..c.config.tenants.len() {
+                let w = m.watch(i, 0)?;
+                m.tenants.insert(i, w);
+            }
+        }
+        Ok(m)
+    }
+
+    /// Tenant `i` of the configuration, watched afresh under lease `epoch`.
+    fn watch(&self, i: usize, epoch: i64) -> anyhow::Result<Watched> {
+        let name = &self.c.config.tenants[i].name;
+        let per = self
+            .providers
+            .iter()
+            .map(|p| PerProvider {
+                etag: None,
+                view: ProviderView { provider: p.name.clone(), status: "not read yet".into(), ..Default::default() },
+            })
+            .collect();
+        m::TENANT_HELD.with_label_values(&[name, &self.replica]).set(1);
+        Ok(Watched {
+            name: name.clone(),
+            tenant: self.c.tenant(name)?,
+            per,
+            snapshots: HashMap::new(),
+            changed: true,
+            last_deep: None,
+            projected: None,
+            epoch,
+            kept: None,
+            dirty: true,
         })
     }
 
-    /// Which tenants this process watches this cycle: all of them, or those
-    /// its leases hold (renewed and claimed first). A tenant newly held is
-    /// read afresh; one no longer held leaves this process's metrics.
+    /// Which tenants this process watches this cycle: those its leases hold
+    /// (renewed and claimed first). A tenant newly held (or held at a new
+    /// epoch) is read afresh; one no longer held leaves this process's
+    /// metrics and memory.
     fn hold(&mut self, now: Instant) {
-        let held = self.fleet.as_ref().map(|_| self.held.read().unwrap_or_else(|e| e.into_inner()));
-        let held = held.as_deref();
+        let Some(held) = self.fleet.as_ref().map(|_| self.held.clone()) else {
+            return m::TENANTS.set(self.tenants.len() as i64);
+        };
+        let held = held.read().unwrap_or_else(|e| e.into_inner());
         let providers: Vec<String> = self.providers.iter().map(|p| p.name.clone()).collect();
-        for t in &mut self.tenants {
-            let holds = held.map_or(Some(0), |h| h.get(&t.name).filter(|(_, until)| *until > now).map(|(e, _)| *e));
-            if holds == t.epoch {
+        let c = self.c.clone();
+        for (i, t) in c.config.tenants.iter().enumerate() {
+            let holds = held.get(&t.name).filter(|(_, until)| *until > now).map(|(e, _)| *e);
+            if holds == self.tenants.get(&i).map(|w| w.epoch) {
                 continue;
             }
-            match holds {
-                Some(_) => {
-                    for p in &mut t.per {
-                        p.etag = None;
-                        p.head = None;
-                    }
-                    t.changed = true;
-                    t.last_deep = None;
-                    t.kept = None;
-                    t.dirty = true;
-                    m::TENANT_HELD.with_label_values(&[&t.name, &self.replica]).set(1);
-                }
-                None => forget(t, &self.replica, &providers),
+            if let Some(w) = self.tenants.remove(&i) {
+                forget(&w, &self.replica, &providers);
             }
-            t.epoch = holds;
+            let Some(epoch) = holds else { continue };
+            match self.watch(i, epoch) {
+                Ok(w) => drop(self.tenants.insert(i, w)),
+                Err(e) => tracing::error!(tenant = %t.name, error = format!("{e:#}"), "Cannot watch this tenant"),
+            }
         }
-        m::TENANTS.set(self.tenants.iter().filter(|t| t.epoch.is_some()).count() as i64);
+        m::TENANTS.set(self.tenants.len() as i64);
     }
 
     /// What the leases hold (valid until, by this process's clock).
@@ -203,7 +213,7 @@ impl Monitor {
             fleet: f.clone(),
             held: self.held.clone(),
             names: self.names.clone(),
-            total: self.tenants.len(),
+            total: self.c.config.tenants.len(),
         })
     }
 
@@ -214,8 +224,8 @@ impl Monitor {
         let Some(f) = &self.fleet else { return };
         let providers: Vec<String> = self.providers.iter().map(|p| p.name.clone()).collect();
         let mut changed: Vec<(usize, String, i64)> = Vec::new();
-        for (i, t) in self.tenants.iter_mut().enumerate() {
-            let Some(epoch) = t.epoch else { continue };
+        for (&i, t) in self.tenants.iter_mut() {
+            let epoch = t.epoch;
             // a steady cycle (nothing read anew) serializes nothing
             if !t.dirty {
                 continue;
@@ -231,18 +241,18 @@ impl Monitor {
         if changed.is_empty() {
             return;
         }
-        let rows: Vec<(&str, String, i64)> = changed.iter().map(|(i, v, e)| (self.tenants[*i].name.as_str(), v.clone(), *e)).collect();
+        let rows: Vec<(&str, String, i64)> = changed.iter().map(|(i, v, e)| (self.tenants[i].name.as_str(), v.clone(), *e)).collect();
         let refused: BTreeSet<String> = match f.keep_views(&rows) {
             Ok(r) => r.into_iter().collect(),
             Err(e) => return tracing::error!(error = format!("{e:#}"), "Cannot write the tenants' views to the state store"),
         };
         for (i, view, epoch) in changed {
-            let t = &mut self.tenants[i];
-            if refused.contains(&t.name) {
+            if refused.contains(&self.tenants[&i].name) {
+                let t = self.tenants.remove(&i).expect("watched");
                 tracing::warn!(tenant = %t.name, epoch, "Another replica took this tenant over; leaving it");
-                forget(t, &self.replica, &providers);
-                t.epoch = None;
+                forget(&t, &self.replica, &providers);
             } else {
+                let t = self.tenants.get_mut(&i).expect("watched");
                 t.kept = Some(blake3::hash(view.as_bytes()));
                 t.dirty = false;
             }
@@ -253,9 +263,9 @@ impl Monitor {
     /// holds and has not read yet this cycle, those never read (just
     /// gained) first.
     fn next_round(&self, read: &mut [bool]) -> Vec<usize> {
-        let mut round: Vec<usize> = (0..self.tenants.len()).filter(|&i| !read[i] && self.tenants[i].epoch.is_some()).collect();
+        let mut round: Vec<usize> = self.tenants.keys().copied().filter(|&i| !read[i]).collect();
         // stable: in the configuration's order otherwise
-        round.sort_by_key(|&i| self.tenants[i].kept.is_some());
+        round.sort_by_key(|i| self.tenants[i].kept.is_some());
         round.truncate(ROUND);
         for &i in &round {
             read[i] = true;
@@ -272,7 +282,7 @@ impl Monitor {
         let fetches: Vec<_> = round
             .iter()
             .map(|&i| async move {
-                let t = &tenants[i];
+                let t = &tenants[&i];
                 let mut out = Vec::with_capacity(providers.len());
                 for p in 0..providers.len() {
                     out.push(t.tenant.fetch_head(p, t.per[p].etag.as_deref()).await);
@@ -290,7 +300,7 @@ impl Monitor {
     /// listings of those whose HEAD changed.
     pub async fn cycle(&mut self) -> Cycle {
         let t0 = Instant::now();
-        let mut read = vec![false; self.tenants.len()];
+        let mut read = vec![false; self.c.config.tenants.len()];
         let mut results: Vec<TenantCheck> = Vec::new();
         let mut deep = BTreeSet::new();
         loop {
@@ -303,7 +313,7 @@ impl Monitor {
             // their rollback guards, all in one call to the store
             let reads = guard_all(&self.tenants, &self.providers, fetched);
             for (i, reads) in reads {
-                let t = &mut self.tenants[i];
+                let t = self.tenants.get_mut(&i).expect("watched");
                 let (refused, per) = apply_heads(t, &self.providers, reads);
                 let listed = t.changed && t.last_deep.is_none_or(|d| d.elapsed() >= self.deep_interval);
                 if listed {
@@ -315,21 +325,15 @@ impl Monitor {
             // taken over is watched again as soon as its HEADs are checked)
             self.keep_views();
         }
-        let providers = &self.providers;
-        let mut listed: Vec<&mut Watched> = self
-            .tenants
-            .iter_mut()
-            .enumerate()
-            // given back since its HEADs were read: left to its new holder
-            .filter(|(i, t)| deep.contains(i) && t.epoch.is_some())
-            .map(|(_, t)| t)
-            .collect();
+        let (providers, state_dir) = (&self.providers, self.c.config.state_dir.as_path());
+        // one given back since its HEADs were read is no longer here: left to its new holder
+        let mut listed: Vec<&mut Watched> = self.tenants.iter_mut().filter(|(i, _)| deep.contains(*i)).map(|(_, t)| t).collect();
         // in rounds too: a listing's future is large, 35,000 of them would weigh
         while !listed.is_empty() {
             let round: Vec<_> = listed
                 .drain(..listed.len().min(ROUND))
                 .map(|t| async move {
-                    compare_listings(t, providers).await;
+                    compare_listings(t, providers, state_dir).await;
                     t.dirty = true;
                     t.changed = false;
                     t.last_deep = Some(Instant::now());
@@ -361,7 +365,7 @@ impl Monitor {
         self.keep_views();
         // with a shared state, the API reads every replica's views from it
         if self.fleet.is_none() {
-            *self.view.write().expect("lock") = self.tenants.iter().map(|t| tenant_view(t, None)).collect();
+            *self.view.write().expect("lock") = self.tenants.values().map(|t| tenant_view(t, None)).collect();
         }
         c.took = t0.elapsed();
         m::CYCLE_SECONDS.set(c.took.as_secs_f64());
@@ -380,17 +384,10 @@ fn tenant_view(t: &Watched, held_by: Option<&str>) -> TenantView {
 }
 
 /// Another replica watches `t` now: its series leave this process's metrics.
-fn forget(t: &mut Watched, replica: &str, providers: &[String]) {
+fn forget(t: &Watched, replica: &str, providers: &[String]) {
     let mut kinds: BTreeSet<&str> = t.snapshots.values().map(|(k, _, _)| k.as_str()).collect();
     kinds.extend(["pg_dump", "command", "basebackup"]);
     m::forget_tenant(&t.name, replica, providers, &kinds.into_iter().collect::<Vec<_>>());
-    for p in &mut t.per {
-        p.etag = None;
-        p.head = None;
-        p.view = ProviderView { provider: p.view.provider.clone(), status: "held by another replica".into(), ..Default::default() };
-    }
-    t.kept = None;
-    t.dirty = true;
 }
 
 /// Refusals, per provider (answered, HEAD changed), listings compared.
