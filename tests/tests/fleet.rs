@@ -67,7 +67,7 @@ fn leases_fence_writes_marks_only_rise_and_the_schema_is_versioned() {
     let mut store = open();
     // a second open finds the schema up to date; a newer one is refused
     drop(open());
-    assert_eq!(pg.psql("bascule_state", "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"), "1,2,3");
+    assert_eq!(pg.psql("bascule_state", "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"), "1,2,3,4");
 
     // a drill's lease: held by a, refused to b until it runs out, then b's
     let id = store

@@ -140,35 +140,46 @@ impl Fleet {
             // left (a clean stop that did not finish), or never joined: what it held is free again
             self.join()?;
         }
-        let lease = interval(self.lease);
         let rows = self.pg.query(
-            "SELECT l.name, l.epoch FROM leases l JOIN unnest(string_to_array(?3, chr(10))) AS c(name) ON c.name = l.name
-             WHERE l.kind = ?1 AND l.holder = ?2",
+            "SELECT name, epoch FROM leases WHERE kind = ?1 AND holder = ?2 AND name = ANY(string_to_array(?3, chr(10)))",
             p![kind, self.me.as_str(), names],
         )?;
         let until = asked + self.lease;
         let mut held: Held = rows.iter().map(|r| Ok((r.text(0)?, (r.int(1)?, until)))).collect::<anyhow::Result<_>>()?;
+        // what is held is renewed whatever comes of sharing: a give-back or a
+        // claim that fails leaves the replica watching what it held
+        if let Err(e) = self.share(kind, names, total, &mut held, until) {
+            tracing::warn!(error = format!("{e:#}"), "Cannot give back or claim tenant leases this round; keeping what is held");
+        }
+        Ok(held)
+    }
+
+    /// Gives back what `held` has above the fair share, or claims free
+    /// tenants up to it (valid `until`).
+    fn share(&self, kind: &str, names: &str, total: usize, held: &mut Held, until: Instant) -> anyhow::Result<()> {
+        let lease = interval(self.lease);
         let alive = self.alive()?;
         let share = usize::try_from((total as i64 + alive - 1) / alive).unwrap_or(total);
         if held.len() > share {
             let give: Vec<String> = held.keys().rev().take(held.len() - share).cloned().collect();
             self.pg.execute(
-                "UPDATE leases l SET holder = NULL, expires_at = '-infinity'
-                 FROM unnest(string_to_array(?3, chr(10))) AS c(name)
-                 WHERE l.kind = ?1 AND l.holder = ?2 AND l.name = c.name",
+                "UPDATE leases SET holder = NULL, expires_at = '-infinity'
+                 WHERE kind = ?1 AND holder = ?2 AND name = ANY(string_to_array(?3, chr(10)))",
                 p![kind, self.me.as_str(), give.join("\n")],
             )?;
             for name in &give {
                 held.remove(name);
             }
         } else if held.len() < share {
-            // free: no holder, or a holder not seen within the lease time (dead)
+            // free: no holder, or a holder not seen within the lease time (dead).
+            // The names are a condition on the row, not a join: a row another
+            // replica claimed meanwhile is checked again alone, and a join with
+            // the list would read the whole list again for each such row
             let rows = self.pg.query(
                 "WITH free AS (
                      SELECT l.kind, l.name FROM leases l
-                     JOIN unnest(string_to_array(?5, chr(10))) AS c(name) ON c.name = l.name
-                     LEFT JOIN replicas r ON r.id = l.holder AND r.seen_at > now() - (?4::text)::interval
-                     WHERE l.kind = ?1 AND r.id IS NULL
+                     WHERE l.kind = ?1 AND l.name = ANY(string_to_array(?5, chr(10)))
+                       AND NOT EXISTS (SELECT 1 FROM replicas r WHERE r.id = l.holder AND r.seen_at > now() - (?4::text)::interval)
                      ORDER BY l.name LIMIT ?3 FOR UPDATE OF l SKIP LOCKED)
                  UPDATE leases l SET holder = ?2, epoch = l.epoch + 1, expires_at = now() + (?4::text)::interval
                  FROM free WHERE l.kind = free.kind AND l.name = free.name
@@ -179,7 +190,7 @@ impl Fleet {
                 held.insert(r.text(0)?, (r.int(1)?, until));
             }
         }
-        Ok(held)
+        Ok(())
     }
 
     /// Takes lease `name` if it is free, expired or new; returns its epoch.
@@ -250,12 +261,15 @@ impl Fleet {
         for chunk in views.chunks(1000) {
             let join = |f: &dyn Fn(&(&str, String, i64)) -> String| chunk.iter().map(f).collect::<Vec<_>>().join("\n");
             let (tenants, json, epochs) = (join(&|v| v.0.to_string()), join(&|v| v.1.clone()), join(&|v| v.2.to_string()));
+            // the lease of each view looked up by its key: a subquery, never a
+            // join planned on statistics older than the last rebalance (such a
+            // plan walked every lease once per view: 3 s for a thousand)
             let kept = self.pg.query(
                 "INSERT INTO monitor_state (tenant, view, holder, epoch)
                  SELECT v.tenant, v.view, ?4, v.epoch
                  FROM unnest(string_to_array(?1, chr(10)), string_to_array(?2, chr(10)), string_to_array(?3, chr(10))::bigint[])
                      AS v(tenant, view, epoch)
-                 WHERE EXISTS (SELECT 1 FROM leases l WHERE l.kind = 'tenant' AND l.name = v.tenant AND l.holder = ?4 AND l.epoch = v.epoch)
+                 WHERE (SELECT l.holder = ?4 AND l.epoch = v.epoch FROM leases l WHERE l.kind = 'tenant' AND l.name = v.tenant)
                  ON CONFLICT (tenant) DO UPDATE
                      SET view = excluded.view, holder = excluded.holder, epoch = excluded.epoch, updated_at = now()
                      WHERE monitor_state.epoch <= excluded.epoch
@@ -373,10 +387,7 @@ impl Marks for PgMarks {
                 .map_err(fail)?;
             let rows = self
                 .0
-                .query(
-                    "SELECT m.name, m.sequence FROM head_marks m JOIN unnest(string_to_array(?1, chr(10))) AS c(name) ON c.name = m.name",
-                    p![names.join("\n")],
-                )
+                .query("SELECT name, sequence FROM head_marks WHERE name = ANY(string_to_array(?1, chr(10)))", p![names.join("\n")])
                 .map_err(fail)?;
             let now: BTreeMap<String, u64> = rows
                 .iter()

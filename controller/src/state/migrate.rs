@@ -29,6 +29,7 @@ const POSTGRES: &[Migration] = &[
     Migration { version: 1, name: "drills", sql: include_str!("migrations/postgres/0001_drills.sql") },
     Migration { version: 2, name: "fleet", sql: include_str!("migrations/postgres/0002_fleet.sql") },
     Migration { version: 3, name: "revoked marks", sql: include_str!("migrations/postgres/0003_revoked_marks.sql") },
+    Migration { version: 4, name: "leases by name only", sql: include_str!("migrations/postgres/0004_leases_by_name_only.sql") },
 ];
 
 /// The advisory lock migrations take in PostgreSQL ("bascule" and 1).

@@ -184,10 +184,14 @@ impl Pg {
         if connect.pg().get_options().is_none() {
             // IF NOT EXISTS and the like are not news for the controller's log; the
             // server ends what would outlast a call, so that no session holds a lock
-            // for a caller that gave up
+            // for a caller that gave up. Statements are prepared once and run often
+            // with lists of thousands of names: each run is planned for its own
+            // parameters (a generic plan sized for a list of ten would loop over
+            // 35,000 names once per row)
             connect.pg_mut().options(
                 "-c client_min_messages=warning -c statement_timeout=50s -c lock_timeout=40s \
-                 -c idle_in_transaction_session_timeout=55s -c default_transaction_isolation=read\\ committed",
+                 -c idle_in_transaction_session_timeout=55s -c default_transaction_isolation=read\\ committed \
+                 -c plan_cache_mode=force_custom_plan",
             );
         }
         connect.pg_mut().keepalives(true).keepalives_idle(Duration::from_secs(20));
