@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use bascule_core::provider::Provider;
 use futures::StreamExt;
 use serde::Serialize;
 
@@ -91,13 +90,10 @@ pub struct Monitor {
     replica: String,
     /// What the last round of leases gave ([`keep_leases`] renews them).
     held: Arc<RwLock<Held>>,
-    providers: Vec<Provider>,
     /// The tenants this process watches (those its leases hold), by their
     /// place in the configuration; one given back is dropped, so that a
     /// replica weighs its share of the fleet, not the whole of it.
     tenants: BTreeMap<usize, Watched>,
-    concurrency: usize,
-    deep_interval: Duration,
     pub view: Arc<RwLock<Vec<TenantView>>>,
 }
 
@@ -114,24 +110,13 @@ pub struct Cycle {
 
 impl Monitor {
     pub fn new(c: Arc<Controller>, fleet: Option<Arc<Fleet>>) -> anyhow::Result<Monitor> {
-        let providers: Vec<Provider> = c.providers().to_vec();
         let names = Arc::new(c.config.tenants.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join("\n"));
         if let Some(f) = &fleet {
             f.add_names(TENANT, &names)?;
         }
         let replica = fleet.as_ref().map_or_else(crate::os_user::hostname, |f| f.me().to_string());
-        let mut m = Monitor {
-            c: c.clone(),
-            fleet,
-            names,
-            replica,
-            held: Default::default(),
-            providers,
-            tenants: BTreeMap::new(),
-            concurrency: c.config.serve.concurrency,
-            deep_interval: c.config.serve.deep_interval,
-            view: Default::default(),
-        };
+        let mut m =
+            Monitor { c: c.clone(), fleet, names, replica, held: Default::default(), tenants: BTreeMap::new(), view: Default::default() };
         // alone, every tenant is watched from the start (an error is the configuration's)
         if m.fleet.is_none() {
             for i in 0..c.config.tenants.len() {
@@ -142,21 +127,28 @@ impl Monitor {
         Ok(m)
     }
 
+    /// The providers' names, as the metrics label them.
+    fn provider_names(&self) -> Vec<String> {
+        self.c.providers().iter().map(|p| p.name.clone()).collect()
+    }
+
     /// Tenant `i` of the configuration, watched afresh under lease `epoch`.
     fn watch(&self, i: usize, epoch: i64) -> anyhow::Result<Watched> {
         let name = &self.c.config.tenants[i].name;
         let per = self
-            .providers
+            .c
+            .providers()
             .iter()
             .map(|p| PerProvider {
                 etag: None,
                 view: ProviderView { provider: p.name.clone(), status: "not read yet".into(), ..Default::default() },
             })
             .collect();
+        let tenant = self.c.tenant(name)?;
         m::TENANT_HELD.with_label_values(&[name, &self.replica]).set(1);
         Ok(Watched {
             name: name.clone(),
-            tenant: self.c.tenant(name)?,
+            tenant,
             per,
             snapshots: HashMap::new(),
             changed: true,
@@ -177,7 +169,7 @@ impl Monitor {
             return m::TENANTS.set(self.tenants.len() as i64);
         };
         let held = held.read().unwrap_or_else(|e| e.into_inner());
-        let providers: Vec<String> = self.providers.iter().map(|p| p.name.clone()).collect();
+        let providers = self.provider_names();
         let c = self.c.clone();
         for (i, t) in c.config.tenants.iter().enumerate() {
             let holds = held.get(&t.name).filter(|(_, until)| *until > now).map(|(e, _)| *e);
@@ -222,7 +214,7 @@ impl Monitor {
     /// the tenant over.
     fn keep_views(&mut self) {
         let Some(f) = &self.fleet else { return };
-        let providers: Vec<String> = self.providers.iter().map(|p| p.name.clone()).collect();
+        let providers = self.provider_names();
         let mut changed: Vec<(usize, String, i64)> = Vec::new();
         for (&i, t) in self.tenants.iter_mut() {
             let epoch = t.epoch;
@@ -276,7 +268,7 @@ impl Monitor {
     /// The HEADs of tenants `round` on every provider, fetched and opened,
     /// many at once.
     async fn fetch_heads(&self, round: &[usize]) -> Vec<(usize, Vec<HeadFetch>)> {
-        let (tenants, providers) = (&self.tenants, &self.providers);
+        let (tenants, providers) = (&self.tenants, self.c.providers());
         // the futures made first (a closure inside the stream would make the
         // task's future not Send for every lifetime)
         let fetches: Vec<_> = round
@@ -290,7 +282,7 @@ impl Monitor {
                 (i, out)
             })
             .collect();
-        futures::stream::iter(fetches).buffer_unordered(self.concurrency).collect().await
+        futures::stream::iter(fetches).buffer_unordered(self.c.config.serve.concurrency).collect().await
     }
 
     /// One pass over every tenant this process watches: their HEADs in
@@ -311,11 +303,11 @@ impl Monitor {
             }
             let fetched = self.fetch_heads(&round).await;
             // their rollback guards, all in one call to the store
-            let reads = guard_all(&self.tenants, &self.providers, fetched);
+            let reads = guard_all(&self.tenants, self.c.providers(), fetched);
             for (i, reads) in reads {
                 let t = self.tenants.get_mut(&i).expect("watched");
-                let (refused, per) = apply_heads(t, &self.providers, reads);
-                let listed = t.changed && t.last_deep.is_none_or(|d| d.elapsed() >= self.deep_interval);
+                let (refused, per) = apply_heads(t, self.c.providers(), reads);
+                let listed = t.changed && t.last_deep.is_none_or(|d| d.elapsed() >= self.c.config.serve.deep_interval);
                 if listed {
                     deep.insert(i);
                 }
@@ -325,7 +317,7 @@ impl Monitor {
             // taken over is watched again as soon as its HEADs are checked)
             self.keep_views();
         }
-        let (providers, state_dir) = (&self.providers, self.c.config.state_dir.as_path());
+        let (providers, state_dir) = (self.c.providers(), self.c.config.state_dir.as_path());
         // one given back since its HEADs were read is no longer here: left to its new holder
         let mut listed: Vec<&mut Watched> = self.tenants.iter_mut().filter(|(i, _)| deep.contains(*i)).map(|(_, t)| t).collect();
         // in rounds too: a listing's future is large, 35,000 of them would weigh
@@ -339,7 +331,7 @@ impl Monitor {
                     t.last_deep = Some(Instant::now());
                 })
                 .collect();
-            futures::stream::iter(round).buffer_unordered(self.concurrency).collect::<Vec<()>>().await;
+            futures::stream::iter(round).buffer_unordered(self.c.config.serve.concurrency).collect::<Vec<()>>().await;
         }
         let mut c = Cycle { tenants: results.len(), ..Default::default() };
         // a provider is up when it answered at least one request, or was asked nothing
