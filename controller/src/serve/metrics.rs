@@ -106,6 +106,13 @@ pub static VERIFY_PROBLEMS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 });
 pub static CYCLE_SECONDS: LazyLock<Gauge> =
     LazyLock::new(|| register_gauge!("bascule_monitor_cycle_seconds", "Duration of the last monitor cycle").unwrap());
+pub static ROUND_SECONDS: LazyLock<Gauge> = LazyLock::new(|| {
+    register_gauge!(
+        "bascule_monitor_round_seconds",
+        "Longest round (the HEADs or the listings of up to 2,000 tenants) of the monitor cycle under way or, when longer, of the last one: how long a tenant gained waits to be read"
+    )
+    .unwrap()
+});
 pub static LAST_CYCLE: LazyLock<Gauge> =
     LazyLock::new(|| register_gauge!("bascule_monitor_last_cycle_timestamp_seconds", "When the last monitor cycle ended").unwrap());
 pub static TENANTS: LazyLock<IntGauge> = LazyLock::new(|| {
@@ -193,6 +200,7 @@ pub fn register() {
     LazyLock::force(&VERIFY_PROBLEMS);
     LazyLock::force(&CYCLE_SECONDS);
     LazyLock::force(&LAST_CYCLE);
+    LazyLock::force(&ROUND_SECONDS);
     LazyLock::force(&TENANTS);
     LazyLock::force(&TENANT_HELD);
     LazyLock::force(&API_REQUESTS);

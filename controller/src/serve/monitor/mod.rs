@@ -252,15 +252,15 @@ impl Monitor {
     }
 
     /// The next round of a cycle: up to [`ROUND`] tenants this process
-    /// holds and has not read yet this cycle, those never read (just
-    /// gained) first.
-    fn next_round(&self, read: &mut [bool]) -> Vec<usize> {
-        let mut round: Vec<usize> = self.tenants.keys().copied().filter(|&i| !read[i]).collect();
+    /// holds and has not read yet this cycle at their lease's epoch, those
+    /// never read (just gained) first.
+    fn next_round(&self, read: &mut HashMap<usize, i64>) -> Vec<usize> {
+        let mut round: Vec<usize> = self.tenants.iter().filter(|(i, t)| read.get(i) != Some(&t.epoch)).map(|(&i, _)| i).collect();
         // stable: in the configuration's order otherwise
         round.sort_by_key(|i| self.tenants[i].kept.is_some());
         round.truncate(ROUND);
         for &i in &round {
-            read[i] = true;
+            read.insert(i, self.tenants[&i].epoch);
         }
         round
     }
@@ -285,22 +285,19 @@ impl Monitor {
         futures::stream::iter(fetches).buffer_unordered(self.c.config.serve.concurrency).collect().await
     }
 
-    /// One pass over every tenant this process watches: their HEADs in
-    /// rounds (the leases looked at again before each, so that tenants
-    /// gained meanwhile are read in this cycle, and those given back are not
-    /// read for nothing), each round's views shared at once; then the
-    /// listings of those whose HEAD changed.
-    pub async fn cycle(&mut self) -> Cycle {
-        let t0 = Instant::now();
-        let mut read = vec![false; self.c.config.tenants.len()];
-        let mut results: Vec<TenantCheck> = Vec::new();
-        let mut deep = BTreeSet::new();
+    /// The HEADs of every held tenant not read yet in this cycle, in rounds
+    /// (the leases looked at again before each, so that tenants gained
+    /// meanwhile are read, and those given back are not read for nothing),
+    /// each round's views shared at once. Those whose HEAD changed join
+    /// `deep`, to be listed.
+    async fn read_heads(&mut self, p: &mut Pass) {
         loop {
             self.hold(Instant::now());
-            let round = self.next_round(&mut read);
+            let round = self.next_round(&mut p.read);
             if round.is_empty() {
-                break;
+                return;
             }
+            let r0 = Instant::now();
             let fetched = self.fetch_heads(&round).await;
             // their rollback guards, all in one call to the store
             let reads = guard_all(&self.tenants, self.c.providers(), fetched);
@@ -309,34 +306,65 @@ impl Monitor {
                 let (refused, per) = apply_heads(t, self.c.providers(), reads);
                 let listed = t.changed && t.last_deep.is_none_or(|d| d.elapsed() >= self.c.config.serve.deep_interval);
                 if listed {
-                    deep.insert(i);
+                    p.deep.insert(i);
                 }
-                results.push((refused, per, listed));
+                p.results.push((refused, per, listed));
             }
             // what the HEADs say is shared before the listings (a tenant just
             // taken over is watched again as soon as its HEADs are checked)
             self.keep_views();
+            p.round_took(r0);
         }
+    }
+
+    /// The listings of up to [`ROUND`] tenants of `deep` compared (a
+    /// listing's future is large: 35,000 of them at once would weigh); false
+    /// when none was left to list.
+    async fn list_round(&mut self, p: &mut Pass) -> bool {
+        let next: Vec<usize> = p.deep.iter().copied().take(ROUND).collect();
+        if next.is_empty() {
+            return false;
+        }
+        let r0 = Instant::now();
         let (providers, state_dir) = (self.c.providers(), self.c.config.state_dir.as_path());
         // one given back since its HEADs were read is no longer here: left to its new holder
-        let mut listed: Vec<&mut Watched> = self.tenants.iter_mut().filter(|(i, _)| deep.contains(*i)).map(|(_, t)| t).collect();
-        // in rounds too: a listing's future is large, 35,000 of them would weigh
-        while !listed.is_empty() {
-            let round: Vec<_> = listed
-                .drain(..listed.len().min(ROUND))
-                .map(|t| async move {
-                    compare_listings(t, providers, state_dir).await;
-                    t.dirty = true;
-                    t.changed = false;
-                    t.last_deep = Some(Instant::now());
-                })
-                .collect();
-            futures::stream::iter(round).buffer_unordered(self.c.config.serve.concurrency).collect::<Vec<()>>().await;
+        let round: Vec<_> = self
+            .tenants
+            .iter_mut()
+            .filter(|(i, _)| next.binary_search(i).is_ok())
+            .map(|(_, t)| async move {
+                compare_listings(t, providers, state_dir).await;
+                t.dirty = true;
+                t.changed = false;
+                t.last_deep = Some(Instant::now());
+            })
+            .collect();
+        for i in &next {
+            p.deep.remove(i);
         }
-        let mut c = Cycle { tenants: results.len(), ..Default::default() };
+        futures::stream::iter(round).buffer_unordered(self.c.config.serve.concurrency).collect::<Vec<()>>().await;
+        p.round_took(r0);
+        true
+    }
+
+    /// One pass over every tenant this process watches: their HEADs, then
+    /// the listings of those whose HEAD changed, a round of listings at a
+    /// time with the HEADs of tenants gained meanwhile read between them (a
+    /// tenant taken over waits for one round, not for the whole cycle).
+    pub async fn cycle(&mut self) -> Cycle {
+        let t0 = Instant::now();
+        let mut p = Pass::default();
+        loop {
+            self.read_heads(&mut p).await;
+            if !self.list_round(&mut p).await {
+                break;
+            }
+        }
+        let providers = self.c.providers();
+        let mut c = Cycle { tenants: p.results.len(), ..Default::default() };
         // a provider is up when it answered at least one request, or was asked nothing
         let mut answered = vec![(0usize, 0usize); providers.len()];
-        for (refused, per, deep) in &results {
+        for (refused, per, deep) in &p.results {
             c.refused += refused;
             c.deep += *deep as usize;
             for (i, (ok, changed)) in per.iter().enumerate() {
@@ -361,8 +389,36 @@ impl Monitor {
         }
         c.took = t0.elapsed();
         m::CYCLE_SECONDS.set(c.took.as_secs_f64());
+        m::ROUND_SECONDS.set(p.longest.as_secs_f64());
         m::LAST_CYCLE.set(ts(chrono::Utc::now()));
         c
+    }
+}
+
+/// What a cycle has done so far.
+struct Pass {
+    /// The epoch each tenant was read at.
+    read: HashMap<usize, i64>,
+    results: Vec<TenantCheck>,
+    /// Tenants to list.
+    deep: BTreeSet<usize>,
+    /// The longest round of this cycle.
+    longest: Duration,
+    /// The longest round of the last cycle, shown until this one has a longer one.
+    last: Duration,
+}
+
+impl Default for Pass {
+    fn default() -> Pass {
+        let last = Duration::try_from_secs_f64(m::ROUND_SECONDS.get()).unwrap_or_default();
+        Pass { read: HashMap::new(), results: Vec::new(), deep: BTreeSet::new(), longest: Duration::ZERO, last }
+    }
+}
+
+impl Pass {
+    fn round_took(&mut self, r0: Instant) {
+        self.longest = self.longest.max(r0.elapsed());
+        m::ROUND_SECONDS.set(self.longest.max(self.last).as_secs_f64());
     }
 }
 
