@@ -16,32 +16,35 @@ use crate::{Error, Result};
 /// tables alike); a day's new rows 0–5 % larger.
 pub const ZSTD_LEVEL: i32 = 1;
 
-/// Runs `f` with this thread's zstd context in `cell`, made by `new` the
-/// first time: one context per thread, not one per object.
-fn with_context<T: 'static, R>(
-    cell: &'static std::thread::LocalKey<std::cell::RefCell<Option<T>>>,
-    new: impl FnOnce() -> std::io::Result<T>,
-    f: impl FnOnce(&mut T) -> std::io::Result<R>,
-) -> std::io::Result<R> {
-    cell.with(|c| {
-        let mut c = c.borrow_mut();
-        let ctx = match &mut *c {
-            Some(ctx) => ctx,
-            empty => empty.insert(new()?),
+/// zstd contexts, kept between calls (building one costs more than
+/// compressing a small segment) and shared by every thread: at most as many
+/// exist as calls ran at once, not one per thread of the blocking pool.
+struct Pool<T>(std::sync::Mutex<Vec<T>>);
+
+impl<T> Pool<T> {
+    const fn new() -> Pool<T> {
+        Pool(std::sync::Mutex::new(Vec::new()))
+    }
+
+    fn with<R>(&self, new: impl FnOnce() -> std::io::Result<T>, f: impl FnOnce(&mut T) -> std::io::Result<R>) -> std::io::Result<R> {
+        let taken = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut ctx = match taken {
+            Some(c) => c,
+            None => new()?,
         };
-        f(ctx)
-    })
+        let r = f(&mut ctx);
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(ctx);
+        r
+    }
 }
 
-thread_local! {
-    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
-    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
-}
+static COMPRESSORS: Pool<zstd::bulk::Compressor<'static>> = Pool::new();
+static DECOMPRESSORS: Pool<zstd::bulk::Decompressor<'static>> = Pool::new();
 
 /// Compresses then encrypts `plaintext` to all `recipients`.
 pub fn seal(plaintext: &[u8], recipients: &[Recipient]) -> Result<Vec<u8>> {
-    let compressed = with_context(&COMPRESSOR, || zstd::bulk::Compressor::new(ZSTD_LEVEL), |c| c.compress(plaintext))
-        .map_err(|e| Error::Seal(e.to_string()))?;
+    let compressed =
+        COMPRESSORS.with(|| zstd::bulk::Compressor::new(ZSTD_LEVEL), |c| c.compress(plaintext)).map_err(|e| Error::Seal(e.to_string()))?;
     let encryptor =
         age::Encryptor::with_recipients(recipients.iter().map(|r| &r.0 as &dyn age::Recipient)).map_err(|e| Error::Seal(e.to_string()))?;
     let mut out = Vec::with_capacity(compressed.len() + 256);
@@ -87,7 +90,8 @@ fn decompress(compressed: &[u8], max_len: usize) -> std::result::Result<Vec<u8>,
         Ok(Some(n)) if n > max_len as u64 => return Err(too_long()),
         Ok(Some(n)) => {
             let mut out = Vec::with_capacity(n as usize);
-            with_context(&DECOMPRESSOR, zstd::bulk::Decompressor::new, |d| d.decompress_to_buffer(compressed, &mut out))
+            DECOMPRESSORS
+                .with(zstd::bulk::Decompressor::new, |d| d.decompress_to_buffer(compressed, &mut out))
                 .map_err(Decompress::Zstd)?;
             out
         }

@@ -137,7 +137,7 @@ fn chunk_and_place(
     running: &mut Running,
 ) -> (tokio::task::JoinHandle<std::io::Result<()>>, impl Stream<Item = anyhow::Result<Placed>>) {
     let agent = &session.agent;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(4);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(2);
     let params = agent.config.chunking;
     let stdout = running.take_stdout();
     let chunker = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -150,7 +150,8 @@ fn chunk_and_place(
         Ok(())
     });
     let batches = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let (session, concurrency) = (session.clone(), agent.config.upload.concurrency);
+    // hashing is CPU work: a batch per core (each one in flight holds 1 MiB)
+    let (session, concurrency) = (session.clone(), cores().min(agent.config.upload.concurrency));
     let placed = batches
         .map(move |batch| {
             let session = session.clone();
@@ -178,6 +179,11 @@ fn chunk_and_place(
     (chunker, placed)
 }
 
+/// The cores this process may use.
+pub(super) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 /// Runs the source through the stages; on any failure or cancellation the
 /// source is stopped and nothing is committed.
 async fn export(session: &Arc<Session>, job: &JobConfig, progress: &Progress) -> anyhow::Result<Exported> {
@@ -193,8 +199,10 @@ async fn export(session: &Arc<Session>, job: &JobConfig, progress: &Progress) ->
     let (chunker, placed) = chunk_and_place(session, &mut running);
     // boxed so that dropping it (on failure) drops the receiver and stops the chunker
     let mut placed = Box::pin(placed);
-    let mut packer = Packer::new(session.clone());
-    let mut entries: Vec<(u32, u32)> = Vec::new();
+    // this stream likely has about as many chunks as the last one
+    let chunks = session.known.blobs.len();
+    let mut packer = Packer::new(session.clone(), chunks);
+    let mut entries: Vec<(u32, u32)> = Vec::with_capacity(chunks + chunks / 8);
     let mut chain = blake3::Hasher::new();
     let mut source_bytes = 0u64;
     let streamed = async {

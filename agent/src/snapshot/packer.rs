@@ -1,5 +1,5 @@
 //! Stage three of an export: new chunks gathered into segments, sealed in
-//! parallel (at most `upload.concurrency` at once), appended in stream order
+//! parallel (at most one per core, and `upload.concurrency`, at once), appended in stream order
 //! to a pack that uploads in the background once full (at most two packs in
 //! flight). It also keeps what the snapshot references: packs, segments and
 //! where each chunk lies.
@@ -32,6 +32,9 @@ type SealOutcome = Result<bascule_core::Result<(Vec<u8>, String)>, tokio::task::
 pub(super) struct Packer {
     run: Arc<Session>,
     pub pack_size: usize,
+    /// Segments sealed at once: sealing is CPU work, so no more than the
+    /// cores (each one in flight holds its plaintext and ciphertext).
+    sealers: usize,
     pub objects: Vec<ObjectRef>,
     object_pos: HashMap<String, u32>,
     pub segments: Vec<Segment>,
@@ -49,16 +52,21 @@ pub(super) struct Packer {
 }
 
 impl Packer {
-    pub fn new(run: Arc<Session>) -> Packer {
+    /// `chunks`: about how many chunks the stream has (the last snapshot's
+    /// count), so that the tables are sized once instead of doubling (a
+    /// table that doubles holds its old and new storage at once).
+    pub fn new(run: Arc<Session>, chunks: usize) -> Packer {
+        let chunks = chunks + chunks / 8;
         Packer {
             pack_size: run.agent.config.upload.pack_size.0 as usize,
+            sealers: super::cores().min(run.agent.config.upload.concurrency),
             run,
             objects: Vec::new(),
             object_pos: HashMap::new(),
             segments: Vec::new(),
             segment_pos: HashMap::new(),
-            blobs: Vec::new(),
-            blob_pos: IdMap::default(),
+            blobs: Vec::with_capacity(chunks),
+            blob_pos: IdMap::with_capacity_and_hasher(chunks, Default::default()),
             filling: Default::default(),
             sealing: Default::default(),
             pack: None,
@@ -123,7 +131,7 @@ impl Packer {
         Ok(pos)
     }
 
-    /// Starts sealing the current segment; keeps at most `concurrency`
+    /// Starts sealing the current segment; keeps at most `sealers`
     /// segments in the sealer, placing finished ones in stream order (the
     /// export loop also places each one as soon as it is sealed).
     async fn seal_segment(&mut self) -> anyhow::Result<()> {
@@ -138,7 +146,7 @@ impl Packer {
             });
             self.sealing.push_back((members, sealing));
         }
-        while self.sealing.len() > self.run.agent.config.upload.concurrency {
+        while self.sealing.len() > self.sealers {
             self.place_sealed().await?;
         }
         Ok(())
@@ -172,7 +180,11 @@ impl Packer {
         if self.pack.is_none() {
             let slot = self.objects.len() as u32;
             self.objects.push(ObjectRef { key: String::new(), len: 0, hash: String::new() }); // named when full
-            self.pack = Some((slot, Vec::new(), Vec::new()));
+                                                                                              // sized once: a pack ends one segment past `pack_size` at most
+                                                                                              // (a Vec that doubled would hold up to twice that, three packs
+                                                                                              // being in memory at once)
+            let most = self.pack_size + SEGMENT_SIZE + SEGMENT_SIZE / 8;
+            self.pack = Some((slot, Vec::with_capacity(most), Vec::new()));
         }
         let (slot, at) = self.pack.as_ref().map(|(slot, bytes, _)| (*slot, bytes.len() as u64)).expect("a pack");
         let len = sealed.len() as u32;
