@@ -199,10 +199,10 @@ async fn export(session: &Arc<Session>, job: &JobConfig, progress: &Progress) ->
     let (chunker, placed) = chunk_and_place(session, &mut running);
     // boxed so that dropping it (on failure) drops the receiver and stops the chunker
     let mut placed = Box::pin(placed);
-    // this stream likely has about as many chunks as the last one
-    let chunks = session.known.blobs.len();
+    // this stream likely has about as many chunks as the last one: room for an eighth more
+    let chunks = session.known.blobs.len() * 9 / 8;
     let mut packer = Packer::new(session.clone(), chunks);
-    let mut entries: Vec<(u32, u32)> = Vec::with_capacity(chunks + chunks / 8);
+    let mut entries: Vec<(u32, u32)> = Vec::with_capacity(chunks);
     let mut chain = blake3::Hasher::new();
     let mut source_bytes = 0u64;
     let streamed = async {

@@ -1,8 +1,8 @@
 //! Stage three of an export: new chunks gathered into segments, sealed in
-//! parallel (at most one per core, and `upload.concurrency`, at once), appended in stream order
-//! to a pack that uploads in the background once full (at most two packs in
-//! flight). It also keeps what the snapshot references: packs, segments and
-//! where each chunk lies.
+//! parallel (at most one per core and `upload.concurrency` at once),
+//! appended in stream order to a pack that uploads in the background once
+//! full (at most two packs in flight). It also keeps what the snapshot
+//! references: packs, segments and where each chunk lies.
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -52,11 +52,10 @@ pub(super) struct Packer {
 }
 
 impl Packer {
-    /// `chunks`: about how many chunks the stream has (the last snapshot's
-    /// count), so that the tables are sized once instead of doubling (a
-    /// table that doubles holds its old and new storage at once).
+    /// `chunks`: room for the chunks the stream likely has, so that the
+    /// tables are sized once instead of doubling (a table that doubles holds
+    /// its old and new storage at once).
     pub fn new(run: Arc<Session>, chunks: usize) -> Packer {
-        let chunks = chunks + chunks / 8;
         Packer {
             pack_size: run.agent.config.upload.pack_size.0 as usize,
             sealers: super::cores().min(run.agent.config.upload.concurrency),
@@ -179,10 +178,11 @@ impl Packer {
         let (sealed, hash) = outcome??;
         if self.pack.is_none() {
             let slot = self.objects.len() as u32;
-            self.objects.push(ObjectRef { key: String::new(), len: 0, hash: String::new() }); // named when full
-                                                                                              // sized once: a pack ends one segment past `pack_size` at most
-                                                                                              // (a Vec that doubled would hold up to twice that, three packs
-                                                                                              // being in memory at once)
+            // named when full
+            self.objects.push(ObjectRef { key: String::new(), len: 0, hash: String::new() });
+            // sized once: a pack ends one segment past `pack_size` at most (a
+            // Vec that doubled would hold up to twice that, three packs being
+            // in memory at once)
             let most = self.pack_size + SEGMENT_SIZE + SEGMENT_SIZE / 8;
             self.pack = Some((slot, Vec::with_capacity(most), Vec::new()));
         }

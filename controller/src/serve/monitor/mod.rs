@@ -94,6 +94,8 @@ pub struct Monitor {
     /// place in the configuration; one given back is dropped, so that a
     /// replica weighs its share of the fleet, not the whole of it.
     tenants: BTreeMap<usize, Watched>,
+    /// The longest round of the last cycle.
+    last_round: Duration,
     pub view: Arc<RwLock<Vec<TenantView>>>,
 }
 
@@ -115,8 +117,16 @@ impl Monitor {
             f.add_names(TENANT, &names)?;
         }
         let replica = fleet.as_ref().map_or_else(crate::os_user::hostname, |f| f.me().to_string());
-        let mut m =
-            Monitor { c: c.clone(), fleet, names, replica, held: Default::default(), tenants: BTreeMap::new(), view: Default::default() };
+        let mut m = Monitor {
+            c: c.clone(),
+            fleet,
+            names,
+            replica,
+            held: Default::default(),
+            tenants: BTreeMap::new(),
+            last_round: Duration::ZERO,
+            view: Default::default(),
+        };
         // alone, every tenant is watched from the start (an error is the configuration's)
         if m.fleet.is_none() {
             for i in 0..c.config.tenants.len() {
@@ -353,7 +363,7 @@ impl Monitor {
     /// tenant taken over waits for one round, not for the whole cycle).
     pub async fn cycle(&mut self) -> Cycle {
         let t0 = Instant::now();
-        let mut p = Pass::default();
+        let mut p = Pass::after(self.last_round);
         loop {
             self.read_heads(&mut p).await;
             if !self.list_round(&mut p).await {
@@ -389,6 +399,7 @@ impl Monitor {
         }
         c.took = t0.elapsed();
         m::CYCLE_SECONDS.set(c.took.as_secs_f64());
+        self.last_round = p.longest;
         m::ROUND_SECONDS.set(p.longest.as_secs_f64());
         m::LAST_CYCLE.set(ts(chrono::Utc::now()));
         c
@@ -408,14 +419,12 @@ struct Pass {
     last: Duration,
 }
 
-impl Default for Pass {
-    fn default() -> Pass {
-        let last = Duration::try_from_secs_f64(m::ROUND_SECONDS.get()).unwrap_or_default();
+impl Pass {
+    /// A cycle's pass, after one whose longest round was `last`.
+    fn after(last: Duration) -> Pass {
         Pass { read: HashMap::new(), results: Vec::new(), deep: BTreeSet::new(), longest: Duration::ZERO, last }
     }
-}
 
-impl Pass {
     fn round_took(&mut self, r0: Instant) {
         self.longest = self.longest.max(r0.elapsed());
         m::ROUND_SECONDS.set(self.longest.max(self.last).as_secs_f64());
