@@ -168,6 +168,36 @@ pub struct Index {
     /// keeps privileges needs them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grantees: Vec<String>,
+    /// For a `pg_dump` export: where its table of contents ends and each
+    /// table's data begins in the stream, so that a restore can fetch and
+    /// load tables in parallel. Absent when unknown (the scanner could not
+    /// read the dump, an export from before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveLayout>,
+}
+
+/// Where the parts of a custom-format archive lie in the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveLayout {
+    /// Bytes of the header and table of contents (the data starts there).
+    pub toc_end: u64,
+    /// Every data block, in stream order; each ends where the next begins,
+    /// the last at the end of the stream.
+    pub blocks: Vec<DataBlock>,
+}
+
+/// One data block of the archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataBlock {
+    /// The dump id of its table-of-contents entry.
+    pub id: i64,
+    /// Its first byte in the stream.
+    pub at: u64,
+    /// A block of large objects rather than a table's rows.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub large_objects: bool,
 }
 
 /// Where one chunk of the stream lies.
@@ -256,6 +286,7 @@ mod tests {
             source: BTreeMap::new(),
             owners: Vec::new(),
             grantees: Vec::new(),
+            archive: None,
         };
         assert!(index(0, 0, 1000, 0).check_refs(&m, "i").is_ok());
         assert!(index(1, 0, 10, 0).check_refs(&m, "i").is_err(), "no such pack");
@@ -277,6 +308,7 @@ mod tests {
             source: BTreeMap::new(),
             owners: Vec::new(),
             grantees: Vec::new(),
+            archive: None,
         };
         let at = |segment, offset, len| ChunkAt { segment, offset, len };
         assert_eq!(i.chunks().collect::<Vec<_>>(), vec![at(3, 100, 10), at(3, 110, 20), at(1, 0, 5)]);

@@ -10,7 +10,7 @@ use bascule_core::chunker::ChunkerParams;
 use bascule_core::condemned::Condemned;
 use bascule_core::head::Head;
 use bascule_core::keys::{AgentKey, Identities, Recipient, TrustedKey};
-use bascule_core::manifest::{Extent, Index, Manifest, Segment, SnapshotKind};
+use bascule_core::manifest::{ArchiveLayout, DataBlock, Extent, Index, Manifest, Segment, SnapshotKind};
 use bascule_core::object::ObjectRef;
 use bascule_core::restore_test::{RestoreTestResult, RestoreTestSummary};
 use bascule_core::retention::Retention;
@@ -159,8 +159,12 @@ fn index() -> impl Strategy<Value = Index> {
     let counts = proptest::collection::btree_map(text(), any::<u64>(), 0..6);
     let source = proptest::collection::btree_map(text(), text(), 0..4);
     let roles = (proptest::collection::vec(text(), 0..3), proptest::collection::vec(text(), 0..3));
-    (segments, extents, hash(), counts, source, roles).prop_map(
-        |(segments, extents, stream_hash, row_counts, source, (owners, grantees))| Index {
+    let block = (any::<i64>(), any::<u64>(), any::<bool>()).prop_map(|(id, at, large_objects)| DataBlock { id, at, large_objects });
+    let archive = proptest::option::of(
+        (any::<u64>(), proptest::collection::vec(block, 0..4)).prop_map(|(toc_end, blocks)| ArchiveLayout { toc_end, blocks }),
+    );
+    (segments, extents, hash(), counts, source, roles, archive).prop_map(
+        |(segments, extents, stream_hash, row_counts, source, (owners, grantees), archive)| Index {
             format: bascule_core::manifest::FORMAT,
             segments,
             extents,
@@ -169,6 +173,7 @@ fn index() -> impl Strategy<Value = Index> {
             source,
             owners,
             grantees,
+            archive,
         },
     )
 }

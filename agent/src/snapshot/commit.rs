@@ -43,6 +43,7 @@ pub(super) async fn commit(
         row_counts: facts.row_counts,
         owners: facts.owners,
         grantees: facts.grantees,
+        archive: facts.archive,
         source: facts.source,
     };
     let index_json = serde_json::to_vec(&index)?;

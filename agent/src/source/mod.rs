@@ -38,6 +38,9 @@ pub struct SourceFacts {
     /// The roles that own a pg_dump export's objects, and those its privileges name.
     pub owners: Vec<String>,
     pub grantees: Vec<String>,
+    /// For a pg_dump export: where its table of contents and each table's
+    /// data lie in the stream.
+    pub archive: Option<bascule_core::manifest::ArchiveLayout>,
     /// For a base backup: the WAL range it needs.
     pub wal: Option<bascule_core::wal::WalRange>,
 }

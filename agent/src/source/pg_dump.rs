@@ -85,6 +85,7 @@ impl PgDumpSource {
         running.facts = Some(tokio::spawn(async move {
             let _ = done_rx.await;
             let (owners, grantees) = scan.lock().expect("lock").roles();
+            let archive = scan.lock().expect("lock").layout();
             let row_counts = if !count {
                 BTreeMap::new()
             } else {
@@ -104,7 +105,7 @@ impl PgDumpSource {
             source.insert("server_version".into(), version);
             source.insert("database".into(), db);
             source.insert("snapshot".into(), snapshot);
-            Ok(SourceFacts { row_counts, source, wal: None, owners, grantees })
+            Ok(SourceFacts { row_counts, source, wal: None, owners, grantees, archive })
         }));
         Ok(running)
     }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bascule_core::keys::Identities;
 use bascule_core::manifest::{Manifest, SnapshotKind};
+use bascule_core::postgres::parallel::{self, Outcome, Parallel};
 use bascule_core::postgres::{compare_row_counts, missing_roles, missing_roles_advice, pg_restore, Keep, PgRestore};
 use bascule_core::progress::Progress;
 use bascule_core::restore::{open_index, stream_chunks, RestoreError};
@@ -58,6 +59,16 @@ pub struct Args {
     /// instead (repeatable), for a target whose roles are named otherwise.
     #[arg(long = "map-role", value_name = "OLD=NEW", value_parser = role_pair)]
     map_role: Vec<(String, String)>,
+    /// Tables loaded at once, each over its own connection, then indexes
+    /// and constraints built N at a time (`pg_restore -j N`). Default: the
+    /// number of cores. The restore goes into a new database cloned from
+    /// the target, renamed to the target's name once complete, so a failed
+    /// restore leaves the target as it was; this needs CREATEDB and no other
+    /// session on the target, else (and with --jobs 0, or for an export
+    /// that did not record its layout) it runs as one stream into one
+    /// pg_restore, in one transaction.
+    #[arg(long, short = 'j', value_name = "N")]
+    jobs: Option<usize>,
     #[command(flatten)]
     pitr: pitr::PitrArgs,
 }
@@ -98,6 +109,7 @@ pub async fn main(a: Args) -> anyhow::Result<ExitCode> {
         progress: true,
         keep: Keep { owners: !a.no_owner, privileges: !a.no_privileges },
         map_roles: role_map(a.map_role)?,
+        jobs: a.jobs.unwrap_or_else(default_jobs),
     };
     let t0 = Instant::now();
     let r = run(&t, req).await?;
@@ -154,6 +166,13 @@ pub struct RestoreRequest {
     pub keep: Keep,
     /// Roles renamed on the way.
     pub map_roles: BTreeMap<String, String>,
+    /// Tables loaded at once (0: one stream into one pg_restore).
+    pub jobs: usize,
+}
+
+/// `--jobs` by default: the number of cores.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// `OLD=NEW`.
@@ -298,10 +317,30 @@ pub async fn run(tenant: &Tenant, req: RestoreRequest) -> anyhow::Result<Restore
 
     let t0 = Instant::now();
     let prog = req.pg_restore.clone().unwrap_or_else(|| PathBuf::from("pg_restore"));
-    let to = PgRestore { prog: &prog, target: &req.target, progress: &progress, keep: req.keep, map_roles: &req.map_roles };
-    let served = pg_restore(&tenant.replicated, m.clone(), index.clone(), ids, req.concurrency, to).await;
+    let mut parallel = None;
+    if req.jobs > 0 {
+        let to =
+            Parallel { prog: &prog, target: &req.target, progress: &progress, keep: req.keep, map_roles: &req.map_roles, jobs: req.jobs };
+        match parallel::restore(&tenant.replicated, m.clone(), index.clone(), ids.clone(), req.concurrency, to).await {
+            Ok(Outcome::Done(served)) => parallel = Some(served),
+            Ok(Outcome::Serial(why)) => progress.phase(&format!("restoring as one stream into one pg_restore, in one transaction: {why}")),
+            Err(e) => {
+                progress.finish();
+                return Err(anyhow::Error::new(e).context(format!("restore of {name}: the target is as it was")));
+            }
+        }
+    }
+    let served = match parallel {
+        Some(served) => served,
+        None => {
+            let to = PgRestore { prog: &prog, target: &req.target, progress: &progress, keep: req.keep, map_roles: &req.map_roles };
+            let served = pg_restore(&tenant.replicated, m.clone(), index.clone(), ids, req.concurrency, to).await;
+            progress.finish();
+            served?
+        }
+    };
     progress.finish();
-    let served = served?;
+    progress.finish();
     let fetch_and_restore = t0.elapsed();
 
     progress.phase("restored; comparing each table's row count with the export's");

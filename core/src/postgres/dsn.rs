@@ -129,6 +129,23 @@ impl Dsn {
         Ok(d)
     }
 
+    /// The same connection to another database of the server.
+    pub fn with_dbname(&self, db: &str) -> Dsn {
+        let conninfo = if is_uri(&self.conninfo) {
+            // a query parameter overrides the URI's path, in libpq as in tokio-postgres
+            let enc: String = db
+                .bytes()
+                .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+                .collect();
+            let sep = if self.conninfo.contains('?') { '&' } else { '?' };
+            format!("{}{sep}dbname={enc}", self.conninfo)
+        } else {
+            // a later field overrides an earlier one
+            format!("{} dbname={}", self.conninfo, quote(db))
+        };
+        Dsn { conninfo, password: self.password.clone() }
+    }
+
     /// The connection to open (the password included, TLS as the fields say).
     pub fn config(&self) -> Result<super::Connect, BadDsn> {
         let mut c = super::Connect::parse(&self.conninfo)?;
@@ -149,6 +166,17 @@ impl std::str::FromStr for Dsn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_database_of_the_same_server() {
+        for text in ["host=db port=5432 dbname=mairie user=u", "postgresql://u@db:5432/mairie", "postgresql://u@db/mairie?sslmode=disable"]
+        {
+            let d = Dsn::parse(text).unwrap().with_dbname("mairie_restore_1 'é'");
+            let c = d.config().unwrap();
+            assert_eq!(c.pg().get_dbname(), Some("mairie_restore_1 'é'"), "{text}");
+            assert_eq!(c.pg().get_user(), Some("u"));
+        }
+    }
 
     #[test]
     fn the_password_is_apart_and_values_stay_values() {

@@ -3,6 +3,7 @@
 pub mod connect;
 pub mod dsn;
 pub mod dump;
+pub mod parallel;
 mod pg_restore;
 
 use std::collections::BTreeMap;

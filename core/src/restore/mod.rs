@@ -52,6 +52,137 @@ impl RestoreError {
     }
 }
 
+/// The chunks of a snapshot's stream, where each begins, and the plaintext
+/// hash of each once read: a restore that reads the stream in parts (in
+/// parallel, some chunks twice) still checks the whole stream's hash.
+pub struct Seen {
+    /// Where chunk `i` begins; the last value is the stream's length.
+    starts: Vec<u64>,
+    hashes: std::sync::Mutex<Vec<Option<blake3::Hash>>>,
+}
+
+impl Seen {
+    pub fn new(index: &Index) -> Seen {
+        let mut starts = Vec::with_capacity(index.chunk_count() + 1);
+        let mut at = 0u64;
+        starts.push(0);
+        for c in index.chunks() {
+            at = at.saturating_add(c.len as u64);
+            starts.push(at);
+        }
+        Seen { hashes: std::sync::Mutex::new(vec![None; starts.len() - 1]), starts }
+    }
+
+    /// The stream's length, as the index gives it.
+    pub fn len(&self) -> u64 {
+        self.starts.last().copied().unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The chunks holding bytes `range` of the stream: first and past the last.
+    fn covering(&self, range: &std::ops::Range<u64>) -> (usize, usize) {
+        let first = self.starts.partition_point(|&s| s <= range.start).saturating_sub(1);
+        let end = self.starts.partition_point(|&s| s < range.end);
+        (first, end.max(first))
+    }
+
+    fn record(&self, first: usize, hashes: &[blake3::Hash]) {
+        let mut all = self.hashes.lock().unwrap_or_else(|e| e.into_inner());
+        for (slot, h) in all.iter_mut().skip(first).zip(hashes) {
+            *slot = Some(*h);
+        }
+    }
+
+    /// Every chunk read, and their hashes chaining to the stream hash.
+    pub fn verify(&self, index: &Index) -> Result<(), RestoreError> {
+        let all = self.hashes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut chain = blake3::Hasher::new();
+        let mut read = 0usize;
+        for h in all.iter().flatten() {
+            chain.update(h.as_bytes());
+            read += 1;
+        }
+        let h = chain.finalize().to_hex().to_string();
+        if read != index.chunk_count() || h != index.stream_hash {
+            return Err(RestoreError::StreamHash {
+                expected: index.stream_hash.clone(),
+                actual: if read == all.len() { h } else { format!("{read} of {} chunks read", all.len()) },
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Reads bytes `range` of the snapshot's stream, with the checks of
+/// [`stream_chunks`] on every read, handing `sink` exactly those bytes in
+/// order and recording each chunk's hash in `seen` (the stream hash is
+/// checked once every part is read: [`Seen::verify`]). Returns the
+/// ciphertext bytes each provider served.
+#[allow(clippy::too_many_arguments)]
+pub async fn stream_range(
+    replicated: &Replicated,
+    m: Arc<Manifest>,
+    index: Arc<Index>,
+    ids: Arc<Identities>,
+    concurrency: usize,
+    range: std::ops::Range<u64>,
+    seen: &Seen,
+    progress: &crate::progress::Progress,
+    mut sink: impl FnMut(Vec<u8>) -> futures::future::BoxFuture<'static, Result<(), RestoreError>>,
+) -> Result<BTreeMap<String, u64>, RestoreError> {
+    let mut served: BTreeMap<String, u64> = BTreeMap::new();
+    if range.end > seen.len() || range.start > range.end {
+        return Err(Error::Body { key: m.index.key.clone(), reason: format!("bytes {range:?} of a stream of {} bytes", seen.len()) }.into());
+    }
+    let (first, end) = seen.covering(&range);
+    let reads = plan::plan_reads_of(&index, index.chunks().skip(first).take(end - first), &m.index.key)?;
+    let mut chunk = first;
+    let mut at = seen.starts.get(first).copied().unwrap_or(0);
+    let mut fetched = futures::stream::iter(reads.into_iter().enumerate())
+        .map(|(i, read)| {
+            let n = read.chunks();
+            let (ids, m, index, replicated) = (ids.clone(), m.clone(), index.clone(), replicated.clone());
+            let key = m.objects.get(read.object as usize).map(|o| o.key.clone());
+            tokio::spawn(async move {
+                let key = key.ok_or_else(|| Error::Body { key: m.index.key.clone(), reason: "a segment points past the packs".into() })?;
+                let (opened, provider) = replicated
+                    .get_range_checked(&key, read.start..read.end, i, |p, bytes| {
+                        tokio::task::block_in_place(|| plan::open_read(&read, &bytes, &key, p, &m, &index, &ids))
+                    })
+                    .await?;
+                Ok::<_, RestoreError>((opened, provider, read.end - read.start, n))
+            })
+        })
+        .buffered(concurrency.max(1));
+    while let Some(item) = fetched.next().await {
+        let ((mut plain, hashes), provider, clen, n) = item??;
+        *served.entry(provider.clone()).or_default() += clen;
+        if hashes.len() != n {
+            return Err(Error::Body { key: m.index.key.clone(), reason: "a read returned fewer chunks than planned".into() }.into());
+        }
+        seen.record(chunk, &hashes);
+        chunk += n;
+        let (from, to) = (at, at + plain.len() as u64);
+        at = to;
+        // keep only what lies in `range`
+        plain.truncate(to.min(range.end).saturating_sub(from) as usize);
+        let skip = range.start.saturating_sub(from) as usize;
+        if skip > 0 {
+            plain.drain(..skip.min(plain.len()));
+        }
+        if plain.is_empty() {
+            continue;
+        }
+        let len = plain.len() as u64;
+        sink(plain).await?;
+        progress.add(len);
+    }
+    Ok(served)
+}
+
 /// Opens the sealed index with the customer's identity.
 pub async fn open_index(replicated: &Replicated, m: &Manifest, ids: &Identities) -> Result<Index, RestoreError> {
     let o = m.index.clone();

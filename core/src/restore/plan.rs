@@ -46,8 +46,13 @@ impl Read {
 /// one decryption, and segments lying close together in one pack share one
 /// request, so a first snapshot restores with about one request per pack.
 pub(super) fn plan_reads(index: &Index, key: &str) -> crate::Result<Vec<Read>> {
+    plan_reads_of(index, index.chunks(), key)
+}
+
+/// [`plan_reads`] for some consecutive chunks of the stream.
+pub(super) fn plan_reads_of(index: &Index, chunks: impl Iterator<Item = crate::manifest::ChunkAt>, key: &str) -> crate::Result<Vec<Read>> {
     let mut reads: Vec<Read> = Vec::new();
-    for c in index.chunks() {
+    for c in chunks {
         let s = index
             .segments
             .get(c.segment as usize)
@@ -139,6 +144,7 @@ mod tests {
             row_counts: Default::default(),
             owners: Vec::new(),
             grantees: Vec::new(),
+            archive: None,
             source: Default::default(),
         }
     }

@@ -53,6 +53,9 @@ pub struct RestoreStep {
     /// whose roles are named otherwise.
     #[serde(default)]
     pub map_roles: std::collections::BTreeMap<String, String>,
+    /// Export restore: tables loaded at once (`restore --jobs`; default
+    /// the number of cores, 0 for one stream into one pg_restore).
+    pub jobs: Option<usize>,
 }
 
 /// The identity file a step names, read now, kept in memory only.
@@ -161,6 +164,7 @@ impl RestoreStep {
             progress: false,
             keep: bascule_core::postgres::Keep { owners: !self.no_owner, privileges: !self.no_privileges },
             map_roles: self.map_roles.clone(),
+            jobs: self.jobs.unwrap_or_else(restore::default_jobs),
         };
         let t0 = std::time::Instant::now();
         let rep = restore::run(t, req).await.map_err(failed)?;

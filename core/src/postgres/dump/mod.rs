@@ -75,10 +75,18 @@ pub struct DumpScan {
     /// Owners, and roles named in privileges (see `roles`).
     owners: std::collections::BTreeSet<String>,
     grantees: std::collections::BTreeSet<String>,
+    /// Bytes fed so far.
+    fed: u64,
+    /// Where the table of contents ends, once read.
+    toc_end: Option<u64>,
+    /// Where the block being read began.
+    block_at: u64,
+    /// Every data block: where it begins in the stream.
+    blocks: Vec<crate::manifest::DataBlock>,
 }
 
 #[derive(Clone, Copy)]
-struct Header {
+pub(crate) struct Header {
     version: (u8, u8),
     int_size: usize,
     off_size: usize,
@@ -139,7 +147,7 @@ fn decode_int(b: &[u8]) -> Option<i64> {
 
 /// The most the header and table of contents may take: a stream that
 /// claims more is not read (its rows are counted with SQL).
-const HEAD_MAX: usize = 256 << 20;
+pub(crate) const HEAD_MAX: usize = 256 << 20;
 
 impl Default for DumpScan {
     fn default() -> Self {
@@ -156,13 +164,24 @@ impl Default for DumpScan {
             head_max: HEAD_MAX,
             owners: Default::default(),
             grantees: Default::default(),
+            fed: 0,
+            toc_end: None,
+            block_at: 0,
+            blocks: Vec::new(),
         }
     }
 }
 
 impl DumpScan {
     /// The next bytes of the stream.
-    pub fn feed(&mut self, mut bytes: &[u8]) {
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.fed += bytes.len() as u64;
+        self.scan(bytes);
+    }
+
+    /// Scans `bytes`, the last bytes fed (so the stream position of
+    /// `bytes[0]` is `fed - bytes.len()`).
+    fn scan(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             match self.state {
                 State::Failed(_) => return,
@@ -178,7 +197,8 @@ impl DumpScan {
                             // what follows the table of contents is data
                             self.state = State::BlockKind;
                             head.drain(..used);
-                            return self.feed(&head);
+                            self.toc_end = Some(self.fed - head.len() as u64);
+                            return self.scan(&head);
                         }
                         Err(Short::More(kept)) => {
                             // parsing restarts at the first incomplete entry
@@ -207,6 +227,7 @@ impl DumpScan {
                     };
                 }
                 State::BlockKind => {
+                    self.block_at = self.fed - bytes.len() as u64;
                     let Some((&kind, rest)) = bytes.split_first() else { return };
                     bytes = rest;
                     self.state = match kind {
@@ -239,8 +260,14 @@ impl DumpScan {
     fn after_int(&mut self, v: Option<i64>) -> State {
         let Some(v) = v else { return State::Failed("an integer too large in the data".into()) };
         match self.state {
-            State::DumpId { blobs: false } => State::PieceLen { table: self.data_ids.get(&v).copied(), blob: false },
-            State::DumpId { blobs: true } => State::Oid,
+            State::DumpId { blobs } => {
+                self.blocks.push(crate::manifest::DataBlock { id: v, at: self.block_at, large_objects: blobs });
+                if blobs {
+                    State::Oid
+                } else {
+                    State::PieceLen { table: self.data_ids.get(&v).copied(), blob: false }
+                }
+            }
             State::Oid if v == 0 => State::BlockKind,
             State::Oid => {
                 self.large_objects += 1;
@@ -293,6 +320,13 @@ impl DumpScan {
     /// name (empty until the table of contents is read).
     pub fn roles(&self) -> (Vec<String>, Vec<String>) {
         (self.owners.iter().cloned().collect(), self.grantees.iter().cloned().collect())
+    }
+
+    /// Where the table of contents ends and each data block begins, once
+    /// the whole stream has been read (`None` if it could not be).
+    pub fn layout(&self) -> Option<crate::manifest::ArchiveLayout> {
+        self.counts().ok()?;
+        Some(crate::manifest::ArchiveLayout { toc_end: self.toc_end?, blocks: self.blocks.clone() })
     }
 
     /// The row count of every table and the number of large objects, or why
@@ -358,6 +392,12 @@ fn parse_header(c: &mut Cur) -> Result<Header, Short> {
 
 /// What bascule keeps of a table-of-contents entry.
 struct Entry {
+    id: i64,
+    tag: Option<String>,
+    namespace: Option<String>,
+    section: i64,
+    defn: Option<String>,
+    copy_stmt: Option<String>,
     /// `(dump id, "schema.table")` for a table's data.
     table_data: Option<(i64, String)>,
     owner: Option<String>,
@@ -378,13 +418,12 @@ fn parse_entry(c: &mut Cur, h: Header) -> Result<Entry, Short> {
     let _oid = c.str(h.int_size)?;
     let tag = c.str(h.int_size)?;
     let desc = c.str(h.int_size)?;
-    let _section = c.int(h.int_size)?;
+    let section = c.int(h.int_size)?;
     let defn_start = c.at;
     let defn = c.str(h.int_size)?;
     let defn_at = defn_start..c.at;
-    for _ in 0..2 {
-        c.str(h.int_size)?; // drop statement, copy statement
-    }
+    let _drop = c.str(h.int_size)?;
+    let copy_stmt = c.str(h.int_size)?;
     let namespace = c.str(h.int_size)?;
     let _tablespace = c.str(h.int_size)?;
     if h.version >= (1, 14) {
@@ -405,11 +444,177 @@ fn parse_entry(c: &mut Cur, h: Header) -> Result<Entry, Short> {
         (Some(d @ ("ACL" | "DEFAULT ACL" | "POLICY")), Some(sql)) => roles::role_spans(d, sql).into_iter().map(|(r, _)| r).collect(),
         _ => Vec::new(),
     };
-    let table_data = match (desc.as_deref(), tag, namespace.clone()) {
+    let table_data = match (desc.as_deref(), &tag, &namespace) {
         (Some("TABLE DATA"), Some(table), Some(schema)) => Some((id, format!("{schema}.{table}"))),
         _ => None,
     };
-    Ok(Entry { table_data, owner, grantees, desc, defn_at, owner_at })
+    Ok(Entry { id, tag, namespace, section, defn, copy_stmt, table_data, owner, grantees, desc, defn_at, owner_at })
+}
+
+/// The archive's sections, as pg_dump numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    PreData,
+    Data,
+    PostData,
+}
+
+/// A table-of-contents entry, as a parallel restore needs it.
+#[derive(Debug, Clone)]
+pub struct TocEntry {
+    pub id: i64,
+    pub desc: String,
+    /// The object's name and schema (`schema.table` for a table's data).
+    pub tag: String,
+    pub namespace: String,
+    /// Its section; an entry without one (a comment, privileges) goes with
+    /// the entry before it, as `pg_restore` places it.
+    pub section: Section,
+    pub defn: String,
+    /// For a table's data: the `COPY … FROM stdin` statement that loads it.
+    pub copy_stmt: Option<String>,
+}
+
+/// A whole header and table of contents, read back.
+pub struct Toc {
+    /// The archive's integer size (data blocks are framed with it).
+    pub int_size: usize,
+    pub entries: Vec<TocEntry>,
+    /// Bytes the header and table of contents take.
+    pub len: usize,
+}
+
+/// Reads the header and table of contents at the start of `head`.
+pub fn toc(head: &[u8]) -> Result<Toc, String> {
+    let short = |e: Short| match e {
+        Short::More(_) => "the table of contents is cut short".to_string(),
+        Short::Bad(why) => why,
+    };
+    let mut c = Cur { b: head, at: 0 };
+    let h = parse_header(&mut c).map_err(short)?;
+    let n = c.int(h.int_size).map_err(short)?;
+    let n = usize::try_from(n).map_err(|_| "a negative number of entries".to_string())?;
+    let mut entries = Vec::with_capacity(n.min(1 << 16));
+    let mut section = Section::PreData;
+    for _ in 0..n {
+        let e = parse_entry(&mut c, h).map_err(short)?;
+        section = match e.section {
+            1 => section,
+            2 => Section::PreData,
+            3 => Section::Data,
+            4 => Section::PostData,
+            s => return Err(format!("entry {} is in an unknown section {s}", e.id)),
+        };
+        entries.push(TocEntry {
+            id: e.id,
+            desc: e.desc.unwrap_or_default(),
+            tag: e.tag.unwrap_or_default(),
+            namespace: e.namespace.unwrap_or_default(),
+            section,
+            defn: e.defn.unwrap_or_default(),
+            copy_stmt: e.copy_stmt.filter(|s| !s.is_empty()),
+        });
+    }
+    Ok(Toc { int_size: h.int_size, entries, len: c.at })
+}
+
+/// Reads one data block (as [`crate::manifest::DataBlock`] places it) as
+/// it streams: its framing checked, its content handed on.
+pub struct BlockReader {
+    int_size: usize,
+    id: i64,
+    large_objects: bool,
+    state: BlockState,
+    int: Vec<u8>,
+}
+
+/// What a data block holds, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Part {
+    /// `COPY` text of a table's rows: these bytes of the input.
+    Rows(std::ops::Range<usize>),
+    /// A large object begins: its oid.
+    Object(u32),
+    /// The next bytes of the current large object.
+    Bytes(std::ops::Range<usize>),
+}
+
+#[derive(Debug, PartialEq)]
+enum BlockState {
+    Kind,
+    Id,
+    Oid,
+    Len,
+    Piece(u64),
+    End,
+}
+
+impl BlockReader {
+    /// A reader of the data block of entry `id` (`large_objects`: a block
+    /// of large objects, else a table's rows).
+    pub fn new(int_size: usize, id: i64, large_objects: bool) -> BlockReader {
+        BlockReader { int_size, id, large_objects, state: BlockState::Kind, int: Vec::new() }
+    }
+
+    /// The next bytes of the block: what they hold, as parts of `bytes`.
+    pub fn feed(&mut self, bytes: &[u8], mut out: impl FnMut(Part)) -> Result<(), String> {
+        let mut at = 0usize;
+        while let Some(rest) = bytes.get(at..).filter(|r| !r.is_empty()) {
+            match self.state {
+                BlockState::End => return Err(format!("{} bytes after the end of the data block of entry {}", rest.len(), self.id)),
+                BlockState::Kind => {
+                    let want = if self.large_objects { BLK_BLOBS } else { BLK_DATA };
+                    if rest.first() != Some(&want) {
+                        return Err(format!("the data of entry {} does not start with a block of its kind", self.id));
+                    }
+                    at += 1;
+                    self.state = BlockState::Id;
+                }
+                BlockState::Piece(left) => {
+                    let n = left.min(rest.len() as u64) as usize;
+                    out(if self.large_objects { Part::Bytes(at..at + n) } else { Part::Rows(at..at + n) });
+                    at += n;
+                    self.state = if left == n as u64 { BlockState::Len } else { BlockState::Piece(left - n as u64) };
+                }
+                BlockState::Id | BlockState::Oid | BlockState::Len => {
+                    let size = 1 + self.int_size;
+                    let n = size.saturating_sub(self.int.len()).min(rest.len());
+                    self.int.extend_from_slice(rest.get(..n).unwrap_or_default());
+                    at += n;
+                    if self.int.len() < size {
+                        continue;
+                    }
+                    let v = decode_int(&std::mem::take(&mut self.int)).ok_or("an integer too large in a data block")?;
+                    self.state = match self.state {
+                        BlockState::Id if v != self.id => {
+                            return Err(format!("the data block of entry {} says it is entry {v}'s", self.id))
+                        }
+                        BlockState::Id if self.large_objects => BlockState::Oid,
+                        BlockState::Id => BlockState::Len,
+                        BlockState::Oid if v == 0 => BlockState::End,
+                        BlockState::Oid => {
+                            out(Part::Object(u32::try_from(v).map_err(|_| format!("a large object numbered {v}"))?));
+                            BlockState::Len
+                        }
+                        _ if v == 0 && self.large_objects => BlockState::Oid,
+                        _ if v == 0 => BlockState::End,
+                        _ if v > 0 => BlockState::Piece(v as u64),
+                        _ => return Err(format!("a data piece of length {v}")),
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// At the end of the block's bytes: an error unless the block ended there.
+    pub fn finish(&self) -> Result<(), String> {
+        if self.state == BlockState::End {
+            Ok(())
+        } else {
+            Err(format!("the data block of entry {} is cut short", self.id))
+        }
+    }
 }
 
 /// Bytes of a table's data kept to find its end marker.

@@ -167,3 +167,64 @@ fn renamed_roles_leave_an_archive_that_reads_the_same() {
     assert!(rw.feed(a[..40].to_vec()).unwrap().is_empty());
     assert!(rw.finish().unwrap_err().contains("table of contents"));
 }
+
+#[test]
+fn the_layout_places_each_block_and_a_block_reader_reads_it_back_in_any_pieces() {
+    let bytes = archive(16);
+    for piece in [1, 3, 7, 4096] {
+        let mut s = DumpScan::default();
+        bytes.chunks(piece).for_each(|c| s.feed(c));
+        let layout = s.layout().expect("a whole archive");
+        let toc = toc(&bytes).unwrap();
+        assert_eq!(toc.len as u64, layout.toc_end, "pieces of {piece}");
+        assert_eq!(toc.entries.len(), 8);
+        assert_eq!(toc.entries.iter().find(|e| e.id == 20).unwrap().copy_stmt.as_deref(), Some("COPY …;\n"));
+        assert_eq!(
+            layout.blocks.iter().map(|b| (b.id, b.large_objects)).collect::<Vec<_>>(),
+            [(20, false), (21, false), (23, false), (24, false), (22, true)]
+        );
+        let mut rows = Vec::new();
+        let mut objects = Vec::new();
+        for (i, b) in layout.blocks.iter().enumerate() {
+            let end = layout.blocks.get(i + 1).map(|n| n.at).unwrap_or(bytes.len() as u64);
+            let block = &bytes[b.at as usize..end as usize];
+            let mut r = BlockReader::new(4, b.id, b.large_objects);
+            let mut text = Vec::new();
+            for c in block.chunks(piece) {
+                r.feed(c, |p| match p {
+                    Part::Rows(x) => text.extend_from_slice(&c[x]),
+                    Part::Bytes(x) => objects.push(String::from_utf8_lossy(&c[x]).into_owned()),
+                    Part::Object(oid) => objects.push(oid.to_string()),
+                })
+                .unwrap();
+            }
+            r.finish().unwrap();
+            rows.push(text);
+        }
+        assert_eq!(rows[0], b"1\tZo\xc3\xa9\n2\tligne\\nsuite\n3\t\\N\n\\.\n\n\n");
+        assert_eq!(rows[3], b"x\\\\.\n");
+        assert_eq!(objects.concat(), "16400a\nb\nc\n16401");
+    }
+}
+
+#[test]
+fn a_block_reader_refuses_another_entrys_block_and_one_cut_short() {
+    let bytes = archive(16);
+    let mut s = DumpScan::default();
+    s.feed(&bytes);
+    let layout = s.layout().unwrap();
+    let (first, second) = (&layout.blocks[0], &layout.blocks[1]);
+    let block = &bytes[first.at as usize..second.at as usize];
+    let mut r = BlockReader::new(4, 21, false);
+    let e = r.feed(block, |_| ()).unwrap_err();
+    assert!(e.contains("says it is entry 20's"), "{e}");
+    let mut r = BlockReader::new(4, 20, true);
+    assert!(r.feed(block, |_| ()).unwrap_err().contains("block of its kind"));
+    let mut r = BlockReader::new(4, 20, false);
+    r.feed(&block[..block.len() - 2], |_| ()).unwrap();
+    assert!(r.finish().unwrap_err().contains("cut short"));
+    let mut r = BlockReader::new(4, 20, false);
+    let mut longer = block.to_vec();
+    longer.push(0);
+    assert!(r.feed(&longer, |_| ()).unwrap_err().contains("after the end"));
+}
