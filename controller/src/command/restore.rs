@@ -322,7 +322,10 @@ pub async fn run(tenant: &Tenant, req: RestoreRequest) -> anyhow::Result<Restore
         let to =
             Parallel { prog: &prog, target: &req.target, progress: &progress, keep: req.keep, map_roles: &req.map_roles, jobs: req.jobs };
         match parallel::restore(&tenant.replicated, m.clone(), index.clone(), ids.clone(), req.concurrency, to).await {
-            Ok(Outcome::Done(served)) => parallel = Some(served),
+            Ok(Outcome::Done { served, timings }) => {
+                progress.phase(&format!("restored in parallel ({} jobs): {timings}", req.jobs));
+                parallel = Some(served)
+            }
             Ok(Outcome::Serial(why)) => progress.phase(&format!("restoring as one stream into one pg_restore, in one transaction: {why}")),
             Err(e) => {
                 progress.finish();

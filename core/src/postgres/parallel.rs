@@ -87,7 +87,11 @@ pub enum ParallelError {
 /// A restore done in parallel, or why it runs as one stream instead.
 pub enum Outcome {
     /// The ciphertext bytes each provider served.
-    Done(BTreeMap<String, u64>),
+    Done {
+        served: BTreeMap<String, u64>,
+        /// How long each part took: `schema 0.4 s, rows 12.0 s, …`.
+        timings: String,
+    },
     Serial(String),
 }
 
@@ -107,6 +111,23 @@ struct Table {
     /// The `COPY` statement; `None` for the block of large objects.
     copy: Option<String>,
     range: Range<u64>,
+    /// Its indexes and primary key or unique constraints (entries that depend
+    /// on this table alone): built as soon as its rows are in, as
+    /// `pg_restore -j` does, while other tables still load.
+    builds: Vec<TocEntry>,
+}
+
+/// Work for a loading connection.
+enum Job {
+    Load(Table),
+    /// An index or constraint of a loaded table (its name for messages).
+    Build(String, TocEntry),
+}
+
+/// The jobs left, and how many loads are under way (whose builds may come).
+struct Queue {
+    jobs: std::collections::VecDeque<Job>,
+    loading: usize,
 }
 
 /// What the target database is and whether this role may replace it.
@@ -163,6 +184,12 @@ pub async fn restore(
         .await
         .map_err(sql(format!("creating the database {staging_name} to restore into (from {}, as its template)", target.name)))?;
     let staging = to.target.with_dbname(&staging_name);
+    let mut timings = Vec::new();
+    let mut lap = std::time::Instant::now();
+    let mut took = |what: &str| {
+        timings.push(format!("{what} {:.1} s", lap.elapsed().as_secs_f64()));
+        lap = std::time::Instant::now();
+    };
     let loaded = async {
         copy_privileges(&maintenance, &target.name, &staging_name).await?;
         let dir = tempfile::Builder::new()
@@ -173,13 +200,21 @@ pub async fn restore(
         write_private(&toc_file, &head)?;
         to.progress.phase(&format!("restoring the schema of {} table(s) into {staging_name}", tables.len()));
         pg_restore(to.prog, &staging, to.keep, &["--section=pre-data", "--single-transaction"], &toc_file).await?;
-        to.progress.phase(&format!("loading {} table(s) over {} connection(s)", tables.len(), to.jobs));
+        took("schema");
+        to.progress.phase(&format!(
+            "loading {} table(s) over {} connection(s), building {} of their indexes and keys as each is loaded",
+            tables.len(),
+            to.jobs,
+            tables.iter().map(|t| t.builds.len()).sum::<usize>()
+        ));
+        let built: std::collections::HashSet<i64> = tables.iter().flat_map(|t| t.builds.iter().map(|e| e.id)).collect();
         let served = load(replicated, &m, &index, &ids, concurrency, &to, &staging, &toc, tables, &seen).await?;
         seen.verify(&index)?;
+        took("rows, indexes and keys");
         let rest: Vec<i64> = toc
             .entries
             .iter()
-            .filter(|e| e.section != Section::PreData && e.desc != "TABLE DATA" && e.desc != "BLOBS")
+            .filter(|e| e.section != Section::PreData && e.desc != "TABLE DATA" && e.desc != "BLOBS" && !built.contains(&e.id))
             .map(|e| e.id)
             .collect();
         if !rest.is_empty() {
@@ -193,6 +228,7 @@ pub async fn restore(
             let jobs = format!("--jobs={}", to.jobs.max(1));
             let list_arg = format!("--use-list={}", list.display());
             pg_restore(to.prog, &staging, to.keep, &[&jobs, &list_arg], &toc_file).await?;
+            took("the rest");
         }
         Ok::<_, ParallelError>(served)
     }
@@ -206,7 +242,8 @@ pub async fn restore(
             for (p, n) in served {
                 *s.entry(p).or_default() += n;
             }
-            Ok(Outcome::Done(s))
+            took("swap");
+            Ok(Outcome::Done { served: s, timings: timings.join(", ") })
         }
         Err(e) => {
             if let Err(d) = maintenance.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&staging_name))).await
@@ -271,7 +308,7 @@ async fn read_toc(
     Ok((head, toc, served))
 }
 
-/// The tables to load (the largest last), or why the archive's blocks do not
+/// The tables to load (the largest first), or why the archive's blocks do not
 /// match its entries (then the serial restore reads it as pg_restore does).
 fn tables(toc: &Toc, blocks: &[crate::manifest::DataBlock], stream_len: u64) -> Result<Vec<Table>, String> {
     let by_id: HashMap<i64, &TocEntry> = toc.entries.iter().map(|e| (e.id, e)).collect();
@@ -284,14 +321,26 @@ fn tables(toc: &Toc, blocks: &[crate::manifest::DataBlock], stream_len: u64) -> 
             (true, "BLOBS", _) => None,
             _ => return Err(format!("a data block of a {} entry ({}), not a table's", e.desc, e.tag)),
         };
-        out.push(Table { entry: (*e).clone(), copy, range: b.at..end });
+        out.push(Table { entry: (*e).clone(), copy, range: b.at..end, builds: Vec::new() });
+    }
+    // each table's own indexes and keys: post-data entries whose only
+    // dependency is the table its data entry fills
+    let data_of: HashMap<i64, usize> =
+        out.iter().enumerate().filter_map(|(i, t)| Some((*t.entry.deps.first()?, i)).filter(|_| t.entry.deps.len() == 1)).collect();
+    for e in &toc.entries {
+        if e.section == Section::PostData && matches!(e.desc.as_str(), "INDEX" | "CONSTRAINT") {
+            if let (Some(i), 1) = (e.deps.first().and_then(|d| data_of.get(d)), e.deps.len()) {
+                if let Some(t) = out.get_mut(*i) {
+                    t.builds.push(e.clone());
+                }
+            }
+        }
     }
     let with_blocks: std::collections::HashSet<i64> = blocks.iter().map(|b| b.id).collect();
     if let Some(e) = toc.entries.iter().find(|e| e.desc == "TABLE DATA" && !with_blocks.contains(&e.id)) {
         return Err(format!("the data of {}.{} has no block of its own", e.namespace, e.tag));
     }
-    // smallest first: workers pop the largest off the end
-    out.sort_by_key(|t| t.range.end - t.range.start);
+    out.sort_by_key(|t| std::cmp::Reverse(t.range.end - t.range.start));
     Ok(out)
 }
 
@@ -424,7 +473,8 @@ async fn pg_restore(prog: &Path, db: &Dsn, keep: Keep, args: &[&str], file: &Pat
     Ok(())
 }
 
-/// Every table's rows, `jobs` tables at a time.
+/// Every table's rows, `jobs` tables at a time, and each table's indexes
+/// and keys once its rows are in.
 #[allow(clippy::too_many_arguments)]
 async fn load(
     replicated: &Replicated,
@@ -450,23 +500,62 @@ async fn load(
         "SET statement_timeout = 0; SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0; \
          SET row_security = off; SET synchronous_commit = off;",
     );
-    let queue = Mutex::new(tables);
+    let queue = Mutex::new(Queue { jobs: tables.into_iter().map(Job::Load).collect(), loading: 0 });
     let per_job = (concurrency / jobs).max(2);
     let workers = (0..jobs).map(|_| async {
         let (client, conn) = staging.config()?.connect().await?;
         client.batch_execute(&setup).await.map_err(sql("setting up a loading session"))?;
         let mut served: BTreeMap<String, u64> = BTreeMap::new();
         loop {
-            let Some(t) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop() else { break };
-            let name = if t.entry.namespace.is_empty() { t.entry.tag.clone() } else { format!("{}.{}", t.entry.namespace, t.entry.tag) };
-            let s = copy_table(replicated, m, index, ids, per_job, to.progress, &client, toc.int_size, &t, seen).await.map_err(
-                |e| match e {
-                    ParallelError::Sql { what, source } => ParallelError::Sql { what: format!("{what} {name}"), source },
-                    e => e,
-                },
-            )?;
-            for (p, n) in s {
-                *served.entry(p).or_default() += n;
+            let job = {
+                let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                match q.jobs.pop_front() {
+                    Some(j) => {
+                        if matches!(j, Job::Load(_)) {
+                            q.loading += 1;
+                        }
+                        Some(j)
+                    }
+                    None if q.loading == 0 => break,
+                    None => None,
+                }
+            };
+            let Some(job) = job else {
+                // nothing to do until a load under way ends with builds
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            };
+            match job {
+                Job::Load(t) => {
+                    let name = qualified(&t.entry);
+                    let s =
+                        copy_table(replicated, m, index, ids, per_job, to.progress, &client, toc.int_size, &t, seen).await.map_err(|e| {
+                            match e {
+                                ParallelError::Sql { what, source } => ParallelError::Sql { what: format!("{what} {name}"), source },
+                                e => e,
+                            }
+                        });
+                    let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                    q.loading -= 1;
+                    for (p, n) in s? {
+                        *served.entry(p).or_default() += n;
+                    }
+                    // before the other loads: what a loaded table waits for
+                    for e in t.builds.into_iter().rev() {
+                        q.jobs.push_front(Job::Build(name.clone(), e));
+                    }
+                }
+                Job::Build(table, e) => {
+                    let tablespace = format!(
+                        "SET default_tablespace = {};",
+                        if e.tablespace.is_empty() { "''".into() } else { quote_ident(&e.tablespace) }
+                    );
+                    client.batch_execute(&format!("{tablespace}\n{}", e.defn)).await.map_err(sql(format!(
+                        "building {} {} of {table}",
+                        e.desc.to_lowercase(),
+                        e.tag
+                    )))?;
+                }
             }
         }
         drop(client);
@@ -480,6 +569,15 @@ async fn load(
         }
     }
     Ok(served)
+}
+
+/// `schema.name` of an entry, or its name alone.
+fn qualified(e: &TocEntry) -> String {
+    if e.namespace.is_empty() {
+        e.tag.clone()
+    } else {
+        format!("{}.{}", e.namespace, e.tag)
+    }
 }
 
 /// Bytes of one large object written at once.

@@ -395,6 +395,9 @@ struct Entry {
     id: i64,
     tag: Option<String>,
     namespace: Option<String>,
+    tablespace: Option<String>,
+    /// The dump ids of the entries it depends on.
+    deps: Vec<i64>,
     section: i64,
     defn: Option<String>,
     copy_stmt: Option<String>,
@@ -425,7 +428,7 @@ fn parse_entry(c: &mut Cur, h: Header) -> Result<Entry, Short> {
     let _drop = c.str(h.int_size)?;
     let copy_stmt = c.str(h.int_size)?;
     let namespace = c.str(h.int_size)?;
-    let _tablespace = c.str(h.int_size)?;
+    let tablespace = c.str(h.int_size)?;
     if h.version >= (1, 14) {
         c.str(h.int_size)?; // table access method
     }
@@ -436,8 +439,12 @@ fn parse_entry(c: &mut Cur, h: Header) -> Result<Entry, Short> {
     let owner = c.str(h.int_size)?;
     let owner_at = owner_start..c.at;
     let _with_oids = c.str(h.int_size)?;
-    while c.str(h.int_size)?.is_some() {} // dependencies, up to a NULL
-                                          // the data's offset: a flag byte, then the offset
+    let mut deps = Vec::new();
+    while let Some(d) = c.str(h.int_size)? {
+        // dependencies, up to a NULL
+        deps.extend(d.trim().parse::<i64>().ok());
+    }
+    // the data's offset: a flag byte, then the offset
     c.take(1 + h.off_size)?;
     let owner = owner.filter(|o| !o.is_empty());
     let grantees = match (desc.as_deref(), defn.as_deref()) {
@@ -448,7 +455,7 @@ fn parse_entry(c: &mut Cur, h: Header) -> Result<Entry, Short> {
         (Some("TABLE DATA"), Some(table), Some(schema)) => Some((id, format!("{schema}.{table}"))),
         _ => None,
     };
-    Ok(Entry { id, tag, namespace, section, defn, copy_stmt, table_data, owner, grantees, desc, defn_at, owner_at })
+    Ok(Entry { id, tag, namespace, tablespace, section, defn, copy_stmt, deps, table_data, owner, grantees, desc, defn_at, owner_at })
 }
 
 /// The archive's sections, as pg_dump numbers them.
@@ -473,6 +480,10 @@ pub struct TocEntry {
     pub defn: String,
     /// For a table's data: the `COPY … FROM stdin` statement that loads it.
     pub copy_stmt: Option<String>,
+    /// Where it is created (empty: the database's default).
+    pub tablespace: String,
+    /// The dump ids of the entries it depends on.
+    pub deps: Vec<i64>,
 }
 
 /// A whole header and table of contents, read back.
@@ -513,6 +524,8 @@ pub fn toc(head: &[u8]) -> Result<Toc, String> {
             section,
             defn: e.defn.unwrap_or_default(),
             copy_stmt: e.copy_stmt.filter(|s| !s.is_empty()),
+            tablespace: e.tablespace.unwrap_or_default(),
+            deps: e.deps,
         });
     }
     Ok(Toc { int_size: h.int_size, entries, len: c.at })
