@@ -212,7 +212,12 @@ pub struct ChunkAt {
 impl Index {
     /// Every chunk of the stream, in order.
     pub fn chunks(&self) -> impl Iterator<Item = ChunkAt> + '_ {
-        self.extents.iter().flat_map(|e| {
+        self.chunks_from_extent(0)
+    }
+
+    /// The chunks of the stream from the first of extent `first` on.
+    pub fn chunks_from_extent(&self, first: usize) -> impl Iterator<Item = ChunkAt> + '_ {
+        self.extents.get(first..).unwrap_or_default().iter().flat_map(|e| {
             e.lens.iter().scan(e.offset, move |offset, &len| {
                 let c = ChunkAt { segment: e.segment, offset: *offset, len };
                 *offset = offset.saturating_add(len);

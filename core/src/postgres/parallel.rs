@@ -134,6 +134,9 @@ struct Queue {
 struct Target {
     name: String,
     owner: String,
+    connlimit: i32,
+    /// Rows written in it when the restore began.
+    writes: i64,
 }
 
 /// Restores in parallel (see the module's docs), or says why not before
@@ -163,26 +166,29 @@ pub async fn restore(
         map.finish().map_err(ParallelError::Archive)?;
     }
 
+    if let Some(why) = unsuitable(&toc) {
+        return Ok(Outcome::Serial(why));
+    }
+
     // 2. a new database beside the target
     let target = match fit(to.target).await? {
         Ok(t) => t,
         Err(why) => return Ok(Outcome::Serial(why)),
     };
-    let maintenance = maintenance(to.target).await?;
     let suffix = hex::encode(random_bytes());
     let staging_name = derived(&target.name, "restore", &suffix);
-    maintenance
-        .execute(
-            &format!(
-                "CREATE DATABASE {} TEMPLATE {} OWNER {}",
-                quote_ident(&staging_name),
-                quote_ident(&target.name),
-                quote_ident(&target.owner)
-            ),
-            &[],
-        )
+    maintenance(to.target)
+        .await?
+        .batch_execute(&format!(
+            "CREATE DATABASE {} TEMPLATE {} OWNER {} CONNECTION LIMIT {}",
+            quote_ident(&staging_name),
+            quote_ident(&target.name),
+            quote_ident(&target.owner),
+            target.connlimit
+        ))
         .await
         .map_err(sql(format!("creating the database {staging_name} to restore into (from {}, as its template)", target.name)))?;
+    let guard = Staging { server: to.target.clone(), name: staging_name.clone(), armed: true };
     let staging = to.target.with_dbname(&staging_name);
     let mut timings = Vec::new();
     let mut lap = std::time::Instant::now();
@@ -191,15 +197,20 @@ pub async fn restore(
         lap = std::time::Instant::now();
     };
     let loaded = async {
-        copy_privileges(&maintenance, &target.name, &staging_name).await?;
+        copy_privileges(&maintenance(to.target).await?, &target.name, &staging_name).await?;
         let dir = tempfile::Builder::new()
             .prefix("bascule-restore-")
             .tempdir()
             .map_err(|e| ParallelError::Io(format!("a directory for the schema: {e}")))?;
         let toc_file = dir.path().join("schema.dump");
         write_private(&toc_file, &head)?;
+        // privileges last, as pg_restore grants them: after the rows
+        let privileges = |e: &TocEntry| matches!(e.desc.as_str(), "ACL" | "ACL LANGUAGE" | "DEFAULT ACL");
+        let schema: Vec<i64> = toc.entries.iter().filter(|e| e.section == Section::PreData && !privileges(e)).map(|e| e.id).collect();
         to.progress.phase(&format!("restoring the schema of {} table(s) into {staging_name}", tables.len()));
-        pg_restore(to.prog, &staging, to.keep, &["--section=pre-data", "--single-transaction"], &toc_file).await?;
+        let list = dir.path().join("schema.list");
+        write_private(&list, ids_list(&schema).as_bytes())?;
+        pg_restore(to.prog, &staging, to.keep, &["--single-transaction", &format!("--use-list={}", list.display())], &toc_file).await?;
         took("schema");
         to.progress.phase(&format!(
             "loading {} table(s) over {} connection(s), building {} of their indexes and keys as each is loaded",
@@ -211,20 +222,19 @@ pub async fn restore(
         let served = load(replicated, &m, &index, &ids, concurrency, &to, &staging, &toc, tables, &seen).await?;
         seen.verify(&index)?;
         took("rows, indexes and keys");
-        let rest: Vec<i64> = toc
+        let rest: Vec<&TocEntry> = toc
             .entries
             .iter()
-            .filter(|e| e.section != Section::PreData && e.desc != "TABLE DATA" && e.desc != "BLOBS" && !built.contains(&e.id))
-            .map(|e| e.id)
+            .filter(|e| {
+                (e.section != Section::PreData || privileges(e))
+                    && !matches!(e.desc.as_str(), "TABLE DATA" | "BLOBS")
+                    && !built.contains(&e.id)
+            })
             .collect();
         if !rest.is_empty() {
-            to.progress.phase(&format!(
-                "building indexes, constraints and the rest ({} entries) with pg_restore -j {}",
-                rest.len(),
-                to.jobs
-            ));
+            to.progress.phase(&format!("building the rest with pg_restore -j {}: {}", to.jobs, kinds(&rest)));
             let list = dir.path().join("rest.list");
-            write_private(&list, rest.iter().map(|id| format!("{id}\n")).collect::<String>().as_bytes())?;
+            write_private(&list, ids_list(&rest.iter().map(|e| e.id).collect::<Vec<_>>()).as_bytes())?;
             let jobs = format!("--jobs={}", to.jobs.max(1));
             let list_arg = format!("--use-list={}", list.display());
             pg_restore(to.prog, &staging, to.keep, &[&jobs, &list_arg], &toc_file).await?;
@@ -234,11 +244,13 @@ pub async fn restore(
     }
     .await;
     let swapped = match loaded {
-        Ok(s) => swap(&maintenance, &target.name, &staging_name, &suffix).await.map(|()| s),
+        Ok(s) => swap(to.target, &target, &staging_name, &suffix).await.map(|()| s),
         Err(e) => Err(e),
     };
     match swapped {
         Ok(mut s) => {
+            let mut guard = guard;
+            guard.armed = false;
             for (p, n) in served {
                 *s.entry(p).or_default() += n;
             }
@@ -246,13 +258,37 @@ pub async fn restore(
             Ok(Outcome::Done { served: s, timings: timings.join(", ") })
         }
         Err(e) => {
-            if let Err(d) = maintenance.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&staging_name))).await
-            {
-                tracing::warn!("the restore failed and its database {staging_name} could not be dropped ({d}): drop it by hand");
-            }
+            guard.drop_now().await;
             Err(e)
         }
     }
+}
+
+/// What in an archive keeps it from being restored in parallel, if anything.
+fn unsuitable(toc: &Toc) -> Option<String> {
+    let encoding = toc.entries.iter().find(|e| e.desc == "ENCODING").map(|e| e.defn.as_str()).unwrap_or_default();
+    if !encoding.contains("'UTF8'") {
+        // names and statements are read as UTF-8 here; pg_restore reads them as they are
+        return Some(format!("the dump is not in UTF-8 ({})", encoding.trim()));
+    }
+    if !toc.entries.iter().any(|e| e.desc == "SEARCHPATH") {
+        return Some("the dump comes from a pg_dump older than 11 (no search path entry)".into());
+    }
+    None
+}
+
+/// A `pg_restore --use-list` file: one dump id a line.
+fn ids_list(ids: &[i64]) -> String {
+    ids.iter().map(|id| format!("{id}\n")).collect()
+}
+
+/// `3 FK CONSTRAINT, 1 INDEX, …`: what a list of entries holds.
+fn kinds(entries: &[&TocEntry]) -> String {
+    let mut n: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in entries {
+        *n.entry(e.desc.as_str()).or_default() += 1;
+    }
+    n.iter().map(|(d, k)| format!("{k} {d}")).collect::<Vec<_>>().join(", ")
 }
 
 /// Reads and checks the header and table of contents (the layout's first
@@ -352,7 +388,12 @@ async fn fit(dsn: &Dsn) -> Result<Result<Target, String>, ParallelError> {
             "SELECT current_database(), pg_get_userbyid(d.datdba), \
                     (SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user), \
                     pg_has_role(d.datdba, 'MEMBER'), \
-                    (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()) \
+                    (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                       AND backend_type = 'client backend'), \
+                    d.datconnlimit, \
+                    EXISTS (SELECT 1 FROM pg_db_role_setting s WHERE s.setdatabase = d.oid), \
+                    shobj_description(d.oid, 'pg_database') IS NOT NULL, \
+                    (SELECT tup_inserted + tup_updated + tup_deleted FROM pg_stat_database WHERE datid = d.oid) \
              FROM pg_database d WHERE d.datname = current_database()",
             &[],
         )
@@ -362,27 +403,82 @@ async fn fit(dsn: &Dsn) -> Result<Result<Target, String>, ParallelError> {
     let _ = conn.await;
     let (name, owner): (String, String) = (row.get(0), row.get(1));
     let (createdb, member, others): (Option<bool>, bool, i64) = (row.get(2), row.get(3), row.get(4));
+    let (connlimit, settings, comment, writes): (i32, bool, bool, Option<i64>) = (row.get(5), row.get(6), row.get(7), row.get(8));
     Ok(if createdb != Some(true) {
         Err("the role may not create databases (CREATEDB), which a parallel restore needs to leave the target as it was on failure".into())
     } else if !member {
         Err(format!("the role is not a member of {owner}, the target database's owner"))
     } else if others > 0 {
         Err(format!("{others} other session(s) are connected to {name}"))
+    } else if settings || comment {
+        Err(format!("{name} has its own settings (ALTER DATABASE/ROLE … SET) or a comment, which a new database would not carry"))
+    } else if matches!(name.as_str(), "postgres" | "template0" | "template1") {
+        Err(format!("the target is {name}, a database the server keeps"))
     } else {
-        Ok(Target { name, owner })
+        Ok(Target { name, owner, connlimit, writes: writes.unwrap_or(0) })
     })
 }
 
-/// A connection to the server's maintenance database (`postgres`, else `template1`).
+/// Rows written in database `name` so far (all tables, catalogs included).
+async fn writes(c: &tokio_postgres::Client, name: &str) -> Result<i64, ParallelError> {
+    let row = c
+        .query_one("SELECT coalesce(tup_inserted + tup_updated + tup_deleted, 0) FROM pg_stat_database WHERE datname = $1", &[&name])
+        .await
+        .map_err(sql("reading the target's activity"))?;
+    Ok(row.get(0))
+}
+
+/// A connection to the server's maintenance database (`postgres`, else
+/// `template1`), statements without a time limit.
 async fn maintenance(target: &Dsn) -> Result<tokio_postgres::Client, ParallelError> {
     let mut last = None;
     for db in ["postgres", "template1"] {
         match target.with_dbname(db).config()?.connect().await {
-            Ok((client, _conn)) => return Ok(client),
+            Ok((client, _conn)) => {
+                client.batch_execute("SET statement_timeout = 0; SET lock_timeout = 0").await.map_err(sql("setting up"))?;
+                return Ok(client);
+            }
             Err(e) => last = Some(e),
         }
     }
     Err(last.map(ParallelError::Connect).unwrap_or_else(|| ParallelError::Io("no maintenance database".into())))
+}
+
+/// The database restored into, dropped unless it took the target's place
+/// (on an error, awaited; when the restore is dropped midway — a drill step
+/// timed out, aborted — by a task of its own).
+struct Staging {
+    server: Dsn,
+    name: String,
+    armed: bool,
+}
+
+impl Staging {
+    async fn drop_now(mut self) {
+        self.armed = false;
+        drop_database(&self.server, &self.name).await;
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.armed {
+            let (server, name) = (self.server.clone(), std::mem::take(&mut self.name));
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { drop_database(&server, &name).await });
+            }
+        }
+    }
+}
+
+async fn drop_database(server: &Dsn, name: &str) {
+    let dropped = async {
+        let c = maintenance(server).await?;
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name))).await.map_err(sql("dropping"))
+    };
+    if let Err(e) = dropped.await {
+        tracing::warn!("the restore failed and its database {name} could not be dropped ({e}): drop it by hand");
+    }
 }
 
 /// `name_what_suffix`, within PostgreSQL's 63 bytes.
@@ -498,7 +594,8 @@ async fn load(
         .collect();
     setup.push_str(
         "SET statement_timeout = 0; SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0; \
-         SET row_security = off; SET synchronous_commit = off;",
+         SET row_security = off; SET synchronous_commit = off; SET xmloption = content; \
+         SET check_function_bodies = false; SET client_min_messages = warning;",
     );
     let queue = Mutex::new(Queue { jobs: tables.into_iter().map(Job::Load).collect(), loading: 0 });
     let per_job = (concurrency / jobs).max(2);
@@ -643,12 +740,21 @@ async fn copy_table(
         let sink = client.copy_in::<_, Bytes>(copy.as_str()).await.map_err(sql("starting COPY into"))?;
         let mut sink = std::pin::pin!(sink);
         while let Some(b) = rx.recv().await {
-            let b = Bytes::from(b);
-            let mut parts = Vec::new();
-            reader.feed(&b, |p| parts.push(p)).map_err(ParallelError::Archive)?;
-            for p in parts {
-                let Part::Rows(r) = p else { return Err(ParallelError::Archive("a large object in a table's block".into())) };
-                sink.feed(b.slice(r)).await.map_err(sql("sending rows to COPY into"))?;
+            // pg_dump writes a piece per row: the rows of a read go to COPY
+            // together, without the pieces' framing
+            let mut rows = Vec::with_capacity(b.len());
+            let mut other = false;
+            reader
+                .feed(&b, |p| match p {
+                    Part::Rows(r) => rows.extend_from_slice(b.get(r).unwrap_or_default()),
+                    _ => other = true,
+                })
+                .map_err(ParallelError::Archive)?;
+            if other {
+                return Err(ParallelError::Archive("a large object in a table's block".into()));
+            }
+            if !rows.is_empty() {
+                sink.feed(Bytes::from(rows)).await.map_err(sql("sending rows to COPY into"))?;
             }
         }
         reader.finish().map_err(ParallelError::Archive)?;
@@ -670,17 +776,42 @@ async fn write_object(client: &tokio_postgres::Client, part: Option<(u32, i64, V
 }
 
 /// Gives the restored database the target's name, in one transaction, then
-/// drops the replaced (empty) target.
-async fn swap(c: &tokio_postgres::Client, target: &str, staging: &str, suffix: &str) -> Result<(), ParallelError> {
-    let old = derived(target, "replaced", suffix);
-    c.batch_execute(&format!(
-        "BEGIN; ALTER DATABASE {t} RENAME TO {o}; ALTER DATABASE {s} RENAME TO {t}; COMMIT;",
-        t = quote_ident(target),
-        o = quote_ident(&old),
-        s = quote_ident(staging)
-    ))
-    .await
-    .map_err(sql(format!("giving the restored database {staging} the name {target} (is a session connected to either?)")))?;
+/// drops the replaced (empty) target, unless rows were written in it during
+/// the restore (then it is kept, under its new name, and said so).
+async fn swap(server: &Dsn, target: &Target, staging: &str, suffix: &str) -> Result<(), ParallelError> {
+    let old = derived(&target.name, "replaced", suffix);
+    let c = maintenance(server).await?;
+    let written = writes(&c, &target.name).await? - target.writes;
+    let renamed = async {
+        c.batch_execute("BEGIN").await?;
+        c.batch_execute(&format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&target.name), quote_ident(&old))).await?;
+        c.batch_execute(&format!("ALTER DATABASE {} RENAME TO {}", quote_ident(staging), quote_ident(&target.name))).await?;
+        c.batch_execute("COMMIT").await
+    }
+    .await;
+    if let Err(e) = renamed {
+        let _ = c.batch_execute("ROLLBACK").await;
+        // the commit may have reached the server before the connection broke
+        let swapped = async {
+            let c = maintenance(server).await.ok()?;
+            let row = c.query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[&staging]).await.ok()?;
+            Some(row.get::<_, i64>(0) == 0)
+        };
+        if swapped.await != Some(true) {
+            return Err(sql(format!(
+                "giving the restored database {staging} the name {} (is a session connected to either?)",
+                target.name
+            ))(e));
+        }
+    }
+    if written > 0 {
+        tracing::warn!(
+            "{written} row(s) were written in {} while it was being restored: the restored database took its name, \
+             and what it held is kept as {old} (drop it once looked at)",
+            target.name
+        );
+        return Ok(());
+    }
     if let Err(e) = c.batch_execute(&format!("DROP DATABASE {}", quote_ident(&old))).await {
         tracing::warn!("the target database it replaced, now {old}, could not be dropped ({e}): drop it by hand");
     }

@@ -58,6 +58,8 @@ impl RestoreError {
 pub struct Seen {
     /// Where chunk `i` begins; the last value is the stream's length.
     starts: Vec<u64>,
+    /// The position of each extent's first chunk.
+    extent_first: Vec<usize>,
     hashes: std::sync::Mutex<Vec<Option<blake3::Hash>>>,
 }
 
@@ -70,7 +72,20 @@ impl Seen {
             at = at.saturating_add(c.len as u64);
             starts.push(at);
         }
-        Seen { hashes: std::sync::Mutex::new(vec![None; starts.len() - 1]), starts }
+        let mut extent_first = Vec::with_capacity(index.extents.len());
+        let mut n = 0;
+        for e in &index.extents {
+            extent_first.push(n);
+            n += e.lens.len();
+        }
+        Seen { hashes: std::sync::Mutex::new(vec![None; starts.len() - 1]), starts, extent_first }
+    }
+
+    /// The chunks from chunk `first` on, without walking those before.
+    fn chunks_from<'a>(&self, index: &'a Index, first: usize) -> impl Iterator<Item = crate::manifest::ChunkAt> + 'a {
+        let e = self.extent_first.partition_point(|&f| f <= first).saturating_sub(1);
+        let skip = first.saturating_sub(self.extent_first.get(e).copied().unwrap_or(0));
+        index.chunks_from_extent(e).skip(skip)
     }
 
     /// The stream's length, as the index gives it.
@@ -138,7 +153,7 @@ pub async fn stream_range(
         return Err(Error::Body { key: m.index.key.clone(), reason: format!("bytes {range:?} of a stream of {} bytes", seen.len()) }.into());
     }
     let (first, end) = seen.covering(&range);
-    let reads = plan::plan_reads_of(&index, index.chunks().skip(first).take(end - first), &m.index.key)?;
+    let reads = plan::plan_reads_of(&index, seen.chunks_from(&index, first).take(end - first), &m.index.key)?;
     let mut chunk = first;
     let mut at = seen.starts.get(first).copied().unwrap_or(0);
     let mut fetched = futures::stream::iter(reads.into_iter().enumerate())
