@@ -111,23 +111,120 @@ struct Table {
     /// The `COPY` statement; `None` for the block of large objects.
     copy: Option<String>,
     range: Range<u64>,
-    /// Its indexes and primary key or unique constraints (entries that depend
-    /// on this table alone): built as soon as its rows are in, as
-    /// `pg_restore -j` does, while other tables still load.
-    builds: Vec<TocEntry>,
 }
 
 /// Work for a loading connection.
 enum Job {
     Load(Table),
-    /// An index or constraint of a loaded table (its name for messages).
-    Build(String, TocEntry),
+    /// An index, a key or a foreign key whose tables are loaded.
+    Build(TocEntry),
 }
 
-/// The jobs left, and how many loads are under way (whose builds may come).
+impl Job {
+    fn foreign_key(&self) -> bool {
+        matches!(self, Job::Build(e) if e.desc == "FK CONSTRAINT")
+    }
+}
+
+/// Indexes, keys and foreign keys built by the loading connections as soon
+/// as what they depend on is in (the rows of their tables, the key a foreign
+/// key references), as `pg_restore -j` schedules them, while other tables
+/// still load.
+#[derive(Default)]
+struct Schedule {
+    waiting: HashMap<i64, (TocEntry, usize)>,
+    /// Who waits for a load or a build, by its dump id.
+    dependents: HashMap<i64, Vec<i64>>,
+}
+
+impl Schedule {
+    fn of(toc: &Toc, tables: &[Table]) -> Schedule {
+        // a table's entry → the entry of its data
+        let data_of: HashMap<i64, i64> =
+            tables.iter().filter_map(|t| Some((*t.entry.deps.first()?, t.entry.id)).filter(|_| t.entry.deps.len() == 1)).collect();
+        let schema: std::collections::HashSet<i64> = toc.entries.iter().filter(|e| e.section == Section::PreData).map(|e| e.id).collect();
+        let mut s = Schedule::default();
+        for e in toc
+            .entries
+            .iter()
+            .filter(|e| e.section == Section::PostData && matches!(e.desc.as_str(), "INDEX" | "CONSTRAINT" | "FK CONSTRAINT"))
+        {
+            let mut waits = Vec::new();
+            let ours = e.deps.iter().all(|d| {
+                if let Some(data) = data_of.get(d) {
+                    waits.push(*data);
+                } else if s.waiting.contains_key(d) {
+                    waits.push(*d);
+                } else {
+                    return schema.contains(d);
+                }
+                true
+            });
+            waits.sort_unstable();
+            waits.dedup();
+            if ours && !waits.is_empty() {
+                for w in &waits {
+                    s.dependents.entry(*w).or_default().push(e.id);
+                }
+                s.waiting.insert(e.id, (e.clone(), waits.len()));
+            }
+        }
+        s
+    }
+
+    /// `id` is done: the builds that now have all they wait for.
+    fn done(&mut self, id: i64) -> Vec<TocEntry> {
+        let mut ready = Vec::new();
+        for d in self.dependents.remove(&id).unwrap_or_default() {
+            if let Some((_, left)) = self.waiting.get_mut(&d) {
+                *left -= 1;
+                if *left == 0 {
+                    ready.extend(self.waiting.remove(&d).map(|(e, _)| e));
+                }
+            }
+        }
+        ready
+    }
+}
+
+/// The jobs left, those under way, and the builds still waiting.
 struct Queue {
     jobs: std::collections::VecDeque<Job>,
-    loading: usize,
+    running: usize,
+    /// One foreign key at a time: two, each locking both its tables, could
+    /// deadlock.
+    foreign_key: bool,
+    schedule: Schedule,
+    done: std::collections::HashSet<i64>,
+}
+
+impl Queue {
+    /// The next job to run, `Ok(None)` to wait for one, `Err` when all is done.
+    fn next(&mut self) -> Result<Option<Job>, ()> {
+        let fk = self.foreign_key;
+        match self.jobs.iter().position(|j| !(fk && j.foreign_key())) {
+            Some(i) => {
+                let job = self.jobs.remove(i);
+                if let Some(j) = &job {
+                    self.running += 1;
+                    self.foreign_key |= j.foreign_key();
+                }
+                Ok(job)
+            }
+            None if self.running == 0 => Err(()),
+            None => Ok(None),
+        }
+    }
+
+    /// A job ended well: what waited for it goes first.
+    fn finished(&mut self, id: i64, foreign_key: bool) {
+        self.running -= 1;
+        self.foreign_key &= !foreign_key;
+        self.done.insert(id);
+        for e in self.schedule.done(id).into_iter().rev() {
+            self.jobs.push_front(Job::Build(e));
+        }
+    }
 }
 
 /// What the target database is and whether this role may replace it.
@@ -212,14 +309,14 @@ pub async fn restore(
         write_private(&list, ids_list(&schema).as_bytes())?;
         pg_restore(to.prog, &staging, to.keep, &["--single-transaction", &format!("--use-list={}", list.display())], &toc_file).await?;
         took("schema");
+        let schedule = Schedule::of(&toc, &tables);
         to.progress.phase(&format!(
-            "loading {} table(s) over {} connection(s), building {} of their indexes and keys as each is loaded",
+            "loading {} table(s) over {} connection(s), building {} of their indexes and keys as their tables are loaded",
             tables.len(),
             to.jobs,
-            tables.iter().map(|t| t.builds.len()).sum::<usize>()
+            schedule.waiting.len()
         ));
-        let built: std::collections::HashSet<i64> = tables.iter().flat_map(|t| t.builds.iter().map(|e| e.id)).collect();
-        let served = load(replicated, &m, &index, &ids, concurrency, &to, &staging, &toc, tables, &seen).await?;
+        let (served, built) = load(replicated, &m, &index, &ids, concurrency, &to, &staging, &toc, tables, schedule, &seen).await?;
         seen.verify(&index)?;
         took("rows, indexes and keys");
         let rest: Vec<&TocEntry> = toc
@@ -357,20 +454,7 @@ fn tables(toc: &Toc, blocks: &[crate::manifest::DataBlock], stream_len: u64) -> 
             (true, "BLOBS", _) => None,
             _ => return Err(format!("a data block of a {} entry ({}), not a table's", e.desc, e.tag)),
         };
-        out.push(Table { entry: (*e).clone(), copy, range: b.at..end, builds: Vec::new() });
-    }
-    // each table's own indexes and keys: post-data entries whose only
-    // dependency is the table its data entry fills
-    let data_of: HashMap<i64, usize> =
-        out.iter().enumerate().filter_map(|(i, t)| Some((*t.entry.deps.first()?, i)).filter(|_| t.entry.deps.len() == 1)).collect();
-    for e in &toc.entries {
-        if e.section == Section::PostData && matches!(e.desc.as_str(), "INDEX" | "CONSTRAINT") {
-            if let (Some(i), 1) = (e.deps.first().and_then(|d| data_of.get(d)), e.deps.len()) {
-                if let Some(t) = out.get_mut(*i) {
-                    t.builds.push(e.clone());
-                }
-            }
-        }
+        out.push(Table { entry: (*e).clone(), copy, range: b.at..end });
     }
     let with_blocks: std::collections::HashSet<i64> = blocks.iter().map(|b| b.id).collect();
     if let Some(e) = toc.entries.iter().find(|e| e.desc == "TABLE DATA" && !with_blocks.contains(&e.id)) {
@@ -582,8 +666,9 @@ async fn load(
     staging: &Dsn,
     toc: &Toc,
     tables: Vec<Table>,
+    schedule: Schedule,
     seen: &Seen,
-) -> Result<BTreeMap<String, u64>, ParallelError> {
+) -> Result<(BTreeMap<String, u64>, std::collections::HashSet<i64>), ParallelError> {
     let jobs = to.jobs.clamp(1, tables.len().max(1));
     // the session the archive asks for (encoding, quoting, search path), as pg_restore sets it
     let mut setup: String = toc
@@ -597,63 +682,59 @@ async fn load(
          SET row_security = off; SET synchronous_commit = off; SET xmloption = content; \
          SET check_function_bodies = false; SET client_min_messages = warning;",
     );
-    let queue = Mutex::new(Queue { jobs: tables.into_iter().map(Job::Load).collect(), loading: 0 });
+    let queue = Mutex::new(Queue {
+        jobs: tables.into_iter().map(Job::Load).collect(),
+        running: 0,
+        foreign_key: false,
+        schedule,
+        done: Default::default(),
+    });
     let per_job = (concurrency / jobs).max(2);
     let workers = (0..jobs).map(|_| async {
         let (client, conn) = staging.config()?.connect().await?;
         client.batch_execute(&setup).await.map_err(sql("setting up a loading session"))?;
         let mut served: BTreeMap<String, u64> = BTreeMap::new();
         loop {
-            let job = {
-                let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
-                match q.jobs.pop_front() {
-                    Some(j) => {
-                        if matches!(j, Job::Load(_)) {
-                            q.loading += 1;
-                        }
-                        Some(j)
-                    }
-                    None if q.loading == 0 => break,
-                    None => None,
+            let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+            let job = match next {
+                Ok(Some(job)) => job,
+                Ok(None) => {
+                    // nothing to do until a job under way ends
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
                 }
+                Err(()) => break,
             };
-            let Some(job) = job else {
-                // nothing to do until a load under way ends with builds
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                continue;
+            let (id, foreign_key) = match &job {
+                Job::Load(t) => (t.entry.id, false),
+                Job::Build(e) => (e.id, job.foreign_key()),
             };
             match job {
                 Job::Load(t) => {
                     let name = qualified(&t.entry);
-                    let s =
-                        copy_table(replicated, m, index, ids, per_job, to.progress, &client, toc.int_size, &t, seen).await.map_err(|e| {
-                            match e {
-                                ParallelError::Sql { what, source } => ParallelError::Sql { what: format!("{what} {name}"), source },
-                                e => e,
-                            }
-                        });
-                    let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
-                    q.loading -= 1;
-                    for (p, n) in s? {
+                    let s = copy_table(replicated, m, index, ids, per_job, to.progress, &client, toc.int_size, &t, seen).await.map_err(
+                        |e| match e {
+                            ParallelError::Sql { what, source } => ParallelError::Sql { what: format!("{what} {name}"), source },
+                            e => e,
+                        },
+                    )?;
+                    for (p, n) in s {
                         *served.entry(p).or_default() += n;
                     }
-                    // before the other loads: what a loaded table waits for
-                    for e in t.builds.into_iter().rev() {
-                        q.jobs.push_front(Job::Build(name.clone(), e));
-                    }
                 }
-                Job::Build(table, e) => {
+                Job::Build(e) => {
                     let tablespace = format!(
                         "SET default_tablespace = {};",
                         if e.tablespace.is_empty() { "''".into() } else { quote_ident(&e.tablespace) }
                     );
                     client.batch_execute(&format!("{tablespace}\n{}", e.defn)).await.map_err(sql(format!(
-                        "building {} {} of {table}",
+                        "building {} {}",
                         e.desc.to_lowercase(),
-                        e.tag
+                        qualified(&e)
                     )))?;
                 }
             }
+            queue.lock().unwrap_or_else(|e| e.into_inner()).finished(id, foreign_key);
         }
         drop(client);
         let _ = conn.await;
@@ -665,7 +746,8 @@ async fn load(
             *served.entry(p).or_default() += n;
         }
     }
-    Ok(served)
+    let done = std::mem::take(&mut queue.lock().unwrap_or_else(|e| e.into_inner()).done);
+    Ok((served, done))
 }
 
 /// `schema.name` of an entry, or its name alone.
