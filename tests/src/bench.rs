@@ -24,6 +24,18 @@ pub fn timed_rss(what: &str, args: &[&std::ffi::OsStr]) -> (Duration, u64, Strin
     (d, rss, out)
 }
 
+/// CPU-seconds the whole machine has spent so far (user, system,
+/// interrupts; not idle or waiting), from `/proc/stat`: the difference
+/// across a run is what it cost every process taking part (bascule, the
+/// providers, PostgreSQL), and whatever else ran meanwhile.
+pub fn machine_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: f64 = ticks.iter().enumerate().filter(|(i, _)| ![3, 4].contains(i) && *i < 8).map(|(_, v)| v).sum();
+    busy / 100.0
+}
+
 /// Repetitions of the timed comparisons (medians are reported).
 pub const REPS: usize = 3;
 

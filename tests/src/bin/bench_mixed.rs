@@ -5,8 +5,9 @@
 //! and `pg_restore -j 2` from a local plaintext dump. Interleaved, medians,
 //! ratios. Run it with `./scripts/bench.sh mixed [MEGABYTES]` (default 2000, about 1.05 GiB of dump).
 use std::process::Command;
+use std::time::Duration;
 
-use bascule_tests::bench::{field, fresh_tenant_config, median, restore_phase, timed, timed_rss};
+use bascule_tests::bench::{field, fresh_tenant_config, machine_cpu, median, restore_phase, timed, timed_rss};
 use bascule_tests::{bin, ok, Scenario};
 
 fn reps() -> usize {
@@ -51,13 +52,20 @@ fn main() {
     )));
     let pg_restore = s.pg.tool("pg_restore");
     let (mut t_restore1, mut t_restore2, mut t_pipeline, mut t_parallel) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // whole-machine CPU-seconds of each run: bascule restore --jobs 2, the pipeline, pg_restore -j 2
+    let (mut cpu_bascule, mut cpu_pipeline, mut cpu_parallel) = (Vec::new(), Vec::new(), Vec::new());
+    let cpu = |v: &mut Vec<Duration>, from: f64| v.push(Duration::from_secs_f64(machine_cpu() - from));
     for i in 0..reps() {
         for (jobs, times) in [(1, &mut t_restore1), (2, &mut t_restore2)] {
             let db = format!("r_bascule_{jobs}_{i}");
             s.pg.createdb(&db);
             let mut c = s.controller(&["restore", "--jobs", &jobs.to_string()]);
             c.arg("--identity").arg(s.path("customer.key")).args(["--target", &s.pg.dsn(&db)]);
+            let c0 = machine_cpu();
             let out = timed(&format!("bascule restore --jobs {jobs}"), &mut c).1;
+            if jobs == 2 {
+                cpu(&mut cpu_bascule, c0);
+            }
             assert!(out.contains(&format!("over {jobs} connection(s)")), "the parallel restore ran:\n{out}");
             if let Some(l) = out.lines().find(|l| l.contains("restored in parallel")) {
                 eprintln!("  {l}");
@@ -75,14 +83,18 @@ fn main() {
             pg_restore.display(),
             s.pg.dsn(&db)
         );
+        let c0 = machine_cpu();
         t_pipeline.push(timed("age -d | zstd -d | pg_restore", Command::new("bash").arg("-c").arg(pipeline)).0);
+        cpu(&mut cpu_pipeline, c0);
         s.pg.psql("postgres", &format!("DROP DATABASE {db}"));
 
         let db = format!("r_parallel_{i}");
         s.pg.createdb(&db);
         let mut c = Command::new(&pg_restore);
         c.args(["-j", "2", "--exit-on-error", "-d", &s.pg.dsn(&db)]).arg(&plain);
+        let c0 = machine_cpu();
         t_parallel.push(timed("pg_restore -j 2 from a local plaintext dump", &mut c).0);
+        cpu(&mut cpu_parallel, c0);
         s.pg.psql("postgres", &format!("DROP DATABASE {db}"));
     }
     let (floor, export) = (median(t_floor), median(t_export));
@@ -115,5 +127,7 @@ fn main() {
             if jobs == 2 { "≤ 1.0×" } else { "" }
         );
     }
+    let (cb, cp, cj) = (median(cpu_bascule).as_secs_f64(), median(cpu_pipeline).as_secs_f64(), median(cpu_parallel).as_secs_f64());
+    println!("| CPU of a restore, whole machine (bascule, providers, PostgreSQL) | {cb:.1} s (--jobs 2) | {cp:.1} s pipeline, {cj:.1} s `pg_restore -j 2` | {:.2}×, {:.2}× | |", cb / cp, cb / cj);
     println!("| agent peak RSS | {:.0} MiB (dump {mib:.0} MiB) | | | < 64 MiB for 2 GB |", rss as f64 / 1024.0);
 }
