@@ -105,3 +105,48 @@ fn with_a_session_on_the_target_the_restore_runs_as_one_stream_and_says_why() {
     assert!(out.contains("one stream") && out.contains("1 other session(s) are connected to restored"), "{out}");
     assert_eq!(s.pg.data_fingerprint("mairie"), s.pg.data_fingerprint("restored"));
 }
+
+#[test]
+fn rows_written_in_the_target_during_a_parallel_restore_are_kept_under_another_name() {
+    use std::io::BufRead;
+    let s = Scenario::start(30_000);
+    assert!(s.snapshot().status.success());
+    s.pg.createdb("restored");
+    s.pg.psql("restored", "CREATE TABLE journal_appli (ligne text)");
+    let mut restore = s
+        .controller(&["restore", "--jobs", "2"])
+        .arg("--identity")
+        .arg(s.path("customer.key"))
+        .args(["--target", &s.pg.dsn("restored")])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    let mut lines = std::io::BufReader::new(restore.stderr.take().unwrap()).lines();
+    // an application writes in the target while the rows load, then disconnects
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        said.push_str(&line);
+        said.push('\n');
+        if line.contains("loading") {
+            s.pg.psql("restored", "INSERT INTO journal_appli VALUES ('écrit pendant la restauration')");
+            break;
+        }
+    }
+    for line in lines {
+        said.push_str(&line.unwrap());
+        said.push('\n');
+    }
+    let status = restore.wait().unwrap();
+    assert!(status.success(), "{said}");
+    assert!(said.contains("were written in restored while it was being restored"), "{said}");
+    let kept = leftovers(&s);
+    assert!(kept.starts_with("restored_replaced_"), "the old target is kept: {kept:?}");
+    assert_eq!(s.pg.psql(&kept, "SELECT ligne FROM journal_appli"), "écrit pendant la restauration");
+    assert_eq!(s.pg.data_fingerprint("mairie"), {
+        // the restored target holds the export, plus the application's (empty) table of before
+        s.pg.psql("restored", "DROP TABLE journal_appli");
+        s.pg.data_fingerprint("restored")
+    });
+}
