@@ -20,6 +20,13 @@ SELECT setval('actes_id_seq', 1000000);
 CREATE TABLE vide (id int);
 "#;
 
+/// `restore --jobs N` of the latest export into database `db`.
+fn restore(s: &Scenario, jobs: &str, db: &str) -> std::process::Command {
+    let mut c = s.controller(&["restore", "--jobs", jobs]);
+    c.arg("--identity").arg(s.path("customer.key")).args(["--target", &s.pg.dsn(db)]);
+    c
+}
+
 fn leftovers(s: &Scenario) -> String {
     s.pg.psql(
         "postgres",
@@ -33,11 +40,7 @@ fn a_parallel_restore_keeps_every_object_and_leaves_nothing_behind() {
     s.pg.psql("mairie", MORE);
     assert!(s.snapshot().status.success());
     s.pg.createdb("restored");
-    let r = run(s
-        .controller(&["restore", "--jobs", "2"])
-        .arg("--identity")
-        .arg(s.path("customer.key"))
-        .args(["--target", &s.pg.dsn("restored")]));
+    let r = run(&mut restore(&s, "2", "restored"));
     let out = text(&r);
     assert!(r.status.success(), "{out}");
     assert!(out.contains("over 2 connection(s)") && out.contains("pg_restore -j 2"), "the parallel path ran:\n{out}");
@@ -63,11 +66,7 @@ fn a_parallel_restore_that_fails_late_leaves_the_target_as_it_was() {
     // table loads, then building the index fails
     s.pg.createdb("restored");
     s.pg.psql("restored", "CREATE TABLE actes_pkey (gardee text); INSERT INTO actes_pkey VALUES ('là avant')");
-    let r = run(s
-        .controller(&["restore", "--jobs", "2"])
-        .arg("--identity")
-        .arg(s.path("customer.key"))
-        .args(["--target", &s.pg.dsn("restored")]));
+    let r = run(&mut restore(&s, "2", "restored"));
     let out = text(&r);
     assert!(!r.status.success(), "{out}");
     assert!(out.contains("loading") && out.contains("actes_pkey") && out.contains("the target is as it was"), "{out}");
@@ -113,17 +112,10 @@ fn rows_written_in_the_target_during_a_parallel_restore_are_kept_under_another_n
     assert!(s.snapshot().status.success());
     s.pg.createdb("restored");
     s.pg.psql("restored", "CREATE TABLE journal_appli (ligne text)");
-    let mut restore = s
-        .controller(&["restore", "--jobs", "2"])
-        .arg("--identity")
-        .arg(s.path("customer.key"))
-        .args(["--target", &s.pg.dsn("restored")])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut restoring =
+        restore(&s, "2", "restored").stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
     let mut said = String::new();
-    let mut lines = std::io::BufReader::new(restore.stderr.take().unwrap()).lines();
+    let mut lines = std::io::BufReader::new(restoring.stderr.take().unwrap()).lines();
     // an application writes in the target while the rows load, then disconnects
     for line in lines.by_ref() {
         let line = line.unwrap();
@@ -138,7 +130,7 @@ fn rows_written_in_the_target_during_a_parallel_restore_are_kept_under_another_n
         said.push_str(&line.unwrap());
         said.push('\n');
     }
-    let status = restore.wait().unwrap();
+    let status = restoring.wait().unwrap();
     assert!(status.success(), "{said}");
     assert!(said.contains("were written in restored while it was being restored"), "{said}");
     let kept = leftovers(&s);

@@ -157,29 +157,13 @@ pub async fn stream_range(
     let mut chunk = first;
     let mut at = seen.starts.get(first).copied().unwrap_or(0);
     let mut fetched = futures::stream::iter(reads.into_iter().enumerate())
-        .map(|(i, read)| {
-            let n = read.chunks();
-            let (ids, m, index, replicated) = (ids.clone(), m.clone(), index.clone(), replicated.clone());
-            let key = m.objects.get(read.object as usize).map(|o| o.key.clone());
-            tokio::spawn(async move {
-                let key = key.ok_or_else(|| Error::Body { key: m.index.key.clone(), reason: "a segment points past the packs".into() })?;
-                let (opened, provider) = replicated
-                    .get_range_checked(&key, read.start..read.end, i, |p, bytes| {
-                        tokio::task::block_in_place(|| plan::open_read(&read, &bytes, &key, p, &m, &index, &ids))
-                    })
-                    .await?;
-                Ok::<_, RestoreError>((opened, provider, read.end - read.start, n))
-            })
-        })
+        .map(|(i, read)| spawn_read(replicated, &m, &index, &ids, i, read))
         .buffered(concurrency.max(1));
     while let Some(item) = fetched.next().await {
-        let ((mut plain, hashes), provider, clen, n) = item??;
+        let ((mut plain, hashes), provider, clen) = item??;
         *served.entry(provider.clone()).or_default() += clen;
-        if hashes.len() != n {
-            return Err(Error::Body { key: m.index.key.clone(), reason: "a read returned fewer chunks than planned".into() }.into());
-        }
         seen.record(chunk, &hashes);
-        chunk += n;
+        chunk += hashes.len();
         let (from, to) = (at, at + plain.len() as u64);
         at = to;
         // keep only what lies in `range`
@@ -196,6 +180,35 @@ pub async fn stream_range(
         progress.add(len);
     }
     Ok(served)
+}
+
+/// What one read brings: the chunks' plaintext end to end and the hash of
+/// each, the provider that served it, the ciphertext bytes it took.
+type Opened = ((Vec<u8>, Vec<blake3::Hash>), String, u64);
+
+/// Fetches, checks and opens one planned read in a task of its own (reads
+/// progress while the previous one is written out), spread over both
+/// providers and falling back on any failure.
+fn spawn_read(
+    replicated: &Replicated,
+    m: &Arc<Manifest>,
+    index: &Arc<Index>,
+    ids: &Arc<Identities>,
+    i: usize,
+    read: plan::Read,
+) -> tokio::task::JoinHandle<Result<Opened, RestoreError>> {
+    let (ids, m, index, replicated) = (ids.clone(), m.clone(), index.clone(), replicated.clone());
+    let key = m.objects.get(read.object as usize).map(|o| o.key.clone());
+    tokio::spawn(async move {
+        let key = key.ok_or_else(|| Error::Body { key: m.index.key.clone(), reason: "a segment points past the packs".into() })?;
+        // decryption is CPU work: let this worker block while others go on
+        let (opened, provider) = replicated
+            .get_range_checked(&key, read.start..read.end, i, |p, bytes| {
+                tokio::task::block_in_place(|| plan::open_read(&read, &bytes, &key, p, &m, &index, &ids))
+            })
+            .await?;
+        Ok((opened, provider, read.end - read.start))
+    })
 }
 
 /// Opens the sealed index with the customer's identity.
@@ -232,22 +245,7 @@ pub async fn stream_chunks(
     let mut chain = blake3::Hasher::new();
     let mut emitted = 0usize;
     let mut fetched = futures::stream::iter(reads.into_iter().enumerate())
-        .map(|(i, read)| {
-            let (ids, m, index, replicated) = (ids.clone(), m.clone(), index.clone(), replicated.clone());
-            let key = m.objects.get(read.object as usize).map(|o| o.key.clone());
-            // a task of its own: reads progress while the previous one is written out
-            tokio::spawn(async move {
-                let key = key.ok_or_else(|| Error::Body { key: m.index.key.clone(), reason: "a segment points past the packs".into() })?;
-                // spread reads over both providers; fall back on any failure.
-                // Decryption is CPU work: let this worker block while others go on.
-                let (opened, provider) = replicated
-                    .get_range_checked(&key, read.start..read.end, i, |p, bytes| {
-                        tokio::task::block_in_place(|| plan::open_read(&read, &bytes, &key, p, &m, &index, &ids))
-                    })
-                    .await?;
-                Ok::<_, RestoreError>((opened, provider, read.end - read.start))
-            })
-        })
+        .map(|(i, read)| spawn_read(replicated, &m, &index, &ids, i, read))
         .buffered(concurrency);
     while let Some(item) = fetched.next().await {
         let ((plain, hashes), provider, clen) = item??;
