@@ -100,10 +100,11 @@ impl Controller {
 
     /// Tenant `name` of the configuration, on the shared providers.
     pub fn tenant(&self, name: &str) -> anyhow::Result<Tenant> {
-        let t = self.index.get(name).map(|&i| &self.config.tenants[i]).with_context(|| {
-            let names: Vec<_> = self.config.tenants.iter().map(|t| t.name.as_str()).collect();
-            format!("no tenant {name:?} in {}; known: {}", self.file.display(), names.join(", "))
-        })?;
+        let t = self
+            .index
+            .get(name)
+            .map(|&i| &self.config.tenants[i])
+            .with_context(|| format!("no tenant {name:?} in {}; {}", self.file.display(), known(&self.config.tenants, name)))?;
         let replicas = self.providers.iter().map(|p| p.tenant(name)).collect();
         let guards: Vec<Arc<RollbackGuard>> = self.providers.iter().map(|p| self.guard(name, &p.name)).collect::<Result<_, _>>()?;
         let seen = || guards.iter().try_fold(0, |m, g| Ok(g.seen()?.max(m)));
@@ -145,5 +146,44 @@ impl Controller {
     pub fn fleet(&self) -> anyhow::Result<Option<Fleet>> {
         let Some(s) = &self.config.state else { return Ok(None) };
         Ok(Some(Fleet::new(Pg::open(s.connect(&self.file)?)?, s.replica_name(), s.lease)))
+    }
+}
+
+/// Names to suggest for a tenant not found: those that look like `name`
+/// first, at most ten of the configured ones (a fleet has thousands).
+fn known(tenants: &[crate::config::TenantConfig], name: &str) -> String {
+    const SHOWN: usize = 10;
+    let wanted = name.to_lowercase();
+    let like = |t: &&crate::config::TenantConfig| {
+        let n = t.name.to_lowercase();
+        !wanted.is_empty() && (n.contains(&wanted) || wanted.contains(&n))
+    };
+    let mut shown: Vec<&str> = tenants.iter().filter(like).map(|t| t.name.as_str()).take(SHOWN).collect();
+    let (what, from) = if shown.is_empty() { ("known", tenants.len()) } else { ("close", shown.len()) };
+    if shown.is_empty() {
+        shown = tenants.iter().map(|t| t.name.as_str()).take(SHOWN).collect();
+    }
+    let more = if what == "known" && from > shown.len() { format!(" and {} more", from - shown.len()) } else { String::new() };
+    format!("{what}: {}{more}", shown.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::TenantConfig;
+
+    fn tenants(names: &[String]) -> Vec<TenantConfig> {
+        names.iter().map(|n| TenantConfig { name: n.clone(), verify_keys: Box::new([]), retention: None }).collect()
+    }
+
+    #[test]
+    fn a_tenant_not_found_names_those_close_to_it_or_ten_of_the_fleet() {
+        let names: Vec<String> = (0..35_000).map(|i| format!("mairie-{i:05}")).collect();
+        let t = tenants(&names);
+        let far = super::known(&t, "ville-de-lyon");
+        assert_eq!(far.matches(", ").count(), 9, "{far}");
+        assert!(far.starts_with("known: mairie-00000") && far.ends_with(" and 34990 more"), "{far}");
+        let close = super::known(&t, "MAIRIE-0001");
+        assert!(close.starts_with("close: mairie-00010, mairie-00011"), "{close}");
+        assert!(!close.contains("more"), "{close}");
     }
 }

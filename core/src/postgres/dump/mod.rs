@@ -458,178 +458,6 @@ fn parse_entry(c: &mut Cur, h: Header) -> Result<Entry, Short> {
     Ok(Entry { id, tag, namespace, tablespace, section, defn, copy_stmt, deps, table_data, owner, grantees, desc, defn_at, owner_at })
 }
 
-/// The archive's sections, as pg_dump numbers them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Section {
-    PreData,
-    Data,
-    PostData,
-}
-
-/// A table-of-contents entry, as a parallel restore needs it.
-#[derive(Debug, Clone)]
-pub struct TocEntry {
-    pub id: i64,
-    pub desc: String,
-    /// The object's name and schema (`schema.table` for a table's data).
-    pub tag: String,
-    pub namespace: String,
-    /// Its section; an entry without one (a comment, privileges) goes with
-    /// the entry before it, as `pg_restore` places it.
-    pub section: Section,
-    pub defn: String,
-    /// For a table's data: the `COPY … FROM stdin` statement that loads it.
-    pub copy_stmt: Option<String>,
-    /// Where it is created (empty: the database's default).
-    pub tablespace: String,
-    /// The dump ids of the entries it depends on.
-    pub deps: Vec<i64>,
-}
-
-/// A whole header and table of contents, read back.
-pub struct Toc {
-    /// The archive's integer size (data blocks are framed with it).
-    pub int_size: usize,
-    pub entries: Vec<TocEntry>,
-    /// Bytes the header and table of contents take.
-    pub len: usize,
-}
-
-/// Reads the header and table of contents at the start of `head`.
-pub fn toc(head: &[u8]) -> Result<Toc, String> {
-    let short = |e: Short| match e {
-        Short::More(_) => "the table of contents is cut short".to_string(),
-        Short::Bad(why) => why,
-    };
-    let mut c = Cur { b: head, at: 0 };
-    let h = parse_header(&mut c).map_err(short)?;
-    let n = c.int(h.int_size).map_err(short)?;
-    let n = usize::try_from(n).map_err(|_| "a negative number of entries".to_string())?;
-    let mut entries = Vec::with_capacity(n.min(1 << 16));
-    let mut section = Section::PreData;
-    for _ in 0..n {
-        let e = parse_entry(&mut c, h).map_err(short)?;
-        section = match e.section {
-            1 => section,
-            2 => Section::PreData,
-            3 => Section::Data,
-            4 => Section::PostData,
-            s => return Err(format!("entry {} is in an unknown section {s}", e.id)),
-        };
-        entries.push(TocEntry {
-            id: e.id,
-            desc: e.desc.unwrap_or_default(),
-            tag: e.tag.unwrap_or_default(),
-            namespace: e.namespace.unwrap_or_default(),
-            section,
-            defn: e.defn.unwrap_or_default(),
-            copy_stmt: e.copy_stmt.filter(|s| !s.is_empty()),
-            tablespace: e.tablespace.unwrap_or_default(),
-            deps: e.deps,
-        });
-    }
-    Ok(Toc { int_size: h.int_size, entries, len: c.at })
-}
-
-/// Reads one data block (as [`crate::manifest::DataBlock`] places it) as
-/// it streams: its framing checked, its content handed on.
-pub struct BlockReader {
-    int_size: usize,
-    id: i64,
-    large_objects: bool,
-    state: BlockState,
-    int: Vec<u8>,
-}
-
-/// What a data block holds, in order.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Part {
-    /// `COPY` text of a table's rows: these bytes of the input.
-    Rows(std::ops::Range<usize>),
-    /// A large object begins: its oid.
-    Object(u32),
-    /// The next bytes of the current large object.
-    Bytes(std::ops::Range<usize>),
-}
-
-#[derive(Debug, PartialEq)]
-enum BlockState {
-    Kind,
-    Id,
-    Oid,
-    Len,
-    Piece(u64),
-    End,
-}
-
-impl BlockReader {
-    /// A reader of the data block of entry `id` (`large_objects`: a block
-    /// of large objects, else a table's rows).
-    pub fn new(int_size: usize, id: i64, large_objects: bool) -> BlockReader {
-        BlockReader { int_size, id, large_objects, state: BlockState::Kind, int: Vec::new() }
-    }
-
-    /// The next bytes of the block: what they hold, as parts of `bytes`.
-    pub fn feed(&mut self, bytes: &[u8], mut out: impl FnMut(Part)) -> Result<(), String> {
-        let mut at = 0usize;
-        while let Some(rest) = bytes.get(at..).filter(|r| !r.is_empty()) {
-            match self.state {
-                BlockState::End => return Err(format!("{} bytes after the end of the data block of entry {}", rest.len(), self.id)),
-                BlockState::Kind => {
-                    let want = if self.large_objects { BLK_BLOBS } else { BLK_DATA };
-                    if rest.first() != Some(&want) {
-                        return Err(format!("the data of entry {} does not start with a block of its kind", self.id));
-                    }
-                    at += 1;
-                    self.state = BlockState::Id;
-                }
-                BlockState::Piece(left) => {
-                    let n = left.min(rest.len() as u64) as usize;
-                    out(if self.large_objects { Part::Bytes(at..at + n) } else { Part::Rows(at..at + n) });
-                    at += n;
-                    self.state = if left == n as u64 { BlockState::Len } else { BlockState::Piece(left - n as u64) };
-                }
-                BlockState::Id | BlockState::Oid | BlockState::Len => {
-                    let size = 1 + self.int_size;
-                    let n = size.saturating_sub(self.int.len()).min(rest.len());
-                    self.int.extend_from_slice(rest.get(..n).unwrap_or_default());
-                    at += n;
-                    if self.int.len() < size {
-                        continue;
-                    }
-                    let v = decode_int(&std::mem::take(&mut self.int)).ok_or("an integer too large in a data block")?;
-                    self.state = match self.state {
-                        BlockState::Id if v != self.id => {
-                            return Err(format!("the data block of entry {} says it is entry {v}'s", self.id))
-                        }
-                        BlockState::Id if self.large_objects => BlockState::Oid,
-                        BlockState::Id => BlockState::Len,
-                        BlockState::Oid if v == 0 => BlockState::End,
-                        BlockState::Oid => {
-                            out(Part::Object(u32::try_from(v).map_err(|_| format!("a large object numbered {v}"))?));
-                            BlockState::Len
-                        }
-                        _ if v == 0 && self.large_objects => BlockState::Oid,
-                        _ if v == 0 => BlockState::End,
-                        _ if v > 0 => BlockState::Piece(v as u64),
-                        _ => return Err(format!("a data piece of length {v}")),
-                    };
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// At the end of the block's bytes: an error unless the block ended there.
-    pub fn finish(&self) -> Result<(), String> {
-        if self.state == BlockState::End {
-            Ok(())
-        } else {
-            Err(format!("the data block of entry {} is cut short", self.id))
-        }
-    }
-}
-
 /// Bytes of a table's data kept to find its end marker.
 const TAIL: usize = 6;
 
@@ -654,10 +482,14 @@ fn count_lines(b: &[u8]) -> u64 {
     b.iter().filter(|x| **x == b'\n').count() as u64
 }
 
+mod block;
 mod rewrite;
 mod roles;
+mod toc;
 
+pub use block::{BlockReader, Part};
 pub use rewrite::RoleMap;
+pub use toc::{toc, Section, Toc, TocEntry};
 
 #[cfg(test)]
 mod tests;

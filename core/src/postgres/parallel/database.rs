@@ -1,0 +1,205 @@
+//! The target database and the new one restored into beside it: whether
+//! this role may replace the target, the new database's privileges, the
+//! swap, and dropping what a failed restore leaves.
+// Reads what the target server answers: total, no panic.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
+use super::{quote_ident, sql, Dsn, ParallelError};
+
+/// What the target database is and whether this role may replace it.
+pub(super) struct Target {
+    pub(super) name: String,
+    pub(super) owner: String,
+    pub(super) connlimit: i32,
+    /// Rows written in it when the restore began.
+    pub(super) writes: i64,
+}
+
+/// The target database, if this role may replace it (else why not).
+pub(super) async fn fit(dsn: &Dsn) -> Result<Result<Target, String>, ParallelError> {
+    let (client, conn) = dsn.config()?.connect().await?;
+    let row = client
+        .query_one(
+            "SELECT current_database(), pg_get_userbyid(d.datdba), \
+                    (SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user), \
+                    pg_has_role(d.datdba, 'MEMBER'), \
+                    (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                       AND backend_type = 'client backend'), \
+                    d.datconnlimit, \
+                    EXISTS (SELECT 1 FROM pg_db_role_setting s WHERE s.setdatabase = d.oid), \
+                    shobj_description(d.oid, 'pg_database') IS NOT NULL, \
+                    (SELECT tup_inserted + tup_updated + tup_deleted FROM pg_stat_database WHERE datid = d.oid) \
+             FROM pg_database d WHERE d.datname = current_database()",
+            &[],
+        )
+        .await
+        .map_err(sql("reading the target database's owner and this role's rights"))?;
+    drop(client);
+    let _ = conn.await;
+    let (name, owner): (String, String) = (row.get(0), row.get(1));
+    let (createdb, member, others): (Option<bool>, bool, i64) = (row.get(2), row.get(3), row.get(4));
+    let (connlimit, settings, comment, writes): (i32, bool, bool, Option<i64>) = (row.get(5), row.get(6), row.get(7), row.get(8));
+    Ok(if createdb != Some(true) {
+        Err("the role may not create databases (CREATEDB), which a parallel restore needs to leave the target as it was on failure".into())
+    } else if !member {
+        Err(format!("the role is not a member of {owner}, the target database's owner"))
+    } else if others > 0 {
+        Err(format!("{others} other session(s) are connected to {name}"))
+    } else if settings || comment {
+        Err(format!("{name} has its own settings (ALTER DATABASE/ROLE … SET) or a comment, which a new database would not carry"))
+    } else if matches!(name.as_str(), "postgres" | "template0" | "template1") {
+        Err(format!("the target is {name}, a database the server keeps"))
+    } else {
+        Ok(Target { name, owner, connlimit, writes: writes.unwrap_or(0) })
+    })
+}
+
+/// Rows written in database `name` so far (all tables, catalogs included).
+pub(super) async fn writes(c: &tokio_postgres::Client, name: &str) -> Result<i64, ParallelError> {
+    let row = c
+        .query_one("SELECT coalesce(tup_inserted + tup_updated + tup_deleted, 0) FROM pg_stat_database WHERE datname = $1", &[&name])
+        .await
+        .map_err(sql("reading the target's activity"))?;
+    Ok(row.get(0))
+}
+
+/// A connection to the server's maintenance database (`postgres`, else
+/// `template1`), statements without a time limit.
+pub(super) async fn maintenance(target: &Dsn) -> Result<tokio_postgres::Client, ParallelError> {
+    let mut last = None;
+    for db in ["postgres", "template1"] {
+        match target.with_dbname(db).config()?.connect().await {
+            Ok((client, _conn)) => {
+                client.batch_execute("SET statement_timeout = 0; SET lock_timeout = 0").await.map_err(sql("setting up"))?;
+                return Ok(client);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map(ParallelError::Connect).unwrap_or_else(|| ParallelError::Io("no maintenance database".into())))
+}
+
+/// The database restored into, dropped unless it took the target's place
+/// (on an error, awaited; when the restore is dropped midway — a drill step
+/// timed out, aborted — by a task of its own).
+pub(super) struct Staging {
+    pub(super) server: Dsn,
+    pub(super) name: String,
+    pub(super) armed: bool,
+}
+
+impl Staging {
+    pub(super) async fn drop_now(mut self) {
+        self.armed = false;
+        drop_database(&self.server, &self.name).await;
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.armed {
+            let (server, name) = (self.server.clone(), std::mem::take(&mut self.name));
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { drop_database(&server, &name).await });
+            }
+        }
+    }
+}
+
+pub(super) async fn drop_database(server: &Dsn, name: &str) {
+    let dropped = async {
+        let c = maintenance(server).await?;
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name))).await.map_err(sql("dropping"))
+    };
+    if let Err(e) = dropped.await {
+        tracing::warn!("the restore failed and its database {name} could not be dropped ({e}): drop it by hand");
+    }
+}
+
+/// `name_what_suffix`, within PostgreSQL's 63 bytes.
+pub(super) fn derived(name: &str, what: &str, suffix: &str) -> String {
+    let room = 63 - what.len() - suffix.len() - 2;
+    let mut cut = name.len().min(room);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}_{what}_{suffix}", name.get(..cut).unwrap_or_default())
+}
+
+pub(super) fn random_bytes() -> [u8; 4] {
+    let mut b = [0u8; 4];
+    let _ = getrandom::getrandom(&mut b);
+    b
+}
+
+/// The target's privileges (who may connect, create, use temporary tables) on the new database.
+pub(super) async fn copy_privileges(c: &tokio_postgres::Client, from: &str, to: &str) -> Result<(), ParallelError> {
+    let rows = c
+        .query(
+            "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END, a.privilege_type, a.is_grantable \
+             FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = $1",
+            &[&from],
+        )
+        .await
+        .map_err(sql("reading the target database's privileges"))?;
+    if rows.is_empty() {
+        return Ok(()); // the defaults, as the new database has them
+    }
+    let mut stmts = format!("REVOKE ALL ON DATABASE {} FROM PUBLIC;", quote_ident(to));
+    for r in rows {
+        let (grantee, privilege, grantable): (Option<String>, String, bool) = (r.get(0), r.get(1), r.get(2));
+        let privilege = match privilege.as_str() {
+            p @ ("CONNECT" | "CREATE" | "TEMPORARY") => p,
+            _ => continue,
+        };
+        let grantee = grantee.map(|g| quote_ident(&g)).unwrap_or_else(|| "PUBLIC".into());
+        stmts.push_str(&format!(
+            "GRANT {privilege} ON DATABASE {} TO {grantee}{};",
+            quote_ident(to),
+            if grantable { " WITH GRANT OPTION" } else { "" }
+        ));
+    }
+    c.batch_execute(&stmts).await.map_err(sql("giving the new database the target's privileges"))
+}
+
+/// Gives the restored database the target's name, in one transaction, then
+/// drops the replaced (empty) target, unless rows were written in it during
+/// the restore (then it is kept, under its new name, and said so).
+pub(super) async fn swap(server: &Dsn, target: &Target, staging: &str, suffix: &str) -> Result<(), ParallelError> {
+    let old = derived(&target.name, "replaced", suffix);
+    let c = maintenance(server).await?;
+    let written = writes(&c, &target.name).await? - target.writes;
+    let renamed = async {
+        c.batch_execute("BEGIN").await?;
+        c.batch_execute(&format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&target.name), quote_ident(&old))).await?;
+        c.batch_execute(&format!("ALTER DATABASE {} RENAME TO {}", quote_ident(staging), quote_ident(&target.name))).await?;
+        c.batch_execute("COMMIT").await
+    }
+    .await;
+    if let Err(e) = renamed {
+        let _ = c.batch_execute("ROLLBACK").await;
+        // the commit may have reached the server before the connection broke
+        let swapped = async {
+            let c = maintenance(server).await.ok()?;
+            let row = c.query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[&staging]).await.ok()?;
+            Some(row.get::<_, i64>(0) == 0)
+        };
+        if swapped.await != Some(true) {
+            return Err(sql(format!(
+                "giving the restored database {staging} the name {} (is a session connected to either?)",
+                target.name
+            ))(e));
+        }
+    }
+    if written > 0 {
+        tracing::warn!(
+            "{written} row(s) were written in {} while it was being restored: the restored database took its name, \
+             and what it held is kept as {old} (drop it once looked at)",
+            target.name
+        );
+        return Ok(());
+    }
+    if let Err(e) = c.batch_execute(&format!("DROP DATABASE {}", quote_ident(&old))).await {
+        tracing::warn!("the target database it replaced, now {old}, could not be dropped ({e}): drop it by hand");
+    }
+    Ok(())
+}
