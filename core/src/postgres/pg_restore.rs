@@ -52,6 +52,25 @@ fn renaming(why: String) -> RestoreError {
     RestoreError::Sink { what: "renaming roles (--map-role)".into(), source: std::io::Error::other(why) }
 }
 
+/// `pg_restore` into `target` (its password in the environment, a clean
+/// environment otherwise), stopping at the first error, owners and
+/// privileges as `keep` says; the caller adds the rest.
+pub(super) fn command(prog: &Path, target: &super::Dsn, keep: super::Keep) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(prog);
+    crate::child::clean(&mut cmd);
+    if let Some(p) = &target.password {
+        cmd.env("PGPASSWORD", p);
+    }
+    if !keep.owners {
+        cmd.arg("--no-owner");
+    }
+    if !keep.privileges {
+        cmd.arg("--no-privileges");
+    }
+    cmd.args(["--exit-on-error", "--no-password", "--dbname"]).arg(&target.conninfo);
+    cmd
+}
+
 /// Streams the snapshot into `pg_restore --dbname target` in one transaction
 /// (a failed check kills `pg_restore` before it commits anything). Returns
 /// the ciphertext bytes each provider served.
@@ -64,21 +83,9 @@ pub async fn pg_restore(
     to: PgRestore<'_>,
 ) -> Result<BTreeMap<String, u64>, PgRestoreError> {
     let PgRestore { prog, target, progress, keep, map_roles } = to;
-    let mut cmd = tokio::process::Command::new(prog);
-    crate::child::clean(&mut cmd);
-    if let Some(p) = &target.password {
-        cmd.env("PGPASSWORD", p);
-    }
-    if !keep.owners {
-        cmd.arg("--no-owner");
-    }
-    if !keep.privileges {
-        cmd.arg("--no-privileges");
-    }
-    let mut child = cmd
+    let mut child = command(prog, target, keep)
         // one transaction: a restore that fails leaves the target database as it was
-        .args(["--exit-on-error", "--single-transaction", "--no-password", "--dbname"])
-        .arg(&target.conninfo)
+        .arg("--single-transaction")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -203,3 +203,16 @@ pub(super) async fn swap(server: &Dsn, target: &Target, staging: &str, suffix: &
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_derived_name_fits_postgresql_and_cuts_no_character() {
+        assert_eq!(super::derived("mairie", "restore", "0a1b2c3d"), "mairie_restore_0a1b2c3d");
+        let long = "état_civil_".repeat(8) + "\"; DROP DATABASE x; --";
+        let d = super::derived(&long, "replaced", "0a1b2c3d");
+        assert!(d.len() <= 63 && d.starts_with("état_civil_") && d.ends_with("_replaced_0a1b2c3d"), "{d}");
+        // quoted wherever it is used: the name stays one identifier
+        assert_eq!(crate::postgres::quote_ident("a\"; DROP"), "\"a\"\"; DROP\"");
+    }
+}

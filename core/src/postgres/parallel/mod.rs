@@ -124,6 +124,9 @@ pub async fn restore(
     };
     let seen = Seen::new(&index);
     let (mut head, toc, served) = read_toc(replicated, &m, &index, &ids, concurrency, &layout, &seen).await?;
+    if let Some(why) = unsuitable(&toc) {
+        return Ok(Outcome::Serial(why));
+    }
     let tables = match tables(&toc, &layout.blocks, seen.len()) {
         Ok(t) => t,
         Err(why) => return Ok(Outcome::Serial(why)),
@@ -134,10 +137,6 @@ pub async fn restore(
         map.finish().map_err(ParallelError::Archive)?;
     }
 
-    if let Some(why) = unsuitable(&toc) {
-        return Ok(Outcome::Serial(why));
-    }
-
     // 2. a new database beside the target
     let target = match fit(to.target).await? {
         Ok(t) => t,
@@ -145,8 +144,8 @@ pub async fn restore(
     };
     let suffix = hex::encode(random_bytes());
     let staging_name = derived(&target.name, "restore", &suffix);
-    maintenance(to.target)
-        .await?
+    let server = maintenance(to.target).await?;
+    server
         .batch_execute(&format!(
             "CREATE DATABASE {} TEMPLATE {} OWNER {} CONNECTION LIMIT {}",
             quote_ident(&staging_name),
@@ -165,7 +164,8 @@ pub async fn restore(
         lap = std::time::Instant::now();
     };
     let loaded = async {
-        copy_privileges(&maintenance(to.target).await?, &target.name, &staging_name).await?;
+        copy_privileges(&server, &target.name, &staging_name).await?;
+        drop(server); // idle for the whole load otherwise: the swap opens its own
         let dir = tempfile::Builder::new()
             .prefix("bascule-restore-")
             .tempdir()
@@ -349,22 +349,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ParallelError> {
 
 /// `pg_restore` of the schema file into `db`.
 async fn pg_restore(prog: &Path, db: &Dsn, keep: Keep, args: &[&str], file: &Path) -> Result<(), PgRestoreError> {
-    let mut cmd = tokio::process::Command::new(prog);
-    crate::child::clean(&mut cmd);
-    if let Some(p) = &db.password {
-        cmd.env("PGPASSWORD", p);
-    }
-    if !keep.owners {
-        cmd.arg("--no-owner");
-    }
-    if !keep.privileges {
-        cmd.arg("--no-privileges");
-    }
-    let out = cmd
-        .args(["--exit-on-error", "--no-password"])
+    let out = super::pg_restore::command(prog, db, keep)
         .args(args)
-        .arg("--dbname")
-        .arg(&db.conninfo)
         .arg(file)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
