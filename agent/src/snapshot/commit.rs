@@ -32,13 +32,13 @@ pub(super) async fn commit(
     exported: Exported,
 ) -> anyhow::Result<SnapshotReport> {
     let agent = &session.agent;
-    let Exported { packer, entries, stream_hash, source_bytes, facts } = exported;
+    let Exported { packer, extents, chunk_count, stream_hash, source_bytes, facts } = exported;
     let head_seq = agent.read_heads(&session.writer.up()).await;
     let name = layout::new_snapshot_name(started_at);
     let index = Index {
         format: FORMAT,
         segments: packer.segments.clone(),
-        extents: packer.extents(&entries),
+        extents,
         stream_hash,
         row_counts: facts.row_counts,
         owners: facts.owners,
@@ -62,7 +62,7 @@ pub(super) async fn commit(
         started_at,
         finished_at: started_at + chrono::Duration::from_std(t0.elapsed()).unwrap_or_default(),
         source_bytes,
-        chunk_count: entries.len() as u64,
+        chunk_count,
         new_bytes: session.new_bytes.load(Ordering::Relaxed) + index_ref.len,
         stored_bytes: packer.objects.iter().map(|o| o.len).sum::<u64>() + index_ref.len,
         recipients: agent.config.recipients.iter().map(|r| r.to_string()).collect(),
@@ -93,7 +93,7 @@ pub(super) async fn commit(
         .commit_head(&session.writer, update)
         .await
         .with_context(|| format!("job {}: every provider failed while committing", job.name))?;
-    tables.committed(&packer.objects, &packer.segments, &packer.blobs)?;
+    tables.committed(&packer.objects, &packer.segments, packer.chunks)?;
 
     let report = SnapshotReport {
         name,

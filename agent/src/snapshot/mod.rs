@@ -7,12 +7,17 @@
 //! pool and each chunk is found known or new ([`session`]); new chunks are
 //! gathered into segments, sealed and laid out in packs ([`packer`]); then
 //! the [`commit`]. The chunk tables that make the next run incremental are
-//! in [`known`]. Memory is bounded by the channel, the batches and segments
-//! in flight and a few packs, whatever the size of the database.
+//! in [`known`] and [`table`]. Memory is bounded by the channel, the batches
+//! and segments in flight and a few packs, whatever the size of the
+//! database: chunk tables past a bound are on disk ([`distinct`]), and what
+//! grows with the stream in memory is 4 bytes per chunk of the index (its
+//! length) and 2 per chunk of Bloom filter.
 mod commit;
+mod distinct;
 mod known;
 mod packer;
 mod session;
+mod table;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -22,6 +27,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use bascule_core::chunker::Batch;
 use bascule_core::layout;
+use bascule_core::manifest::Extent;
 use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
@@ -32,9 +38,11 @@ use crate::config::JobConfig;
 use crate::source::{Running, SourceFacts};
 use crate::Agent;
 use bascule_core::progress::Progress;
+use distinct::Distinct;
 use known::{Known, Tables};
 use packer::Packer;
 use session::Session;
+use table::Loc;
 
 /// Bytes the chunker hands on at once (hashed together on the blocking pool).
 const BATCH_SIZE: usize = 1 << 20;
@@ -64,8 +72,9 @@ impl SnapshotReport {
 /// chunks in order, the stream's fingerprint and what the source said.
 struct Exported {
     packer: Packer,
-    /// (blob position, length) of each chunk, in stream order.
-    entries: Vec<(u32, u32)>,
+    /// The stream, in order.
+    extents: Vec<Extent>,
+    chunk_count: u64,
     stream_hash: String,
     source_bytes: u64,
     facts: SourceFacts,
@@ -84,7 +93,7 @@ pub async fn run(
     let tables = Tables::of(&agent.config.state_dir, &job.name, &agent.config.recipients);
     let session = Arc::new(open_session(&agent, &tables, cancel).await?);
     progress.phase(&format!("job {}: export started", job.name));
-    let exported = export(&session, job, progress).await?;
+    let exported = export(&session, job, &tables, progress).await?;
     progress.phase(&format!("job {}: export read, committing", job.name));
     commit::commit(&session, job, &tables, started_at, t0, exported).await
 }
@@ -125,8 +134,27 @@ async fn open_session(agent: &Arc<Agent>, tables: &Tables, cancel: CancellationT
     Ok(Session::new(agent.clone(), writer, listings, known, tables.journal.clone(), cancel, condemned))
 }
 
-/// A batch of chunks with, for each, its id, plaintext hash, and whether it is known.
-type Placed = (Batch, Vec<(ChunkId, blake3::Hash)>, Vec<bool>);
+/// A batch of chunks with, for each, its id, plaintext hash, and where it
+/// was stored before (`None`: new, or not reusable).
+type Placed = (Batch, Vec<(ChunkId, blake3::Hash)>, Vec<Option<Loc>>);
+
+/// The stream as extents of the segment table, built chunk by chunk.
+#[derive(Default)]
+struct Extents {
+    extents: Vec<Extent>,
+    /// Where the last extent ends.
+    next: Option<Loc>,
+}
+
+impl Extents {
+    fn push(&mut self, at: Loc, len: u32) {
+        match self.extents.last_mut() {
+            Some(e) if self.next == Some(at) => e.lens.push(len),
+            _ => self.extents.push(Extent { segment: at.segment, offset: at.offset, lens: vec![len] }),
+        }
+        self.next = Some(Loc { segment: at.segment, offset: at.offset + len });
+    }
+}
 
 /// Stages one and two: the chunker thread, then each batch hashed on the
 /// blocking pool and each chunk found known or new, batches in parallel,
@@ -156,8 +184,9 @@ fn chunk_and_place(
         .map(move |batch| {
             let session = session.clone();
             async move {
-                let key = session.agent.key.clone();
-                let (batch, hashed) = tokio::task::spawn_blocking(move || {
+                let on_pool = session.clone();
+                let (batch, hashed, stored) = tokio::task::spawn_blocking(move || {
+                    let key = &on_pool.agent.key;
                     let hashed: Vec<(ChunkId, blake3::Hash)> = batch
                         .chunks()
                         .map(|c| {
@@ -165,12 +194,18 @@ fn chunk_and_place(
                             (ChunkId(key.chunk_id(&h)), h)
                         })
                         .collect();
-                    (batch, hashed)
+                    // the table is read from disk: here, off the runtime
+                    let stored = hashed.iter().map(|(id, _)| on_pool.known.get(id)).collect::<std::io::Result<Vec<_>>>();
+                    (batch, hashed, stored)
                 })
                 .await?;
+                let stored = stored.context("reading the chunk table")?;
                 let mut known = Vec::with_capacity(hashed.len());
-                for (id, _) in &hashed {
-                    known.push(session.place(id).await?);
+                for s in stored {
+                    known.push(match s {
+                        Some(loc) if session.place(loc).await? => Some(loc),
+                        _ => None,
+                    });
                 }
                 Ok::<_, anyhow::Error>((batch, hashed, known))
             }
@@ -186,7 +221,7 @@ pub(super) fn cores() -> usize {
 
 /// Runs the source through the stages; on any failure or cancellation the
 /// source is stopped and nothing is committed.
-async fn export(session: &Arc<Session>, job: &JobConfig, progress: &Progress) -> anyhow::Result<Exported> {
+async fn export(session: &Arc<Session>, job: &JobConfig, tables: &Tables, progress: &Progress) -> anyhow::Result<Exported> {
     let mut running = job.source.start(&session.agent.config_file).await?;
     let killer = running.killer();
     let stop_on_cancel = {
@@ -199,10 +234,9 @@ async fn export(session: &Arc<Session>, job: &JobConfig, progress: &Progress) ->
     let (chunker, placed) = chunk_and_place(session, &mut running);
     // boxed so that dropping it (on failure) drops the receiver and stops the chunker
     let mut placed = Box::pin(placed);
-    // this stream likely has about as many chunks as the last one: room for an eighth more
-    let chunks = session.known.blobs.len() * 9 / 8;
-    let mut packer = Packer::new(session.clone(), chunks);
-    let mut entries: Vec<(u32, u32)> = Vec::with_capacity(chunks);
+    let mut packer = Packer::new(session.clone(), Distinct::new(tables.spill(), distinct::RECENT));
+    let mut extents = Extents::default();
+    let mut chunk_count = 0u64;
     let mut chain = blake3::Hasher::new();
     let mut source_bytes = 0u64;
     let streamed = async {
@@ -219,8 +253,12 @@ async fn export(session: &Arc<Session>, job: &JobConfig, progress: &Progress) ->
             let Some(p) = p else { break };
             let (batch, hashed, known) = p?;
             for ((chunk, (id, hash)), known) in batch.chunks().zip(hashed).zip(known) {
-                let blob = if known { packer.known(id) } else { packer.add_new(id, chunk).await? };
-                entries.push((blob, chunk.len() as u32));
+                let at = match known {
+                    Some(k) => packer.known(id, k)?,
+                    None => packer.add_new(id, chunk).await?,
+                };
+                extents.push(at, chunk.len() as u32);
+                chunk_count += 1;
                 chain.update(hash.as_bytes());
                 source_bytes += chunk.len() as u64;
             }
@@ -246,5 +284,5 @@ async fn export(session: &Arc<Session>, job: &JobConfig, progress: &Progress) ->
     }
     let facts = facts.with_context(|| format!("job {}: the source failed, nothing committed", job.name))?;
     chunked.with_context(|| format!("job {}: reading the source", job.name))?;
-    Ok(Exported { packer, entries, stream_hash: chain.finalize().to_hex().to_string(), source_bytes, facts })
+    Ok(Exported { packer, extents: extents.extents, chunk_count, stream_hash: chain.finalize().to_hex().to_string(), source_bytes, facts })
 }

@@ -2,19 +2,23 @@
 //! parallel (at most one per core and `upload.concurrency` at once),
 //! appended in stream order to a pack that uploads in the background once
 //! full (at most two packs in flight). It also keeps what the snapshot
-//! references: packs, segments and where each chunk lies.
+//! references: packs, segments and where each chunk lies ([`Distinct`]).
+//! A segment takes its place in the segment table when its first chunk
+//! arrives, so that every chunk's place is known at once.
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use bascule_core::manifest::{Extent, Segment};
+use bascule_core::manifest::Segment;
 use bascule_core::object::ObjectRef;
 use bascule_core::{hash_hex, layout, seal};
 use bytes::Bytes;
 use tokio::task::JoinSet;
 
-use super::known::{BlobRef, JournalSegment};
+use super::distinct::Distinct;
+use super::known::JournalSegment;
 use super::session::Session;
-use crate::chunk_id::{ChunkId, IdMap};
+use super::table::Loc;
+use crate::chunk_id::ChunkId;
 
 /// Plaintext of consecutive new chunks sealed together: large enough for
 /// zstd to compress well and for age's per-file header (≈ 200 bytes, one
@@ -25,6 +29,8 @@ pub const SEGMENT_SIZE: usize = 1 << 20;
 /// A segment being sealed on the blocking pool: its ciphertext and the
 /// ciphertext's hash.
 type Sealing = tokio::task::JoinHandle<bascule_core::Result<(Vec<u8>, String)>>;
+/// The chunks of a segment, with their offsets in its plaintext.
+type Members = Vec<(ChunkId, u32)>;
 type SealOutcome = Result<bascule_core::Result<(Vec<u8>, String)>, tokio::task::JoinError>;
 
 /// What the snapshot references so far (packs, segments, chunks), the
@@ -37,25 +43,24 @@ pub(super) struct Packer {
     sealers: usize,
     pub objects: Vec<ObjectRef>,
     object_pos: HashMap<String, u32>,
+    /// A segment being filled or sealed holds its place with `pack: u32::MAX`.
     pub segments: Vec<Segment>,
     /// Segment hash → position in `segments`.
     segment_pos: HashMap<String, u32>,
-    pub blobs: Vec<BlobRef>,
-    blob_pos: IdMap<u32>,
-    /// Current segment: plaintext and the blob positions of its chunks.
-    filling: (Vec<u8>, Vec<u32>),
-    /// Segments being sealed, in stream order.
-    sealing: VecDeque<(Vec<u32>, Sealing)>,
+    pub chunks: Distinct,
+    /// Current segment: its position in `segments`, plaintext, and its
+    /// chunks with their offsets.
+    filling: (u32, Vec<u8>, Members),
+    /// Segments being sealed, in stream order, with their position and chunks.
+    sealing: VecDeque<(u32, Members, Sealing)>,
     /// Current pack: its slot in `objects`, bytes, and segments.
     pack: Option<(u32, Vec<u8>, Vec<JournalSegment>)>,
     uploads: JoinSet<anyhow::Result<()>>,
 }
 
 impl Packer {
-    /// `chunks`: room for the chunks the stream likely has, so that the
-    /// tables are sized once instead of doubling (a table that doubles holds
-    /// its old and new storage at once).
-    pub fn new(run: Arc<Session>, chunks: usize) -> Packer {
+    /// `chunks`: where this snapshot's chunks are recorded.
+    pub fn new(run: Arc<Session>, chunks: Distinct) -> Packer {
         Packer {
             pack_size: run.agent.config.upload.pack_size.0 as usize,
             sealers: super::cores().min(run.agent.config.upload.concurrency),
@@ -64,9 +69,8 @@ impl Packer {
             object_pos: HashMap::new(),
             segments: Vec::new(),
             segment_pos: HashMap::new(),
-            blobs: Vec::with_capacity(chunks),
-            blob_pos: IdMap::with_capacity_and_hasher(chunks, Default::default()),
-            filling: Default::default(),
+            chunks,
+            filling: (u32::MAX, Vec::new(), Vec::new()),
             sealing: Default::default(),
             pack: None,
             uploads: JoinSet::new(),
@@ -90,20 +94,10 @@ impl Packer {
         p
     }
 
-    fn add_blob(&mut self, b: BlobRef) -> u32 {
-        let p = self.blobs.len() as u32;
-        self.blob_pos.insert(b.id, p);
-        self.blobs.push(b);
-        p
-    }
-
-    /// The blob position of a chunk already stored.
-    pub fn known(&mut self, id: ChunkId) -> u32 {
-        if let Some(p) = self.blob_pos.get(&id) {
-            return *p;
-        }
+    /// Where a chunk already stored lies in this snapshot: `k`, its place in
+    /// [`Session::known`].
+    pub fn known(&mut self, id: ChunkId, k: Loc) -> anyhow::Result<Loc> {
         let run = self.run.clone();
-        let k = *run.known.blobs.get(&id).expect("a known blob");
         let ks = &run.known.segments[k.segment as usize];
         let segment = match self.segment_pos.get(&ks.hash) {
             Some(s) => *s,
@@ -112,29 +106,36 @@ impl Packer {
                 self.add_segment(Segment { pack, at: ks.at, len: ks.len, hash: ks.hash.clone() })
             }
         };
-        self.add_blob(BlobRef { id, segment, offset: k.offset })
+        let loc = Loc { segment, offset: k.offset };
+        self.chunks.insert(id, loc)?;
+        Ok(loc)
     }
 
     /// Adds a new chunk to the current segment; seals the segment once full.
-    pub async fn add_new(&mut self, id: ChunkId, data: &[u8]) -> anyhow::Result<u32> {
-        if let Some(p) = self.blob_pos.get(&id) {
-            return Ok(*p); // twice in one stream
+    pub async fn add_new(&mut self, id: ChunkId, data: &[u8]) -> anyhow::Result<Loc> {
+        if let Some(loc) = self.chunks.get(&id)? {
+            return Ok(loc); // twice in one stream
         }
-        let offset = self.filling.0.len() as u32;
-        let pos = self.add_blob(BlobRef { id, segment: u32::MAX, offset }); // placed when sealed
-        self.filling.0.extend_from_slice(data);
-        self.filling.1.push(pos);
-        if self.filling.0.len() >= SEGMENT_SIZE {
+        if self.filling.2.is_empty() {
+            // its place, filled in once sealed
+            self.filling.0 = self.segments.len() as u32;
+            self.segments.push(Segment { pack: u32::MAX, at: 0, len: 0, hash: String::new() });
+        }
+        let loc = Loc { segment: self.filling.0, offset: self.filling.1.len() as u32 };
+        self.chunks.insert(id, loc)?;
+        self.filling.1.extend_from_slice(data);
+        self.filling.2.push((id, loc.offset));
+        if self.filling.1.len() >= SEGMENT_SIZE {
             self.seal_segment().await?;
         }
-        Ok(pos)
+        Ok(loc)
     }
 
     /// Starts sealing the current segment; keeps at most `sealers`
     /// segments in the sealer, placing finished ones in stream order (the
     /// export loop also places each one as soon as it is sealed).
     async fn seal_segment(&mut self) -> anyhow::Result<()> {
-        let (data, members) = std::mem::take(&mut self.filling);
+        let (slot, data, members) = std::mem::replace(&mut self.filling, (u32::MAX, Vec::new(), Vec::new()));
         if !members.is_empty() {
             let recipients = self.run.agent.config.recipients.clone();
             let sealing = tokio::task::spawn_blocking(move || {
@@ -143,7 +144,7 @@ impl Packer {
                     (c, h)
                 })
             });
-            self.sealing.push_back((members, sealing));
+            self.sealing.push_back((slot, members, sealing));
         }
         while self.sealing.len() > self.sealers {
             self.place_sealed().await?;
@@ -156,7 +157,7 @@ impl Packer {
     /// sealer is empty.
     pub async fn oldest_sealed(&mut self) -> SealOutcome {
         std::future::poll_fn(|cx| match self.sealing.front_mut() {
-            Some((_, handle)) => std::future::Future::poll(std::pin::Pin::new(handle), cx),
+            Some((_, _, handle)) => std::future::Future::poll(std::pin::Pin::new(handle), cx),
             None => std::task::Poll::Pending,
         })
         .await
@@ -174,7 +175,7 @@ impl Packer {
     /// Appends the oldest segment, sealed (`outcome`), to the pack; uploads
     /// the pack once full.
     pub async fn place_oldest(&mut self, outcome: SealOutcome) -> anyhow::Result<()> {
-        let (members, _) = self.sealing.pop_front().expect("a segment in the sealer");
+        let (segment, chunks, _) = self.sealing.pop_front().expect("a segment in the sealer");
         let (sealed, hash) = outcome??;
         if self.pack.is_none() {
             let slot = self.objects.len() as u32;
@@ -188,13 +189,8 @@ impl Packer {
         }
         let (slot, at) = self.pack.as_ref().map(|(slot, bytes, _)| (*slot, bytes.len() as u64)).expect("a pack");
         let len = sealed.len() as u32;
-        let segment = self.add_segment(Segment { pack: slot, at, len, hash: hash.clone() });
-        let mut chunks = Vec::with_capacity(members.len());
-        for pos in members {
-            let b = &mut self.blobs[pos as usize];
-            b.segment = segment;
-            chunks.push((b.id, b.offset));
-        }
+        self.segments[segment as usize] = Segment { pack: slot, at, len, hash: hash.clone() };
+        self.segment_pos.insert(hash.clone(), segment);
         let (_, bytes, segments) = self.pack.as_mut().expect("a pack");
         bytes.extend_from_slice(&sealed);
         segments.push(JournalSegment { at, len, hash, chunks });
@@ -232,20 +228,5 @@ impl Packer {
             r??;
         }
         Ok(())
-    }
-
-    /// The stream, in order, as extents of the segment table.
-    pub fn extents(&self, entries: &[(u32, u32)]) -> Vec<Extent> {
-        let mut extents: Vec<Extent> = Vec::new();
-        let mut next = (u32::MAX, 0u32); // where the last extent ends
-        for &(blob, len) in entries {
-            let b = &self.blobs[blob as usize];
-            match extents.last_mut() {
-                Some(e) if next == (b.segment, b.offset) => e.lens.push(len),
-                _ => extents.push(Extent { segment: b.segment, offset: b.offset, lens: vec![len] }),
-            }
-            next = (b.segment, b.offset + len);
-        }
-        extents
     }
 }

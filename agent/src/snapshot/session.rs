@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::known::{JournalEntry, JournalSegment, Known, Tables};
-use crate::chunk_id::ChunkId;
+use super::table::Loc;
 use crate::Agent;
 
 pub(super) struct Session {
@@ -64,12 +64,11 @@ impl Session {
         self.listings.iter().zip(self.writer.up()).map(|(l, u)| u && l.get(&pack.key) == Some(&pack.len)).collect()
     }
 
-    /// Decides one chunk: known (`true`: on every usable provider, or on one,
+    /// Decides one chunk stored before at `k` (in [`Session::known`]): known (`true`: on every usable provider, or on one,
     /// its pack then copied across, ciphertext only) or new (`false`: seal
     /// it). Every chunk of a pack that must be copied waits for that one
     /// copy; a pack whose copy fails its check is not reused at all.
-    pub async fn place(&self, id: &ChunkId) -> anyhow::Result<bool> {
-        let Some(k) = self.known.blobs.get(id) else { return Ok(false) };
+    pub async fn place(&self, k: Loc) -> anyhow::Result<bool> {
         let Some(pack) = self.known.segments.get(k.segment as usize).map(|s| &s.pack) else { return Ok(false) };
         let has = self.holders(pack);
         let Some(from) = has.iter().position(|h| *h) else { return Ok(false) };
