@@ -54,6 +54,24 @@ pub fn seal(plaintext: &[u8], recipients: &[Recipient]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Seals what `write` writes, streamed through zstd and age: for a large
+/// plaintext (a snapshot's index) made to be sealed, which then never lies
+/// whole in memory; only its ciphertext does.
+pub fn seal_written(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>, recipients: &[Recipient]) -> Result<Vec<u8>> {
+    let err = |e: std::io::Error| Error::Seal(e.to_string());
+    let encryptor =
+        age::Encryptor::with_recipients(recipients.iter().map(|r| &r.0 as &dyn age::Recipient)).map_err(|e| Error::Seal(e.to_string()))?;
+    let mut out = Vec::new();
+    let sealed = encryptor.wrap_output(&mut out).map_err(err)?;
+    let mut z = zstd::stream::Encoder::new(sealed, ZSTD_LEVEL).map_err(err)?;
+    {
+        let mut buffered = std::io::BufWriter::with_capacity(1 << 16, &mut z);
+        write(&mut buffered).and_then(|()| buffered.flush()).map_err(err)?;
+    }
+    z.finish().and_then(|sealed| sealed.finish()).map_err(err)?;
+    Ok(out)
+}
+
 /// Decrypts and decompresses; `max_len` bounds the plaintext (a forged object
 /// cannot make us allocate without limit). `key` names the object in errors;
 /// `sealed_to` is what the manifest says the object was sealed to.
@@ -124,6 +142,17 @@ mod tests {
         let (stranger, _) = Identities::generate();
         let err = open(&sealed, &stranger, 1 << 20, "k", &[r.to_string()]).unwrap_err();
         assert!(err.to_string().contains(&r.to_string()), "{err}");
+    }
+
+    #[test]
+    fn what_is_sealed_as_written_opens_as_one_plaintext() {
+        let (ids, r) = Identities::generate();
+        let data = "Délibération du conseil municipal, ".repeat(20_000);
+        let sealed = seal_written(|w| data.as_bytes().chunks(777).try_for_each(|c| w.write_all(c)), &[r]).unwrap();
+        assert_eq!(open(&sealed, &ids, data.len(), "k", &[]).unwrap(), data.as_bytes());
+        assert!(open(&sealed, &ids, data.len() - 1, "k", &[]).is_err(), "the bound holds for a streamed frame");
+        let failed = seal_written(|_| Err(std::io::Error::other("the index could not be written")), &[Identities::generate().1]);
+        assert!(failed.unwrap_err().to_string().contains("could not be written"));
     }
 
     #[test]

@@ -46,9 +46,12 @@ pub(super) async fn commit(
         archive: facts.archive,
         source: facts.source,
     };
-    let index_json = serde_json::to_vec(&index)?;
     let recipients = agent.config.recipients.clone();
-    let sealed_index = tokio::task::spawn_blocking(move || seal::seal(&index_json, &recipients)).await??;
+    // streamed: the index's JSON (a few bytes per chunk) is never whole in memory
+    let sealed_index = tokio::task::spawn_blocking(move || {
+        seal::seal_written(|w| serde_json::to_writer(w, &index).map_err(std::io::Error::from), &recipients)
+    })
+    .await??;
     let index_ref = ObjectRef::of(layout::index(&name), &sealed_index);
     session.put(&index_ref.key, Bytes::from(sealed_index), &session.writer.up(), false).await?;
 
