@@ -5,7 +5,7 @@
 //! chunk, the second finds every chunk in the chunk table on disk. Peak RSS
 //! by GNU time. Run it with `./scripts/bench.sh memory [GIB…]` (default 2
 //! 20); `BASCULE_BENCH_AGENT=path` measures another build of the agent.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bascule_tests::bench::{field, fresh_tenant_config, timed_rss};
 use bascule_tests::{bin, Scenario};
@@ -18,7 +18,7 @@ struct Night {
     new_bytes: u64,
 }
 
-fn export(agent: &PathBuf, cfg: &PathBuf, what: &str) -> Night {
+fn export(agent: &Path, cfg: &Path, what: &str) -> Night {
     let args = [agent.as_os_str(), "snapshot".as_ref(), "--job".as_ref(), "nightly".as_ref(), "--config".as_ref(), cfg.as_os_str()];
     let (t, rss_kib, out) = timed_rss(what, &args);
     Night {
