@@ -26,6 +26,30 @@ impl Default for ChunkerParams {
 pub struct Batch {
     pub data: Vec<u8>,
     pub lens: Vec<u32>,
+    /// Where its buffer goes back once the batch is dropped.
+    spare: Option<std::sync::Arc<Spare>>,
+}
+
+/// Buffers of dropped batches, taken again by the next ones: the stream
+/// goes through the same few buffers, with no allocation, no page to fault
+/// in, and no hole left in the heap by buffers freed on other threads.
+#[derive(Default)]
+struct Spare(std::sync::Mutex<Vec<Vec<u8>>>);
+
+/// Buffers kept for reuse: as many as batches are usually in flight.
+const SPARE: usize = 8;
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if let Some(spare) = &self.spare {
+            let mut kept = spare.0.lock().unwrap_or_else(|e| e.into_inner());
+            if kept.len() < SPARE {
+                let mut data = std::mem::take(&mut self.data);
+                data.clear();
+                kept.push(data);
+            }
+        }
+    }
 }
 
 impl Batch {
@@ -72,7 +96,7 @@ impl ChunkerParams {
     /// for the cut-off tail (less than one chunk) carried to the next batch.
     /// Memory: one buffer of `batch + max_size`.
     pub fn batches<R: Read>(&self, source: R, batch: usize) -> Batches<R> {
-        Batches { source, params: *self, batch: batch.max(self.max_size as usize), tail: Vec::new(), eof: false }
+        Batches { source, params: *self, batch: batch.max(self.max_size as usize), tail: Vec::new(), eof: false, spare: Default::default() }
     }
 }
 
@@ -83,6 +107,7 @@ pub struct Batches<R> {
     batch: usize,
     tail: Vec<u8>,
     eof: bool,
+    spare: std::sync::Arc<Spare>,
 }
 
 impl<R: Read> Iterator for Batches<R> {
@@ -93,7 +118,8 @@ impl<R: Read> Iterator for Batches<R> {
             return None;
         }
         let cap = self.batch + self.params.max_size as usize;
-        let mut data = Vec::with_capacity(cap);
+        let reused = self.spare.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut data = reused.filter(|d| d.capacity() >= cap).unwrap_or_else(|| Vec::with_capacity(cap));
         data.append(&mut self.tail);
         if !self.eof {
             let want = (cap - data.len()) as u64;
@@ -123,7 +149,7 @@ impl<R: Read> Iterator for Batches<R> {
             }
         }
         self.tail = data.split_off(end);
-        Some(Ok(Batch { data, lens }))
+        Some(Ok(Batch { data, lens, spare: Some(self.spare.clone()) }))
     }
 }
 

@@ -40,18 +40,28 @@ impl<T> Pool<T> {
 
 static COMPRESSORS: Pool<zstd::bulk::Compressor<'static>> = Pool::new();
 static DECOMPRESSORS: Pool<zstd::bulk::Decompressor<'static>> = Pool::new();
+static BUFFERS: Pool<Vec<u8>> = Pool::new();
 
 /// Compresses then encrypts `plaintext` to all `recipients`.
 pub fn seal(plaintext: &[u8], recipients: &[Recipient]) -> Result<Vec<u8>> {
-    let compressed =
-        COMPRESSORS.with(|| zstd::bulk::Compressor::new(ZSTD_LEVEL), |c| c.compress(plaintext)).map_err(|e| Error::Seal(e.to_string()))?;
     let encryptor =
         age::Encryptor::with_recipients(recipients.iter().map(|r| &r.0 as &dyn age::Recipient)).map_err(|e| Error::Seal(e.to_string()))?;
-    let mut out = Vec::with_capacity(compressed.len() + 256);
-    let mut w = encryptor.wrap_output(&mut out).map_err(|e| Error::Seal(e.to_string()))?;
-    w.write_all(&compressed).map_err(|e| Error::Seal(e.to_string()))?;
-    w.finish().map_err(|e| Error::Seal(e.to_string()))?;
-    Ok(out)
+    // compressed into a buffer kept for the next segment (no allocation per segment)
+    BUFFERS
+        .with(
+            || Ok(Vec::new()),
+            |compressed| {
+                compressed.clear();
+                compressed.reserve(zstd::zstd_safe::compress_bound(plaintext.len()));
+                COMPRESSORS.with(|| zstd::bulk::Compressor::new(ZSTD_LEVEL), |c| c.compress_to_buffer(plaintext, compressed))?;
+                let mut out = Vec::with_capacity(compressed.len() + 256);
+                let mut w = encryptor.wrap_output(&mut out)?;
+                w.write_all(compressed)?;
+                w.finish()?;
+                Ok(out)
+            },
+        )
+        .map_err(|e| Error::Seal(e.to_string()))
 }
 
 /// Seals what `write` writes, streamed through zstd and age: for a large

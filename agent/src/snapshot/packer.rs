@@ -26,12 +26,14 @@ use crate::chunk_id::ChunkId;
 /// restore needing one chunk of an old segment reads and decrypts little more.
 pub const SEGMENT_SIZE: usize = 1 << 20;
 
-/// A segment being sealed on the blocking pool: its ciphertext and the
-/// ciphertext's hash.
-type Sealing = tokio::task::JoinHandle<bascule_core::Result<(Vec<u8>, String)>>;
+/// A segment being sealed on the blocking pool: its ciphertext, the
+/// ciphertext's hash, and its plaintext's buffer (emptied, for the next
+/// segment to fill).
+type Sealed = (Vec<u8>, String, Vec<u8>);
+type Sealing = tokio::task::JoinHandle<bascule_core::Result<Sealed>>;
 /// The chunks of a segment, with their offsets in its plaintext.
 type Members = Vec<(ChunkId, u32)>;
-type SealOutcome = Result<bascule_core::Result<(Vec<u8>, String)>, tokio::task::JoinError>;
+type SealOutcome = Result<bascule_core::Result<Sealed>, tokio::task::JoinError>;
 
 /// What the snapshot references so far (packs, segments, chunks), the
 /// segment being filled, the segments being sealed, and the pack being filled.
@@ -53,6 +55,8 @@ pub(super) struct Packer {
     filling: (u32, Vec<u8>, Members),
     /// Segments being sealed, in stream order, with their position and chunks.
     sealing: VecDeque<(u32, Members, Sealing)>,
+    /// Buffers of sealed segments, for the next ones to fill.
+    spare: Vec<Vec<u8>>,
     /// Current pack: its slot in `objects`, bytes, and segments.
     pack: Option<(u32, Vec<u8>, Vec<JournalSegment>)>,
     uploads: JoinSet<anyhow::Result<()>>,
@@ -71,6 +75,7 @@ impl Packer {
             segment_pos: HashMap::new(),
             chunks,
             filling: (u32::MAX, Vec::new(), Vec::new()),
+            spare: Vec::new(),
             sealing: Default::default(),
             pack: None,
             uploads: JoinSet::new(),
@@ -117,6 +122,12 @@ impl Packer {
             return Ok(loc); // twice in one stream
         }
         if self.filling.2.is_empty() {
+            // sized once: a segment ends one chunk past SEGMENT_SIZE at most
+            // (a Vec that doubled would take 2 MiB)
+            if self.filling.1.capacity() == 0 {
+                self.filling.1 = self.spare.pop().unwrap_or_default();
+            }
+            self.filling.1.reserve_exact(SEGMENT_SIZE + self.run.agent.config.chunking.max_size as usize);
             // its place, filled in once sealed
             self.filling.0 = self.segments.len() as u32;
             self.segments.push(Segment { pack: u32::MAX, at: 0, len: 0, hash: String::new() });
@@ -141,7 +152,9 @@ impl Packer {
             let sealing = tokio::task::spawn_blocking(move || {
                 seal::seal(&data, &recipients).map(|c| {
                     let h = hash_hex(&c);
-                    (c, h)
+                    let mut emptied = data;
+                    emptied.clear();
+                    (c, h, emptied)
                 })
             });
             self.sealing.push_back((slot, members, sealing));
@@ -176,7 +189,10 @@ impl Packer {
     /// the pack once full.
     pub async fn place_oldest(&mut self, outcome: SealOutcome) -> anyhow::Result<()> {
         let (segment, chunks, _) = self.sealing.pop_front().expect("a segment in the sealer");
-        let (sealed, hash) = outcome??;
+        let (sealed, hash, emptied) = outcome??;
+        if self.spare.len() <= self.sealers {
+            self.spare.push(emptied);
+        }
         if self.pack.is_none() {
             let slot = self.objects.len() as u32;
             // named when full
