@@ -142,3 +142,51 @@ fn rows_written_in_the_target_during_a_parallel_restore_are_kept_under_another_n
         s.pg.data_fingerprint("restored")
     });
 }
+
+#[test]
+fn a_restore_killed_outright_leaves_a_database_the_next_one_drops() {
+    use std::io::BufRead;
+    let s = Scenario::start(30_000);
+    assert!(s.snapshot().status.success());
+    s.pg.createdb("restored");
+    // a restore into the same target running meanwhile (its session holds
+    // the lock on its database's name): the next restore leaves it alone
+    let running = "restored_restore_0123abcd";
+    s.pg.createdb(running);
+    let mut holder = std::process::Command::new(s.pg.tool("psql"))
+        .args(["-X", "-q", "-d", &s.pg.dsn("postgres"), "-c"])
+        .arg(format!("SELECT pg_advisory_lock(hashtextextended('{running}', 0)), pg_sleep(600)"))
+        .spawn()
+        .unwrap();
+    // SIGKILLed while its rows load: no guard runs, its database stays
+    let mut restoring =
+        restore(&s, "2", "restored").stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let mut said = String::new();
+    for line in std::io::BufReader::new(restoring.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        said.push_str(&line);
+        said.push('\n');
+        if line.contains("loading") {
+            restoring.kill().unwrap();
+            break;
+        }
+    }
+    restoring.wait().unwrap();
+    let left: Vec<String> = leftovers(&s).split(',').filter(|n| *n != running).map(str::to_string).collect();
+    assert_eq!(left.len(), 1, "the killed restore left its database: {left:?}\n{said}");
+    assert!(left[0].starts_with("restored_restore_"), "{left:?}");
+    assert_eq!(
+        s.pg.psql("restored", "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace"),
+        "0",
+        "the target is as it was"
+    );
+
+    let r = run(&mut restore(&s, "2", "restored"));
+    let out = text(&r);
+    assert!(r.status.success(), "{out}");
+    assert!(out.contains(&format!("dropped {}", left[0])), "the next restore said what it dropped:\n{out}");
+    assert_eq!(s.pg.data_fingerprint("mairie"), s.pg.data_fingerprint("restored"));
+    assert_eq!(leftovers(&s), running, "the database of the restore still running is kept, the killed one's dropped");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}

@@ -78,6 +78,46 @@ pub(super) async fn maintenance(target: &Dsn) -> Result<tokio_postgres::Client, 
     Err(last.map(ParallelError::Connect).unwrap_or_else(|| ParallelError::Io("no maintenance database".into())))
 }
 
+/// The names of the databases restored into beside `target`: the target's
+/// name (cut to fit), `_restore_`, 8 lowercase hex digits.
+fn staging_prefix(target: &str) -> String {
+    let name = derived(target, "restore", "00000000");
+    name.get(..name.len() - 8).unwrap_or_default().to_string()
+}
+
+pub(super) fn staging_name(target: &str, suffix: &str) -> String {
+    derived(target, "restore", suffix)
+}
+
+/// Whether `name` is one of [`staging_name`]'s for `target`.
+pub(super) fn is_staging(target: &str, name: &str) -> bool {
+    name.strip_prefix(&staging_prefix(target))
+        .is_some_and(|s| s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
+/// Claims `staging` for this restore: a session lock on its name, held by
+/// `server`'s connection for as long as the restore runs (the server drops
+/// it with the session, whatever kills the process). Then drops the
+/// databases a killed restore into the same target left (a name of
+/// [`staging_name`]'s whose lock no session holds); returns their names.
+pub(super) async fn claim(server: &tokio_postgres::Client, target: &str, staging: &str) -> Result<Vec<String>, ParallelError> {
+    let lock = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))";
+    server.query_one(lock, &[&staging]).await.map_err(sql("locking the name of the database to restore into"))?;
+    let names = server.query("SELECT datname FROM pg_database", &[]).await.map_err(sql("listing the databases"))?;
+    let mut dropped = Vec::new();
+    for name in names.iter().map(|r| r.get::<_, String>(0)).filter(|n| n != staging && is_staging(target, n)) {
+        let free: bool = server.query_one(lock, &[&name]).await.map_err(sql("checking a restore's lock"))?.get(0);
+        if !free {
+            continue; // a restore running now
+        }
+        let gone = server.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&name))).await;
+        let _ = server.query_one("SELECT pg_advisory_unlock(hashtextextended($1, 0))", &[&name]).await;
+        gone.map_err(sql(format!("dropping {name}, left by a restore that was killed")))?;
+        dropped.push(name);
+    }
+    Ok(dropped)
+}
+
 /// The database restored into, dropped unless it took the target's place
 /// (on an error, awaited; when the restore is dropped midway — a drill step
 /// timed out, aborted — by a task of its own).
@@ -208,6 +248,17 @@ pub(super) async fn swap(server: &Dsn, target: &Target, staging: &str, suffix: &
 mod tests {
     #[test]
     fn a_derived_name_fits_postgresql_and_cuts_no_character() {
+        for (target, name, is) in [
+            ("mairie", "mairie_restore_0a1b2c3d", true),
+            ("mairie", "mairie_restore_0A1B2C3D", false),
+            ("mairie", "mairie_restore_0a1b2c3", false),
+            ("mairie", "mairie2_restore_0a1b2c3d", false),
+            ("mairie", "mairie_replaced_0a1b2c3d", false),
+        ] {
+            assert_eq!(super::is_staging(target, name), is, "{name}");
+        }
+        let long = "é".repeat(40);
+        assert!(super::is_staging(&long, &super::staging_name(&long, "0a1b2c3d")), "a name cut to fit is still recognised");
         assert_eq!(super::derived("mairie", "restore", "0a1b2c3d"), "mairie_restore_0a1b2c3d");
         let long = "état_civil_".repeat(8) + "\"; DROP DATABASE x; --";
         let d = super::derived(&long, "replaced", "0a1b2c3d");

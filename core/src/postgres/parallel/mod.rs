@@ -50,7 +50,7 @@ use crate::restore::{stream_range, RestoreError, Seen};
 mod database;
 mod load;
 
-use database::{copy_privileges, derived, fit, maintenance, random_bytes, swap, Staging};
+use database::{claim, copy_privileges, fit, maintenance, random_bytes, staging_name, swap, Staging};
 use load::{load, Schedule, Table};
 
 /// Where a parallel restore restores, and how.
@@ -143,8 +143,12 @@ pub async fn restore(
         Err(why) => return Ok(Outcome::Serial(why)),
     };
     let suffix = hex::encode(random_bytes());
-    let staging_name = derived(&target.name, "restore", &suffix);
+    let staging_name = staging_name(&target.name, &suffix);
+    // held until this function returns: its session holds the claim on the name
     let server = maintenance(to.target).await?;
+    for name in claim(&server, &target.name, &staging_name).await? {
+        tracing::warn!("dropped {name}, the database a killed restore into {} left", target.name);
+    }
     server
         .batch_execute(&format!(
             "CREATE DATABASE {} TEMPLATE {} OWNER {} CONNECTION LIMIT {}",
@@ -165,7 +169,6 @@ pub async fn restore(
     };
     let loaded = async {
         copy_privileges(&server, &target.name, &staging_name).await?;
-        drop(server); // idle for the whole load otherwise: the swap opens its own
         let dir = tempfile::Builder::new()
             .prefix("bascule-restore-")
             .tempdir()
