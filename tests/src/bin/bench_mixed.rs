@@ -4,6 +4,8 @@
 //! the restores a user would run instead: `age -d | zstd -d | pg_restore`
 //! and `pg_restore -j 2` from a local plaintext dump. Interleaved, medians,
 //! ratios. Run it with `./scripts/bench.sh mixed [MEGABYTES]` (default 2000, about 1.05 GiB of dump).
+//! `BASCULE_BENCH_AGENTS=a:b` compares other builds of the agent's export,
+//! interleaved with the first; `BASCULE_BENCH_EXPORT_ONLY=1` stops after the exports.
 use std::process::Command;
 use std::time::Duration;
 
@@ -23,10 +25,13 @@ fn main() {
     let dsn = s.pg.dsn("mixte");
     let pg_dump = s.pg.tool("pg_dump");
     let agent = bin("bascule-agent");
+    let others: Vec<std::path::PathBuf> =
+        std::env::var("BASCULE_BENCH_AGENTS").map(|v| v.split(':').filter(|p| !p.is_empty()).map(Into::into).collect()).unwrap_or_default();
 
     // the export's floor, and bascule's export, interleaved (each repetition
     // of bascule's to a fresh tenant, so that nothing already sent helps)
     let (mut t_floor, mut t_export) = (Vec::new(), Vec::new());
+    let mut t_others: Vec<Vec<Duration>> = vec![Vec::new(); others.len()];
     let (mut dump_bytes, mut rss) = (0, 0);
     for i in 0..reps() {
         let floor = format!("{} -Fc -Z0 -d '{dsn}' > /dev/null", pg_dump.display());
@@ -38,6 +43,26 @@ fn main() {
             (dump_bytes, rss) = (field(&out, "source_bytes"), r);
         }
         t_export.push(t);
+        for (k, other) in others.iter().enumerate() {
+            let cfg = fresh_tenant_config(&s, &format!("mixte-{i}-other-{k}"));
+            let args = [other.as_os_str(), "snapshot".as_ref(), "--job".as_ref(), "nightly".as_ref(), "--config".as_ref(), cfg.as_os_str()];
+            t_others[k].push(timed_rss(&format!("export by {}", other.display()), &args).0);
+        }
+    }
+    if std::env::var_os("BASCULE_BENCH_EXPORT_ONLY").is_some() {
+        let floor = median(t_floor.clone()).as_secs_f64();
+        println!("\n| agent | export | floor | ratio |\n|---|---|---|---|");
+        println!(
+            "| {} | {:.2} s | {floor:.2} s | {:.3}× |",
+            agent.display(),
+            median(t_export.clone()).as_secs_f64(),
+            median(t_export).as_secs_f64() / floor
+        );
+        for (other, t) in others.iter().zip(t_others) {
+            let t = median(t).as_secs_f64();
+            println!("| {} | {t:.2} s | {floor:.2} s | {:.3}× |", other.display(), t / floor);
+        }
+        return;
     }
 
     // the baselines' inputs: a plaintext dump, and the same encrypted
