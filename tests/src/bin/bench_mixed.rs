@@ -28,27 +28,7 @@ fn main() {
     let others: Vec<std::path::PathBuf> =
         std::env::var("BASCULE_BENCH_AGENTS").map(|v| v.split(':').filter(|p| !p.is_empty()).map(Into::into).collect()).unwrap_or_default();
 
-    // the export's floor, and bascule's export, interleaved (each repetition
-    // of bascule's to a fresh tenant, so that nothing already sent helps)
-    let (mut t_floor, mut t_export) = (Vec::new(), Vec::new());
-    let mut t_others: Vec<Vec<Duration>> = vec![Vec::new(); others.len()];
-    let (mut dump_bytes, mut rss) = (0, 0);
-    for i in 0..reps() {
-        let floor = format!("{} -Fc -Z0 -d '{dsn}' > /dev/null", pg_dump.display());
-        t_floor.push(timed("pg_dump -Fc -Z0 > /dev/null", Command::new("bash").arg("-c").arg(floor)).0);
-        let cfg = if i == 0 { s.path("agent.yaml") } else { fresh_tenant_config(&s, &format!("mixte-{i}")) };
-        let args = [agent.as_os_str(), "snapshot".as_ref(), "--job".as_ref(), "nightly".as_ref(), "--config".as_ref(), cfg.as_os_str()];
-        let (t, r, out) = timed_rss("bascule export", &args);
-        if i == 0 {
-            (dump_bytes, rss) = (field(&out, "source_bytes"), r);
-        }
-        t_export.push(t);
-        for (k, other) in others.iter().enumerate() {
-            let cfg = fresh_tenant_config(&s, &format!("mixte-{i}-other-{k}"));
-            let args = [other.as_os_str(), "snapshot".as_ref(), "--job".as_ref(), "nightly".as_ref(), "--config".as_ref(), cfg.as_os_str()];
-            t_others[k].push(timed_rss(&format!("export by {}", other.display()), &args).0);
-        }
-    }
+    let Exports { t_floor, t_export, t_others, dump_bytes, rss } = exports(&s, &dsn, &agent, &others);
     if std::env::var_os("BASCULE_BENCH_EXPORT_ONLY").is_some() {
         let floor = median(t_floor.clone()).as_secs_f64();
         println!("\n| agent | export | floor | ratio |\n|---|---|---|---|");
@@ -155,4 +135,39 @@ fn main() {
     let (cb, cp, cj) = (median(cpu_bascule).as_secs_f64(), median(cpu_pipeline).as_secs_f64(), median(cpu_parallel).as_secs_f64());
     println!("| CPU of a restore, whole machine (bascule, providers, PostgreSQL) | {cb:.1} s (--jobs 2) | {cp:.1} s pipeline, {cj:.1} s `pg_restore -j 2` | {:.2}×, {:.2}× | |", cb / cp, cb / cj);
     println!("| agent peak RSS | {:.0} MiB (dump {mib:.0} MiB) | | | < 64 MiB for 2 GB |", rss as f64 / 1024.0);
+}
+
+/// Export times (the floor's, bascule's, other builds'), the dump's size and the agent's peak RSS.
+struct Exports {
+    t_floor: Vec<Duration>,
+    t_export: Vec<Duration>,
+    t_others: Vec<Vec<Duration>>,
+    dump_bytes: u64,
+    rss: u64,
+}
+
+fn exports(s: &Scenario, dsn: &str, agent: &std::path::Path, others: &[std::path::PathBuf]) -> Exports {
+    let pg_dump = s.pg.tool("pg_dump");
+    // the export's floor, and bascule's export, interleaved (each repetition
+    // of bascule's to a fresh tenant, so that nothing already sent helps)
+    let (mut t_floor, mut t_export) = (Vec::new(), Vec::new());
+    let mut t_others: Vec<Vec<Duration>> = vec![Vec::new(); others.len()];
+    let (mut dump_bytes, mut rss) = (0, 0);
+    for i in 0..reps() {
+        let floor = format!("{} -Fc -Z0 -d '{dsn}' > /dev/null", pg_dump.display());
+        t_floor.push(timed("pg_dump -Fc -Z0 > /dev/null", Command::new("bash").arg("-c").arg(floor)).0);
+        let cfg = if i == 0 { s.path("agent.yaml") } else { fresh_tenant_config(s, &format!("mixte-{i}")) };
+        let args = [agent.as_os_str(), "snapshot".as_ref(), "--job".as_ref(), "nightly".as_ref(), "--config".as_ref(), cfg.as_os_str()];
+        let (t, r, out) = timed_rss("bascule export", &args);
+        if i == 0 {
+            (dump_bytes, rss) = (field(&out, "source_bytes"), r);
+        }
+        t_export.push(t);
+        for (k, other) in others.iter().enumerate() {
+            let cfg = fresh_tenant_config(s, &format!("mixte-{i}-other-{k}"));
+            let args = [other.as_os_str(), "snapshot".as_ref(), "--job".as_ref(), "nightly".as_ref(), "--config".as_ref(), cfg.as_os_str()];
+            t_others[k].push(timed_rss(&format!("export by {}", other.display()), &args).0);
+        }
+    }
+    Exports { t_floor, t_export, t_others, dump_bytes, rss }
 }
