@@ -247,7 +247,6 @@ fn pitr(both: &Both, f: &mut Figures) {
         std::fs::read_dir(dir).map(|r| r.flatten().any(|e| e.file_name().to_string_lossy().starts_with(name))).unwrap_or(false)
     };
     wait_until("pgBackRest to archive the last segment", Duration::from_secs(300), || repo_has(&last));
-    f.wal_bytes = (s.wal_on(&s.a).len() as u64) << 24;
 
     let port = bascule_tests::free_port();
     let (t_pitr, out) = timed(
@@ -259,6 +258,12 @@ fn pitr(both: &Both, f: &mut Figures) {
             .arg(s.path("pitr-bascule")),
     );
     eprintln!("{out}");
+    // what the restore replayed: `… and 20 WAL file(s) (335544320 bytes) …`
+    f.wal_bytes = out
+        .split_once("WAL file(s) (")
+        .and_then(|(_, rest)| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no WAL replayed in:\n{out}"));
     let target = s.path("pitr-pgbr");
     std::fs::create_dir(&target).unwrap();
     if bascule_tests::is_root() {
@@ -336,7 +341,7 @@ fn print_table(scale: u32, f: &Figures) {
     println!("| measure | bascule | baseline | ratio | target |");
     println!("|---|---|---|---|---|");
     println!(
-        "| pgbench TPS, archiving vs `archive_command=/bin/true` | {tps_bascule:.0} | {tps_true:.0} | {:.2}× | ≥ 0.95× |",
+        "| pgbench TPS, archiving vs `archive_command=/bin/true` | {tps_bascule:.0} | {tps_true:.0} | {:.2}× | ≥ 0.97× |",
         tps_bascule / tps_true
     );
     println!(
@@ -344,7 +349,7 @@ fn print_table(scale: u32, f: &Figures) {
         tps_bascule / tps_pgbr
     );
     println!(
-        "| archive lag, `wal-push` → durable on both providers ({} files archived during the pgbench runs) | p50 {} ms, p99 {} ms | | | p99 < 1000 ms |",
+        "| archive lag, `wal-push` → durable on both providers ({} files archived during the pgbench runs) | p50 {} ms, p99 {} ms | | | p99 ≤ 200 ms |",
         lag.len(),
         percentile(lag, 0.5),
         percentile(lag, 0.99)
@@ -370,7 +375,7 @@ fn print_table(scale: u32, f: &Figures) {
         ratio(t_base_pipe, t_base)
     );
     println!(
-        "| PITR restore to the end of the archive (base + {} MB of WAL) vs pgBackRest restore + replay | {:.1} s | {:.1} s | {:.2}× | |",
+        "| PITR restore to the end of the archive (base + {} MB of WAL replayed) vs pgBackRest restore + replay | {:.1} s | {:.1} s | {:.2}× | ≤ 1.0× |",
         wal_bytes >> 20,
         t_pitr.as_secs_f64(),
         t_pitr_pgbr.as_secs_f64(),
