@@ -12,7 +12,7 @@ use std::collections::BinaryHeap;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use super::table::{decode, encode, Loc, RECORD};
+use super::table::{encode, search, Loc, RECORD};
 use crate::chunk_id::{ChunkId, IdMap};
 
 /// Chunks held in the map before a spill: the map's table then holds
@@ -81,17 +81,13 @@ impl Distinct {
         }
         let Some(file) = &self.spill else { return Ok(None) };
         for run in self.runs.iter().filter(|r| r.may_hold(id)) {
-            // a binary search of the run, one record read at a time
-            let (mut lo, mut hi) = (0, run.count);
-            let mut r = [0u8; RECORD];
-            while lo < hi {
-                let mid = (lo + hi) / 2;
-                file.read_exact_at(&mut r, run.at + mid * RECORD as u64)?;
-                match r[..16].cmp(&id.0[..]) {
-                    std::cmp::Ordering::Less => lo = mid + 1,
-                    std::cmp::Ordering::Greater => hi = mid,
-                    std::cmp::Ordering::Equal => return Ok(Some(decode(&r).1)),
-                }
+            // one record read at a time
+            let found = search(run.count, id, |i| {
+                let mut r = [0u8; RECORD];
+                file.read_exact_at(&mut r, run.at + i * RECORD as u64).map(|()| r)
+            })?;
+            if found.is_some() {
+                return Ok(found);
             }
         }
         Ok(None)
@@ -246,7 +242,7 @@ mod tests {
         }
         let mut out = Vec::new();
         assert_eq!(d.write_sorted(&mut out).unwrap(), 1000);
-        let records: Vec<(ChunkId, Loc)> = out.chunks_exact(RECORD).map(decode).collect();
+        let records: Vec<(ChunkId, Loc)> = out.chunks_exact(RECORD).map(super::super::table::decode).collect();
         assert_eq!(records.len(), 1000);
         assert!(records.windows(2).all(|w| w[0].0 .0 < w[1].0 .0), "records sorted by id, each once");
         let mut segments: Vec<u32> = records.iter().map(|r| r.1.segment).collect();

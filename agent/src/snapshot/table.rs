@@ -74,18 +74,24 @@ pub(super) fn is_table(file: &std::fs::File) -> std::io::Result<bool> {
     Ok(n == 8 && &magic == MAGIC)
 }
 
-/// The position of `id` among sorted records.
-pub(super) fn search(records: &[u8], id: &ChunkId) -> Option<usize> {
-    let (mut lo, mut hi) = (0, records.len() / RECORD);
+/// The record of `id` among `count` records sorted by id, `record(i)`
+/// giving the i-th (from memory or from a file).
+pub(super) fn search(
+    count: u64,
+    id: &ChunkId,
+    mut record: impl FnMut(u64) -> std::io::Result<[u8; RECORD]>,
+) -> std::io::Result<Option<Loc>> {
+    let (mut lo, mut hi) = (0, count);
     while lo < hi {
         let mid = (lo + hi) / 2;
-        match records[mid * RECORD..mid * RECORD + 16].cmp(&id.0[..]) {
+        let r = record(mid)?;
+        match r[..16].cmp(&id.0[..]) {
             std::cmp::Ordering::Less => lo = mid + 1,
             std::cmp::Ordering::Greater => hi = mid,
-            std::cmp::Ordering::Equal => return Some(mid),
+            std::cmp::Ordering::Equal => return Ok(Some(decode(&r).1)),
         }
     }
-    None
+    Ok(None)
 }
 
 /// An open table: its header in memory, its records on disk.
@@ -164,9 +170,18 @@ impl OnDisk {
         if from == to {
             return Ok(None);
         }
-        let mut buf = vec![0u8; (to - from) * RECORD];
-        self.file.read_exact_at(&mut buf, self.records_at + (from * RECORD) as u64)?;
-        Ok(search(&buf, id).map(|i| decode(&buf[i * RECORD..(i + 1) * RECORD]).1))
+        // one read of the bucket (on the stack: buckets hold about 16 records)
+        let (mut small, mut large) = ([0u8; 64 * RECORD], Vec::new());
+        let n = (to - from) * RECORD;
+        let buf = if n <= small.len() {
+            &mut small[..n]
+        } else {
+            large.resize(n, 0);
+            &mut large[..]
+        };
+        self.file.read_exact_at(buf, self.records_at + (from * RECORD) as u64)?;
+        let buf = &*buf;
+        search((to - from) as u64, id, |i| Ok(buf[i as usize * RECORD..(i as usize + 1) * RECORD].try_into().expect("a record")))
     }
 }
 
