@@ -385,7 +385,18 @@ pub async fn run(tenant: Tenant, req: PitrRequest) -> anyhow::Result<PitrReport>
     }
     let uid = new_pgdata(&req.pgdata, &req.os_user)?;
     let ids = req.identities.clone();
-    unpack_base(&tenant, &m, &ids, &req).await?;
+    // the WAL archive is listed, and the first segments recovery replays
+    // fetched, while the base backup unpacks
+    let wal_server = async {
+        let server = Arc::new(WalServer::new(tenant.clone(), ids.clone(), false).await?);
+        if let Some(w) = &m.wal {
+            server.warm(w).await;
+        }
+        anyhow::Ok(server)
+    };
+    let (unpacked, server) = tokio::join!(unpack_base(&tenant, &m, &ids, &req), wal_server);
+    unpacked?;
+    let server = server?;
     let fetch_base = t0.elapsed();
     tracing::info!(seconds = fetch_base.as_secs_f64(), "Base backup in place");
 
@@ -395,7 +406,6 @@ pub async fn run(tenant: Tenant, req: PitrRequest) -> anyhow::Result<PitrReport>
     if let Some(uid) = uid {
         std::os::unix::fs::chown(&socket, Some(uid), None)?;
     }
-    let server = Arc::new(WalServer::new(tenant.clone(), ids.clone(), false).await?);
     let serving = tokio::spawn(server.clone().serve(listener));
     recovery_settings(&req, &socket, uid, false)?;
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use bascule_core::keys::Identities;
-use bascule_core::wal::{record_name, WalFileKind, WalName, WAL};
+use bascule_core::wal::{record_name, WalFileKind, WalName, WalRange, WAL};
 use bascule_core::{hash_hex, seal};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -227,6 +227,33 @@ impl WalServer {
         let f = async move { task.await.map_err(|e| e.to_string())? }.boxed().shared();
         inflight.insert(name, f.clone());
         f
+    }
+
+    /// Starts fetching the segment where recovery from a base backup begins
+    /// (the one holding `range.start`) and the next ones, before PostgreSQL
+    /// asks for them: called while the base backup is still unpacking. The
+    /// segment size is read from the timeline's first record.
+    pub(super) async fn warm(self: &Arc<Self>, range: &WalRange) {
+        let on_timeline = |w: &WalName| w.kind == WalFileKind::Segment && w.timeline == range.timeline;
+        let first = self.read().order.iter().enumerate().find(|(_, w)| on_timeline(w)).map(|(i, w)| (i, w.clone()));
+        let Some((i, w)) = first else { return };
+        let size = match self.tenant.wal_record(&w, i).await {
+            Ok((rec, _)) if rec.size > 0 => rec.size,
+            _ => return,
+        };
+        let start = range.start.0 / size;
+        let ahead: Vec<Placed> = self
+            .read()
+            .order
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| on_timeline(n) && n.segment_number(size) >= start)
+            .take(PREFETCH + 1)
+            .map(|(k, n)| (k, n.clone()))
+            .collect();
+        for (k, n) in ahead {
+            drop(self.fetch(n, k));
+        }
     }
 
     /// `name`'s place in the archive and the segments to fetch ahead of it.
