@@ -133,6 +133,12 @@ fn main() {
     let both = pgbackrest(&s);
     let _daemon = s.daemon();
     let mut f = Figures::default();
+    // BENCH_WAL_PITR_ONLY=1: the point-in-time restores alone, to study them
+    if std::env::var_os("BENCH_WAL_PITR_ONLY").is_some_and(|v| v == "1") {
+        pitr(&both, &mut f);
+        print_pitr(&f);
+        return;
+    }
     tps_and_lag(&both, &mut f);
     base_backups(&both, &mut f);
     pitr(&both, &mut f);
@@ -341,7 +347,7 @@ fn pushes(s: &Scenario, f: &mut Figures) {
 }
 
 fn print_table(scale: u32, f: &Figures) {
-    let Figures { tps_true, tps_bascule, tps_pgbr, base_bytes, t_base, t_base_pipe, wal_bytes, t_pitr, t_pitr_pgbr, .. } = *f;
+    let Figures { tps_true, tps_bascule, tps_pgbr, base_bytes, t_base, t_base_pipe, .. } = *f;
     let (lag, sealed, prepare_ms, write_ms, object_ms, record_ms, pushes) =
         (&f.lag, &f.sealed, &f.prepare_ms, &f.write_ms, &f.object_ms, &f.record_ms, &f.pushes);
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
@@ -383,11 +389,15 @@ fn print_table(scale: u32, f: &Figures) {
         mb(base_bytes, t_base_pipe),
         ratio(t_base_pipe, t_base)
     );
+    print_pitr(f);
+}
+
+fn print_pitr(f: &Figures) {
     println!(
         "| PITR restore to the end of the archive (base + {} MB of WAL replayed) vs pgBackRest restore + replay | {:.1} s | {:.1} s | {:.2}× | ≤ 1.0× |",
-        wal_bytes >> 20,
-        t_pitr.as_secs_f64(),
-        t_pitr_pgbr.as_secs_f64(),
-        ratio(t_pitr, t_pitr_pgbr)
+        f.wal_bytes >> 20,
+        f.t_pitr.as_secs_f64(),
+        f.t_pitr_pgbr.as_secs_f64(),
+        f.t_pitr.as_secs_f64() / f.t_pitr_pgbr.as_secs_f64()
     );
 }
