@@ -46,8 +46,13 @@ pub fn command_as(os_user: &Option<String>, prog: &std::path::Path) -> tokio::pr
 
 /// The uid of account `name`.
 pub fn uid(name: &str) -> anyhow::Result<u32> {
+    owner(name).map(|(uid, _)| uid)
+}
+
+/// The uid and primary gid of account `name`.
+pub fn owner(name: &str) -> anyhow::Result<(u32, u32)> {
     match User::from_name(name) {
-        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        Ok(Some(u)) => Ok((u.uid.as_raw(), u.gid.as_raw())),
         Ok(None) => anyhow::bail!("no account {name:?} on this machine"),
         Err(e) => anyhow::bail!("cannot look up the account {name:?}: {e}"),
     }

@@ -15,7 +15,8 @@
 //! * [`provider`] reaches S3 or a local directory, and writes to / reads from both;
 //! * [`restore`] reads a snapshot back, every byte checked; [`postgres`] feeds
 //!   it to `pg_restore` and checks row counts;
-//! * [`sync`] copies to each provider what the other holds (ciphertext only).
+//! * [`sync`] copies to each provider what the other holds (ciphertext only);
+//! * [`tar`] reads the headers of a base backup's tar stream.
 // one exception, `child::few_arenas` (an allocator setting through libc)
 #![deny(unsafe_code)]
 
@@ -41,6 +42,7 @@ pub mod schedule;
 pub mod seal;
 pub mod signed;
 pub mod sync;
+pub mod tar;
 pub mod wal;
 
 pub use error::{Error, Result};

@@ -57,6 +57,20 @@ fn point_in_time_restore_stops_between_two_markers() {
     // the end of the archive: every marker
     let (out, restored) = s.pitr("latest", &[]);
     assert_eq!(restored("SELECT string_agg(n::text, ',' ORDER BY n) FROM markers"), "1,2,3,4,5,6", "{out}");
+    // the WAL spool is gone, and every file unpacked belongs to the server's account
+    let pgdata = s.path("latest");
+    assert!(!pgdata.join("bascule-wal-spool").exists(), "the WAL spool outlived the restore");
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&pgdata).unwrap());
+    let mut stack = vec![pgdata];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let m = e.path().symlink_metadata().unwrap();
+            assert_eq!(std::os::unix::fs::MetadataExt::uid(&m), owner, "{} is not the server's", e.path().display());
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
 }
 
 /// `verify` and `wal` both succeed and report no problem.

@@ -64,16 +64,6 @@ pub(super) struct TarScan {
 
 const KEEP_TAIL: usize = 16 << 10;
 
-fn octal(field: &[u8]) -> u64 {
-    field.iter().take_while(|b| **b != 0 && **b != b' ').fold(0u64, |n, b| {
-        if b.is_ascii_digit() {
-            n.saturating_mul(8).saturating_add((b - b'0') as u64)
-        } else {
-            n
-        }
-    })
-}
-
 impl Scan for TarScan {
     fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() && !self.end {
@@ -100,15 +90,14 @@ impl Scan for TarScan {
                 continue;
             }
             let h = std::mem::take(&mut self.header);
-            if h.iter().all(|b| *b == 0) {
+            // the end of the archive, or no tar at all (the facts then lack
+            // the backup_label, and the export says so)
+            let Ok(Some(h)) = bascule_core::tar::parse(&h) else {
                 self.end = true;
                 break;
-            }
-            let field = |r: std::ops::Range<usize>| h.get(r).unwrap_or_default();
-            let name = field(0..100);
-            let name = String::from_utf8_lossy(name.split(|b| *b == 0).next().unwrap_or_default());
-            let size = octal(field(124..136));
-            self.skip = size.div_ceil(512).saturating_mul(512);
+            };
+            self.skip = h.padded_size();
+            let (name, size) = (h.name, h.size);
             self.keep = match name.trim_start_matches("./") {
                 "backup_label" => Some(("backup_label", size)),
                 "backup_manifest" => Some(("backup_manifest", size)),
@@ -144,27 +133,16 @@ impl TarScan {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn member(name: &str, body: &[u8]) -> Vec<u8> {
-        let mut h = vec![0u8; 512];
-        h[..name.len()].copy_from_slice(name.as_bytes());
-        let size = format!("{:011o}\0", body.len());
-        h[124..136].copy_from_slice(size.as_bytes());
-        h[156] = b'0';
-        let mut out = h;
-        out.extend_from_slice(body);
-        out.resize(out.len().div_ceil(512) * 512, 0);
-        out
-    }
+    use bascule_core::tar::file_member;
 
     #[test]
     fn reads_the_wal_range_from_the_stream_in_any_pieces() {
-        let mut tar = member("base/1/1234", &vec![7u8; 9000]);
-        tar.extend(member(
+        let mut tar = file_member("base/1/1234", &vec![7u8; 9000]);
+        tar.extend(file_member(
             "backup_label",
             b"START WAL LOCATION: 0/2000028 (file 000000030000000000000002)\nCHECKPOINT LOCATION: 0/2000060\nSTART TIMELINE: 3\n",
         ));
-        tar.extend(member("backup_manifest", b"{ \"Files\": [], \"WAL-Ranges\": [\n{ \"Timeline\": 3, \"Start-LSN\": \"0/2000028\", \"End-LSN\": \"0/2000100\" }\n],\n\"Manifest-Checksum\": \"ab\"}\n"));
+        tar.extend(file_member("backup_manifest", b"{ \"Files\": [], \"WAL-Ranges\": [\n{ \"Timeline\": 3, \"Start-LSN\": \"0/2000028\", \"End-LSN\": \"0/2000100\" }\n],\n\"Manifest-Checksum\": \"ab\"}\n"));
         tar.extend(vec![0u8; 1024]);
         for piece in [1usize, 7, 511, 512, 4096, tar.len()] {
             let mut s = TarScan::default();
@@ -177,7 +155,7 @@ mod tests {
             );
         }
         let mut s = TarScan::default();
-        s.feed(&member("base/1/1234", b"x"));
+        s.feed(&file_member("base/1/1234", b"x"));
         assert!(s.facts().is_err());
     }
 }

@@ -1,17 +1,19 @@
 //! `restore --pitr`: a whole PostgreSQL cluster, at any point the WAL covers.
 //!
 //! 1. the newest base backup that ends before the target ([`Target`]) is
-//!    fetched, checked and unpacked into `--pgdata`;
+//!    fetched, checked and unpacked into `--pgdata` ([`unpack`]);
 //! 2. PostgreSQL starts in recovery with `restore_command` calling
 //!    `bascule-controller wal-fetch` ([`wal_fetch`]), which asks this
 //!    process over a unix socket inside the data directory ([`wal_server`]):
 //!    the identity stays in this process's memory, and plaintext WAL is only
 //!    ever written into the data directory; the next segments are fetched
-//!    (either provider, verified) ahead of the server's requests;
+//!    (either provider, verified) ahead of the server's requests, into a
+//!    spool that `wal-fetch` renames them from;
 //! 3. the server stops at the target and promotes; the recovery point reached
 //!    (last replayed commit time and LSN) is read back from it.
 pub mod standby;
 mod target;
+mod unpack;
 mod wal_fetch;
 mod wal_server;
 
@@ -25,15 +27,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bascule_core::keys::Identities;
 use bascule_core::manifest::{Manifest, SnapshotKind};
-use bascule_core::progress::Progress;
-use bascule_core::restore::{open_index, stream_chunks, RestoreError};
 use bascule_core::wal::{WalFileKind, WalName};
-use tokio::io::AsyncWriteExt;
 
 pub use target::Target;
+use unpack::unpack_base;
 pub use wal_fetch::{fetch_client, FetchArgs};
 pub use wal_server::Standing;
-use wal_server::WalServer;
+use wal_server::{Spool, WalServer};
 
 use crate::context::Controller;
 use crate::os_user::command_as;
@@ -202,6 +202,11 @@ pub(crate) async fn choose_base_backup(tenant: &Tenant, target: &Target) -> anyh
     bail!("tenant {}: no base backup complete before {target}; `bascule-controller snapshots` lists them", tenant.name)
 }
 
+/// The WAL server's spool in a data directory ([`wal_server`]).
+fn spool_of(pgdata: &Path) -> PathBuf {
+    pgdata.join("bascule-wal-spool")
+}
+
 /// Quotes a value for postgresql.conf.
 fn conf_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -221,49 +226,12 @@ fn new_pgdata(pgdata: &Path, os_user: &Option<String>) -> anyhow::Result<Option<
     std::fs::set_permissions(pgdata, std::fs::Permissions::from_mode(0o700))?;
     match os_user {
         Some(u) => {
-            let uid = crate::os_user::uid(u)?;
-            std::os::unix::fs::chown(pgdata, Some(uid), None)?;
+            let (uid, gid) = crate::os_user::owner(u)?;
+            std::os::unix::fs::chown(pgdata, Some(uid), Some(gid))?;
             Ok(Some(uid))
         }
         None => Ok(None),
     }
-}
-
-/// Step 1: streams the base backup, every byte checked, into `tar -x` in `pgdata`.
-async fn unpack_base(tenant: &Tenant, m: &Manifest, ids: &Arc<Identities>, req: &PitrRequest) -> anyhow::Result<()> {
-    let pgdata = &req.pgdata;
-    let index = Arc::new(open_index(&tenant.replicated, m, ids).await?);
-    let mut tar = command_as(&req.os_user, Path::new("tar"))
-        .arg("-x")
-        .arg("-C")
-        .arg(pgdata)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start tar")?;
-    let stdin = tar.stdin.take().context("tar's standard input")?;
-    // a 1 MiB pipe instead of 64 KiB: far fewer wake-ups between this
-    // process and tar (the kernel may refuse; the default then stays)
-    let _ = rustix::pipe::fcntl_setpipe_size(&stdin, 1 << 20);
-    let stdin = Arc::new(tokio::sync::Mutex::new(stdin));
-    let progress = if req.progress { Progress::bytes(format!("base backup {}", m.name), Some(m.source_bytes)) } else { Progress::hidden() };
-    let streamed = stream_chunks(&tenant.replicated, Arc::new(m.clone()), index, ids.clone(), req.concurrency, &progress, |plain| {
-        let stdin = stdin.clone();
-        Box::pin(async move { stdin.lock().await.write_all(&plain).await.map_err(RestoreError::sink("tar stopped reading")) })
-    })
-    .await;
-    drop(stdin);
-    progress.finish();
-    let out = tar.wait_with_output().await?;
-    streamed.context("fetching the base backup")?;
-    if !out.status.success() {
-        bail!("tar failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
-    }
-    if !pgdata.join("backup_label").exists() {
-        bail!("snapshot {} unpacked without a backup_label: not a base backup", m.name);
-    }
-    Ok(())
 }
 
 /// Recovery settings (step 2): `restore_command` through the WAL server's
@@ -358,7 +326,7 @@ async fn recover(req: &PitrRequest) -> anyhow::Result<Reached> {
     loop {
         match client.query_one("SELECT pg_is_in_recovery()", &[]).await {
             Ok(row) if !row.get::<_, bool>(0) => break,
-            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             Err(e) => bail!("the server stopped during recovery ({e}); server log ({}):\n{}", log.display(), log_tail(&log)),
         }
     }
@@ -388,7 +356,8 @@ pub async fn run(tenant: Tenant, req: PitrRequest) -> anyhow::Result<PitrReport>
     // the WAL archive is listed, and the first segments recovery replays
     // fetched, while the base backup unpacks
     let wal_server = async {
-        let server = Arc::new(WalServer::new(tenant.clone(), ids.clone(), false).await?);
+        let spool = Spool { dir: spool_of(&req.pgdata), uid };
+        let server = Arc::new(WalServer::new(tenant.clone(), ids.clone(), false, spool).await?);
         if let Some(w) = &m.wal {
             server.warm(w).await;
         }
@@ -412,13 +381,14 @@ pub async fn run(tenant: Tenant, req: PitrRequest) -> anyhow::Result<PitrReport>
     let t1 = Instant::now();
     let reached = recover(&req).await;
     serving.abort();
+    let _ = std::fs::remove_file(&socket);
+    Spool::remove(&spool_of(&req.pgdata));
     let served = server.served();
     let reached = reached.map_err(|e| match served.missing.first() {
         Some(m) => e.context(format!("the WAL archive lacks {} on both providers", m.name)),
         None => e,
     })?;
     let replay = t1.elapsed();
-    let _ = std::fs::remove_file(&socket);
     let gap = match &req.target {
         Target::Latest => archive_gap(&tenant, &server, &served).await,
         _ => None,

@@ -20,7 +20,7 @@ use anyhow::{bail, Context};
 use bascule_core::keys::Identities;
 use tokio_util::sync::CancellationToken;
 
-use super::wal_server::{Standing, WalServer};
+use super::wal_server::{Spool, Standing, WalServer};
 use super::{choose_base_backup, log_tail, new_pgdata, recovery_settings, unpack_base, PitrRequest, Target};
 use crate::command::TenantArg;
 use crate::os_user::command_as;
@@ -205,7 +205,8 @@ pub async fn run(tenant: Arc<Tenant>, req: PitrRequest, cancel: CancellationToke
     if let Some(uid) = uid {
         std::os::unix::fs::chown(&socket, Some(uid), None)?;
     }
-    let server = Arc::new(WalServer::new(tenant.clone(), req.identities.clone(), true).await?);
+    let spool = Spool { dir: super::spool_of(pgdata), uid };
+    let server = Arc::new(WalServer::new(tenant.clone(), req.identities.clone(), true, spool).await?);
     let serving = tokio::spawn(server.clone().serve(listener));
     let ended = async {
         ensure_running(&req).await?;
@@ -214,6 +215,7 @@ pub async fn run(tenant: Arc<Tenant>, req: PitrRequest, cancel: CancellationToke
     .await;
     serving.abort();
     let _ = std::fs::remove_file(&socket);
+    Spool::remove(&super::spool_of(pgdata));
     m::STANDBY_UP.with_label_values(&[&tenant.name]).set(0);
     ended
 }

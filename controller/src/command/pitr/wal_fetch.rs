@@ -1,9 +1,10 @@
 //! `wal-fetch`: PostgreSQL's `restore_command` during a point-in-time
-//! restore; asks the restoring controller for one file over its socket.
+//! restore; asks the restoring controller for one file over its socket,
+//! then moves it from the spool where the controller checked it into place.
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 #[derive(clap::Args)]
 pub struct FetchArgs {
@@ -39,13 +40,15 @@ pub async fn fetch_client(socket: &Path, name: &str, dest: &Path, standby: bool)
         if let Some(e) = line.strip_prefix("ERROR ") {
             bail!("{name}: {e}");
         }
-        let len: usize = line.strip_prefix("OK ").and_then(|n| n.parse().ok()).with_context(|| format!("unexpected answer {line:?}"))?;
-        let mut buf = Vec::with_capacity(len);
-        (&mut r).take(len as u64).read_to_end(&mut buf).await?;
-        if buf.len() != len {
-            bail!("{name}: short answer ({} of {len} bytes)", buf.len());
+        let spooled = line.strip_prefix("READY ").with_context(|| format!("unexpected answer {line:?}"))?;
+        // checked and whole in the spool, inside the data directory: moved into place
+        match std::fs::rename(spooled, dest) {
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
+                tokio::fs::copy(spooled, dest).await.with_context(|| format!("{spooled} → {}", dest.display()))?;
+                tokio::fs::remove_file(spooled).await?;
+            }
+            r => r.with_context(|| format!("{spooled} → {}", dest.display()))?,
         }
-        tokio::fs::write(dest, &buf).await.with_context(|| dest.display().to_string())?;
         Ok(true)
     }
     .await;

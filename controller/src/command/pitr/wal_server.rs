@@ -1,13 +1,20 @@
 //! The WAL server of a point-in-time restore or a standby: serves verified
 //! plaintext WAL to `wal-fetch` over a unix socket inside the data
 //! directory, fetching ahead of the server's requests from either provider.
-//! The identity stays in this process's memory. `STATUS` on the socket says
-//! where the server fetching from it stands ([`Standing`]).
+//! The identity stays in this process's memory. Each file fetched ahead is
+//! checked, then written whole into a spool directory inside the data
+//! directory (mode 0700, the server's account), so that `wal-fetch` only
+//! renames it into place: PostgreSQL's replay never waits for a copy.
+//! `STATUS` on the socket says where the server fetching from it stands
+//! ([`Standing`]).
 use std::collections::HashMap;
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use bascule_core::keys::Identities;
 use bascule_core::wal::{record_name, WalFileKind, WalName, WalRange, WAL};
 use bascule_core::{hash_hex, seal};
@@ -27,7 +34,56 @@ const MISSING_KEPT: usize = 1000;
 /// A file and its place in the archive's order.
 type Placed = (usize, WalName);
 
-type Fetch = Shared<BoxFuture<'static, Result<Arc<Vec<u8>>, String>>>;
+/// A fetch ends with the file whole in the spool: its path and length.
+type Fetch = Shared<BoxFuture<'static, Result<(Arc<PathBuf>, u64), String>>>;
+
+/// Where the server writes the files it fetched, inside the data directory.
+pub(super) struct Spool {
+    pub dir: PathBuf,
+    /// The account that runs PostgreSQL (which renames the files away).
+    pub uid: Option<u32>,
+}
+
+impl Spool {
+    /// Emptied (what a server before this one left) and made again, mode 0700.
+    fn prepare(&self) -> anyhow::Result<()> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot empty {}", self.dir.display()))
+            }
+            _ => {}
+        }
+        std::fs::create_dir(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))?;
+        if let Some(uid) = self.uid {
+            std::os::unix::fs::chown(&self.dir, Some(uid), None)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `plain` as `name`: under a temporary name, then renamed, so
+    /// that only whole files are ever seen under their own.
+    fn put(&self, name: &str, plain: &[u8]) -> std::io::Result<PathBuf> {
+        let (tmp, path) = (self.dir.join(format!(".{name}.partial")), self.dir.join(name));
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        if let Some(uid) = self.uid {
+            std::os::unix::fs::fchown(&f, Some(uid), None)?;
+        }
+        f.write_all(plain)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(path)
+    }
+
+    /// Removes the spool and what is left in it (files fetched ahead and
+    /// never asked for).
+    pub(super) fn remove(dir: &Path) {
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %dir.display(), error = %e, "Cannot remove the WAL spool");
+            }
+        }
+    }
+}
 
 /// The files either provider has a record for, in archive order.
 #[derive(Default)]
@@ -66,6 +122,7 @@ pub(super) struct WalServer {
     tenant: Arc<Tenant>,
     ids: Arc<Identities>,
     follow: bool,
+    spool: Spool,
     archive: RwLock<Archive>,
     relisted: tokio::sync::Mutex<Option<Instant>>,
     inflight: Mutex<HashMap<String, Fetch>>,
@@ -103,11 +160,13 @@ pub struct Standing {
 }
 
 impl WalServer {
-    pub(super) async fn new(tenant: Arc<Tenant>, ids: Arc<Identities>, follow: bool) -> anyhow::Result<WalServer> {
+    pub(super) async fn new(tenant: Arc<Tenant>, ids: Arc<Identities>, follow: bool, spool: Spool) -> anyhow::Result<WalServer> {
+        spool.prepare()?;
         let server = WalServer {
             tenant,
             ids,
             follow,
+            spool,
             archive: RwLock::default(),
             relisted: tokio::sync::Mutex::new(None),
             inflight: Mutex::default(),
@@ -206,7 +265,9 @@ impl WalServer {
         let name = w.name.clone();
         // spawned now, so that a prefetch runs before anyone awaits it
         let task = tokio::spawn(async move {
+            let t0 = Instant::now();
             let (rec, _) = this.tenant.wal_record(&w, hint).await.map_err(|e| e.to_string())?;
+            let t_rec = t0.elapsed();
             let o = rec.object.clone();
             let (plain, _) = this
                 .tenant
@@ -222,7 +283,10 @@ impl WalServer {
                 })
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(Arc::new(plain))
+            let path = tokio::task::block_in_place(|| this.spool.put(&w.name, &plain))
+                .map_err(|e| format!("cannot write {} into the spool {}: {e}", w.name, this.spool.dir.display()))?;
+            tracing::debug!(wal = %w.name, record_ms = t_rec.as_millis() as u64, total_ms = t0.elapsed().as_millis() as u64, "WAL file fetched");
+            Ok((Arc::new(path), plain.len() as u64))
         });
         let f = async move { task.await.map_err(|e| e.to_string())? }.boxed().shared();
         inflight.insert(name, f.clone());
@@ -277,8 +341,9 @@ impl WalServer {
         Some((i, w, ahead))
     }
 
-    /// The plaintext of `name`, `None` when the archive has no such file.
-    async fn get(self: &Arc<Self>, name: &str) -> Result<Option<Arc<Vec<u8>>>, String> {
+    /// Where the checked plaintext of `name` waits in the spool, and its
+    /// length; `None` when the archive has no such file.
+    async fn get(self: &Arc<Self>, name: &str) -> Result<Option<(Arc<PathBuf>, u64)>, String> {
         let asked = WalName::parse(name).filter(|w| w.kind == WalFileKind::Segment);
         if let Some(w) = &asked {
             let mut s = self.served.lock().unwrap_or_else(|e| e.into_inner());
@@ -303,16 +368,18 @@ impl WalServer {
         for (k, n) in ahead {
             drop(self.fetch(n, k));
         }
+        let t0 = Instant::now();
         let got = self.fetch(w.clone(), i).await;
+        tracing::debug!(wal = name, waited_ms = t0.elapsed().as_millis() as u64, "WAL file ready");
         self.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
-        let plain = got?;
+        let (path, len) = got?;
         let mut s = self.served.lock().unwrap_or_else(|e| e.into_inner());
         s.files += 1;
-        s.bytes += plain.len() as u64;
+        s.bytes += len;
         if w.kind == WalFileKind::Segment && s.newest.as_ref().is_none_or(|n| n.order_key() < w.order_key()) {
             s.newest = Some(w.clone());
         }
-        Ok(Some(plain))
+        Ok(Some((path, len)))
     }
 
     pub(super) async fn serve(self: Arc<Self>, listener: tokio::net::UnixListener) {
@@ -332,12 +399,9 @@ impl WalServer {
                     return;
                 }
                 let _ = match this.get(name).await {
-                    Ok(Some(plain)) => {
+                    Ok(Some((path, _))) => {
                         tracing::info!(wal = name, "WAL file served");
-                        match w.write_all(format!("OK {}\n", plain.len()).as_bytes()).await {
-                            Ok(()) => w.write_all(&plain).await,
-                            Err(e) => Err(e),
-                        }
+                        w.write_all(format!("READY {}\n", path.display()).as_bytes()).await
                     }
                     Ok(None) => w.write_all(b"MISSING\n").await,
                     Err(e) => {
