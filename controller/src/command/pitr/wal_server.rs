@@ -65,7 +65,13 @@ impl Spool {
     /// that only whole files are ever seen under their own.
     fn put(&self, name: &str, plain: &[u8]) -> std::io::Result<PathBuf> {
         let (tmp, path) = (self.dir.join(format!(".{name}.partial")), self.dir.join(name));
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        // the spool belongs to PostgreSQL's account: whatever it left under
+        // this name (a link included) is removed, never followed
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         if let Some(uid) = self.uid {
             std::os::unix::fs::fchown(&f, Some(uid), None)?;
         }
