@@ -44,18 +44,51 @@ pub fn command_as(os_user: &Option<String>, prog: &std::path::Path) -> tokio::pr
     c
 }
 
+/// The account that owns a restored cluster's files: its uid and primary gid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Account {
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// The uid of account `name`.
 pub fn uid(name: &str) -> anyhow::Result<u32> {
-    owner(name).map(|(uid, _)| uid)
+    owner(name).map(|a| a.uid)
 }
 
 /// The uid and primary gid of account `name`.
-pub fn owner(name: &str) -> anyhow::Result<(u32, u32)> {
+pub fn owner(name: &str) -> anyhow::Result<Account> {
     match User::from_name(name) {
-        Ok(Some(u)) => Ok((u.uid.as_raw(), u.gid.as_raw())),
+        Ok(Some(u)) => Ok(Account { uid: u.uid.as_raw(), gid: u.gid.as_raw() }),
         Ok(None) => anyhow::bail!("no account {name:?} on this machine"),
         Err(e) => anyhow::bail!("cannot look up the account {name:?}: {e}"),
     }
+}
+
+/// Runs `f` as `account` (with `None`, as this process), on a thread of its
+/// own that becomes that account for good: its uid, its primary group, no
+/// other group, no capability. What `f` creates belongs to the account,
+/// and what it opens it opens with the account's rights alone, so that a
+/// link or a directory the account planted in its own data directory leads
+/// nowhere the account could not reach itself. Linux keeps identities per
+/// thread; the rest of the process stays as it is.
+pub fn as_account<T: Send>(account: Option<Account>, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+    use rustix::process::{Gid, Uid};
+    let Some(a) = account else { return Ok(f()) };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            rustix::thread::set_thread_groups(&[])?;
+            rustix::thread::set_thread_gid(Gid::from_raw(a.gid))?;
+            rustix::thread::set_thread_uid(Uid::from_raw(a.uid))?;
+            if rustix::process::geteuid().as_raw() != a.uid || rustix::process::getegid().as_raw() != a.gid {
+                return Err(std::io::Error::other(format!("this thread did not become uid {} gid {}", a.uid, a.gid)));
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("a thread working as the server's account panicked"))?
+    })
+    .map_err(|e| std::io::Error::new(e.kind(), format!("cannot work as uid {} gid {}: {e}", a.uid, a.gid)))
 }
 
 #[cfg(test)]
@@ -66,5 +99,29 @@ mod tests {
         assert!(a.contains('@') && !a.starts_with("uid "), "{a}");
         assert!(super::uid("root").is_ok_and(|u| u == 0));
         assert!(super::uid("no-such-account-here").is_err());
+    }
+
+    #[test]
+    fn a_thread_working_as_the_servers_account_has_its_rights_alone() {
+        use std::os::unix::fs::MetadataExt;
+        assert!(super::is_root(), "this test switches accounts: run it as root (the test suite runs as root, PostgreSQL as postgres)");
+        let pg = super::owner("postgres").unwrap();
+        let d = tempfile::tempdir().unwrap();
+        // root's directory, 0755: the account cannot write in it, even through a link it planted
+        let theirs = d.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(pg.uid), Some(pg.gid)).unwrap();
+        std::os::unix::fs::symlink(d.path(), theirs.join("up")).unwrap();
+        let (made, through) =
+            super::as_account(Some(pg), || (std::fs::write(theirs.join("file"), b"x"), std::fs::write(theirs.join("up/planted"), b"x")))
+                .unwrap();
+        made.unwrap();
+        assert_eq!(through.unwrap_err().kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(!d.path().join("planted").exists());
+        let m = std::fs::metadata(theirs.join("file")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (pg.uid, pg.gid), "a file made as the account is the account's");
+        // this thread is still root
+        assert!(super::is_root());
+        std::fs::write(d.path().join("root's"), b"x").unwrap();
     }
 }

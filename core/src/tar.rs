@@ -27,6 +27,11 @@ pub struct Header {
     pub size: u64,
 }
 
+/// The largest member accepted (1 TiB; PostgreSQL splits relations into
+/// files of 1 GiB by default): sizes and their padding stay far from
+/// overflowing.
+pub const MEMBER_MAX: u64 = 1 << 40;
+
 impl Header {
     /// The data and its padding: the bytes between this header and the next.
     pub fn padded_size(&self) -> u64 {
@@ -88,11 +93,14 @@ pub fn parse(block: &[u8]) -> Result<Option<Header>, String> {
         return Err(format!("a tar header's checksum is {stored:o}, its bytes add up to {sum:o}: not a tar stream, or damaged"));
     }
     let name = text(&block[0..100])?;
-    let ustar = &block[257..263] == b"ustar\0" || &block[257..263] == b"ustar ";
-    let prefix = if ustar { text(&block[345..500])? } else { "" };
+    // POSIX ustar keeps a name's prefix here; GNU tar ("ustar  ") keeps times
+    let prefix = if &block[257..263] == b"ustar\0" { text(&block[345..500])? } else { "" };
     let name = if prefix.is_empty() { name.to_string() } else { format!("{prefix}/{name}") };
     let mode = u32::try_from(number(&block[100..108])? & 0o7777).unwrap_or(0o600);
     let size = number(&block[124..136])?;
+    if size > MEMBER_MAX {
+        return Err(format!("member {name:?} claims {size} bytes, more than a data directory's file holds"));
+    }
     let kind = match block[156] {
         b'0' | 0 => Kind::File,
         b'5' => Kind::Dir,
@@ -178,7 +186,21 @@ mod tests {
         let mut b = block("./global/pg_control", b'0', 8192, "");
         b[3] ^= 1;
         assert!(parse(&b).unwrap_err().contains("checksum"));
-        // base-256 sizes
+        // base-256 sizes, and one that would overflow its padding
         assert_eq!(number(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0]).unwrap(), 2 << 16);
+        let mut b = block("base/1/1259", b'0', 0, "");
+        b[124..136].copy_from_slice(&[0x80, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        b[148..156].copy_from_slice(b"        ");
+        let sum: u32 = b.iter().map(|x| u32::from(*x)).sum();
+        b[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        assert!(parse(&b).unwrap_err().contains("claims 18446744073709551615 bytes"));
+        // GNU tar's header keeps times where ustar keeps the prefix: not read as one
+        let mut b = block("PG_VERSION", b'0', 3, "");
+        b[257..265].copy_from_slice(b"ustar  \0");
+        b[345..350].copy_from_slice(b"12345");
+        b[148..156].copy_from_slice(b"        ");
+        let sum: u32 = b.iter().map(|x| u32::from(*x)).sum();
+        b[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        assert_eq!(parse(&b).unwrap().unwrap().name, "PG_VERSION");
     }
 }

@@ -36,7 +36,7 @@ pub use wal_server::Standing;
 use wal_server::{Spool, WalServer};
 
 use crate::context::Controller;
-use crate::os_user::command_as;
+use crate::os_user::{as_account, command_as, Account};
 use crate::tenant::Tenant;
 
 /// The recovery time objective bascule is held to (DESIGN: 4 hours).
@@ -153,6 +153,13 @@ pub struct PitrRequest {
     pub progress: bool,
 }
 
+impl PitrRequest {
+    /// The account that runs PostgreSQL, when this process switches to it.
+    fn account(&self) -> anyhow::Result<Option<Account>> {
+        self.os_user.as_deref().map(crate::os_user::owner).transpose()
+    }
+}
+
 #[derive(Debug)]
 pub struct PitrReport {
     pub base_backup: String,
@@ -216,29 +223,42 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// A new (or empty) data directory, mode 0700, owned by `os_user` when one
-/// is given; returns its uid.
-fn new_pgdata(pgdata: &Path, os_user: &Option<String>) -> anyhow::Result<Option<u32>> {
+/// A new (or empty) data directory, mode 0700, given to the account that
+/// runs PostgreSQL: through a handle on the directory itself (no link
+/// followed), so that what its parent holds by then cannot be swapped in.
+fn new_pgdata(pgdata: &Path, account: Option<Account>) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     if pgdata.exists() && std::fs::read_dir(pgdata)?.next().is_some() {
         bail!("{} is not empty; give a new or empty directory for the restored cluster", pgdata.display());
     }
     std::fs::create_dir_all(pgdata)?;
-    std::fs::set_permissions(pgdata, std::fs::Permissions::from_mode(0o700))?;
-    match os_user {
-        Some(u) => {
-            let (uid, gid) = crate::os_user::owner(u)?;
-            std::os::unix::fs::chown(pgdata, Some(uid), Some(gid))?;
-            Ok(Some(uid))
-        }
-        None => Ok(None),
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::DIRECTORY.bits() as i32 | rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(pgdata)
+        .with_context(|| format!("cannot open {} (a directory, not a link)", pgdata.display()))?;
+    dir.set_permissions(std::fs::Permissions::from_mode(0o700))?;
+    if let Some(a) = account {
+        std::os::unix::fs::fchown(&dir, Some(a.uid), Some(a.gid))?;
     }
+    Ok(())
+}
+
+/// Listens on `socket` (in the data directory), made by the account that
+/// runs PostgreSQL: the socket is that account's, and `wal-fetch`, run by
+/// the server, may connect.
+fn listen(socket: &Path, account: Option<Account>) -> anyhow::Result<tokio::net::UnixListener> {
+    let l = as_account(account, || std::os::unix::net::UnixListener::bind(socket))?
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    l.set_nonblocking(true)?;
+    Ok(tokio::net::UnixListener::from_std(l)?)
 }
 
 /// Recovery settings (step 2): `restore_command` through the WAL server's
 /// socket, the target, promotion, and a cluster that archives nowhere. A
 /// standby (`standby.signal`) has no target: it replays what comes, asking
 /// again every second for the next file, until promoted.
-fn recovery_settings(req: &PitrRequest, socket: &Path, uid: Option<u32>, standby: bool) -> anyhow::Result<()> {
+fn recovery_settings(req: &PitrRequest, socket: &Path, standby: bool) -> anyhow::Result<()> {
     let pgdata = &req.pgdata;
     let exe = std::env::current_exe()?;
     let restore_command = format!(
@@ -274,14 +294,12 @@ fn recovery_settings(req: &PitrRequest, socket: &Path, uid: Option<u32>, standby
     set("port", &req.port.to_string());
     set("listen_addresses", "localhost");
     set("unix_socket_directories", &pgdata.to_string_lossy());
-    std::fs::OpenOptions::new().append(true).create(true).open(pgdata.join("postgresql.auto.conf"))?.write_all(conf.as_bytes())?;
     let signal = if standby { "standby.signal" } else { "recovery.signal" };
-    std::fs::write(pgdata.join(signal), b"")?;
-    if let Some(uid) = uid {
-        for f in ["postgresql.auto.conf", signal] {
-            std::os::unix::fs::chown(pgdata.join(f), Some(uid), None)?;
-        }
-    }
+    // written as the server's account: its files, which it may have replaced by links
+    as_account(req.account()?, || {
+        std::fs::OpenOptions::new().append(true).create(true).open(pgdata.join("postgresql.auto.conf"))?.write_all(conf.as_bytes())?;
+        std::fs::write(pgdata.join(signal), b"")
+    })??;
     Ok(())
 }
 
@@ -292,9 +310,26 @@ struct Reached {
     timeline: i32,
 }
 
-/// The last lines of the recovery's server log.
-fn log_tail(log: &Path) -> String {
-    let t = std::fs::read_to_string(log).unwrap_or_default();
+/// The last lines of the recovery's server log, read as the server's
+/// account (the log lies in its directory: a link there must not lead this
+/// process to read what that account may not) and only if it is a file.
+fn log_tail(log: &Path, account: Option<Account>) -> String {
+    use std::io::{Read, Seek};
+    use std::os::unix::fs::OpenOptionsExt;
+    const TAIL: u64 = 16 * 1024;
+    let read = || -> std::io::Result<String> {
+        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+        let mut f = std::fs::OpenOptions::new().read(true).custom_flags(flags.bits() as i32).open(log)?;
+        let len = f.metadata()?.len();
+        if !f.metadata()?.is_file() {
+            return Err(std::io::Error::other("not a file"));
+        }
+        f.seek(std::io::SeekFrom::Start(len.saturating_sub(TAIL)))?;
+        let mut b = Vec::new();
+        f.take(TAIL).read_to_end(&mut b)?;
+        Ok(String::from_utf8_lossy(&b).into_owned())
+    };
+    let t = as_account(account, read).and_then(|r| r).unwrap_or_else(|e| format!("(cannot read it: {e})"));
     t.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
@@ -314,7 +349,13 @@ async fn recover(req: &PitrRequest) -> anyhow::Result<Reached> {
         .context("cannot run pg_ctl")?;
     if !out.status.success() {
         let said = String::from_utf8_lossy(&out.stderr);
-        bail!("PostgreSQL did not start ({}): {}\nserver log ({}):\n{}", out.status, said.trim(), log.display(), log_tail(&log));
+        bail!(
+            "PostgreSQL did not start ({}): {}\nserver log ({}):\n{}",
+            out.status,
+            said.trim(),
+            log.display(),
+            log_tail(&log, req.account()?)
+        );
     }
     let mut pg = tokio_postgres::Config::new();
     pg.host_path(pgdata).port(req.port).user(&req.db_user).dbname("postgres");
@@ -327,7 +368,9 @@ async fn recover(req: &PitrRequest) -> anyhow::Result<Reached> {
         match client.query_one("SELECT pg_is_in_recovery()", &[]).await {
             Ok(row) if !row.get::<_, bool>(0) => break,
             Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(e) => bail!("the server stopped during recovery ({e}); server log ({}):\n{}", log.display(), log_tail(&log)),
+            Err(e) => {
+                bail!("the server stopped during recovery ({e}); server log ({}):\n{}", log.display(), log_tail(&log, req.account()?))
+            }
         }
     }
     let row = client
@@ -351,12 +394,13 @@ pub async fn run(tenant: Tenant, req: PitrRequest) -> anyhow::Result<PitrReport>
     if let Some(w) = &m.wal {
         tracing::info!(base_backup = %m.name, start = %w.start, stop = %w.stop, "Base backup chosen");
     }
-    let uid = new_pgdata(&req.pgdata, &req.os_user)?;
+    let account = req.account()?;
+    new_pgdata(&req.pgdata, account)?;
     let ids = req.identities.clone();
     // the WAL archive is listed, and the first segments recovery replays
     // fetched, while the base backup unpacks
     let wal_server = async {
-        let spool = Spool { dir: spool_of(&req.pgdata), uid };
+        let spool = Spool { dir: spool_of(&req.pgdata), account };
         let server = Arc::new(WalServer::new(tenant.clone(), ids.clone(), false, spool).await?);
         if let Some(w) = &m.wal {
             server.warm(w).await;
@@ -370,13 +414,9 @@ pub async fn run(tenant: Tenant, req: PitrRequest) -> anyhow::Result<PitrReport>
     tracing::info!(seconds = fetch_base.as_secs_f64(), "Base backup in place");
 
     let socket = req.pgdata.join("bascule-wal.sock");
-    let listener = tokio::net::UnixListener::bind(&socket).with_context(|| format!("cannot listen on {}", socket.display()))?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
-    if let Some(uid) = uid {
-        std::os::unix::fs::chown(&socket, Some(uid), None)?;
-    }
+    let listener = listen(&socket, account)?;
     let serving = tokio::spawn(server.clone().serve(listener));
-    recovery_settings(&req, &socket, uid, false)?;
+    recovery_settings(&req, &socket, false)?;
 
     let t1 = Instant::now();
     let reached = recover(&req).await;

@@ -10,7 +10,6 @@
 //! (PostgreSQL may have kept running meanwhile: its requests failed, and it
 //! asked again). The identity stays in this process's memory.
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
@@ -180,7 +179,8 @@ pub enum Ended {
 /// Builds the standby (or picks it up), feeds it until cancelled or promoted.
 pub async fn run(tenant: Arc<Tenant>, req: PitrRequest, cancel: CancellationToken) -> anyhow::Result<Ended> {
     let pgdata = &req.pgdata;
-    let uid = if pgdata.join("PG_VERSION").exists() {
+    let account = req.account()?;
+    if pgdata.join("PG_VERSION").exists() {
         if !pgdata.join("standby.signal").exists() {
             bail!(
                 "{} holds a cluster that is not a standby (no standby.signal): it was promoted, or is another cluster; \
@@ -189,23 +189,17 @@ pub async fn run(tenant: Arc<Tenant>, req: PitrRequest, cancel: CancellationToke
             );
         }
         tracing::info!(pgdata = %pgdata.display(), "Picking up the standby where it stands");
-        req.os_user.as_deref().map(crate::os_user::uid).transpose()?
     } else {
         let m = choose_base_backup(&tenant, &Target::Latest).await?;
         tracing::info!(base_backup = %m.name, "Building the standby from the newest base backup");
-        let uid = new_pgdata(pgdata, &req.os_user)?;
+        new_pgdata(pgdata, account)?;
         unpack_base(&tenant, &m, &req.identities, &req).await?;
-        recovery_settings(&req, &socket_of(pgdata), uid, true)?;
-        uid
-    };
+        recovery_settings(&req, &socket_of(pgdata), true)?;
+    }
     let socket = socket_of(pgdata);
     let _ = std::fs::remove_file(&socket);
-    let listener = tokio::net::UnixListener::bind(&socket).with_context(|| format!("cannot listen on {}", socket.display()))?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
-    if let Some(uid) = uid {
-        std::os::unix::fs::chown(&socket, Some(uid), None)?;
-    }
-    let spool = Spool { dir: super::spool_of(pgdata), uid };
+    let listener = super::listen(&socket, account)?;
+    let spool = Spool { dir: super::spool_of(pgdata), account };
     let server = Arc::new(WalServer::new(tenant.clone(), req.identities.clone(), true, spool).await?);
     let serving = tokio::spawn(server.clone().serve(listener));
     let ended = async {
@@ -240,7 +234,13 @@ async fn ensure_running(req: &PitrRequest) -> anyhow::Result<()> {
         .context("cannot run pg_ctl")?;
     if !out.status.success() {
         let said = String::from_utf8_lossy(&out.stderr);
-        bail!("the standby did not start ({}): {}\nserver log ({}):\n{}", out.status, said.trim(), log.display(), log_tail(&log));
+        bail!(
+            "the standby did not start ({}): {}\nserver log ({}):\n{}",
+            out.status,
+            said.trim(),
+            log.display(),
+            log_tail(&log, req.account()?)
+        );
     }
     tracing::info!(port = req.port, "Standby server started");
     Ok(())

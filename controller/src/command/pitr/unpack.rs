@@ -2,12 +2,17 @@
 //! stream, every byte checked, unpacked into the new data directory by this
 //! process, on a thread of its own while the next chunks are fetched and
 //! opened. Each file is written straight from the checked plaintext (no
-//! pipe, no `tar` process) and given to the account that runs PostgreSQL.
+//! pipe, no `tar` process) by a thread that works as the account that runs
+//! PostgreSQL ([`crate::os_user::as_account`]): the files are that
+//! account's as they are made, and a link or directory that account swaps
+//! in while the unpacking runs leads nowhere it could not write itself.
 //!
 //! The stream is signed by the customer's agent, and still read as hostile:
 //! a member that would land outside the data directory (absolute, `..`,
-//! through a symbolic link of the archive) or that is neither a file, a
-//! directory nor a link stops the restore.
+//! through a symbolic link of the archive), a symbolic link anywhere but
+//! where PostgreSQL keeps them (`pg_tblspc/*`, `pg_wal`), or a member that
+//! is neither a file, a directory nor a link stops the restore. Modes are
+//! the server's own: 0700 for directories, 0600 for files.
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::Write as _;
@@ -31,15 +36,17 @@ const QUEUED: usize = 4;
 /// Streams the base backup into `req.pgdata`, every byte checked.
 pub(super) async fn unpack_base(tenant: &Tenant, m: &Manifest, ids: &Arc<Identities>, req: &PitrRequest) -> anyhow::Result<()> {
     let pgdata = req.pgdata.clone();
-    let owner = req.os_user.as_deref().map(crate::os_user::owner).transpose()?;
+    let account = req.account()?;
     let index = Arc::new(open_index(&tenant.replicated, m, ids).await?);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(QUEUED);
     let writer = tokio::task::spawn_blocking(move || {
-        let mut u = Untar::new(pgdata, owner);
-        while let Some(plain) = rx.blocking_recv() {
-            u.feed(&plain)?;
-        }
-        u.finish()
+        crate::os_user::as_account(account, move || {
+            let mut u = Untar::new(pgdata);
+            while let Some(plain) = rx.blocking_recv() {
+                u.feed(&plain)?;
+            }
+            u.finish()
+        })?
     });
     let progress = if req.progress { Progress::bytes(format!("base backup {}", m.name), Some(m.source_bytes)) } else { Progress::hidden() };
     let streamed = stream_chunks(&tenant.replicated, Arc::new(m.clone()), index, ids.clone(), req.concurrency, &progress, |plain| {
@@ -64,11 +71,20 @@ pub(super) async fn unpack_base(tenant: &Tenant, m: &Manifest, ids: &Arc<Identit
     Ok(())
 }
 
+/// Where a data directory holds symbolic links: a tablespace's
+/// (`pg_tblspc/<oid>`) and a WAL directory kept elsewhere (`pg_wal`).
+fn link_allowed(rel: &Path) -> bool {
+    let parts: Vec<_> = rel.components().collect();
+    match parts.as_slice() {
+        [one] => one.as_os_str() == "pg_wal",
+        [dir, _] => dir.as_os_str() == "pg_tblspc",
+        _ => false,
+    }
+}
+
 /// A tar stream unpacked as it arrives, in pieces of any size.
 struct Untar {
     root: PathBuf,
-    /// The uid and gid of the account that runs PostgreSQL.
-    owner: Option<(u32, u32)>,
     /// The header being gathered.
     header: Vec<u8>,
     /// The file being written, its member's name, its data bytes still to come.
@@ -82,8 +98,8 @@ struct Untar {
 }
 
 impl Untar {
-    fn new(root: PathBuf, owner: Option<(u32, u32)>) -> Untar {
-        Untar { root, owner, header: Vec::with_capacity(BLOCK), file: None, pad: 0, links: HashSet::new(), files: 0, end: false }
+    fn new(root: PathBuf) -> Untar {
+        Untar { root, header: Vec::with_capacity(BLOCK), file: None, pad: 0, links: HashSet::new(), files: 0, end: false }
     }
 
     fn feed(&mut self, mut bytes: &[u8]) -> anyhow::Result<()> {
@@ -139,21 +155,17 @@ impl Untar {
         for dir in missing.into_iter().rev() {
             let dir = self.root.join(dir);
             std::fs::DirBuilder::new().mode(0o700).create(&dir).with_context(|| dir.display().to_string())?;
-            self.chown(&dir)?;
         }
         match &h.kind {
-            Kind::Dir => {
-                match std::fs::DirBuilder::new().mode(h.mode & 0o777 | 0o700).create(&path) {
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.symlink_metadata()?.is_dir() => {}
-                    r => r.with_context(|| path.display().to_string())?,
-                }
-                self.chown(&path)?;
-            }
+            Kind::Dir => match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.symlink_metadata()?.is_dir() => {}
+                r => r.with_context(|| path.display().to_string())?,
+            },
             Kind::Symlink(target) => {
-                std::os::unix::fs::symlink(target, &path).with_context(|| format!("member {:?}", h.name))?;
-                if let Some((uid, gid)) = self.owner {
-                    std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+                if !link_allowed(&rel) {
+                    bail!("member {:?} is a symbolic link (to {target:?}) where a data directory holds none", h.name);
                 }
+                std::os::unix::fs::symlink(target, &path).with_context(|| format!("member {:?}", h.name))?;
                 self.links.insert(rel);
             }
             Kind::File => {
@@ -161,24 +173,14 @@ impl Untar {
                 let f = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
-                    .mode(h.mode & 0o777 | 0o600)
+                    .mode(0o600)
                     .open(&path)
                     .with_context(|| format!("member {:?} ({})", h.name, path.display()))?;
-                if let Some((uid, gid)) = self.owner {
-                    std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
-                }
                 self.files += 1;
                 if h.size > 0 {
                     self.file = Some((f, h.name, h.size));
                 }
             }
-        }
-        Ok(())
-    }
-
-    fn chown(&self, path: &Path) -> anyhow::Result<()> {
-        if let Some((uid, gid)) = self.owner {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid)).with_context(|| path.display().to_string())?;
         }
         Ok(())
     }
@@ -206,7 +208,7 @@ mod tests {
 
     fn unpack(stream: &[u8], piece: usize) -> (tempfile::TempDir, anyhow::Result<u64>) {
         let d = tempfile::tempdir().unwrap();
-        let mut u = Untar::new(d.path().join("pgdata"), None);
+        let mut u = Untar::new(d.path().join("pgdata"));
         std::fs::create_dir(d.path().join("pgdata")).unwrap();
         let r = stream.chunks(piece).try_for_each(|p| u.feed(p)).and_then(|()| u.finish());
         (d, r)
@@ -242,6 +244,11 @@ mod tests {
         let twice = [file_member("PG_VERSION", b"15\n"), file_member("PG_VERSION", b"16\n")].concat();
         let (_d, r) = unpack(&twice, 512);
         assert!(format!("{:#}", r.unwrap_err()).contains("PG_VERSION"));
+        for name in ["postgresql.auto.conf", "base/1/1259", "pg_tblspc/16384/x", "recovery.signal"] {
+            let (d, r) = unpack(&member(name, Kind::Symlink("/etc/passwd".into())), 512);
+            assert!(format!("{:#}", r.unwrap_err()).contains("where a data directory holds none"), "{name}");
+            assert!(std::fs::symlink_metadata(d.path().join("pgdata").join(name)).is_err(), "{name}");
+        }
         let whole = file_member("base/1/1259", &[7u8; 3000]);
         let (_d, r) = unpack(&whole[..2000], 100);
         assert!(format!("{:#}", r.unwrap_err()).contains("ends inside base/1/1259"));

@@ -3,13 +3,17 @@
 //! directory, fetching ahead of the server's requests from either provider.
 //! The identity stays in this process's memory. Each file fetched ahead is
 //! checked, then written whole into a spool directory inside the data
-//! directory (mode 0700, the server's account), so that `wal-fetch` only
-//! renames it into place: PostgreSQL's replay never waits for a copy.
+//! directory (mode 0700), so that `wal-fetch` only renames it into place:
+//! PostgreSQL's replay never waits for a copy. The spool is written by
+//! threads that work as the server's account
+//! ([`crate::os_user::as_account`]), which owns the data directory: what
+//! that account swaps in there (a link for the spool, a link for a file)
+//! leads nowhere it could not write itself.
 //! `STATUS` on the socket says where the server fetching from it stands
 //! ([`Standing`]).
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -21,6 +25,7 @@ use bascule_core::{hash_hex, seal};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
+use crate::os_user::{as_account, Account};
 use crate::tenant::Tenant;
 
 /// How many WAL files are fetched ahead of the server's requests.
@@ -28,6 +33,11 @@ const PREFETCH: usize = 4;
 /// A following server lists the providers again at most this often, when
 /// asked for a file it does not know yet.
 const RELIST_EVERY: Duration = Duration::from_secs(1);
+/// Connections served at once; more wait to be accepted.
+const CONNECTIONS: usize = 32;
+/// The longest request line (a WAL file's name, or STATUS) and how long it may take to come.
+const LINE_MAX: u64 = 128;
+const LINE_WAIT: Duration = Duration::from_secs(30);
 /// Missing files remembered (the last is normally the one after the archive's end).
 const MISSING_KEPT: usize = 1000;
 
@@ -41,42 +51,37 @@ type Fetch = Shared<BoxFuture<'static, Result<(Arc<PathBuf>, u64), String>>>;
 pub(super) struct Spool {
     pub dir: PathBuf,
     /// The account that runs PostgreSQL (which renames the files away).
-    pub uid: Option<u32>,
+    pub account: Option<Account>,
 }
 
 impl Spool {
     /// Emptied (what a server before this one left) and made again, mode 0700.
     fn prepare(&self) -> anyhow::Result<()> {
-        match std::fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("cannot empty {}", self.dir.display()))
+        as_account(self.account, || {
+            match std::fs::remove_dir_all(&self.dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("cannot empty {}", self.dir.display()))
+                }
+                _ => {}
             }
-            _ => {}
-        }
-        std::fs::create_dir(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
-        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))?;
-        if let Some(uid) = self.uid {
-            std::os::unix::fs::chown(&self.dir, Some(uid), None)?;
-        }
-        Ok(())
+            std::fs::DirBuilder::new().mode(0o700).create(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))
+        })?
     }
 
     /// Writes `plain` as `name`: under a temporary name, then renamed, so
     /// that only whole files are ever seen under their own.
     fn put(&self, name: &str, plain: &[u8]) -> std::io::Result<PathBuf> {
         let (tmp, path) = (self.dir.join(format!(".{name}.partial")), self.dir.join(name));
-        // the spool belongs to PostgreSQL's account: whatever it left under
-        // this name (a link included) is removed, never followed
-        match std::fs::remove_file(&tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        if let Some(uid) = self.uid {
-            std::os::unix::fs::fchown(&f, Some(uid), None)?;
-        }
-        f.write_all(plain)?;
-        std::fs::rename(&tmp, &path)?;
+        as_account(self.account, || {
+            // whatever is left under this name (a link included) is removed, never followed
+            match std::fs::remove_file(&tmp) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            f.write_all(plain)?;
+            std::fs::rename(&tmp, &path)
+        })??;
         Ok(path)
     }
 
@@ -89,6 +94,12 @@ impl Spool {
             }
         }
     }
+}
+
+/// Whether segment `next` comes right after segment `w` on its timeline.
+fn follows(w: &WalName, next: &WalName) -> bool {
+    w.timeline == next.timeline
+        && ((w.log == next.log && w.seg.checked_add(1) == Some(next.seg)) || (w.log.checked_add(1) == Some(next.log) && next.seg == 0))
 }
 
 /// The files either provider has a record for, in archive order.
@@ -351,16 +362,19 @@ impl WalServer {
     /// length; `None` when the archive has no such file.
     async fn get(self: &Arc<Self>, name: &str) -> Result<Option<(Arc<PathBuf>, u64)>, String> {
         let asked = WalName::parse(name).filter(|w| w.kind == WalFileKind::Segment);
-        if let Some(w) = &asked {
-            let mut s = self.served.lock().unwrap_or_else(|e| e.into_inner());
-            if s.asked.as_ref().is_none_or(|a| a.order_key() < w.order_key()) {
-                s.asked = Some(w.clone());
-            }
-        }
         let mut placed = self.place(name);
         if placed.is_none() && self.follow {
             self.relist().await;
             placed = self.place(name);
+        }
+        // what the server asks for says how far it replayed: a segment of
+        // the archive, or the one after its newest (a standby caught up),
+        // never a name beyond, which would hide a standby that fell behind
+        if let Some(w) = asked.as_ref().filter(|w| placed.is_some() || self.newest_listed().is_some_and(|n| follows(&n, w))) {
+            let mut s = self.served.lock().unwrap_or_else(|e| e.into_inner());
+            if s.asked.as_ref().is_none_or(|a| a.order_key() < w.order_key()) {
+                s.asked = Some(w.clone());
+            }
         }
         let Some((i, w, ahead)) = placed else {
             if let Some(w) = asked {
@@ -389,13 +403,18 @@ impl WalServer {
     }
 
     pub(super) async fn serve(self: Arc<Self>, listener: tokio::net::UnixListener) {
+        let connections = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS));
         loop {
+            let Ok(permit) = connections.clone().acquire_owned().await else { return };
             let Ok((stream, _)) = listener.accept().await else { continue };
             let this = self.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let (r, mut w) = stream.into_split();
                 let mut line = String::new();
-                if tokio::io::BufReader::new(r).read_line(&mut line).await.is_err() {
+                // a name or STATUS: a short line, soon
+                let mut r = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(r, LINE_MAX));
+                if !matches!(tokio::time::timeout(LINE_WAIT, r.read_line(&mut line)).await, Ok(Ok(_))) || !line.ends_with('\n') {
                     return;
                 }
                 let name = line.trim();
@@ -417,5 +436,37 @@ impl WalServer {
                 };
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spool_swapped_for_a_link_by_the_servers_account_leads_nowhere() {
+        use std::os::unix::fs::MetadataExt;
+        assert!(crate::os_user::is_root(), "this test switches accounts: run it as root (the test suite runs as root)");
+        let pg = crate::os_user::owner("postgres").unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let pgdata = d.path().join("pgdata");
+        std::fs::create_dir(&pgdata).unwrap();
+        std::os::unix::fs::chown(&pgdata, Some(pg.uid), Some(pg.gid)).unwrap();
+        let spool = Spool { dir: pgdata.join("bascule-wal-spool"), account: Some(pg) };
+        spool.prepare().unwrap();
+        let path = spool.put("000000010000000000000001", b"wal").unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (pg.uid, pg.gid, 0o600));
+        // the account swaps its spool for a link to a directory of root's
+        let roots = d.path().join("cron.daily");
+        std::fs::create_dir(&roots).unwrap();
+        std::fs::remove_dir_all(&spool.dir).unwrap();
+        std::os::unix::fs::symlink(&roots, &spool.dir).unwrap();
+        let e = spool.put("000000010000000000000002", b"wal").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+        assert_eq!(std::fs::read_dir(&roots).unwrap().count(), 0, "nothing written through the link");
+        // made again by the account: the link goes, not what it points to
+        spool.prepare().unwrap();
+        assert!(std::fs::symlink_metadata(&spool.dir).unwrap().is_dir() && roots.is_dir());
     }
 }
