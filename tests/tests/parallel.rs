@@ -18,6 +18,9 @@ GRANT SELECT ON actes TO lecteur;
 ALTER TABLE citoyens OWNER TO lecteur;
 SELECT setval('actes_id_seq', 1000000);
 CREATE TABLE vide (id int);
+CREATE TABLE mesures (d date NOT NULL, v int) PARTITION BY RANGE (d);
+CREATE TABLE mesures_2026 PARTITION OF mesures FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO mesures SELECT date '2026-01-01' + i % 300, i FROM generate_series(1, 5000) i;
 "#;
 
 /// `restore --jobs N` of the latest export into database `db`.
@@ -56,6 +59,14 @@ fn a_parallel_restore_keeps_every_object_and_leaves_nothing_behind() {
         assert_eq!(s.pg.psql("mairie", q), s.pg.psql("restored", q), "{q}");
     }
     assert_eq!(leftovers(&s), "", "the database restored into took the target's name; the old one was dropped");
+    // rows loaded frozen: no page left for the index builds or VACUUM to write again
+    s.pg.psql("restored", "CREATE EXTENSION pg_visibility");
+    for table in ["actes", "citoyens", "mesures_2026"] {
+        let q = format!("SELECT count(*), count(*) FILTER (WHERE all_frozen) FROM pg_visibility_map('{table}')");
+        let pages = s.pg.psql("restored", &q);
+        let (all, frozen) = pages.split_once('|').unwrap();
+        assert!(all.trim().parse::<u64>().unwrap() > 0 && all == frozen, "{table}: pages, frozen pages: {pages}");
+    }
 }
 
 #[test]

@@ -169,6 +169,12 @@ pub(super) async fn load(
          SET row_security = off; SET synchronous_commit = off; SET xmloption = content; \
          SET check_function_bodies = false; SET client_min_messages = warning;",
     );
+    // sorts of the index builds in memory, as PostgreSQL's advice for a
+    // restore has it, unless the server grants more already
+    setup.push_str(&format!(
+        "SELECT pg_catalog.set_config('maintenance_work_mem', '{BUILD_MEMORY_MIB}MB', false) \
+         WHERE pg_catalog.pg_size_bytes(pg_catalog.current_setting('maintenance_work_mem')) < {BUILD_MEMORY_MIB} * 1048576;"
+    ));
     let queue = Mutex::new(Queue {
         jobs: tables.into_iter().map(Job::Load).collect(),
         running: 0,
@@ -246,6 +252,9 @@ pub(super) fn qualified(e: &TocEntry) -> String {
     }
 }
 
+/// `maintenance_work_mem` of each loading connection, in MiB (at least).
+pub(super) const BUILD_MEMORY_MIB: u64 = 256;
+
 /// Bytes of one large object written at once.
 pub(super) const OBJECT_WRITE: usize = 1 << 20;
 
@@ -306,7 +315,11 @@ pub(super) async fn copy_table(
             write_object(client, object).await?;
             return reader.finish().map_err(ParallelError::Archive);
         };
-        let sink = client.copy_in::<_, Bytes>(copy.as_str()).await.map_err(sql("starting COPY into"))?;
+        let frozen = match frozen_copy(copy) {
+            Some(stmt) if truncated(client, &t.entry).await => Some(stmt),
+            _ => None,
+        };
+        let sink = client.copy_in::<_, Bytes>(frozen.as_deref().unwrap_or(copy)).await.map_err(sql("starting COPY into"))?;
         let mut sink = std::pin::pin!(sink);
         while let Some(b) = rx.recv().await {
             // pg_dump writes a piece per row: the rows of a read go to COPY
@@ -328,10 +341,38 @@ pub(super) async fn copy_table(
         }
         reader.finish().map_err(ParallelError::Archive)?;
         sink.as_mut().finish().await.map_err(sql("ending COPY into"))?;
+        if frozen.is_some() {
+            client.batch_execute("COMMIT").await.map_err(sql("committing the rows of"))?;
+        }
         Ok::<_, ParallelError>(())
     };
     let (served, ()) = futures::future::try_join(fetch, load).await?;
     Ok(served)
+}
+
+/// `COPY … FROM stdin (FREEZE)` for the statement pg_dump writes: rows
+/// loaded frozen and their pages marked all-visible, so that the index
+/// builds that read them next (and the first queries, and VACUUM) need not
+/// look up each row's transaction and write every page a second time to
+/// record it, as they do after `pg_restore`.
+fn frozen_copy(copy: &str) -> Option<String> {
+    copy.trim_end().strip_suffix(" FROM stdin;").map(|c| format!("{c} FROM stdin (FREEZE)"))
+}
+
+/// Opens the transaction a frozen `COPY` needs (the table truncated in it,
+/// which is empty: only its file is made anew); `false`, with no
+/// transaction open, where the table cannot be (a partitioned table, one
+/// the role may not truncate): its rows are then loaded as they are.
+async fn truncated(client: &tokio_postgres::Client, e: &TocEntry) -> bool {
+    let table = if e.namespace.is_empty() { quote_ident(&e.tag) } else { format!("{}.{}", quote_ident(&e.namespace), quote_ident(&e.tag)) };
+    match client.batch_execute(&format!("BEGIN; TRUNCATE ONLY {table}")).await {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::debug!(table = %table, error = %err, "Rows loaded without FREEZE");
+            let _ = client.batch_execute("ROLLBACK").await;
+            false
+        }
+    }
 }
 
 /// Writes bytes of a large object (created with the schema) at their offset.

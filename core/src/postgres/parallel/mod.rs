@@ -12,7 +12,11 @@
 //!    restore that fails leaves the target as it was: `pg_restore
 //!    --section=pre-data` from that file, then every table's rows fetched by
 //!    their byte range from the providers (both serving) and loaded with
-//!    `COPY` over N connections at once, largest tables first (large
+//!    `COPY` over N connections at once, largest tables first, frozen
+//!    (`COPY … FREEZE` after a `TRUNCATE` of the empty table, so that
+//!    nothing writes their pages again to record that their rows are
+//!    committed), with `maintenance_work_mem` of at least 256 MiB for the
+//!    index builds (large
 //!    objects written with `lo_put`, as their block arrives), then the
 //!    rest of the archive (sequence values, indexes, constraints, triggers,
 //!    materialized views, privileges) with `pg_restore -j N`, which builds
