@@ -51,11 +51,6 @@ pub struct Account {
     pub gid: u32,
 }
 
-/// The uid of account `name`.
-pub fn uid(name: &str) -> anyhow::Result<u32> {
-    owner(name).map(|a| a.uid)
-}
-
 /// The uid and primary gid of account `name`.
 pub fn owner(name: &str) -> anyhow::Result<Account> {
     match User::from_name(name) {
@@ -97,8 +92,8 @@ mod tests {
     fn this_process_has_a_name() {
         let a = super::actor();
         assert!(a.contains('@') && !a.starts_with("uid "), "{a}");
-        assert!(super::uid("root").is_ok_and(|u| u == 0));
-        assert!(super::uid("no-such-account-here").is_err());
+        assert!(super::owner("root").is_ok_and(|a| a == super::Account { uid: 0, gid: 0 }));
+        assert!(super::owner("no-such-account-here").is_err());
     }
 
     #[test]

@@ -234,7 +234,7 @@ fn new_pgdata(pgdata: &Path, account: Option<Account>) -> anyhow::Result<()> {
     std::fs::create_dir_all(pgdata)?;
     let dir = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(rustix::fs::OFlags::DIRECTORY.bits() as i32 | rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .custom_flags((rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW).bits() as i32)
         .open(pgdata)
         .with_context(|| format!("cannot open {} (a directory, not a link)", pgdata.display()))?;
     dir.set_permissions(std::fs::Permissions::from_mode(0o700))?;
@@ -320,11 +320,11 @@ fn log_tail(log: &Path, account: Option<Account>) -> String {
     let read = || -> std::io::Result<String> {
         let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
         let mut f = std::fs::OpenOptions::new().read(true).custom_flags(flags.bits() as i32).open(log)?;
-        let len = f.metadata()?.len();
-        if !f.metadata()?.is_file() {
+        let m = f.metadata()?;
+        if !m.is_file() {
             return Err(std::io::Error::other("not a file"));
         }
-        f.seek(std::io::SeekFrom::Start(len.saturating_sub(TAIL)))?;
+        f.seek(std::io::SeekFrom::Start(m.len().saturating_sub(TAIL)))?;
         let mut b = Vec::new();
         f.take(TAIL).read_to_end(&mut b)?;
         Ok(String::from_utf8_lossy(&b).into_owned())
@@ -337,6 +337,7 @@ fn log_tail(log: &Path, account: Option<Account>) -> String {
 async fn recover(req: &PitrRequest) -> anyhow::Result<Reached> {
     let pgdata = &req.pgdata;
     let log = pgdata.join("bascule-recovery.log");
+    let account = req.account()?;
     let out = command_as(&req.os_user, &req.bindir.join("pg_ctl"))
         .arg("-D")
         .arg(pgdata)
@@ -349,13 +350,7 @@ async fn recover(req: &PitrRequest) -> anyhow::Result<Reached> {
         .context("cannot run pg_ctl")?;
     if !out.status.success() {
         let said = String::from_utf8_lossy(&out.stderr);
-        bail!(
-            "PostgreSQL did not start ({}): {}\nserver log ({}):\n{}",
-            out.status,
-            said.trim(),
-            log.display(),
-            log_tail(&log, req.account()?)
-        );
+        bail!("PostgreSQL did not start ({}): {}\nserver log ({}):\n{}", out.status, said.trim(), log.display(), log_tail(&log, account));
     }
     let mut pg = tokio_postgres::Config::new();
     pg.host_path(pgdata).port(req.port).user(&req.db_user).dbname("postgres");
@@ -369,7 +364,7 @@ async fn recover(req: &PitrRequest) -> anyhow::Result<Reached> {
             Ok(row) if !row.get::<_, bool>(0) => break,
             Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             Err(e) => {
-                bail!("the server stopped during recovery ({e}); server log ({}):\n{}", log.display(), log_tail(&log, req.account()?))
+                bail!("the server stopped during recovery ({e}); server log ({}):\n{}", log.display(), log_tail(&log, account))
             }
         }
     }

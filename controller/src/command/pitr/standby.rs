@@ -217,6 +217,7 @@ pub async fn run(tenant: Arc<Tenant>, req: PitrRequest, cancel: CancellationToke
 /// Starts the standby's server unless it runs already.
 async fn ensure_running(req: &PitrRequest) -> anyhow::Result<()> {
     let pg_ctl = req.bindir.join("pg_ctl");
+    let account = req.account()?;
     let status = command_as(&req.os_user, &pg_ctl).arg("-D").arg(&req.pgdata).arg("status").stdout(Stdio::null()).status().await?;
     if status.success() {
         return Ok(());
@@ -234,13 +235,7 @@ async fn ensure_running(req: &PitrRequest) -> anyhow::Result<()> {
         .context("cannot run pg_ctl")?;
     if !out.status.success() {
         let said = String::from_utf8_lossy(&out.stderr);
-        bail!(
-            "the standby did not start ({}): {}\nserver log ({}):\n{}",
-            out.status,
-            said.trim(),
-            log.display(),
-            log_tail(&log, req.account()?)
-        );
+        bail!("the standby did not start ({}): {}\nserver log ({}):\n{}", out.status, said.trim(), log.display(), log_tail(&log, account));
     }
     tracing::info!(port = req.port, "Standby server started");
     Ok(())
