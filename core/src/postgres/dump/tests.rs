@@ -228,3 +228,18 @@ fn a_block_reader_refuses_another_entrys_block_and_one_cut_short() {
     longer.push(0);
     assert!(r.feed(&longer, |_| ()).unwrap_err().contains("after the end"));
 }
+
+#[test]
+fn counts_newlines_at_any_length_and_alignment() {
+    // every length around the 64-byte blocks and the 255-block runs, from every offset
+    let bytes: Vec<u8> = (0u32..40_000).map(|i| if i.wrapping_mul(2_654_435_761) % 7 == 0 { b'\n' } else { b'a' }).collect();
+    let all_newlines = vec![b'\n'; 64 * 255 * 2 + 3];
+    for b in [&bytes[..], &all_newlines[..]] {
+        for len in [0, 1, 63, 64, 65, 64 * 255 - 1, 64 * 255, 64 * 255 + 1, b.len() - 3] {
+            for at in [0, 1, 3] {
+                let s = &b[at..at + len];
+                assert_eq!(super::count_lines(s), s.iter().filter(|x| **x == b'\n').count() as u64, "{len} bytes from {at}");
+            }
+        }
+    }
+}
