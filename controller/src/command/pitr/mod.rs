@@ -11,6 +11,7 @@
 //!    spool that `wal-fetch` renames them from;
 //! 3. the server stops at the target and promotes; the recovery point reached
 //!    (last replayed commit time and LSN) is read back from it.
+mod lines;
 pub mod standby;
 mod target;
 mod unpack;

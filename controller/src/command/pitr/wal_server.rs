@@ -23,7 +23,6 @@ use bascule_core::keys::Identities;
 use bascule_core::wal::{record_name, WalFileKind, WalName, WalRange, WAL};
 use bascule_core::{hash_hex, seal};
 use futures::future::{BoxFuture, FutureExt, Shared};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use crate::os_user::{as_account, Account};
 use crate::tenant::Tenant;
@@ -33,11 +32,6 @@ const PREFETCH: usize = 4;
 /// A following server lists the providers again at most this often, when
 /// asked for a file it does not know yet.
 const RELIST_EVERY: Duration = Duration::from_secs(1);
-/// Connections served at once; more wait to be accepted.
-const CONNECTIONS: usize = 32;
-/// The longest request line (a WAL file's name, or STATUS) and how long it may take to come.
-const LINE_MAX: u64 = 128;
-const LINE_WAIT: Duration = Duration::from_secs(30);
 /// Missing files remembered (the last is normally the one after the archive's end).
 const MISSING_KEPT: usize = 1000;
 
@@ -100,6 +94,13 @@ impl Spool {
 fn follows(w: &WalName, next: &WalName) -> bool {
     w.timeline == next.timeline
         && ((w.log == next.log && w.seg.checked_add(1) == Some(next.seg)) || (w.log.checked_add(1) == Some(next.log) && next.seg == 0))
+}
+
+/// Whether a request for segment `w` says the server replayed every one
+/// before it: `w` is in the archive (`listed`), or comes right after its
+/// newest; a name further on says nothing.
+fn says_replayed(listed: bool, newest_listed: Option<&WalName>, w: &WalName) -> bool {
+    listed || newest_listed.is_some_and(|n| follows(n, w))
 }
 
 /// The files either provider has a record for, in archive order.
@@ -370,7 +371,7 @@ impl WalServer {
         // what the server asks for says how far it replayed: a segment of
         // the archive, or the one after its newest (a standby caught up),
         // never a name beyond, which would hide a standby that fell behind
-        if let Some(w) = asked.as_ref().filter(|w| placed.is_some() || self.newest_listed().is_some_and(|n| follows(&n, w))) {
+        if let Some(w) = asked.as_ref().filter(|w| says_replayed(placed.is_some(), self.newest_listed().as_ref(), w)) {
             let mut s = self.served.lock().unwrap_or_else(|e| e.into_inner());
             if s.asked.as_ref().is_none_or(|a| a.order_key() < w.order_key()) {
                 s.asked = Some(w.clone());
@@ -403,38 +404,28 @@ impl WalServer {
     }
 
     pub(super) async fn serve(self: Arc<Self>, listener: tokio::net::UnixListener) {
-        let connections = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS));
-        loop {
-            let Ok(permit) = connections.clone().acquire_owned().await else { return };
-            let Ok((stream, _)) = listener.accept().await else { continue };
+        super::lines::serve(listener, super::lines::LIMITS, move |name: String| {
             let this = self.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let (r, mut w) = stream.into_split();
-                let mut line = String::new();
-                // a name or STATUS: a short line, soon
-                let mut r = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(r, LINE_MAX));
-                if !matches!(tokio::time::timeout(LINE_WAIT, r.read_line(&mut line)).await, Ok(Ok(_))) || !line.ends_with('\n') {
-                    return;
-                }
-                let name = line.trim();
-                if name == "STATUS" {
-                    let json = serde_json::to_string(&this.standing()).unwrap_or_default();
-                    let _ = w.write_all(format!("STATUS {json}\n").as_bytes()).await;
-                    return;
-                }
-                let _ = match this.get(name).await {
-                    Ok(Some((path, _))) => {
-                        tracing::info!(wal = name, "WAL file served");
-                        w.write_all(format!("READY {}\n", path.display()).as_bytes()).await
-                    }
-                    Ok(None) => w.write_all(b"MISSING\n").await,
-                    Err(e) => {
-                        tracing::error!(wal = name, error = %e, "No good copy of a WAL file: recovery stops here");
-                        w.write_all(format!("ERROR {}\n", e.replace('\n', " ")).as_bytes()).await
-                    }
-                };
-            });
+            async move { this.answer(&name).await.into_bytes() }
+        })
+        .await;
+    }
+
+    /// The answer to one request: STATUS, or a file's name.
+    async fn answer(self: &Arc<Self>, name: &str) -> String {
+        if name == "STATUS" {
+            return format!("STATUS {}\n", serde_json::to_string(&self.standing()).unwrap_or_default());
+        }
+        match self.get(name).await {
+            Ok(Some((path, _))) => {
+                tracing::info!(wal = name, "WAL file served");
+                format!("READY {}\n", path.display())
+            }
+            Ok(None) => "MISSING\n".into(),
+            Err(e) => {
+                tracing::error!(wal = name, error = %e, "No good copy of a WAL file: recovery stops here");
+                format!("ERROR {}\n", e.replace('\n', " "))
+            }
         }
     }
 }
@@ -468,5 +459,18 @@ mod tests {
         // made again by the account: the link goes, not what it points to
         spool.prepare().unwrap();
         assert!(std::fs::symlink_metadata(&spool.dir).unwrap().is_dir() && roots.is_dir());
+    }
+
+    #[test]
+    fn only_a_segment_of_the_archive_or_the_next_one_says_how_far_replay_went() {
+        let w = |n: &str| WalName::parse(n).unwrap();
+        let newest = w("0000000100000002000000FF");
+        assert!(says_replayed(true, Some(&newest), &w("000000010000000200000010")), "in the archive");
+        assert!(says_replayed(false, Some(&newest), &w("000000010000000300000000")), "the next, into the next log");
+        assert!(says_replayed(false, Some(&w("000000010000000200000010")), &w("000000010000000200000011")), "the next");
+        for beyond in ["000000010000000300000001", "000000010000000200000011", "000000020000000300000000"] {
+            assert!(!says_replayed(false, Some(&newest), &w(beyond)), "{beyond}: neither in the archive nor the next");
+        }
+        assert!(!says_replayed(false, None, &w("000000010000000000000001")), "an empty archive");
     }
 }
