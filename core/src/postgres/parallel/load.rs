@@ -315,11 +315,25 @@ pub(super) async fn copy_table(
             write_object(client, object).await?;
             return reader.finish().map_err(ParallelError::Archive);
         };
-        let frozen = match frozen_copy(copy) {
+        let mut frozen = match frozen_copy(copy) {
             Some(stmt) if truncated(client, &t.entry).await => Some(stmt),
             _ => None,
         };
-        let sink = client.copy_in::<_, Bytes>(frozen.as_deref().unwrap_or(copy)).await.map_err(sql("starting COPY into"))?;
+        let started = match frozen.as_deref() {
+            // refused before any row is sent (a COPY into another table than
+            // the one truncated, a partitioned root): loaded as it is
+            Some(stmt) => match client.copy_in::<_, Bytes>(stmt).await {
+                Ok(sink) => Ok(sink),
+                Err(err) => {
+                    tracing::debug!(table = %t.entry.tag, error = %err, "Rows loaded without FREEZE");
+                    frozen = None;
+                    client.batch_execute("ROLLBACK").await.map_err(sql("giving up a frozen load of"))?;
+                    client.copy_in::<_, Bytes>(copy).await
+                }
+            },
+            None => client.copy_in::<_, Bytes>(copy).await,
+        };
+        let sink = started.map_err(sql("starting COPY into"))?;
         let mut sink = std::pin::pin!(sink);
         while let Some(b) = rx.recv().await {
             // pg_dump writes a piece per row: the rows of a read go to COPY
