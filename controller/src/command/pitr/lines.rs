@@ -80,6 +80,12 @@ mod tests {
         // 16 bytes at most, newline included
         assert_eq!(ask(&path, b"000000010000000000000001\n").await, b"", "a line over the limit");
         assert_eq!(ask(&path, b"0123456789abcde\n").await, b"SEEN 0123456789abcde\n", "a line at the limit");
+        assert_eq!(ask(&path, b"\xff\xfe00000001\n").await, b"", "a line that is not UTF-8");
+        assert_eq!(
+            ask(&path, "é'; rm -rf /\n".as_bytes()).await,
+            "SEEN é'; rm -rf /\n".as_bytes(),
+            "any other line is the answerer's to judge"
+        );
         let mut s = UnixStream::connect(&path).await.unwrap();
         s.write_all(b"STATUS").await.unwrap();
         s.shutdown().await.unwrap();
