@@ -102,6 +102,8 @@ impl Agent {
         bascule_core::config::write_atomic(&path, &serde_json::to_vec_pretty(&state)?)?;
 
         // each provider's HEAD names the newest WAL file that provider holds
+        // one time for the whole commit: every provider's HEAD says the same but for its WAL
+        let agent_time = chrono::Utc::now();
         let up = writer.up();
         let puts = replicas.iter().enumerate().filter(|(i, _)| up[*i]).map(|(i, r)| {
             let head = Head {
@@ -110,7 +112,7 @@ impl Agent {
                 sequence: state.sequence,
                 latest_snapshot: state.latest_snapshot.clone(),
                 latest_wal: state.latest_wal.get(&r.provider).cloned(),
-                agent_time: chrono::Utc::now(),
+                agent_time,
                 restore_test: state.restore_test.clone(),
             };
             let mut only = vec![false; replicas.len()];
