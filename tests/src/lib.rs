@@ -22,8 +22,25 @@ pub use garage::Garage;
 pub use postgres::PgCluster;
 pub use scenario::Scenario;
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, below the kernel's ephemeral range when
+/// there is room: a port the kernel hands out (`:0`) may be given again to
+/// any outgoing connection before the server that was meant to have it binds.
 pub fn free_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(0);
+    const FIRST: u16 = 10_000;
+    if low > FIRST + 1_000 {
+        for _ in 0..200 {
+            let mut r = [0u8; 2];
+            getrandom::getrandom(&mut r).unwrap();
+            let port = FIRST + u16::from_le_bytes(r) % (low - FIRST);
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().unwrap().port()
 }
 

@@ -41,7 +41,7 @@ impl PgCluster {
         let dir = shared_tempdir();
         let as_postgres = crate::is_root(); // initdb refuses to run as root
         let data = dir.path().join("data");
-        let c = PgCluster { bindir, port: crate::free_port(), dir, as_postgres };
+        let mut c = PgCluster { bindir, port: crate::free_port(), dir, as_postgres };
         std::fs::create_dir(&data).unwrap();
         if as_postgres {
             ok(Command::new("chown").args(["-R", "postgres"]).arg(c.dir.path()));
@@ -54,16 +54,30 @@ impl PgCluster {
             std::fs::write(data.join("postgresql.conf"), text).unwrap();
         }
         let durable = std::env::var_os("BASCULE_TEST_PG_DURABLE").is_some_and(|v| v == "1");
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1{}",
-            c.port,
-            c.dir.path().display(),
-            if durable { "" } else { " -c fsync=off -c synchronous_commit=off -c full_page_writes=off" }
-        );
         let log = c.dir.path().join("server.log");
-        let o =
-            run(&mut c.cmd("pg_ctl", &["-D", data.to_str().unwrap(), "-o", &opts, "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"]));
-        assert!(o.status.success(), "PostgreSQL did not start: {}\n{}", text(&o), std::fs::read_to_string(&log).unwrap_or_default());
+        // a port free when picked may be taken (by another test's connection) before the server binds it
+        for attempt in 1.. {
+            let opts = format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1{}",
+                c.port,
+                c.dir.path().display(),
+                if durable { "" } else { " -c fsync=off -c synchronous_commit=off -c full_page_writes=off" }
+            );
+            let o =
+                run(&mut c
+                    .cmd("pg_ctl", &["-D", data.to_str().unwrap(), "-o", &opts, "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"]));
+            if o.status.success() {
+                break;
+            }
+            let server_log = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(
+                attempt < 5 && server_log.contains("could not bind IPv4 address"),
+                "PostgreSQL did not start: {}\n{server_log}",
+                text(&o)
+            );
+            c.port = crate::free_port();
+            let _ = std::fs::remove_file(&log);
+        }
         c
     }
 
