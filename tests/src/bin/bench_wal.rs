@@ -206,11 +206,15 @@ fn tps_and_lag(both: &Both, f: &mut Figures) {
     }
     f.lag = lags(&log, tps_start);
     assert!(!f.lag.is_empty(), "no archive lag in the daemon's log");
-    f.sealed = log_values(&log, "WAL file sealed", "since_push_ms");
-    f.prepare_ms = log_values(&log, "WAL file sealed", "prepare_ms");
-    f.write_ms = log_values(&log, "WAL file sealed", "write_ms");
-    f.object_ms = log_values(&log, "WAL file uploaded", "object_ms");
-    f.record_ms = log_values(&log, "WAL file uploaded", "record_ms");
+    // like the lag, only the files pushed during the pgbench runs (not those waiting for the daemon)
+    let since = tps_start.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    let during: String =
+        log.lines().filter(|l| l.split_whitespace().next().is_some_and(|t| t >= since.as_str())).map(|l| format!("{l}\n")).collect();
+    f.sealed = log_values(&during, "WAL file sealed", "since_push_ms");
+    f.prepare_ms = log_values(&during, "WAL file sealed", "prepare_ms");
+    f.write_ms = log_values(&during, "WAL file sealed", "write_ms");
+    f.object_ms = log_values(&during, "WAL file uploaded", "object_ms");
+    f.record_ms = log_values(&during, "WAL file uploaded", "record_ms");
 }
 
 /// Base backup throughput, interleaved; later repetitions to a fresh tenant.
