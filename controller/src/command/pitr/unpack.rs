@@ -216,8 +216,10 @@ struct Piece {
 
 /// Threads writing pieces of files at their offsets, in any order, from
 /// one queue: no file waits for another's writes, and a large file is
-/// written by all of them at once. The first failure is kept; the pieces
-/// after it are dropped and the unpacking stops at its next piece.
+/// written by all of them at once. The first failure is kept and stops the
+/// unpacking at its next piece (the pieces already queued are still
+/// written, and the unpacking ends in that error either way). At most
+/// twice as many pieces as threads wait in the queue.
 struct Writers {
     queue: Option<mpsc::SyncSender<Piece>>,
     threads: Vec<std::thread::JoinHandle<()>>,
